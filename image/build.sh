@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Builds the Cairn appliance disk image.
+#
+#   image/build.sh [--cairnd PATH] [--out DIR]
+#
+# Environment: CAIRND (path to a built cairnd, or `none`; default: cargo builds it, and the
+# image is built without it if that fails), CAIRN_IMAGE_CACHE (default /var/cache/cairn-image: mkosi
+# caches, kernel package, output), CARGO_TARGET_DIR.
+#
+# The mkosi package stage is cached (Incremental=yes): a rebuild after a Rust change only
+# re-copies the binaries, remakes the initrd and the erofs/verity partitions and the UKI.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+cache=${CAIRN_IMAGE_CACHE:-/var/cache/cairn-image}
+out=$cache/out
+cairnd=${CAIRND:-}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --cairnd) cairnd=$2; shift 2;;
+    --out) out=$2; shift 2;;
+    *) echo "usage: $0 [--cairnd PATH] [--out DIR]" >&2; exit 2;;
+  esac
+done
+step() { echo "image: $(date +%T) $*" >&2; }
+mkdir -p "$cache" "$out"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/cargo-target}
+
+# 1. Our binaries. cairn-init is linked statically: the same file is /init of the initrd
+#    and /usr/bin/cairn-init (PID 1) of the root.
+step "building cairn-init (static)"
+(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release -q -p cairn-init --target x86_64-unknown-linux-gnu)
+init_bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cairn-init
+if [ "$cairnd" = none ]; then
+  cairnd=
+  step "building without cairnd (CAIRND=none)"
+elif [ -z "$cairnd" ]; then
+  step "building cairnd"
+  if (cd "$repo" && cargo build --release -q -p cairnd); then
+    cairnd=$CARGO_TARGET_DIR/release/cairnd
+  else
+    step "WARNING: cairnd does not build; the image will have no API daemon"
+  fi
+fi
+
+# 2. The kernel: the current trixie linux-image, pinned so the initrd's modules match.
+step "resolving the trixie kernel"
+kdeb_dir=$cache/kernel
+"$here/trixie-apt.sh" update
+kpkg=$("$here/trixie-apt.sh" depends linux-image-amd64 | grep -o 'linux-image-[0-9][^ ,]*-amd64' | head -1)
+kver=${kpkg#linux-image-}
+mkdir -p "$kdeb_dir"
+if [ ! -d "$kdeb_dir/$kver/usr/lib/modules/$kver" ]; then
+  step "fetching $kpkg"
+  "$here/trixie-apt.sh" download "$kpkg" "$kdeb_dir"
+  rm -rf "$kdeb_dir/$kver.tmp"; mkdir -p "$kdeb_dir/$kver.tmp"
+  dpkg-deb -x "$kdeb_dir"/"$kpkg"_*.deb "$kdeb_dir/$kver.tmp"
+  rm -rf "$kdeb_dir/$kver"; mv "$kdeb_dir/$kver.tmp" "$kdeb_dir/$kver"
+fi
+
+# 3. The lean initrd: cairn-init as /init plus the few modules needed to reach the root.
+step "making the initrd for $kver"
+"$here/initrd.sh" "$init_bin" "$kdeb_dir/$kver" "$kver" "$cache/initrd.cpio.zst"
+
+# 4. What our repository adds to the root.
+extra=$cache/extra
+rm -rf "$extra"; mkdir -p "$extra/usr/bin" "$extra/usr/lib/cairn/repart.d" "$extra/etc/kernel"
+install -m 0755 "$init_bin" "$extra/usr/bin/cairn-init"
+if [ -n "$cairnd" ]; then install -m 0755 "$cairnd" "$extra/usr/bin/cairnd"; fi
+install -m 0644 "$repo"/firmware-config/repart.d/firstboot/*.conf "$extra/usr/lib/cairn/repart.d/"
+if [ -f "$repo/firmware-config/kernel-tries" ]; then
+  install -m 0644 "$repo/firmware-config/kernel-tries" "$extra/etc/kernel/tries"
+fi
+
+# 5. mkosi.
+step "running mkosi (first run downloads and installs packages: a few minutes)"
+mkdir -p "$cache/mkosi-cache" "$cache/mkosi-pkgs" "$cache/mkosi-work"
+mkosi -C "$here" --force --incremental=yes \
+  --cache-dir "$cache/mkosi-cache" --package-cache-dir "$cache/mkosi-pkgs" \
+  --workspace-dir "$cache/mkosi-work" --output-dir "$out" \
+  --package "$kpkg" --initrd "$cache/initrd.cpio.zst" --extra-tree "$extra" \
+  build >&2
+
+# 6. Sizes.
+raw=$out/cairn.raw
+root_part=$(ls "$out"/cairn.root-x86-64.raw 2>/dev/null | head -1 || true)
+step "done: $raw"
+{
+  echo "image: disk $(du -h --apparent-size "$raw" | cut -f1) apparent, $(du -h "$raw" | cut -f1) allocated"
+  [ -n "$root_part" ] && echo "image: root slot (erofs) $(du -h --apparent-size "$root_part" | cut -f1)"
+  echo "image: initrd $(du -h --apparent-size "$cache/initrd.cpio.zst" | cut -f1)"
+  ls -l "$out"/*.efi 2>/dev/null | awk '{print "image: UKI " $5 " bytes " $9}'
+} >&2
+echo "$raw"

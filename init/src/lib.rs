@@ -1,0 +1,73 @@
+//! cairn-init: one static binary with two roles.
+//!
+//! - In the initrd (`/etc/initrd-release` exists) it loads the few modules needed to reach the
+//!   root, finds root slot and verity partitions from `roothash=`, sets up dm-verity, mounts
+//!   the erofs root read-only and switches root into itself ([`initrd`]).
+//! - As PID 1 of the root it mounts the API filesystems, the data partition on /var, starts
+//!   udev and the network, supervises the fixed set of services and shuts down in order
+//!   ([`pid1`]).
+//!
+//! It links no async runtime and never panics on input; a panic in the main loop is caught
+//! and logged, and supervision goes on.
+
+pub mod backoff;
+pub mod cgroup;
+pub mod console;
+pub mod data;
+pub mod gpt;
+pub mod initrd;
+pub mod kmod;
+pub mod logfile;
+pub mod mount;
+pub mod net;
+pub mod pid1;
+pub mod power;
+pub mod seedsource;
+pub mod services;
+pub mod shutdown;
+pub mod supervisor;
+pub mod verity;
+
+use std::path::Path;
+
+/// Dispatches on the role: initrd stage, PID 1, or (for tests and debugging) a one-off tool.
+pub fn entry() {
+    let args: Vec<String> = std::env::args().collect();
+    if std::process::id() == 1 {
+        if Path::new("/etc/initrd-release").exists() {
+            initrd::run();
+        }
+        pid1::run();
+    }
+    match args.get(1).map(String::as_str) {
+        Some("gpt") if args.len() == 3 => match gpt::read_disk(Path::new(&args[2])) {
+            Ok(parts) => {
+                for p in parts {
+                    println!(
+                        "{} {} {} {}..{} {}",
+                        p.number, p.type_guid, p.unique_guid, p.first_lba, p.last_lba, p.name
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("cairn-init: {e}");
+                std::process::exit(1);
+            }
+        },
+        Some("verity-sb") if args.len() == 3 => {
+            match verity::Superblock::read(Path::new(&args[2])) {
+                Ok(sb) => println!("{sb:?}"),
+                Err(e) => {
+                    eprintln!("cairn-init: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        _ => {
+            eprintln!(
+                "cairn-init: runs as PID 1 only (debug: cairn-init gpt DISK | verity-sb DEV)"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Networking at boot: loopback, and each NIC the seed names (DHCP through a supervised
+//! dhcpcd, or static addresses set with iproute2). NICs are matched by MAC, then by name,
+//! then in order among the ethernet NICs no other entry matched.
+
+use crate::info;
+use crate::services::{self, ServiceSpec};
+use cairn_seed::{Cidr, Interface, Seed};
+use std::path::Path;
+
+const IP: &str = "/usr/sbin/ip";
+
+/// An ethernet NIC found in sysfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub name: String,
+    pub mac: String,
+}
+
+/// Physical (device-backed) ethernet NICs, sorted by name.
+pub fn nics() -> Vec<Nic> {
+    let mut v: Vec<Nic> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("device").exists())
+        .filter(|e| std::fs::read_to_string(e.path().join("type")).is_ok_and(|t| t.trim() == "1"))
+        .map(|e| Nic {
+            name: e.file_name().to_string_lossy().into_owned(),
+            mac: std::fs::read_to_string(e.path().join("address"))
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Pairs each seed interface with a NIC.
+pub fn assign<'a>(wanted: &'a [Interface], nics: &[Nic]) -> Vec<(&'a Interface, Nic)> {
+    let mut taken = vec![false; nics.len()];
+    let mut out: Vec<Option<Nic>> = vec![None; wanted.len()];
+    for (i, w) in wanted.iter().enumerate() {
+        let hit = nics.iter().enumerate().position(|(j, n)| {
+            !taken[j]
+                && (w.mac.as_deref().map(str::to_ascii_lowercase) == Some(n.mac.clone())
+                    || (w.mac.is_none() && w.name.as_deref() == Some(n.name.as_str())))
+        });
+        if let Some(j) = hit {
+            taken[j] = true;
+            out[i] = Some(nics[j].clone());
+        }
+    }
+    for (i, w) in wanted.iter().enumerate() {
+        if out[i].is_none() && w.mac.is_none() && w.name.is_none() {
+            if let Some(j) = taken.iter().position(|t| !t) {
+                taken[j] = true;
+                out[i] = Some(nics[j].clone());
+            }
+        }
+    }
+    wanted
+        .iter()
+        .zip(out)
+        .filter_map(|(w, n)| n.map(|n| (w, n)))
+        .collect()
+}
+
+fn ip(args: &[&str]) -> bool {
+    let mut argv = vec![IP];
+    argv.extend_from_slice(args);
+    services::run_once("ip", &argv)
+}
+
+/// Brings up loopback and the seed's NICs. Returns the DHCP services to supervise.
+pub fn setup(seed: &Seed) -> Vec<ServiceSpec> {
+    ip(&["link", "set", "lo", "up"]);
+    let found = nics();
+    info!(
+        "network: NICs {}",
+        found
+            .iter()
+            .map(|n| format!("{}({})", n.name, n.mac))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut dhcp = Vec::new();
+    let mut resolv = String::new();
+    for (want, nic) in assign(&seed.network.interfaces, &found) {
+        ip(&["link", "set", &nic.name, "up"]);
+        if want.dhcp {
+            if Path::new("/usr/sbin/dhcpcd").exists() {
+                dhcp.push(services::dhcp(&nic.name));
+            } else {
+                info!(
+                    "network: {} wants DHCP but dhcpcd is not in the image",
+                    nic.name
+                );
+            }
+            continue;
+        }
+        for a in &want.addresses {
+            if Cidr::parse(a).is_ok() {
+                ip(&["addr", "replace", a, "dev", &nic.name]);
+            }
+        }
+        if let Some(gw) = want.gateway {
+            ip(&[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &gw.to_string(),
+                "dev",
+                &nic.name,
+            ]);
+            resolv.push_str(&format!("nameserver {gw}\n"));
+        }
+        info!("network: {} static {}", nic.name, want.addresses.join(","));
+    }
+    if !resolv.is_empty() {
+        let _ = std::fs::write("/run/cairn/resolv.conf", resolv);
+    }
+    dhcp
+}
+
+/// The IPv4 addresses on the NICs, as "name=a.b.c.d/n" (what `ip -4 -o addr` says).
+pub fn addresses() -> Vec<String> {
+    let Ok(out) = std::process::Command::new(IP)
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "inet")?;
+            Some(format!("{}={}", w.get(1)?, w.get(i + 1)?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic(n: &str, m: &str) -> Nic {
+        Nic {
+            name: n.into(),
+            mac: m.into(),
+        }
+    }
+
+    #[test]
+    fn matches_by_mac_then_name_then_order() {
+        let nics = vec![
+            nic("enp0s2", "52:54:00:00:00:01"),
+            nic("enp0s3", "52:54:00:00:00:02"),
+            nic("enp0s4", "52:54:00:00:00:03"),
+        ];
+        let wanted = vec![
+            Interface {
+                dhcp: true,
+                ..Default::default()
+            },
+            Interface {
+                mac: Some("52:54:00:00:00:03".into()),
+                addresses: vec!["10.0.0.1/24".into()],
+                ..Default::default()
+            },
+            Interface {
+                name: Some("enp0s2".into()),
+                dhcp: true,
+                ..Default::default()
+            },
+        ];
+        let got = assign(&wanted, &nics);
+        let names: Vec<&str> = got.iter().map(|(_, n)| n.name.as_str()).collect();
+        assert_eq!(names, ["enp0s3", "enp0s4", "enp0s2"]);
+    }
+
+    #[test]
+    fn unmatched_entries_are_dropped() {
+        let wanted = vec![Interface {
+            mac: Some("aa:bb:cc:dd:ee:ff".into()),
+            dhcp: true,
+            ..Default::default()
+        }];
+        assert!(assign(&wanted, &[nic("eth0", "52:54:00:00:00:01")]).is_empty());
+    }
+}

@@ -1,0 +1,259 @@
+//! PID 1: bring the system up in stages, then supervise until asked to shut down.
+
+use crate::services::{self, ServiceSpec};
+use crate::shutdown::{self, Action};
+use crate::supervisor::Supervisor;
+use crate::{cgroup, console, data, info, kmod, mount, net, power, seedsource};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const API_SOCKET: &str = "/var/lib/cairn/unix.socket";
+
+pub fn run() -> ! {
+    console::attach();
+    console::stage("init-start");
+    std::panic::set_hook(Box::new(|p| {
+        console::line(&format!("PANIC (caught, supervision goes on): {p}"));
+    }));
+    // Ctrl-Alt-Del becomes SIGINT for us instead of an immediate reboot.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    let _ = mask.thread_block();
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+
+    mount::api_filesystems();
+    cgroup::setup();
+    console::stage("mounts");
+
+    let mut sup = Supervisor::new(PathBuf::from("/var/log/cairn"));
+    let boot = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bring_up(&mut sup)));
+    let api_probe = match boot {
+        Ok(p) => p,
+        Err(_) => {
+            info!("bring-up panicked; supervising what was started");
+            true
+        }
+    };
+    main_loop(&mut sup, sfd, api_probe)
+}
+
+/// Boot stages up to starting the services. Returns whether to probe for the API.
+fn bring_up(sup: &mut Supervisor) -> bool {
+    kmod::modprobe_all(kmod::HOST_MODULES);
+    console::stage("modules");
+    power::listen();
+
+    sup.add(services::udevd());
+    services::run_once(
+        "udevadm trigger",
+        &["/usr/bin/udevadm", "trigger", "--type=all", "--action=add"],
+    );
+    services::run_once(
+        "udevadm settle",
+        &["/usr/bin/udevadm", "settle", "--timeout=20"],
+    );
+    console::stage("udev-settled");
+
+    let disk = match data::mount_var() {
+        Ok(state) => {
+            let clean = match state.clean {
+                None => "new".to_string(),
+                Some(c) => u8::from(c).to_string(),
+            };
+            info!(
+                "data: {} on /var (created={} clean={clean})",
+                state.device, state.created
+            );
+            console::line(&format!("data fs clean={clean}"));
+            data::boot_disk().ok()
+        }
+        Err(e) => {
+            info!("data partition unavailable, state will not persist: {e}");
+            let _ = nix::mount::mount(
+                Some("tmpfs"),
+                "/var",
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID,
+                Some("mode=0755"),
+            );
+            None
+        }
+    };
+    data::layout();
+    console::log_to_file(Path::new("/var/log/cairn/init.log"));
+    let machine_id = data::machine_id();
+    record_boot(&machine_id);
+    console::stage("data-mounted");
+
+    let loaded = seedsource::load(disk.as_deref());
+    let seed = loaded.seed;
+    let hostname = seed
+        .hostname
+        .clone()
+        .unwrap_or_else(|| format!("cairn-{}", &machine_id[..8.min(machine_id.len())]));
+    let _ = nix::unistd::sethostname(&hostname);
+    let _ = std::fs::write("/run/cairn/hostname", format!("{hostname}\n"));
+    info!("hostname {hostname}");
+    if loaded.imported_from.is_some() {
+        let preseed = Path::new(services::STATE_DIR).join("preseed.yaml");
+        if let Err(e) = std::fs::write(&preseed, seedsource::preseed_yaml(&seed)) {
+            info!("writing {}: {e}", preseed.display());
+        }
+    }
+
+    for spec in net::setup(&seed) {
+        sup.add(spec);
+    }
+    console::stage("network");
+
+    services::prepare();
+    let debug = std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w == "cairn.debug=1");
+    let specs: Vec<ServiceSpec> = services::after_network(debug);
+    let has_cairnd = specs
+        .iter()
+        .any(|s| s.name == "cairnd" && s.binary_exists());
+    for spec in specs {
+        sup.add(spec);
+    }
+    console::stage("services-started");
+    if !has_cairnd {
+        info!("no cairnd in this image: the API will not come up");
+    }
+    has_cairnd
+}
+
+fn record_boot(machine_id: &str) {
+    let line = format!(
+        "boot machine={machine_id} uptime={:.3} cmdline={}\n",
+        console::uptime(),
+        std::fs::read_to_string("/proc/cmdline")
+            .unwrap_or_default()
+            .trim()
+    );
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/var/log/cairn/boots")
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// Whether cairnd answers `GET /1.0` on its unix socket with 200.
+fn api_answers() -> bool {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(API_SOCKET) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /1.0 HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")
+}
+
+fn https_listening() -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 8443)),
+        Duration::from_millis(300),
+    )
+    .is_ok()
+}
+
+fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -> ! {
+    let mut panics = 0u32;
+    let mut addresses_logged = false;
+    let started = Instant::now();
+    loop {
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let now = Instant::now();
+            let mut timeout = Duration::from_secs(5);
+            if let Some(t) = sup.next_wakeup() {
+                timeout = timeout.min(t.saturating_duration_since(now));
+            }
+            if api_probe || !addresses_logged {
+                timeout = timeout.min(Duration::from_millis(250));
+            }
+            let action = wait_signals(sfd.as_ref(), timeout);
+            shutdown::reap_for(sup, Duration::ZERO);
+            sup.start_due(Instant::now());
+            if !addresses_logged {
+                let addrs = net::addresses();
+                if !addrs.is_empty() || started.elapsed() > Duration::from_secs(60) {
+                    let _ = std::fs::write("/run/cairn/addresses", addrs.join("\n") + "\n");
+                    info!("addresses {}", addrs.join(" "));
+                    addresses_logged = true;
+                }
+            }
+            if api_probe && api_answers() && https_listening() {
+                console::stage("api-ready");
+                console::line("API ready");
+                api_probe = false;
+            }
+            action
+        }));
+        match step {
+            Ok(Some(action)) => shutdown::run(sup, action),
+            Ok(None) => {}
+            Err(_) => {
+                panics += 1;
+                if panics > 20 {
+                    info!("too many panics in the main loop: rebooting");
+                    shutdown::run(sup, Action::Reboot);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Waits for signals up to `timeout`; returns a shutdown action if one was asked for.
+fn wait_signals(sfd: Option<&SignalFd>, timeout: Duration) -> Option<Action> {
+    let Some(sfd) = sfd else {
+        std::thread::sleep(timeout);
+        return None;
+    };
+    let mut fds = [nix::poll::PollFd::new(
+        sfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+    let mut action = None;
+    while let Ok(Some(info)) = sfd.read_signal() {
+        let sig = info.ssi_signo as i32;
+        action = match sig {
+            libc::SIGTERM | libc::SIGPWR | libc::SIGUSR2 => Some(Action::PowerOff),
+            libc::SIGINT | libc::SIGUSR1 => Some(Action::Reboot),
+            _ => action,
+        };
+        if action.is_some() {
+            info!("signal {sig}: shutting down");
+        }
+    }
+    action
+}

@@ -1,0 +1,132 @@
+//! Where the seed comes from: the copy on /var (kept from the first boot), the ESP, or the
+//! QEMU fw_cfg entry `opt/cairn/seed`. The first boot copies what it found to /var.
+
+use crate::{gpt, info};
+use cairn_seed::Seed;
+use nix::mount::{mount, umount, MsFlags};
+use std::path::Path;
+
+pub const KEPT: &str = "/var/lib/cairn/seed.yaml";
+const FW_CFG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/cairn/seed/raw";
+const ESP_MOUNT: &str = "/run/cairn/esp";
+
+/// The seed and whether it was imported on this boot (first boot).
+pub struct Loaded {
+    pub seed: Seed,
+    pub imported_from: Option<&'static str>,
+}
+
+fn parse(text: &str, from: &str) -> Option<Seed> {
+    match Seed::parse(text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            info!("seed from {from} is invalid, ignoring it: {e}");
+            None
+        }
+    }
+}
+
+fn from_esp(disk: &str) -> Option<String> {
+    let parts = gpt::read_disk(&Path::new("/dev").join(disk)).ok()?;
+    let esp = parts.iter().find(|p| p.type_guid == gpt::TYPE_ESP)?;
+    let dev = Path::new("/dev").join(gpt::partition_name(disk, esp.number));
+    let _ = std::fs::create_dir_all(ESP_MOUNT);
+    mount(
+        Some(&dev),
+        ESP_MOUNT,
+        Some("vfat"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .ok()?;
+    let text = std::fs::read_to_string(Path::new(ESP_MOUNT).join("cairn/seed.yaml")).ok();
+    let _ = umount(ESP_MOUNT);
+    text
+}
+
+/// Loads the seed; writes the imported one to /var on first boot. Never fails: with no
+/// valid seed anywhere the defaults apply.
+pub fn load(boot_disk: Option<&str>) -> Loaded {
+    if let Ok(text) = std::fs::read_to_string(KEPT) {
+        if let Some(seed) = parse(&text, KEPT) {
+            return Loaded {
+                seed,
+                imported_from: None,
+            };
+        }
+    }
+    let mut found: Option<(Seed, &'static str)> = None;
+    if let Ok(text) = std::fs::read_to_string(FW_CFG) {
+        found = parse(&text, "fw_cfg").map(|s| (s, "fw_cfg"));
+    }
+    if found.is_none() {
+        if let Some(text) = boot_disk.and_then(from_esp) {
+            found = parse(&text, "ESP").map(|s| (s, "ESP"));
+        }
+    }
+    let (seed, from) = found.unwrap_or_else(|| (Seed::default(), "defaults"));
+    match seed.to_yaml() {
+        Ok(y) => {
+            if let Err(e) = std::fs::write(KEPT, y) {
+                info!("keeping the seed in {KEPT}: {e}");
+            }
+        }
+        Err(e) => info!("serialising the seed: {e}"),
+    }
+    info!("seed imported from {from}");
+    Loaded {
+        seed,
+        imported_from: Some(from),
+    }
+}
+
+/// The preseed cairnd applies on start (then renames): the HTTPS address and the trusted
+/// client certificates from the seed, in the shape of `incus admin init --preseed`.
+pub fn preseed_yaml(seed: &Seed) -> String {
+    #[derive(serde::Serialize)]
+    struct Cert<'a> {
+        name: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        certificate: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Preseed<'a> {
+        config: std::collections::BTreeMap<&'a str, &'a str>,
+        certificates: Vec<Cert<'a>>,
+    }
+    let p = Preseed {
+        config: [("core.https_address", seed.trust.https_address.as_str())]
+            .into_iter()
+            .collect(),
+        certificates: seed
+            .trust
+            .client_certificates
+            .iter()
+            .map(|c| Cert {
+                name: &c.name,
+                kind: "client",
+                certificate: &c.certificate,
+            })
+            .collect(),
+    };
+    serde_yaml::to_string(&p).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preseed_has_address_and_certificates() {
+        let seed = Seed::parse(
+            "trust:\n  client_certificates:\n    - name: lab\n      certificate: \"-----BEGIN CERTIFICATE-----\\nMII\\n-----END CERTIFICATE-----\"\n",
+        )
+        .unwrap();
+        let y = preseed_yaml(&seed);
+        let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        assert_eq!(v["config"]["core.https_address"], ":8443");
+        assert_eq!(v["certificates"][0]["name"], "lab");
+        assert_eq!(v["certificates"][0]["type"], "client");
+    }
+}

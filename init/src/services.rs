@@ -1,0 +1,140 @@
+//! The fixed, ordered set of services the appliance runs, and the one-shot steps that
+//! prepare them. A service whose binary is absent from the image is skipped with a note.
+
+use crate::info;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// What to run and how to treat it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// Runs in the delegated cgroup subtree (cairnd and its containers).
+    pub delegated_cgroup: bool,
+    /// How long to wait after SIGTERM before SIGKILL on shutdown.
+    pub stop_timeout: Duration,
+    /// Whether output also goes to the console (it always goes to /var/log/cairn/NAME.log).
+    pub console: bool,
+    /// Attach stdin/stdout/stderr to /dev/console as a controlling terminal (debug shell).
+    pub on_console_tty: bool,
+}
+
+impl ServiceSpec {
+    pub fn new(name: &str, argv: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            delegated_cgroup: false,
+            stop_timeout: Duration::from_secs(5),
+            console: true,
+            on_console_tty: false,
+        }
+    }
+
+    pub fn binary_exists(&self) -> bool {
+        self.argv.first().is_some_and(|b| Path::new(b).exists())
+    }
+}
+
+pub const CAIRND: &str = "/usr/bin/cairnd";
+pub const STATE_DIR: &str = "/var/lib/cairn";
+
+pub fn udevd() -> ServiceSpec {
+    let mut s = ServiceSpec::new("udevd", &["/usr/lib/systemd/systemd-udevd"]);
+    s.console = false;
+    s
+}
+
+pub fn dhcp(iface: &str) -> ServiceSpec {
+    ServiceSpec::new(
+        &format!("dhcp-{iface}"),
+        &[
+            "/usr/sbin/dhcpcd",
+            "--nobackground",
+            "--ipv4only",
+            "--noarp",
+            "--timeout",
+            "0",
+            "--config",
+            "/dev/null",
+            iface,
+        ],
+    )
+}
+
+/// The services started after the network, in start order (stopped in reverse).
+pub fn after_network(debug_shell: bool) -> Vec<ServiceSpec> {
+    let mut v = vec![
+        ServiceSpec::new("lxcfs", &["/usr/bin/lxcfs", "/var/lib/lxcfs"]),
+        ServiceSpec::new(
+            "ovsdb-server",
+            &[
+                "/usr/sbin/ovsdb-server",
+                "/var/lib/openvswitch/conf.db",
+                "--remote=punix:/run/openvswitch/db.sock",
+                "--pidfile=/run/openvswitch/ovsdb-server.pid",
+                "--unixctl=/run/openvswitch/ovsdb-server.ctl",
+            ],
+        ),
+        ServiceSpec::new(
+            "ovs-vswitchd",
+            &[
+                "/usr/sbin/ovs-vswitchd",
+                "unix:/run/openvswitch/db.sock",
+                "--pidfile=/run/openvswitch/ovs-vswitchd.pid",
+            ],
+        ),
+    ];
+    let mut cairnd = ServiceSpec::new("cairnd", &[CAIRND, "--state-dir", STATE_DIR]);
+    cairnd.delegated_cgroup = true;
+    cairnd.stop_timeout = Duration::from_secs(30);
+    v.push(cairnd);
+    if debug_shell {
+        let mut sh = ServiceSpec::new("debug-shell", &["/bin/bash", "-i"]);
+        sh.on_console_tty = true;
+        sh.console = false;
+        v.push(sh);
+    }
+    v
+}
+
+/// One-shot preparation before the services start (e.g. the OVS database).
+pub fn prepare() {
+    let db = Path::new("/var/lib/openvswitch/conf.db");
+    let schema = "/usr/share/openvswitch/vswitch.ovsschema";
+    if !db.exists() && Path::new(schema).exists() {
+        run_once(
+            "ovsdb-tool",
+            &[
+                "/usr/bin/ovsdb-tool",
+                "create",
+                "/var/lib/openvswitch/conf.db",
+                schema,
+            ],
+        );
+    }
+}
+
+/// Runs a short command to completion, logging a failure.
+pub fn run_once(what: &str, argv: &[&str]) -> bool {
+    let Some((prog, args)) = argv.split_first() else {
+        return false;
+    };
+    match Command::new(prog).args(args).output() {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            info!(
+                "{what} {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            info!("{what}: running {prog}: {e}");
+            false
+        }
+    }
+}
