@@ -85,11 +85,16 @@ mkosi -C "$here" --force --incremental=yes \
 
 # 6. Sizes.
 raw=$out/cairn.raw
-root_part=$(ls "$out"/cairn.root-x86-64.raw 2>/dev/null | head -1 || true)
+root_part=$out/cairn.root-a.raw
+{
+  echo "kernel=$kver"
+  if [ -n "$cairnd" ]; then echo "cairnd=yes"; else echo "cairnd=no"; fi
+  echo "built=$(date -u +%FT%TZ)"
+} > "$out/manifest"
 step "done: $raw"
 {
   echo "image: disk $(du -h --apparent-size "$raw" | cut -f1) apparent, $(du -h "$raw" | cut -f1) allocated"
-  [ -n "$root_part" ] && echo "image: root slot (erofs) $(du -h --apparent-size "$root_part" | cut -f1)"
+  [ -f "$root_part" ] && echo "image: root slot A (erofs, verity-protected): partition $(du -h --apparent-size "$root_part" | cut -f1), filesystem $(du -h "$root_part" | cut -f1)"
   echo "image: initrd $(du -h --apparent-size "$cache/initrd.cpio.zst" | cut -f1)"
   ls -l "$out"/*.efi 2>/dev/null | awk '{print "image: UKI " $5 " bytes " $9}'
 } >&2

@@ -7,7 +7,8 @@ set -euo pipefail
 init_bin=$1 ktree=$2 kver=$3 output=$4
 mdir=$ktree/usr/lib/modules/$kver
 [ -d "$mdir" ] || mdir=$ktree/lib/modules/$kver
-want=(nvme virtio_blk virtio_pci dm_verity erofs)
+# libcrc32c (erofs) needs a crc32c implementation at init: its softdep, loaded first.
+want=(nvme virtio_blk virtio_pci crc32c_generic crc32c_intel dm_verity erofs)
 # Debian's package ships no modules.dep: make it (the host's depmod reads trixie's modules).
 if [ ! -s "$mdir/modules.dep" ]; then
   depmod -b "$ktree/usr" "$kver" 2>/dev/null || depmod -b "$ktree" "$kver"

@@ -124,9 +124,10 @@ pub fn mount_var() -> Result<DataState, DataError> {
                 return Err(DataError::Create {
                     disk: disk.clone(),
                     why: format!(
-                        "systemd-repart {}: {}",
+                        "systemd-repart {}: {} {}",
                         out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
+                        String::from_utf8_lossy(&out.stderr).trim(),
+                        String::from_utf8_lossy(&out.stdout).trim()
                     ),
                 });
             }

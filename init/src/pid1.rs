@@ -55,8 +55,15 @@ pub fn run() -> ! {
 
 /// Boot stages up to starting the services. Returns whether to probe for the API.
 fn bring_up(sup: &mut Supervisor) -> bool {
-    kmod::modprobe_all(kmod::HOST_MODULES);
-    console::stage("modules");
+    // Hardware drivers come from udev's coldplug; the host's software modules (bridge,
+    // OVS, nf_tables, ZFS…) load in the background meanwhile.
+    let modules = std::thread::Builder::new()
+        .name("modprobe".into())
+        .spawn(|| {
+            kmod::modprobe_all(kmod::HOST_MODULES);
+            console::stage("modules");
+        })
+        .ok();
     power::listen();
 
     sup.add(services::udevd());
@@ -64,11 +71,6 @@ fn bring_up(sup: &mut Supervisor) -> bool {
         "udevadm trigger",
         &["/usr/bin/udevadm", "trigger", "--type=all", "--action=add"],
     );
-    services::run_once(
-        "udevadm settle",
-        &["/usr/bin/udevadm", "settle", "--timeout=20"],
-    );
-    console::stage("udev-settled");
 
     let disk = match data::mount_var() {
         Ok(state) => {
@@ -99,7 +101,14 @@ fn bring_up(sup: &mut Supervisor) -> bool {
     console::log_to_file(Path::new("/var/log/cairn/init.log"));
     let machine_id = data::machine_id();
     record_boot(&machine_id);
+    console::line(&format!("machine={machine_id}"));
+    console::line(&format!("root read-only={}", u8::from(root_is_read_only())));
     console::stage("data-mounted");
+    services::run_once(
+        "udevadm settle",
+        &["/usr/bin/udevadm", "settle", "--timeout=20"],
+    );
+    console::stage("udev-settled");
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;
@@ -117,12 +126,18 @@ fn bring_up(sup: &mut Supervisor) -> bool {
         }
     }
 
+    if !Path::new("/run/cairn/resolv.conf").exists() {
+        let _ = std::fs::write("/run/cairn/resolv.conf", "");
+    }
     for spec in net::setup(&seed) {
         sup.add(spec);
     }
     console::stage("network");
 
     services::prepare();
+    if let Some(m) = modules {
+        let _ = m.join();
+    }
     let debug = std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()
@@ -139,6 +154,17 @@ fn bring_up(sup: &mut Supervisor) -> bool {
         info!("no cairnd in this image: the API will not come up");
     }
     has_cairnd
+}
+
+/// Self-check: creating a file on the root must fail with EROFS.
+fn root_is_read_only() -> bool {
+    match std::fs::File::create("/usr/.cairn-write-probe") {
+        Ok(_) => {
+            let _ = std::fs::remove_file("/usr/.cairn-write-probe");
+            false
+        }
+        Err(e) => e.raw_os_error() == Some(libc::EROFS),
+    }
 }
 
 fn record_boot(machine_id: &str) {
@@ -184,8 +210,24 @@ fn https_listening() -> bool {
     .is_ok()
 }
 
+/// Memory in use (MemTotal - MemAvailable), in MiB.
+fn mem_used_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("MemTotal:")? - field("MemAvailable:")?) / 1024)
+}
+
 fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -> ! {
     let mut panics = 0u32;
+    // Memory is reported once the API is ready, or 10 s after the services started.
+    let mut mem_due = (!api_probe).then(|| Instant::now() + Duration::from_secs(10));
     let mut addresses_logged = false;
     let started = Instant::now();
     loop {
@@ -195,7 +237,7 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -
             if let Some(t) = sup.next_wakeup() {
                 timeout = timeout.min(t.saturating_duration_since(now));
             }
-            if api_probe || !addresses_logged {
+            if api_probe || !addresses_logged || mem_due.is_some() {
                 timeout = timeout.min(Duration::from_millis(250));
             }
             let action = wait_signals(sfd.as_ref(), timeout);
@@ -213,6 +255,13 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -
                 console::stage("api-ready");
                 console::line("API ready");
                 api_probe = false;
+                mem_due = Some(Instant::now());
+            }
+            if mem_due.is_some_and(|t| Instant::now() >= t) {
+                if let Some(m) = mem_used_mib() {
+                    console::line(&format!("mem used={m} MiB"));
+                }
+                mem_due = None;
             }
             action
         }));

@@ -1,0 +1,98 @@
+//! Talking to a node's API from the host with the lab's client certificate (through curl,
+//! so the harness carries no TLS stack): readiness, trust tokens, simple requests.
+
+use crate::image::ClientCert;
+use crate::{io_err, LabError, Result};
+use base64::Engine;
+use serde_json::Value;
+use std::process::Command;
+
+/// Makes one HTTPS request; returns the parsed JSON body.
+pub fn request(
+    cert: &ClientCert,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-k", "--max-time", "20", "-X", method])
+        .arg("--cert")
+        .arg(&cert.cert)
+        .arg("--key")
+        .arg(&cert.key)
+        .arg(format!("{base}{path}"));
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(b.to_string());
+    }
+    let out = cmd.output().map_err(io_err("running curl"))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            what: format!("{method} {base}{path}"),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| LabError::Command {
+        what: format!("{method} {base}{path}"),
+        detail: format!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)),
+    })
+}
+
+/// Whether the API answers `GET /1.0` with a trusted response.
+pub fn trusted(cert: &ClientCert, base: &str) -> bool {
+    request(cert, base, "GET", "/1.0", None)
+        .is_ok_and(|v| v["metadata"]["auth"].as_str() == Some("trusted"))
+}
+
+/// Asks the node for a trust token that `incus remote add NAME URL --token T` accepts.
+pub fn trust_token(cert: &ClientCert, base: &str, client_name: &str) -> Result<String> {
+    let v = request(
+        cert,
+        base,
+        "POST",
+        "/1.0/certificates",
+        Some(&serde_json::json!({"type": "client", "name": client_name, "token": true})),
+    )?;
+    token_from_operation(&v, client_name)
+}
+
+/// Builds the token from the operation Incus returns (as the incus CLI does), or takes a
+/// ready-made one if the server returns it.
+pub fn token_from_operation(v: &Value, client_name: &str) -> Result<String> {
+    let meta = &v["metadata"]["metadata"];
+    if let Some(t) = meta["token"].as_str() {
+        return Ok(t.to_string());
+    }
+    let (Some(secret), Some(fingerprint)) = (meta["secret"].as_str(), meta["fingerprint"].as_str())
+    else {
+        return Err(LabError::Other(format!("no token in the response: {v}")));
+    };
+    let token = serde_json::json!({
+        "client_name": client_name,
+        "fingerprint": fingerprint,
+        "addresses": meta["addresses"].clone(),
+        "secret": secret,
+        "expires_at": meta["expiresAt"].as_str().or(meta["expires_at"].as_str()).unwrap_or("0001-01-01T00:00:00Z"),
+    });
+    Ok(base64::engine::general_purpose::STANDARD.encode(token.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_incus_style_operation() {
+        let op = serde_json::json!({"type": "async", "metadata": {"metadata": {
+            "secret": "s3cret", "fingerprint": "abcd", "addresses": ["10.0.2.15:8443"],
+            "expiresAt": "0001-01-01T00:00:00Z"}}});
+        let t = token_from_operation(&op, "lab").unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.decode(t).unwrap();
+        let v: Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(v["client_name"], "lab");
+        assert_eq!(v["secret"], "s3cret");
+        assert_eq!(v["fingerprint"], "abcd");
+        assert!(token_from_operation(&serde_json::json!({}), "lab").is_err());
+    }
+}

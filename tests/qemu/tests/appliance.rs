@@ -1,0 +1,252 @@
+//! The QEMU tier: boots the real appliance image. These tests are `#[ignore]`d so the fast
+//! `cargo test` tier skips them; CI runs them with
+//! `cargo test -p cairn-lab --test appliance -- --ignored --test-threads=1`
+//! after building the image (image/build.sh). Each test boots its own node from a qcow2
+//! overlay of the image, so they never change the image itself.
+
+use cairn_lab::image::{self, ClientCert};
+use cairn_lab::node::{Node, NodeConfig};
+use cairn_lab::{accel, api, lab_dir};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(300);
+
+struct Lab {
+    image: PathBuf,
+    cert: ClientCert,
+    dir: PathBuf,
+    api: bool,
+}
+
+fn lab(test: &str) -> Lab {
+    let image = image::default_image();
+    assert!(
+        image.exists(),
+        "no image at {}: build it with image/build.sh first",
+        image.display()
+    );
+    let dir = lab_dir().join("tests").join(test);
+    let cert = image::client_cert(&lab_dir().join("client")).expect("client certificate");
+    Lab {
+        api: image::has_cairnd(&image),
+        image,
+        cert,
+        dir,
+    }
+}
+
+impl Lab {
+    fn node(&self, name: &str) -> Node {
+        let mut cfg = NodeConfig::new(name, &self.image, accel::detect());
+        cfg.seed = image::seed_for(name, &self.cert).expect("seed");
+        Node::create(cfg, &self.dir).expect("create node")
+    }
+
+    /// Boots until the node is up: "API ready" when the image has cairnd, otherwise all
+    /// services started.
+    fn boot(&self, node: &mut Node) {
+        node.start().expect("start QEMU");
+        let marker = if self.api {
+            "cairn: API ready"
+        } else {
+            "stage=services-started"
+        };
+        node.wait_for(marker, BOOT)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn fresh_node_boots_to_api_and_incus_cli_trusts_it() {
+    let lab = lab("api");
+    assert!(
+        lab.api,
+        "the image has no cairnd: build it with a cairnd binary"
+    );
+    let mut node = lab.node("api");
+    lab.boot(&mut node);
+    assert!(
+        api::trusted(&lab.cert, &node.api_url()),
+        "the seed's client certificate is trusted"
+    );
+
+    let token = api::trust_token(&lab.cert, &node.api_url(), "cli").expect("trust token");
+    let incus = image::incus_client().expect("incus client");
+    let conf = lab.dir.join("incus-config");
+    let _ = std::fs::remove_dir_all(&conf);
+    let run = |args: &[&str]| {
+        Command::new(&incus)
+            .args(args)
+            .env("INCUS_CONF", &conf)
+            .output()
+            .expect("running incus")
+    };
+    let add = run(&[
+        "remote",
+        "add",
+        "lab",
+        &node.api_url(),
+        "--token",
+        &token,
+        "--accept-certificate",
+    ]);
+    assert!(
+        add.status.success(),
+        "incus remote add: {}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let info = run(&["info", "lab:"]);
+    assert!(
+        info.status.success(),
+        "incus info: {}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    assert!(String::from_utf8_lossy(&info.stdout).contains("api_version"));
+    node.shutdown(Duration::from_secs(90)).expect("power off");
+}
+
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn root_is_read_only_and_a_flipped_byte_refuses_the_boot() {
+    let lab = lab("verity");
+    let mut node = lab.node("verity");
+    lab.boot(&mut node);
+    node.wait_for("root read-only=1", Duration::from_secs(10))
+        .expect("cairn-init reports that writing to the root fails");
+    node.shutdown(Duration::from_secs(90)).expect("power off");
+
+    // A copy of the image with one byte of root slot A flipped (in its first block, which
+    // the boot always reads): the initrd must refuse it.
+    let copy = lab.dir.join("corrupt.raw");
+    let st = Command::new("cp")
+        .args(["--sparse=always", "-f"])
+        .arg(&lab.image)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (start, _) = cairn_lab::gpt_partition_range(&copy, "root-a").expect("root-a partition");
+    flip_byte(&copy, start + 1024 + 17);
+    let mut cfg = NodeConfig::new("verity-corrupt", &copy, accel::detect());
+    cfg.seed = image::seed_for("verity-corrupt", &lab.cert).unwrap();
+    let mut bad = Node::create(cfg, &lab.dir).unwrap();
+    bad.start().unwrap();
+    bad.wait_for("boot refused", BOOT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    bad.wait_exit(Duration::from_secs(60))
+        .expect("the refused node powers off");
+    assert!(
+        !bad.saw("stage=init-start"),
+        "PID 1 never ran from the corrupted root"
+    );
+    let _ = std::fs::remove_file(copy);
+}
+
+fn flip_byte(path: &std::path::Path, offset: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0xff;
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&b).unwrap();
+}
+
+/// The value of `cairn: KEY=VALUE …` from the last console line that has it.
+fn console_value(node: &mut Node, key: &str) -> Option<String> {
+    let pat = format!("{key}=");
+    node.poll_console().iter().rev().find_map(|l| {
+        l.text
+            .split(&pat)
+            .nth(1)
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+    })
+}
+
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn state_persists_across_a_reboot() {
+    let lab = lab("persist");
+    let mut node = lab.node("persist");
+    lab.boot(&mut node);
+    let machine = console_value(&mut node, "machine").expect("machine id on the console");
+    if lab.api {
+        let put = api::request(
+            &lab.cert,
+            &node.api_url(),
+            "PATCH",
+            "/1.0",
+            Some(&serde_json::json!({"config": {"images.auto_update_interval": "13"}})),
+        );
+        assert!(put.is_ok(), "setting a server config key: {put:?}");
+    }
+    node.ctrl_alt_del().expect("ctrl-alt-del");
+    node.wait_for("shutdown-complete clean=1", Duration::from_secs(90))
+        .expect("clean reboot");
+    let marker = if lab.api {
+        "cairn: API ready"
+    } else {
+        "stage=services-started"
+    };
+    // The same QEMU process boots again; wait for the second boot's markers.
+    node.wait_for("stage=init-start", BOOT)
+        .expect("second boot");
+    node.wait_for(marker, BOOT).expect("second boot up");
+    assert_eq!(
+        console_value(&mut node, "machine").as_deref(),
+        Some(machine.as_str()),
+        "same machine id from /var"
+    );
+    assert!(node.saw("data fs clean=1"));
+    if lab.api {
+        let v = api::request(&lab.cert, &node.api_url(), "GET", "/1.0", None).expect("GET /1.0");
+        assert_eq!(v["metadata"]["config"]["images.auto_update_interval"], "13");
+    }
+    node.shutdown(Duration::from_secs(90)).expect("power off");
+}
+
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn acpi_power_down_is_clean_and_quick() {
+    let lab = lab("acpi");
+    let mut node = lab.node("acpi");
+    lab.boot(&mut node);
+    let took = node
+        .shutdown(Duration::from_secs(60))
+        .expect("ACPI power-down within 60 s");
+    assert!(
+        node.saw("shutdown-complete clean=1"),
+        "clean unmount:\n{}",
+        node.tail(20)
+    );
+    eprintln!("ACPI power-down took {:.1}s", took.as_secs_f64());
+    lab.boot(&mut node);
+    assert!(
+        node.saw("data fs clean=1"),
+        "the next boot finds a clean data filesystem"
+    );
+    node.shutdown(Duration::from_secs(60)).expect("power off");
+}
+
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn power_cut_then_healthy_boot() {
+    let lab = lab("powercut");
+    let mut node = lab.node("powercut");
+    lab.boot(&mut node);
+    node.kill9();
+    lab.boot(&mut node);
+    assert!(
+        node.saw("data: /dev/"),
+        "the data partition is mounted after the power cut"
+    );
+    node.shutdown(Duration::from_secs(60)).expect("power off");
+}
