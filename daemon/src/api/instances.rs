@@ -1,0 +1,679 @@
+//! `/1.0/instances` and `/1.0/instances/{name}` (+ `/state`, `/logs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+use super::response::{async_op, check_if_match, empty, sync, sync_etag};
+use super::{ApiError, ApiJson, ApiResult, AppState};
+use crate::db::records::{ConfigMap, DeviceMap};
+use crate::instance::{self, lifecycle, InstanceError};
+use crate::operations::resources;
+
+impl From<InstanceError> for ApiError {
+    fn from(e: InstanceError) -> Self {
+        match e {
+            InstanceError::NotFound(m) => ApiError::not_found(m),
+            InstanceError::Conflict(m) => ApiError::conflict(m),
+            InstanceError::Invalid(m) => ApiError::bad_request(m),
+            InstanceError::Failed(m) => ApiError::internal(m),
+        }
+    }
+}
+
+fn err_string(e: InstanceError) -> String {
+    e.to_string()
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    recursion: Option<String>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(rename = "all-projects", default)]
+    _all_projects: Option<String>,
+    #[serde(default)]
+    _project: Option<String>,
+}
+
+/// `recursion=2;fields=state.network` → 2 (the field selection is a subset we always fill).
+fn recursion_level(r: &Option<String>) -> u8 {
+    r.as_deref()
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    let level = recursion_level(&q.recursion);
+    let filter = q
+        .filter
+        .as_deref()
+        .filter(|f| !f.trim().is_empty())
+        .map(crate::api::filter::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let d2 = d.clone();
+    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+        let recs = d2.db.instances()?;
+        let mut views = Vec::with_capacity(recs.len());
+        for rec in &recs {
+            if level == 0 && filter.is_none() {
+                views.push(serde_json::Value::String(instance::url(&rec.name)));
+                continue;
+            }
+            let v = serde_json::to_value(instance::view(&d2, rec, level >= 2)?)
+                .map_err(ApiError::internal)?;
+            if let Some(f) = &filter {
+                if !f.matches(&v) {
+                    continue;
+                }
+            }
+            views.push(if level == 0 {
+                serde_json::Value::String(instance::url(&rec.name))
+            } else {
+                v
+            });
+        }
+        Ok(serde_json::Value::Array(views))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    sync(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSource {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    certificate: String,
+    #[serde(default)]
+    alias: String,
+    #[serde(default)]
+    fingerprint: String,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+    #[serde(default)]
+    server: String,
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    protocol: String,
+    #[serde(rename = "base-image", default)]
+    base_image: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    live: bool,
+    #[serde(default)]
+    instance_only: bool,
+    #[serde(default)]
+    refresh: bool,
+    #[serde(default)]
+    refresh_exclude_older: bool,
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    allow_inconsistent: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesPost {
+    name: String,
+    #[serde(default)]
+    source: InstanceSource,
+    #[serde(default)]
+    instance_type: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    start: bool,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    config: Option<ConfigMap>,
+    #[serde(default)]
+    devices: Option<DeviceMap>,
+    #[serde(default)]
+    ephemeral: bool,
+    #[serde(default)]
+    profiles: Option<Vec<String>>,
+    #[serde(default)]
+    restore: String,
+    #[serde(default)]
+    stateful: bool,
+    #[serde(default)]
+    description: String,
+}
+
+fn resolve_image(d: &AppState, src: &InstanceSource) -> Result<String, ApiError> {
+    if !src.server.is_empty() {
+        return Err(ApiError::bad_request(
+            "Images from remote servers are not supported yet: import the image first",
+        ));
+    }
+    if !src.alias.is_empty() {
+        let a = d
+            .db
+            .alias(&src.alias)?
+            .ok_or_else(|| ApiError::not_found(format!("Image alias {:?} not found", src.alias)))?;
+        return Ok(a.target);
+    }
+    if !src.fingerprint.is_empty() {
+        return crate::image::resolve(d, &src.fingerprint)
+            .map(|i| i.fingerprint)
+            .map_err(|_| ApiError::not_found("Image not found"));
+    }
+    Err(ApiError::bad_request(
+        "No image given (source.alias or source.fingerprint)",
+    ))
+}
+
+pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<InstancesPost>) -> ApiResult {
+    let _ = (
+        &req.instance_type,
+        &req.architecture,
+        &req.restore,
+        req.stateful,
+    );
+    let _ = (
+        &req.source.certificate,
+        &req.source.properties,
+        &req.source.secret,
+    );
+    let _ = (
+        &req.source.protocol,
+        &req.source.base_image,
+        &req.source.mode,
+    );
+    let _ = (
+        &req.source.operation,
+        &req.source.secrets,
+        &req.source.source,
+    );
+    let _ = (
+        req.source.live,
+        req.source.instance_only,
+        req.source.refresh,
+    );
+    let _ = (
+        req.source.refresh_exclude_older,
+        &req.source.project,
+        req.source.allow_inconsistent,
+    );
+    crate::validate::instance_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !req.kind.is_empty() && req.kind != "container" {
+        return Err(ApiError::bad_request(format!(
+            "Instance type {:?} is not supported (only containers)",
+            req.kind
+        )));
+    }
+    let config = req.config.unwrap_or_default();
+    crate::validate::instance_config(&config, false)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let devices = req.devices.unwrap_or_default();
+    crate::validate::devices(&devices).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let image_fingerprint = match req.source.kind.as_str() {
+        "image" | "" => resolve_image(&d, &req.source)?,
+        "none" => {
+            return Err(ApiError::bad_request(
+                "Instances without an image are not supported yet",
+            ))
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Source type {other:?} is not supported"
+            )))
+        }
+    };
+    let creq = lifecycle::CreateRequest {
+        name: req.name.clone(),
+        image_fingerprint,
+        config,
+        devices,
+        profiles: req.profiles,
+        ephemeral: req.ephemeral,
+        description: req.description,
+        start: req.start,
+    };
+    lifecycle::precheck_create(&d, &creq)?;
+    let d2 = d.clone();
+    let op = d.ops.spawn_task(
+        "Creating instance",
+        resources("instances", &[instance::url(&req.name)]),
+        async move { lifecycle::create(d2, creq).await.map_err(err_string) },
+    );
+    async_op(op.view())
+}
+
+pub async fn get_one(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    let rec = instance::get(&d, &name)?;
+    let full = recursion_level(&q.recursion) >= 1;
+    let d2 = d.clone();
+    let r2 = rec.clone();
+    let v = tokio::task::spawn_blocking(move || instance::view(&d2, &r2, full))
+        .await
+        .map_err(ApiError::internal)??;
+    sync_etag(v, &instance::etag_of(&rec))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePut {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    config: Option<ConfigMap>,
+    #[serde(default)]
+    devices: Option<DeviceMap>,
+    #[serde(default)]
+    ephemeral: Option<bool>,
+    #[serde(default)]
+    profiles: Option<Vec<String>>,
+    #[serde(default)]
+    restore: String,
+    #[serde(default)]
+    stateful: bool,
+    #[serde(default)]
+    description: Option<String>,
+    // Read-only fields a client may echo back from GET; ignored like Incus does.
+    #[serde(default)]
+    created_at: Option<serde_json::Value>,
+    #[serde(default)]
+    expanded_config: Option<serde_json::Value>,
+    #[serde(default)]
+    expanded_devices: Option<serde_json::Value>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    status_code: Option<u16>,
+    #[serde(default)]
+    last_used_at: Option<serde_json::Value>,
+    #[serde(default)]
+    location: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+}
+
+async fn update(
+    d: AppState,
+    name: String,
+    headers: HeaderMap,
+    req: InstancePut,
+    patch: bool,
+) -> ApiResult {
+    let _ = (
+        &req.architecture,
+        req.stateful,
+        &req.created_at,
+        &req.expanded_config,
+    );
+    let _ = (
+        &req.expanded_devices,
+        &req.name,
+        &req.status,
+        &req.status_code,
+    );
+    let _ = (&req.last_used_at, &req.location, &req.kind, &req.project);
+    let rec = instance::get(&d, &name)?;
+    check_if_match(&headers, &instance::etag_of(&rec))?;
+    if !req.restore.is_empty() {
+        let d2 = d.clone();
+        // The CLI sends "instance/snapshot"; a bare snapshot name is accepted too.
+        let snap = match req.restore.split_once('/') {
+            Some((inst, snap)) if inst == name => snap.to_string(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "Snapshot belongs to another instance",
+                ))
+            }
+            None => req.restore.clone(),
+        };
+        crate::instance::snapshot::get_snapshot(&d, &name, &snap)?;
+        let op = d.ops.spawn_task(
+            "Restoring snapshot",
+            resources("instances", &[instance::url(&name)]),
+            async move {
+                crate::instance::snapshot::restore(d2, &name, &snap)
+                    .await
+                    .map_err(err_string)
+            },
+        );
+        return async_op(op.view());
+    }
+    let (mut config, mut devices) = (rec.config.clone(), rec.devices.clone());
+    match (patch, req.config) {
+        (true, Some(c)) => config.extend(c),
+        (false, c) => config = c.unwrap_or_default(),
+        (true, None) => {}
+    }
+    match (patch, req.devices) {
+        (true, Some(dv)) => devices.extend(dv),
+        (false, dv) => devices = dv.unwrap_or_default(),
+        (true, None) => {}
+    }
+    let user_keys: ConfigMap = config
+        .iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    crate::validate::instance_config(&user_keys, false)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    crate::validate::devices(&devices).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let profiles = req
+        .profiles
+        .unwrap_or(if patch { rec.profiles.clone() } else { vec![] });
+    let description = req.description.unwrap_or(if patch {
+        rec.description.clone()
+    } else {
+        String::new()
+    });
+    let ephemeral = req
+        .ephemeral
+        .unwrap_or(if patch { rec.ephemeral } else { false });
+    let d2 = d.clone();
+    let n = name.clone();
+    let op = d.ops.spawn_task(
+        "Updating instance",
+        resources("instances", &[instance::url(&name)]),
+        async move {
+            lifecycle::update(&d2, &n, config, devices, profiles, description, ephemeral)
+                .map_err(err_string)
+        },
+    );
+    async_op(op.view())
+}
+
+pub async fn put(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<InstancePut>,
+) -> ApiResult {
+    update(d, name, headers, req, false).await
+}
+
+pub async fn patch(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<InstancePut>,
+) -> ApiResult {
+    update(d, name, headers, req, true).await
+}
+
+pub async fn delete(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    instance::get(&d, &name)?;
+    if instance::lxc_state(&d, &name) != crate::instance::lxc::LxcState::Stopped {
+        return Err(ApiError::bad_request(
+            "Instance is running: stop it first or use --force",
+        ));
+    }
+    let d2 = d.clone();
+    let n = name.clone();
+    let op = d.ops.spawn_task(
+        "Deleting instance",
+        resources("instances", &[instance::url(&name)]),
+        async move { lifecycle::delete(d2, &n).await.map_err(err_string) },
+    );
+    async_op(op.view())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePost {
+    name: String,
+    #[serde(default)]
+    migration: bool,
+    #[serde(default)]
+    live: bool,
+    #[serde(default)]
+    instance_only: bool,
+    #[serde(default)]
+    target: Option<serde_json::Value>,
+    #[serde(default)]
+    pool: String,
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    allow_inconsistent: bool,
+    #[serde(default)]
+    config: Option<ConfigMap>,
+    #[serde(default)]
+    devices: Option<DeviceMap>,
+    #[serde(default)]
+    profiles: Option<Vec<String>>,
+}
+
+pub async fn rename(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<InstancePost>,
+) -> ApiResult {
+    let _ = (
+        req.live,
+        req.instance_only,
+        req.allow_inconsistent,
+        &req.config,
+        &req.devices,
+        &req.profiles,
+    );
+    if req.migration || req.target.is_some() || !req.pool.is_empty() || !req.project.is_empty() {
+        return Err(ApiError::bad_request("Migration is not supported yet"));
+    }
+    crate::validate::instance_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    instance::get(&d, &name)?;
+    if d.db.instance(&req.name)?.is_some() {
+        return Err(ApiError::conflict(format!(
+            "Instance {:?} already exists",
+            req.name
+        )));
+    }
+    let d2 = d.clone();
+    let to = req.name.clone();
+    let op = d.ops.spawn_task(
+        "Renaming instance",
+        resources("instances", &[instance::url(&name)]),
+        async move { lifecycle::rename(d2, &name, &to).await.map_err(err_string) },
+    );
+    async_op(op.view())
+}
+
+pub async fn get_state(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let rec = instance::get(&d, &name)?;
+    let d2 = d.clone();
+    let v = tokio::task::spawn_blocking(move || {
+        let ls = instance::lxc_state(&d2, &rec.name);
+        crate::instance::state::view(&d2, &rec, ls)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    sync(v)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatePut {
+    action: String,
+    #[serde(default)]
+    timeout: i64,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    stateful: bool,
+}
+
+fn state_op(d: &AppState, name: &str, req: &StatePut) -> ApiResult {
+    if req.stateful {
+        return Err(ApiError::bad_request(
+            "Stateful stop/start is not supported",
+        ));
+    }
+    instance::get(d, name)?;
+    let (desc, d2, n, force, timeout) = (
+        match req.action.as_str() {
+            "start" => "Starting instance",
+            "stop" => "Stopping instance",
+            "restart" => "Restarting instance",
+            "freeze" => "Freezing instance",
+            "unfreeze" => "Unfreezing instance",
+            other => return Err(ApiError::bad_request(format!("Unknown action {other:?}"))),
+        },
+        d.clone(),
+        name.to_string(),
+        req.force,
+        req.timeout,
+    );
+    let action = req.action.clone();
+    let op = d.ops.spawn_task(
+        desc,
+        resources("instances", &[instance::url(name)]),
+        async move {
+            let r = match action.as_str() {
+                "start" => lifecycle::start(d2, &n).await,
+                "stop" => lifecycle::stop(d2, &n, force, timeout).await,
+                "restart" => lifecycle::restart(d2, &n, force, timeout).await,
+                "freeze" => lifecycle::freeze(d2, &n, true).await,
+                _ => lifecycle::freeze(d2, &n, false).await,
+            };
+            r.map_err(err_string)
+        },
+    );
+    async_op(op.view())
+}
+
+pub async fn put_state(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<StatePut>,
+) -> ApiResult {
+    state_op(&d, &name, &req)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkState {
+    state: StatePut,
+}
+
+/// `PUT /1.0/instances`: the same state change for every instance (`incus stop --all`).
+pub async fn bulk_state(State(d): State<AppState>, ApiJson(req): ApiJson<BulkState>) -> ApiResult {
+    let names: Vec<String> = d.db.instances()?.into_iter().map(|r| r.name).collect();
+    let d2: Arc<crate::daemon::Daemon> = d.clone();
+    let action = req.state.action.clone();
+    let (force, timeout) = (req.state.force, req.state.timeout);
+    if !["start", "stop", "restart", "freeze", "unfreeze"].contains(&action.as_str()) {
+        return Err(ApiError::bad_request(format!("Unknown action {action:?}")));
+    }
+    let urls: Vec<String> = names.iter().map(|n| instance::url(n)).collect();
+    let op = d.ops.spawn_task(
+        "Updating instance states",
+        resources("instances", &urls),
+        async move {
+            let mut failures = Vec::new();
+            for n in names {
+                let st = instance::lxc_state(&d2, &n);
+                let skip = match action.as_str() {
+                    "start" => st != crate::instance::lxc::LxcState::Stopped,
+                    "stop" | "freeze" => st == crate::instance::lxc::LxcState::Stopped,
+                    _ => false,
+                };
+                if skip {
+                    continue;
+                }
+                let r = match action.as_str() {
+                    "start" => lifecycle::start(d2.clone(), &n).await,
+                    "stop" => lifecycle::stop(d2.clone(), &n, force, timeout).await,
+                    "restart" => lifecycle::restart(d2.clone(), &n, force, timeout).await,
+                    "freeze" => lifecycle::freeze(d2.clone(), &n, true).await,
+                    _ => lifecycle::freeze(d2.clone(), &n, false).await,
+                };
+                if let Err(e) = r {
+                    failures.push(format!("{n}: {e}"));
+                }
+            }
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(failures.join("; "))
+            }
+        },
+    );
+    async_op(op.view())
+}
+
+fn log_name_ok(f: &str) -> bool {
+    !f.is_empty() && !f.contains('/') && f != "." && f != ".."
+}
+
+pub async fn logs(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    instance::get(&d, &name)?;
+    let dir = d.instance_log_dir(&name);
+    let mut out = Vec::new();
+    if let Ok(it) = std::fs::read_dir(&dir) {
+        for e in it.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            out.push(format!("/1.0/instances/{name}/logs/{f}"));
+        }
+    }
+    out.sort();
+    sync(out)
+}
+
+pub async fn log_file(
+    State(d): State<AppState>,
+    Path((name, file)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    instance::get(&d, &name)?;
+    if !log_name_ok(&file) {
+        return Err(ApiError::bad_request("Invalid log file name"));
+    }
+    let data = std::fs::read(d.instance_log_dir(&name).join(&file))
+        .map_err(|_| ApiError::not_found("Log file not found"))?;
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        data,
+    )
+        .into_response())
+}
+
+pub async fn delete_log(
+    State(d): State<AppState>,
+    Path((name, file)): Path<(String, String)>,
+) -> ApiResult {
+    instance::get(&d, &name)?;
+    if !log_name_ok(&file) || file == "lxc.log" || file == "console.log" {
+        return Err(ApiError::bad_request(
+            "Only exec output logs can be deleted",
+        ));
+    }
+    std::fs::remove_file(d.instance_log_dir(&name).join(&file))
+        .map_err(|_| ApiError::not_found("Log file not found"))?;
+    empty()
+}
+
+#[allow(dead_code)]
+fn _unused(_: HashMap<(), ()>) {}

@@ -1,0 +1,203 @@
+//! The Incus REST API over axum. Handlers parse and validate requests into typed calls on
+//! the services (`instance`, `image`, `storage`, …) and shape the answers as Incus does; they
+//! hold no state of their own.
+
+mod auth;
+mod certificates;
+mod events;
+mod exec;
+mod files;
+mod filter;
+mod images;
+mod instances;
+mod networks;
+mod operations;
+mod profiles;
+pub mod response;
+mod server;
+mod snapshots;
+mod storage;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::daemon::Daemon;
+pub use response::{ApiError, ApiResult};
+
+pub type AppState = Arc<Daemon>;
+
+/// The most a JSON request body may hold; image uploads have their own streaming limit.
+pub const JSON_BODY_LIMIT: usize = 4 << 20;
+
+/// A JSON body parsed strictly (unknown fields refused), with Incus-style errors.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(e.status(), "Request body too large")
+                } else {
+                    ApiError::bad_request(format!("Failed reading request body: {e}"))
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
+    }
+}
+
+pub fn router(d: AppState) -> Router {
+    let json_routes = Router::new()
+        .route("/", get(server::root))
+        .route(
+            "/1.0",
+            get(server::get_server)
+                .put(server::put_server)
+                .patch(server::patch_server),
+        )
+        .route("/1.0/events", get(events::events))
+        .route("/1.0/operations", get(operations::list))
+        .route(
+            "/1.0/operations/{id}",
+            get(operations::get_op).delete(operations::cancel),
+        )
+        .route("/1.0/operations/{id}/wait", get(operations::wait))
+        .route("/1.0/operations/{id}/websocket", get(operations::websocket))
+        .route(
+            "/1.0/instances",
+            get(instances::list)
+                .post(instances::create)
+                .put(instances::bulk_state),
+        )
+        .route(
+            "/1.0/instances/{name}",
+            get(instances::get_one)
+                .put(instances::put)
+                .patch(instances::patch)
+                .delete(instances::delete)
+                .post(instances::rename),
+        )
+        .route(
+            "/1.0/instances/{name}/state",
+            get(instances::get_state).put(instances::put_state),
+        )
+        .route("/1.0/instances/{name}/exec", post(exec::exec))
+        .route(
+            "/1.0/instances/{name}/files",
+            get(files::get_file)
+                .post(files::post_file)
+                .delete(files::delete_file),
+        )
+        .route("/1.0/instances/{name}/sftp", get(files::sftp))
+        .route("/1.0/instances/{name}/logs", get(instances::logs))
+        .route(
+            "/1.0/instances/{name}/logs/{file}",
+            get(instances::log_file).delete(instances::delete_log),
+        )
+        .route(
+            "/1.0/instances/{name}/snapshots",
+            get(snapshots::list).post(snapshots::create),
+        )
+        .route(
+            "/1.0/instances/{name}/snapshots/{snap}",
+            get(snapshots::get_one)
+                .post(snapshots::rename)
+                .delete(snapshots::delete)
+                .put(snapshots::put)
+                .patch(snapshots::put),
+        )
+        .route("/1.0/images", get(images::list).post(images::import))
+        .route(
+            "/1.0/images/aliases",
+            get(images::list_aliases).post(images::create_alias),
+        )
+        .route(
+            "/1.0/images/aliases/{alias}",
+            get(images::get_alias)
+                .put(images::put_alias)
+                .patch(images::put_alias)
+                .post(images::rename_alias)
+                .delete(images::delete_alias),
+        )
+        .route(
+            "/1.0/images/{fp}",
+            get(images::get_one)
+                .put(images::put)
+                .patch(images::patch)
+                .delete(images::delete),
+        )
+        .route("/1.0/images/{fp}/export", get(images::export))
+        .route("/1.0/profiles", get(profiles::list).post(profiles::create))
+        .route(
+            "/1.0/profiles/{name}",
+            get(profiles::get_one)
+                .put(profiles::put)
+                .patch(profiles::patch)
+                .post(profiles::rename)
+                .delete(profiles::delete),
+        )
+        .route(
+            "/1.0/storage-pools",
+            get(storage::list).post(storage::create),
+        )
+        .route(
+            "/1.0/storage-pools/{pool}",
+            get(storage::get_one)
+                .put(storage::put)
+                .patch(storage::put)
+                .delete(storage::delete),
+        )
+        .route("/1.0/storage-pools/{pool}/volumes", get(storage::volumes))
+        .route(
+            "/1.0/storage-pools/{pool}/volumes/{kind}",
+            get(storage::volumes_of_kind),
+        )
+        .route(
+            "/1.0/storage-pools/{pool}/resources",
+            get(storage::resources),
+        )
+        .route("/1.0/networks", get(networks::list))
+        .route("/1.0/networks/{name}", get(networks::get_one))
+        .route("/1.0/projects", get(server::projects))
+        .route("/1.0/projects/{name}", get(server::project))
+        .route(
+            "/1.0/certificates",
+            get(certificates::list).post(certificates::create),
+        )
+        .route(
+            "/1.0/certificates/{fp}",
+            get(certificates::get_one)
+                .put(certificates::put)
+                .patch(certificates::put)
+                .delete(certificates::delete),
+        )
+        .route("/internal/ready", get(server::ready))
+        .route(
+            "/internal/shutdown",
+            axum::routing::put(server::shutdown).post(server::shutdown),
+        )
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
+
+    json_routes
+        .fallback(|| async { ApiError::not_found("not found") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            d.clone(),
+            auth::authenticate,
+        ))
+        .with_state(d)
+}

@@ -1,0 +1,271 @@
+//! `/`, `/1.0` (server environment and configuration), projects, and the unix-socket-only
+//! `/internal/ready` and `/internal/shutdown`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Extension;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Caller;
+use super::response::{check_if_match, empty, sync, sync_etag};
+use super::{ApiError, ApiJson, ApiResult, AppState};
+use crate::db::Command;
+
+/// The API extensions cairnd really implements; clients switch behaviour on these.
+pub const API_EXTENSIONS: &[&str] = &[
+    "etag",
+    "patch",
+    "directory_manipulation",
+    "file_delete",
+    "file_append",
+    "file_symlinks",
+    "container_exec_signal_handling",
+    "container_exec_user_group_cwd",
+    "event_lifecycle",
+    "operation_description",
+    "instances",
+    "container_full",
+    "instance_create_start",
+    "instances_state_selective_recursion",
+    "explicit_trust_token",
+    "api_filtering",
+    "certificate_update",
+    "certificate_token",
+];
+
+pub async fn root() -> ApiResult {
+    sync(["/1.0"])
+}
+
+fn kernel() -> (String, String) {
+    let u = nix::sys::utsname::uname().ok();
+    let release = u
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let arch = u
+        .as_ref()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (release, arch)
+}
+
+fn os_release() -> (String, String) {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    (get("NAME"), get("VERSION_ID"))
+}
+
+pub async fn get_server(
+    State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult {
+    if !caller.trusted {
+        return sync(json!({
+            "config": {},
+            "api_extensions": API_EXTENSIONS,
+            "api_status": "stable",
+            "api_version": "1.0",
+            "auth": "untrusted",
+            "public": false,
+            "auth_methods": ["tls"],
+            "auth_user_name": "",
+            "auth_user_method": "",
+            "environment": {
+                "addresses": null, "architectures": null, "certificate": "",
+                "certificate_fingerprint": "", "driver": "", "driver_version": "",
+                "firewall": "", "kernel": "", "kernel_architecture": "", "kernel_features": null,
+                "kernel_version": "", "lxc_features": null, "os_name": "", "os_version": "",
+                "project": "", "server": "", "server_clustered": false, "server_event_mode": "",
+                "server_name": "", "server_pid": 0, "server_version": "", "storage": "",
+                "storage_version": "", "storage_supported_drivers": null
+            }
+        }));
+    }
+    let config = d.db.server_config()?;
+    let (kernel_version, arch) = kernel();
+    let (os_name, os_version) = os_release();
+    let addresses: Vec<String> = d.https.address().into_iter().collect();
+    let body = json!({
+        "config": config,
+        "api_extensions": API_EXTENSIONS,
+        "api_status": "stable",
+        "api_version": "1.0",
+        "auth": "trusted",
+        "public": false,
+        "auth_methods": ["tls"],
+        "auth_user_name": if caller.method == "unix" { "root".to_string() } else { caller.fingerprint.clone().unwrap_or_default() },
+        "auth_user_method": caller.method,
+        "environment": {
+            "addresses": addresses,
+            "architectures": [arch.clone()],
+            "certificate": d.cert.pem(),
+            "certificate_fingerprint": d.cert.fingerprint(),
+            "driver": "lxc",
+            "driver_version": crate::instance::lxc::version(),
+            "firewall": "nftables",
+            "kernel": "Linux",
+            "kernel_architecture": arch,
+            "kernel_features": {},
+            "kernel_version": kernel_version,
+            "lxc_features": {"cgroup2": if d.host.cgroup2_only { "true" } else { "false" }},
+            "os_name": os_name,
+            "os_version": os_version,
+            "project": "default",
+            "server": "cairn",
+            "server_clustered": false,
+            "server_event_mode": "full-mesh",
+            "server_name": d.hostname,
+            "server_pid": std::process::id(),
+            "server_version": env!("CARGO_PKG_VERSION"),
+            "storage": "dir",
+            "storage_version": "1",
+            "storage_supported_drivers": [{"Name": "dir", "Version": "1", "Remote": false}],
+        }
+    });
+    sync_etag(body, &config)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPut {
+    #[serde(default)]
+    config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Server keys cairnd knows; anything else is refused.
+fn check_server_key(key: &str, value: &str) -> Result<(), ApiError> {
+    match key {
+        "core.https_address" => {
+            if value.contains(char::is_whitespace) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid value for core.https_address: {value:?}"
+                )));
+            }
+            Ok(())
+        }
+        k if k.starts_with("user.") => Ok(()),
+        "images.auto_update_interval" | "images.remote_cache_expiry" => value
+            .parse::<u64>()
+            .map(|_| ())
+            .map_err(|_| ApiError::bad_request(format!("Invalid value for {key}: {value:?}"))),
+        _ => Err(ApiError::bad_request(format!(
+            "Unknown configuration key: {key}"
+        ))),
+    }
+}
+
+/// Go clients send numbers and booleans in config maps as JSON strings, but tools may not.
+fn as_string(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool) -> ApiResult {
+    let old = d.db.server_config()?;
+    for (k, v) in &new {
+        check_server_key(k, v)?;
+    }
+    let mut cmds = Vec::new();
+    for (k, v) in &new {
+        if old.get(k) != Some(v) {
+            cmds.push(Command::SetServerConfig {
+                key: k.clone(),
+                value: (!v.is_empty()).then(|| v.clone()),
+            });
+        }
+    }
+    if replace {
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            cmds.push(Command::SetServerConfig {
+                key: k.clone(),
+                value: None,
+            });
+        }
+    }
+    let https_changed = cmds
+        .iter()
+        .any(|c| matches!(c, Command::SetServerConfig { key, .. } if key == "core.https_address"));
+    if https_changed {
+        // Bind first: a bad address must fail the request and change nothing.
+        let want = if replace {
+            new.get("core.https_address").cloned()
+        } else {
+            new.get("core.https_address")
+                .cloned()
+                .or_else(|| old.get("core.https_address").cloned())
+        };
+        crate::listener::apply_https_address(d, want.as_deref())
+            .await
+            .map_err(ApiError::bad_request)?;
+    }
+    d.db.apply_all(&cmds)?;
+    empty()
+}
+
+pub async fn put_server(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ServerPut>,
+) -> ApiResult {
+    check_if_match(&headers, &d.db.server_config()?)?;
+    let new = req
+        .config
+        .iter()
+        .map(|(k, v)| (k.clone(), as_string(v)))
+        .collect();
+    apply_config(&d, new, true).await
+}
+
+pub async fn patch_server(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ServerPut>,
+) -> ApiResult {
+    check_if_match(&headers, &d.db.server_config()?)?;
+    let new = req
+        .config
+        .iter()
+        .map(|(k, v)| (k.clone(), as_string(v)))
+        .collect();
+    apply_config(&d, new, false).await
+}
+
+pub async fn projects() -> ApiResult {
+    sync(["/1.0/projects/default"])
+}
+
+pub async fn project(Path(name): Path<String>) -> ApiResult {
+    if name != "default" {
+        return Err(ApiError::not_found("Project not found"));
+    }
+    sync(json!({
+        "name": "default",
+        "description": "Default Cairn project",
+        "config": {"features.images": "true", "features.profiles": "true", "features.storage.volumes": "true"},
+        "used_by": [],
+    }))
+}
+
+pub async fn ready() -> ApiResult {
+    empty()
+}
+
+/// `incus admin shutdown`: stops the containers, answers, then the daemon exits. The client
+/// waits for this answer as the sign that the daemon is done.
+pub async fn shutdown(State(d): State<AppState>) -> ApiResult {
+    crate::cli::stop_all(&d).await;
+    let _ = d.shutdown.send(true);
+    empty()
+}

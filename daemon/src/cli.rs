@@ -1,0 +1,189 @@
+//! The command line: `cairnd [--state-dir DIR] [--debug]` runs the daemon; `forkstart` and
+//! `forkexec` are the internal single-threaded helpers that call liblxc where it forks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::daemon::Daemon;
+use crate::instance::lxc::{self, LxcState};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cairn";
+
+struct Options {
+    state_dir: PathBuf,
+    debug: bool,
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cairnd [--state-dir DIR] [--debug]");
+    ExitCode::from(2)
+}
+
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("forkstart") => {
+            let (Some(path), Some(name)) = (args.get(1), args.get(2)) else {
+                return usage();
+            };
+            return ExitCode::from(lxc::forkstart_main(path.as_ref(), name) as u8);
+        }
+        Some("forkexec") => {
+            let Some(spec) = args.get(1) else {
+                return usage();
+            };
+            return ExitCode::from(lxc::forkexec_main(spec).clamp(0, 255) as u8);
+        }
+        Some("--version" | "version") => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let mut opts = Options {
+        state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        debug: false,
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--state-dir" => match it.next() {
+                Some(d) => opts.state_dir = PathBuf::from(d),
+                None => return usage(),
+            },
+            "--debug" | "-d" => opts.debug = true,
+            "-h" | "--help" => {
+                usage();
+                return ExitCode::SUCCESS;
+            }
+            _ => return usage(),
+        }
+    }
+    init_logging(opts.debug);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairnd: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("cairnd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+async fn run(opts: Options) -> Result<(), String> {
+    let d = Daemon::open(&opts.state_dir).map_err(|e| e.to_string())?;
+    crate::trust::restore_tokens(&d).map_err(|e| e.to_string())?;
+    crate::preseed::apply(&d).map_err(|e| e.to_string())?;
+    let router = crate::api::router(d.clone());
+    d.https.set_router(router.clone());
+    let unix = crate::listener::bind_unix(&d.paths.unix_socket)
+        .map_err(|e| format!("binding {}: {e}", d.paths.unix_socket.display()))?;
+    tokio::spawn(crate::listener::serve_unix(unix, router));
+    let config = d.db.server_config().map_err(|e| e.to_string())?;
+    if let Some(addr) = config.get("core.https_address") {
+        if let Err(e) = crate::listener::apply_https_address(&d, Some(addr)).await {
+            tracing::error!("core.https_address: {e}");
+        }
+    }
+    tracing::info!(
+        "cairnd ready: unix socket {}{}",
+        d.paths.unix_socket.display(),
+        d.https
+            .address()
+            .map(|a| format!(", HTTPS on {a}"))
+            .unwrap_or_default()
+    );
+    tokio::spawn(resume_instances(d.clone()));
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut pwr = signal(SignalKind::from_raw(libc::SIGPWR)).map_err(|e| e.to_string())?;
+    let mut shutdown = d.shutdown.subscribe();
+    tokio::select! {
+        // SIGTERM/SIGINT: the daemon goes, its containers keep running (as Incus).
+        _ = term.recv() => tracing::info!("SIGTERM: exiting, containers keep running"),
+        _ = int.recv() => tracing::info!("SIGINT: exiting, containers keep running"),
+        // SIGPWR: the host is going down: stop the containers first.
+        _ = pwr.recv() => {
+            tracing::info!("SIGPWR: stopping containers");
+            stop_all(&d).await;
+        }
+        // /internal/shutdown stopped the containers before it signalled.
+        _ = shutdown.wait_for(|s| *s) => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let _ = std::fs::remove_file(&d.paths.unix_socket);
+    Ok(())
+}
+
+/// Starts instances that were running when the daemon last stopped them, and those with
+/// `boot.autostart`.
+async fn resume_instances(d: Arc<Daemon>) {
+    let Ok(instances) = d.db.instances() else {
+        return;
+    };
+    for rec in instances {
+        let should = rec
+            .config
+            .get("volatile.last_state.power")
+            .map(String::as_str)
+            == Some("RUNNING")
+            || crate::validate::is_true(rec.config.get("boot.autostart"));
+        if should && crate::instance::lxc_state(&d, &rec.name) == LxcState::Stopped {
+            if let Err(e) = crate::instance::lifecycle::start(d.clone(), &rec.name).await {
+                tracing::warn!("restarting instance {}: {e}", rec.name);
+            }
+        }
+    }
+}
+
+/// Stops every running container (clean shutdown, then kill after 30 s), keeping their
+/// `volatile.last_state.power` so they come back with the daemon.
+pub async fn stop_all(d: &Arc<Daemon>) {
+    let Ok(instances) = d.db.instances() else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for rec in instances {
+        if crate::instance::lxc_state(d, &rec.name) == LxcState::Stopped {
+            continue;
+        }
+        let lxcpath = d.paths.lxc.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let clean = lxc::shutdown(&lxcpath, &rec.name, 30).unwrap_or(false);
+            if !clean {
+                let _ = lxc::stop(&lxcpath, &rec.name);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}

@@ -1,0 +1,232 @@
+//! The daemon's shared state: paths, database, event hub, operations, storage pools, the
+//! server certificate and host facts. Services take `&Daemon`; the API layer holds an
+//! `Arc<Daemon>`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+
+use crate::db::records::{PoolRecord, ProfileRecord};
+use crate::db::{Command, Db};
+use crate::events::EventHub;
+use crate::instance::idmap::IdShift;
+use crate::instance::lxc_config::HostCaps;
+use crate::operations::Operations;
+use crate::storage::{self, StorageDriver};
+use crate::tls::cert::ServerCert;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating state directory {0}: {1}")]
+    StateDir(PathBuf, std::io::Error),
+    #[error("opening the database: {0}")]
+    Db(#[from] crate::db::DbError),
+    #[error("server certificate: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Where things live under the state dir.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state: PathBuf,
+    pub lxc: PathBuf,
+    pub logs: PathBuf,
+    pub images: PathBuf,
+    pub pools: PathBuf,
+    pub unix_socket: PathBuf,
+}
+
+impl Paths {
+    pub fn new(state: &Path) -> Paths {
+        Paths {
+            state: state.to_path_buf(),
+            lxc: state.join("lxc"),
+            logs: state.join("logs"),
+            images: state.join("images"),
+            pools: state.join("storage-pools"),
+            unix_socket: state.join("unix.socket"),
+        }
+    }
+}
+
+/// Something a websocket operation's clients connect to (`/operations/{id}/websocket`).
+pub trait WebsocketTarget: Send + Sync {
+    /// Whether `secret` names one of the operation's streams.
+    fn check_secret(&self, secret: &str) -> Result<(), String>;
+    /// Hands over a connected websocket if `secret` names one of the operation's streams.
+    fn connect(&self, secret: &str, ws: axum::extract::ws::WebSocket) -> Result<(), String>;
+}
+
+pub struct Daemon {
+    pub paths: Paths,
+    pub db: Db,
+    pub events: EventHub,
+    pub ops: Operations,
+    pub pools: RwLock<BTreeMap<String, Arc<dyn StorageDriver>>>,
+    pub cert: ServerCert,
+    pub host: HostCaps,
+    pub idmap: IdShift,
+    pub hostname: String,
+    pub started_at: DateTime<Utc>,
+    /// One async lock per instance: state changes of one instance never interleave.
+    instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub websockets: Mutex<HashMap<String, Arc<dyn WebsocketTarget>>>,
+    pub https: crate::listener::HttpsSlot,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+fn make_dir(p: &Path, mode: u32) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p).map_err(|e| StartError::StateDir(p.to_path_buf(), e))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| StartError::StateDir(p.to_path_buf(), e))
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "cairn".into())
+}
+
+impl Daemon {
+    pub fn open(state: &Path) -> Result<Arc<Daemon>, StartError> {
+        let paths = Paths::new(state);
+        // 0711: unprivileged containers must traverse to their rootfs, but not list.
+        make_dir(&paths.state, 0o711)?;
+        make_dir(&paths.lxc, 0o711)?;
+        make_dir(&paths.logs, 0o700)?;
+        make_dir(&paths.images, 0o700)?;
+        make_dir(&paths.pools, 0o711)?;
+        let db = Db::open(&state.join("cairn.db"))?;
+        let hostname = hostname();
+        let cert = ServerCert::load_or_generate(state, &hostname)?;
+        let events = EventHub::new();
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let d = Daemon {
+            ops: Operations::new(events.clone()),
+            events,
+            db,
+            pools: RwLock::new(BTreeMap::new()),
+            cert,
+            host: HostCaps::detect(),
+            idmap: IdShift::host_default(),
+            hostname,
+            started_at: Utc::now(),
+            instance_locks: Mutex::new(HashMap::new()),
+            websockets: Mutex::new(HashMap::new()),
+            https: Default::default(),
+            shutdown,
+            paths,
+        };
+        d.seed_defaults()?;
+        d.open_pools()?;
+        Ok(Arc::new(d))
+    }
+
+    /// First start: a `default` profile with a root disk on the `default` dir pool and a p2p
+    /// NIC, as `incus admin init --auto` would give (minus a managed bridge, which comes later).
+    fn seed_defaults(&self) -> Result<(), StartError> {
+        if self.db.profile("default")?.is_none() {
+            let mut devices = BTreeMap::new();
+            devices.insert(
+                "root".to_string(),
+                [("type", "disk"), ("path", "/"), ("pool", "default")]
+                    .iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect(),
+            );
+            devices.insert(
+                "eth0".to_string(),
+                [("type", "nic"), ("nictype", "p2p"), ("name", "eth0")]
+                    .iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect(),
+            );
+            self.db.apply(&Command::CreateProfile(ProfileRecord {
+                name: "default".into(),
+                description: "Default Cairn profile".into(),
+                config: BTreeMap::new(),
+                devices,
+            }))?;
+        }
+        if self.db.pools()?.is_empty() {
+            let source = self.paths.pools.join("default");
+            self.db.apply(&Command::CreatePool(PoolRecord {
+                name: "default".into(),
+                driver: "dir".into(),
+                description: String::new(),
+                config: [("source".to_string(), source.display().to_string())].into(),
+            }))?;
+        }
+        Ok(())
+    }
+
+    fn open_pools(&self) -> Result<(), StartError> {
+        for p in self.db.pools()? {
+            let source = self.pool_source(&p);
+            let driver = storage::open(&p.name, &p.driver, &source)?;
+            self.pools_mut().insert(p.name.clone(), Arc::from(driver));
+        }
+        Ok(())
+    }
+
+    pub fn pool_source(&self, p: &PoolRecord) -> PathBuf {
+        p.config
+            .get("source")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.paths.pools.join(&p.name))
+    }
+
+    pub fn pools_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn StorageDriver>>> {
+        self.pools.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn pool(&self, name: &str) -> Option<Arc<dyn StorageDriver>> {
+        self.pools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn instance_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .instance_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    pub fn register_websocket(&self, op_id: &str, target: Arc<dyn WebsocketTarget>) {
+        self.websockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(op_id.to_string(), target);
+    }
+
+    pub fn unregister_websocket(&self, op_id: &str) {
+        self.websockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(op_id);
+    }
+
+    pub fn websocket_target(&self, op_id: &str) -> Option<Arc<dyn WebsocketTarget>> {
+        self.websockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(op_id)
+            .cloned()
+    }
+
+    pub fn instance_log_dir(&self, name: &str) -> PathBuf {
+        self.paths.logs.join(name)
+    }
+}

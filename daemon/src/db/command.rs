@@ -1,0 +1,402 @@
+//! Typed state changes. Every write to the database is one of these, applied by
+//! [`apply`] inside one transaction. `apply` is deterministic: it reads no clock, draws no
+//! random numbers and does no I/O but its SQLite handle, so the same sequence of commands
+//! gives the same database on every member once the commands travel through Raft.
+
+use rusqlite::{params, Transaction};
+use serde::{Deserialize, Serialize};
+
+use super::records::*;
+use super::DbError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    SetServerConfig {
+        key: String,
+        value: Option<String>,
+    },
+
+    CreateImage(ImageRecord),
+    UpdateImage(ImageRecord),
+    DeleteImage {
+        fingerprint: String,
+    },
+    CreateAlias(AliasRecord),
+    UpdateAlias(AliasRecord),
+    RenameAlias {
+        from: String,
+        to: String,
+    },
+    DeleteAlias {
+        name: String,
+    },
+
+    CreateProfile(ProfileRecord),
+    UpdateProfile(ProfileRecord),
+    RenameProfile {
+        from: String,
+        to: String,
+    },
+    DeleteProfile {
+        name: String,
+    },
+
+    CreateInstance(InstanceRecord),
+    UpdateInstance(InstanceRecord),
+    RenameInstance {
+        from: String,
+        to: String,
+    },
+    DeleteInstance {
+        name: String,
+    },
+    /// Sets (or with `None` removes) one `volatile.*` key without touching the rest.
+    SetInstanceVolatile {
+        name: String,
+        key: String,
+        value: Option<String>,
+    },
+
+    CreateSnapshot(SnapshotRecord),
+    UpdateSnapshot(SnapshotRecord),
+    RenameSnapshot {
+        instance: String,
+        from: String,
+        to: String,
+    },
+    DeleteSnapshot {
+        instance: String,
+        name: String,
+    },
+
+    CreatePool(PoolRecord),
+    UpdatePool(PoolRecord),
+    DeletePool {
+        name: String,
+    },
+
+    AddCertificate(CertificateRecord),
+    UpdateCertificate(CertificateRecord),
+    DeleteCertificate {
+        fingerprint: String,
+    },
+
+    CreateToken(TokenRecord),
+    DeleteToken {
+        secret: String,
+    },
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, DbError> {
+    serde_json::to_string(v).map_err(|e| DbError::Encode(e.to_string()))
+}
+
+/// Checks that an UPDATE or DELETE touched a row, so a command about a missing object fails
+/// instead of silently doing nothing.
+fn one(what: &str, name: &str, changed: usize) -> Result<(), DbError> {
+    if changed == 0 {
+        return Err(DbError::NotFound(format!("{what} {name:?}")));
+    }
+    Ok(())
+}
+
+pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
+    use Command::*;
+    match cmd {
+        SetServerConfig { key, value } => {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO config (key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![key, v],
+                )?,
+                None => tx.execute("DELETE FROM config WHERE key = ?1", params![key])?,
+            };
+        }
+
+        CreateImage(r) => {
+            tx.execute(
+                "INSERT INTO images (fingerprint, data) VALUES (?1, ?2)",
+                params![r.fingerprint, json(r)?],
+            )?;
+        }
+        UpdateImage(r) => one(
+            "image",
+            &r.fingerprint,
+            tx.execute(
+                "UPDATE images SET data = ?2 WHERE fingerprint = ?1",
+                params![r.fingerprint, json(r)?],
+            )?,
+        )?,
+        DeleteImage { fingerprint } => {
+            tx.execute(
+                "DELETE FROM image_aliases WHERE target = ?1",
+                params![fingerprint],
+            )?;
+            one(
+                "image",
+                fingerprint,
+                tx.execute(
+                    "DELETE FROM images WHERE fingerprint = ?1",
+                    params![fingerprint],
+                )?,
+            )?
+        }
+        CreateAlias(a) => {
+            tx.execute(
+                "INSERT INTO image_aliases (name, target, description) VALUES (?1, ?2, ?3)",
+                params![a.name, a.target, a.description],
+            )?;
+        }
+        UpdateAlias(a) => one(
+            "image alias",
+            &a.name,
+            tx.execute(
+                "UPDATE image_aliases SET target = ?2, description = ?3 WHERE name = ?1",
+                params![a.name, a.target, a.description],
+            )?,
+        )?,
+        RenameAlias { from, to } => one(
+            "image alias",
+            from,
+            tx.execute(
+                "UPDATE image_aliases SET name = ?2 WHERE name = ?1",
+                params![from, to],
+            )?,
+        )?,
+        DeleteAlias { name } => one(
+            "image alias",
+            name,
+            tx.execute("DELETE FROM image_aliases WHERE name = ?1", params![name])?,
+        )?,
+
+        CreateProfile(p) => {
+            tx.execute(
+                "INSERT INTO profiles (name, data) VALUES (?1, ?2)",
+                params![p.name, json(p)?],
+            )?;
+        }
+        UpdateProfile(p) => one(
+            "profile",
+            &p.name,
+            tx.execute(
+                "UPDATE profiles SET data = ?2 WHERE name = ?1",
+                params![p.name, json(p)?],
+            )?,
+        )?,
+        RenameProfile { from, to } => {
+            let mut p: ProfileRecord = load(tx, "profiles", "name", from)?;
+            p.name = to.clone();
+            one(
+                "profile",
+                from,
+                tx.execute(
+                    "UPDATE profiles SET name = ?2, data = ?3 WHERE name = ?1",
+                    params![from, to, json(&p)?],
+                )?,
+            )?;
+            // Instances name their profiles: keep those references pointing at the profile.
+            for mut inst in all::<InstanceRecord>(tx, "instances")? {
+                if inst.profiles.iter().any(|n| n == from) {
+                    for n in inst.profiles.iter_mut().filter(|n| *n == from) {
+                        *n = to.clone();
+                    }
+                    tx.execute(
+                        "UPDATE instances SET data = ?2 WHERE name = ?1",
+                        params![inst.name, json(&inst)?],
+                    )?;
+                }
+            }
+        }
+        DeleteProfile { name } => one(
+            "profile",
+            name,
+            tx.execute("DELETE FROM profiles WHERE name = ?1", params![name])?,
+        )?,
+
+        CreateInstance(i) => {
+            tx.execute(
+                "INSERT INTO instances (name, data) VALUES (?1, ?2)",
+                params![i.name, json(i)?],
+            )?;
+        }
+        UpdateInstance(i) => one(
+            "instance",
+            &i.name,
+            tx.execute(
+                "UPDATE instances SET data = ?2 WHERE name = ?1",
+                params![i.name, json(i)?],
+            )?,
+        )?,
+        RenameInstance { from, to } => {
+            let mut i: InstanceRecord = load(tx, "instances", "name", from)?;
+            i.name = to.clone();
+            tx.execute(
+                "UPDATE instances SET name = ?2, data = ?3 WHERE name = ?1",
+                params![from, to, json(&i)?],
+            )?;
+            for mut s in snapshots_of(tx, from)? {
+                s.instance = to.clone();
+                tx.execute(
+                    "UPDATE snapshots SET instance = ?2, data = ?4 WHERE instance = ?1 AND name = ?3",
+                    params![from, to, s.name, json(&s)?],
+                )?;
+            }
+        }
+        DeleteInstance { name } => {
+            tx.execute("DELETE FROM snapshots WHERE instance = ?1", params![name])?;
+            one(
+                "instance",
+                name,
+                tx.execute("DELETE FROM instances WHERE name = ?1", params![name])?,
+            )?
+        }
+        SetInstanceVolatile { name, key, value } => {
+            let mut i: InstanceRecord = load(tx, "instances", "name", name)?;
+            match value {
+                Some(v) => i.config.insert(key.clone(), v.clone()),
+                None => i.config.remove(key),
+            };
+            tx.execute(
+                "UPDATE instances SET data = ?2 WHERE name = ?1",
+                params![name, json(&i)?],
+            )?;
+        }
+
+        CreateSnapshot(s) => {
+            tx.execute(
+                "INSERT INTO snapshots (instance, name, data) VALUES (?1, ?2, ?3)",
+                params![s.instance, s.name, json(s)?],
+            )?;
+        }
+        UpdateSnapshot(s) => one(
+            "snapshot",
+            &s.name,
+            tx.execute(
+                "UPDATE snapshots SET data = ?3 WHERE instance = ?1 AND name = ?2",
+                params![s.instance, s.name, json(s)?],
+            )?,
+        )?,
+        RenameSnapshot { instance, from, to } => {
+            let mut s = snapshots_of(tx, instance)?
+                .into_iter()
+                .find(|s| &s.name == from)
+                .ok_or_else(|| DbError::NotFound(format!("snapshot {instance}/{from}")))?;
+            s.name = to.clone();
+            tx.execute(
+                "UPDATE snapshots SET name = ?3, data = ?4 WHERE instance = ?1 AND name = ?2",
+                params![instance, from, to, json(&s)?],
+            )?;
+        }
+        DeleteSnapshot { instance, name } => one(
+            "snapshot",
+            name,
+            tx.execute(
+                "DELETE FROM snapshots WHERE instance = ?1 AND name = ?2",
+                params![instance, name],
+            )?,
+        )?,
+
+        CreatePool(p) => {
+            tx.execute(
+                "INSERT INTO storage_pools (name, data) VALUES (?1, ?2)",
+                params![p.name, json(p)?],
+            )?;
+        }
+        UpdatePool(p) => one(
+            "storage pool",
+            &p.name,
+            tx.execute(
+                "UPDATE storage_pools SET data = ?2 WHERE name = ?1",
+                params![p.name, json(p)?],
+            )?,
+        )?,
+        DeletePool { name } => one(
+            "storage pool",
+            name,
+            tx.execute("DELETE FROM storage_pools WHERE name = ?1", params![name])?,
+        )?,
+
+        AddCertificate(c) => {
+            tx.execute(
+                "INSERT INTO certificates (fingerprint, data) VALUES (?1, ?2)",
+                params![c.fingerprint, json(c)?],
+            )?;
+        }
+        UpdateCertificate(c) => one(
+            "certificate",
+            &c.fingerprint,
+            tx.execute(
+                "UPDATE certificates SET data = ?2 WHERE fingerprint = ?1",
+                params![c.fingerprint, json(c)?],
+            )?,
+        )?,
+        DeleteCertificate { fingerprint } => one(
+            "certificate",
+            fingerprint,
+            tx.execute(
+                "DELETE FROM certificates WHERE fingerprint = ?1",
+                params![fingerprint],
+            )?,
+        )?,
+
+        CreateToken(t) => {
+            tx.execute(
+                "INSERT INTO tokens (secret, data) VALUES (?1, ?2)",
+                params![t.secret, json(t)?],
+            )?;
+        }
+        DeleteToken { secret } => one(
+            "token",
+            "(secret)",
+            tx.execute("DELETE FROM tokens WHERE secret = ?1", params![secret])?,
+        )?,
+    }
+    Ok(())
+}
+
+fn load<T: serde::de::DeserializeOwned>(
+    tx: &Transaction<'_>,
+    table: &str,
+    key_col: &str,
+    key: &str,
+) -> Result<T, DbError> {
+    let sql = format!("SELECT data FROM {table} WHERE {key_col} = ?1");
+    let data: Option<String> = tx
+        .query_row(&sql, params![key], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let data = data.ok_or_else(|| DbError::NotFound(format!("{table} {key:?}")))?;
+    serde_json::from_str(&data).map_err(|e| DbError::Decode(format!("{table} {key:?}: {e}")))
+}
+
+fn all<T: serde::de::DeserializeOwned>(
+    tx: &Transaction<'_>,
+    table: &str,
+) -> Result<Vec<T>, DbError> {
+    let mut st = tx.prepare(&format!("SELECT data FROM {table}"))?;
+    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let data = row?;
+        out.push(
+            serde_json::from_str(&data).map_err(|e| DbError::Decode(format!("{table}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+fn snapshots_of(tx: &Transaction<'_>, instance: &str) -> Result<Vec<SnapshotRecord>, DbError> {
+    let mut st = tx.prepare("SELECT data FROM snapshots WHERE instance = ?1")?;
+    let rows = st.query_map(params![instance], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(
+            serde_json::from_str(&row?).map_err(|e| DbError::Decode(format!("snapshot: {e}")))?,
+        );
+    }
+    Ok(out)
+}

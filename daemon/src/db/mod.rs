@@ -1,0 +1,219 @@
+//! The daemon's state: one SQLite database in the state dir.
+//!
+//! Invariant: nothing writes to the database except [`Db::apply`] with a typed [`Command`];
+//! reads go through the query functions here. The write path is the seam where Raft
+//! replication plugs in later.
+
+mod command;
+pub mod records;
+mod schema;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
+
+pub use command::Command;
+use records::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Exists(String),
+    #[error("encoding a record: {0}")]
+    Encode(String),
+    #[error("decoding a stored record: {0}")]
+    Decode(String),
+    #[error("applying schema migration {0}: {1}")]
+    Migration(u32, String),
+    #[error("database schema version {have} is newer than this cairnd knows ({want})")]
+    TooNew { have: u32, want: u32 },
+}
+
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let mut conn = Connection::open(path)?;
+        // WAL with synchronous=FULL: every acknowledged command is on disk, and readers do
+        // not block the writer.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )?;
+        schema::migrate(&mut conn)?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Db, DbError> {
+        let mut conn = Connection::open_in_memory()?;
+        schema::migrate(&mut conn)?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied transaction behind
+        // (SQLite rolls it back), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one command atomically.
+    pub fn apply(&self, cmd: &Command) -> Result<(), DbError> {
+        self.apply_all(std::slice::from_ref(cmd))
+    }
+
+    /// Applies several commands in one transaction: all or none.
+    pub fn apply_all(&self, cmds: &[Command]) -> Result<(), DbError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for cmd in cmds {
+            command::apply(&tx, cmd).map_err(|e| match e {
+                DbError::Sqlite(ref s) if is_unique_violation(s) => {
+                    DbError::Exists(format!("{cmd:?}").chars().take(120).collect())
+                }
+                e => e,
+            })?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, sql: &str, key: &[&str]) -> Result<Option<T>, DbError> {
+        let conn = self.lock();
+        let data: Option<String> = conn
+            .query_row(sql, rusqlite::params_from_iter(key.iter()), |r| r.get(0))
+            .optional()?;
+        data.map(|d| serde_json::from_str(&d).map_err(|e| DbError::Decode(e.to_string())))
+            .transpose()
+    }
+
+    fn list<T: DeserializeOwned>(&self, sql: &str, key: &[&str]) -> Result<Vec<T>, DbError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(key.iter()), |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?).map_err(|e| DbError::Decode(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    pub fn server_config(&self) -> Result<ConfigMap, DbError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT key, value FROM config")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, DbError> {
+        self.get("SELECT data FROM instances WHERE name = ?1", &[name])
+    }
+    pub fn instances(&self) -> Result<Vec<InstanceRecord>, DbError> {
+        self.list("SELECT data FROM instances ORDER BY name", &[])
+    }
+    pub fn snapshots(&self, instance: &str) -> Result<Vec<SnapshotRecord>, DbError> {
+        self.list(
+            "SELECT data FROM snapshots WHERE instance = ?1 ORDER BY rowid",
+            &[instance],
+        )
+    }
+    pub fn snapshot(&self, instance: &str, name: &str) -> Result<Option<SnapshotRecord>, DbError> {
+        self.get(
+            "SELECT data FROM snapshots WHERE instance = ?1 AND name = ?2",
+            &[instance, name],
+        )
+    }
+    pub fn image(&self, fingerprint: &str) -> Result<Option<ImageRecord>, DbError> {
+        self.get(
+            "SELECT data FROM images WHERE fingerprint = ?1",
+            &[fingerprint],
+        )
+    }
+    pub fn images(&self) -> Result<Vec<ImageRecord>, DbError> {
+        self.list("SELECT data FROM images ORDER BY fingerprint", &[])
+    }
+    /// Finds images whose fingerprint starts with `prefix` (Incus accepts unique prefixes).
+    pub fn images_by_prefix(&self, prefix: &str) -> Result<Vec<ImageRecord>, DbError> {
+        let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
+        self.list(
+            "SELECT data FROM images WHERE fingerprint LIKE ?1",
+            &[&pattern],
+        )
+    }
+    pub fn alias(&self, name: &str) -> Result<Option<AliasRecord>, DbError> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT name, target, description FROM image_aliases WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok(AliasRecord {
+                        name: r.get(0)?,
+                        target: r.get(1)?,
+                        description: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+    pub fn aliases(&self) -> Result<Vec<AliasRecord>, DbError> {
+        let conn = self.lock();
+        let mut st =
+            conn.prepare("SELECT name, target, description FROM image_aliases ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok(AliasRecord {
+                name: r.get(0)?,
+                target: r.get(1)?,
+                description: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+    pub fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, DbError> {
+        self.get("SELECT data FROM profiles WHERE name = ?1", &[name])
+    }
+    pub fn profiles(&self) -> Result<Vec<ProfileRecord>, DbError> {
+        self.list("SELECT data FROM profiles ORDER BY name", &[])
+    }
+    pub fn pool(&self, name: &str) -> Result<Option<PoolRecord>, DbError> {
+        self.get("SELECT data FROM storage_pools WHERE name = ?1", &[name])
+    }
+    pub fn pools(&self) -> Result<Vec<PoolRecord>, DbError> {
+        self.list("SELECT data FROM storage_pools ORDER BY name", &[])
+    }
+    pub fn certificate(&self, fingerprint: &str) -> Result<Option<CertificateRecord>, DbError> {
+        self.get(
+            "SELECT data FROM certificates WHERE fingerprint = ?1",
+            &[fingerprint],
+        )
+    }
+    pub fn certificates(&self) -> Result<Vec<CertificateRecord>, DbError> {
+        self.list("SELECT data FROM certificates ORDER BY fingerprint", &[])
+    }
+    pub fn token(&self, secret: &str) -> Result<Option<TokenRecord>, DbError> {
+        self.get("SELECT data FROM tokens WHERE secret = ?1", &[secret])
+    }
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, DbError> {
+        self.list("SELECT data FROM tokens", &[])
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+//! The persistent records: what the database stores for each kind of object. They are plain
+//! data (serde) so that commands carrying them can be replicated as they are.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Instance or profile configuration: Incus keys to string values.
+pub type ConfigMap = BTreeMap<String, String>;
+/// Devices by name, each a map of Incus device keys (`type`, `path`, `nictype`, …).
+pub type DeviceMap = BTreeMap<String, BTreeMap<String, String>>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub name: String,
+    pub instance_type: String,
+    pub architecture: String,
+    pub config: ConfigMap,
+    pub devices: DeviceMap,
+    pub profiles: Vec<String>,
+    pub ephemeral: bool,
+    pub stateful: bool,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub instance: String,
+    pub name: String,
+    pub architecture: String,
+    pub config: ConfigMap,
+    pub devices: DeviceMap,
+    pub profiles: Vec<String>,
+    pub ephemeral: bool,
+    pub stateful: bool,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub fingerprint: String,
+    pub filename: String,
+    pub size: u64,
+    pub architecture: String,
+    pub image_type: String,
+    pub public: bool,
+    pub auto_update: bool,
+    pub cached: bool,
+    pub properties: BTreeMap<String, String>,
+    pub profiles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub uploaded_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub name: String,
+    pub target: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    pub name: String,
+    pub description: String,
+    pub config: ConfigMap,
+    pub devices: DeviceMap,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub name: String,
+    pub driver: String,
+    pub description: String,
+    pub config: ConfigMap,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateRecord {
+    pub fingerprint: String,
+    pub name: String,
+    pub cert_type: String,
+    pub certificate: String,
+    pub restricted: bool,
+    pub projects: Vec<String>,
+    pub description: String,
+}
+
+/// A pending trust token (`incus config trust add`): single use, may expire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub secret: String,
+    pub client_name: String,
+    pub operation_id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,42 @@
+//! Versioned schema migrations. Each entry upgrades the schema by one version; the version
+//! lives in SQLite's `user_version`, so an old database is brought forward on open and a
+//! database from a newer cairnd is refused rather than misread.
+
+use rusqlite::Connection;
+
+use super::DbError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema. Objects are stored as JSON documents keyed by their identity;
+    // columns exist only for what is looked up or joined on.
+    "CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE images (fingerprint TEXT PRIMARY KEY, data TEXT NOT NULL);
+     CREATE TABLE image_aliases (name TEXT PRIMARY KEY, target TEXT NOT NULL, description TEXT NOT NULL DEFAULT '');
+     CREATE TABLE profiles (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+     CREATE TABLE instances (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+     CREATE TABLE snapshots (instance TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
+                             PRIMARY KEY (instance, name));
+     CREATE TABLE storage_pools (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+     CREATE TABLE certificates (fingerprint TEXT PRIMARY KEY, data TEXT NOT NULL);
+     CREATE TABLE tokens (secret TEXT PRIMARY KEY, data TEXT NOT NULL);",
+];
+
+pub fn current_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+pub fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let have: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let want = current_version();
+    if have > want {
+        return Err(DbError::TooNew { have, want });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .map_err(|e| DbError::Migration(i as u32 + 1, e.to_string()))?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! Creating, starting, stopping, renaming, updating and deleting instances.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::idmap::IdShift;
+use super::lxc::{self, LxcState};
+use super::lxc_config::{self, RenderInput};
+use super::{expand, expand_with, get, root_pool, InstanceError, Result};
+use crate::daemon::Daemon;
+use crate::db::records::{ConfigMap, DeviceMap, InstanceRecord};
+use crate::db::Command;
+use crate::image;
+use crate::validate::is_true;
+
+pub struct CreateRequest {
+    pub name: String,
+    pub image_fingerprint: String,
+    pub config: ConfigMap,
+    pub devices: DeviceMap,
+    /// None: the `default` profile, as Incus does for a missing list.
+    pub profiles: Option<Vec<String>>,
+    pub ephemeral: bool,
+    pub description: String,
+    pub start: bool,
+}
+
+/// Blocking work (copies, liblxc calls) runs off the async workers.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| InstanceError::Failed(format!("internal task failed: {e}")))?
+}
+
+fn shift_for(d: &Daemon, config: &ConfigMap) -> IdShift {
+    if is_true(config.get("security.privileged")) {
+        IdShift::IDENTITY
+    } else {
+        d.idmap
+    }
+}
+
+/// Checks a create request against the database before an operation is started, so that
+/// obvious mistakes get a synchronous error.
+pub fn precheck_create(d: &Daemon, req: &CreateRequest) -> Result<()> {
+    if d.db.instance(&req.name)?.is_some() {
+        return Err(InstanceError::Conflict(format!(
+            "Instance {:?} already exists",
+            req.name
+        )));
+    }
+    let profiles = req
+        .profiles
+        .clone()
+        .unwrap_or_else(|| vec!["default".into()]);
+    let (ec, ed) = expand_with(d, &profiles, &req.config, &req.devices)?;
+    crate::validate::instance_config(&ec, true)?;
+    crate::validate::devices(&ed)?;
+    let pool = root_pool(&ed)?;
+    if d.pool(&pool).is_none() {
+        return Err(InstanceError::Invalid(format!(
+            "Storage pool {pool:?} doesn't exist"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
+    let img =
+        d.db.image(&req.image_fingerprint)?
+            .ok_or_else(|| InstanceError::NotFound("Image not found".into()))?;
+    let profiles = req
+        .profiles
+        .clone()
+        .unwrap_or_else(|| vec!["default".into()]);
+    let (ec, ed) = expand_with(&d, &profiles, &req.config, &req.devices)?;
+    let pool_name = root_pool(&ed)?;
+    let pool = d.pool(&pool_name).ok_or_else(|| {
+        InstanceError::Invalid(format!("Storage pool {pool_name:?} doesn't exist"))
+    })?;
+    let shift = shift_for(&d, &ec);
+
+    let mut config = super::config_from_image(&img.properties);
+    config.extend(req.config.clone());
+    config.insert("volatile.base_image".into(), img.fingerprint.clone());
+    super::initial_volatile(&mut config, &ed, &shift.to_incus_json());
+    let now = Utc::now();
+    let rec = InstanceRecord {
+        name: req.name.clone(),
+        instance_type: "container".into(),
+        architecture: img.architecture.clone(),
+        config,
+        devices: req.devices.clone(),
+        profiles,
+        ephemeral: req.ephemeral,
+        stateful: false,
+        description: req.description.clone(),
+        created_at: now,
+        last_used_at: now,
+    };
+    let lock = d.instance_lock(&req.name);
+    let _guard = lock.lock().await;
+    d.db.apply(&Command::CreateInstance(rec))?;
+
+    let made = {
+        let d2 = d.clone();
+        let fp = img.fingerprint.clone();
+        let name = req.name.clone();
+        let pool = pool.clone();
+        blocking(move || {
+            image::ensure_in_pool(&d2, pool.as_ref(), &fp)
+                .map_err(|e| InstanceError::Failed(e.to_string()))?;
+            pool.create_instance_from_image(&fp, &name, shift)?;
+            Ok(())
+        })
+        .await
+    };
+    if let Err(e) = made {
+        let _ = d.db.apply(&Command::DeleteInstance {
+            name: req.name.clone(),
+        });
+        return Err(e);
+    }
+    let _ =
+        d.db.apply(&Command::UpdateImage(crate::db::records::ImageRecord {
+            last_used_at: Some(now),
+            ..img
+        }));
+    d.events.lifecycle(
+        "instance-created",
+        &super::url(&req.name),
+        serde_json::json!({"type": "container"}),
+    );
+    drop(_guard);
+    if req.start {
+        start(d, &req.name).await?;
+    }
+    Ok(())
+}
+
+fn lxc_log_tail(d: &Daemon, name: &str) -> String {
+    let log = std::fs::read_to_string(d.instance_log_dir(name).join("lxc.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
+    let lock = d.instance_lock(name);
+    let _guard = lock.lock().await;
+    let rec = get(&d, name)?;
+    match super::lxc_state(&d, name) {
+        LxcState::Stopped | LxcState::Aborting => {}
+        LxcState::Frozen | LxcState::Freezing => {
+            return Err(InstanceError::Conflict("The instance is frozen".into()))
+        }
+        _ => {
+            return Err(InstanceError::Conflict(
+                "The instance is already running".into(),
+            ))
+        }
+    }
+    let (ec, ed) = expand(&d, &rec)?;
+    let pool_name = root_pool(&ed)?;
+    let pool = d
+        .pool(&pool_name)
+        .ok_or_else(|| InstanceError::Failed(format!("Storage pool {pool_name:?} is gone")))?;
+
+    // Re-own the rootfs if the id map changed since the last start (privileged toggled).
+    let want = shift_for(&d, &ec);
+    let have = rec
+        .config
+        .get("volatile.last_state.idmap")
+        .and_then(|s| IdShift::from_incus_json(s))
+        .unwrap_or(want);
+    if have != want {
+        let (pool2, n) = (pool.clone(), name.to_string());
+        blocking(move || Ok(pool2.reshift_instance(&n, have, want)?)).await?;
+        let json = want.to_incus_json();
+        for key in [
+            "volatile.last_state.idmap",
+            "volatile.idmap.current",
+            "volatile.idmap.next",
+        ] {
+            d.db.apply(&Command::SetInstanceVolatile {
+                name: name.into(),
+                key: key.into(),
+                value: Some(json.clone()),
+            })?;
+        }
+    }
+
+    // Each start gets fresh host-side veth names, like Incus.
+    let mut config = get(&d, name)?.config;
+    for (dev, conf) in &ed {
+        if conf.get("type").map(String::as_str) == Some("nic") && !conf.contains_key("host_name") {
+            let key = format!("volatile.{dev}.host_name");
+            let v = super::random_veth_name();
+            d.db.apply(&Command::SetInstanceVolatile {
+                name: name.into(),
+                key: key.clone(),
+                value: Some(v.clone()),
+            })?;
+            config.insert(key, v);
+        }
+    }
+    let mut full = ec.clone();
+    full.extend(
+        config
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("volatile.")),
+    );
+
+    let log_dir = d.instance_log_dir(name);
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| InstanceError::Failed(format!("creating {}: {e}", log_dir.display())))?;
+    let rendered = lxc_config::render(
+        &RenderInput {
+            name,
+            rootfs: &pool.rootfs_path(name),
+            log_dir: &log_dir,
+            config: &full,
+            devices: &ed,
+            shift: want,
+        },
+        &d.host,
+    )
+    .map_err(|e| InstanceError::Invalid(e.to_string()))?;
+    let dir = d.paths.lxc.join(name);
+    std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(dir.join("config"), rendered))
+        .map_err(|e| InstanceError::Failed(format!("writing liblxc config of {name}: {e}")))?;
+    let _ = std::fs::write(log_dir.join("lxc.log"), b"");
+
+    let lxcpath = d.paths.lxc.clone();
+    let n = name.to_string();
+    let started = blocking(move || {
+        let exe = std::env::current_exe()
+            .map_err(|e| InstanceError::Failed(format!("finding cairnd's own binary: {e}")))?;
+        crate::runner::run(
+            &exe.to_string_lossy(),
+            [Path::new("forkstart"), &lxcpath, Path::new(&n)],
+        )
+        .map(|_| ())
+        .map_err(|e| InstanceError::Failed(e.to_string()))
+    })
+    .await;
+    if let Err(e) = started {
+        let tail = lxc_log_tail(&d, name);
+        return Err(InstanceError::Failed(format!(
+            "Failed to start instance {name}: {e}{}{tail}",
+            if tail.is_empty() { "" } else { "\n" }
+        )));
+    }
+    d.db.apply(&Command::SetInstanceVolatile {
+        name: name.into(),
+        key: "volatile.last_state.power".into(),
+        value: Some("RUNNING".into()),
+    })?;
+    let mut rec = get(&d, name)?;
+    rec.last_used_at = Utc::now();
+    d.db.apply(&Command::UpdateInstance(rec))?;
+    d.events
+        .lifecycle("instance-started", &super::url(name), serde_json::json!({}));
+    Ok(())
+}
+
+/// Stops an instance: `force` kills it, otherwise its init is asked to power off and given
+/// `timeout` seconds (negative: no limit, as Incus).
+pub async fn stop(d: Arc<Daemon>, name: &str, force: bool, timeout: i64) -> Result<()> {
+    let lock = d.instance_lock(name);
+    let _guard = lock.lock().await;
+    get(&d, name)?;
+    if super::lxc_state(&d, name) == LxcState::Stopped {
+        return Err(InstanceError::Conflict(
+            "The instance is already stopped".into(),
+        ));
+    }
+    let lxcpath = d.paths.lxc.clone();
+    let n = name.to_string();
+    blocking(move || {
+        if force || timeout == 0 {
+            if lxc::state(&lxcpath, &n)? == LxcState::Frozen {
+                let _ = lxc::unfreeze(&lxcpath, &n);
+            }
+            lxc::stop(&lxcpath, &n)?;
+            return Ok(());
+        }
+        let t = if timeout < 0 {
+            -1
+        } else {
+            timeout.min(i32::MAX as i64) as i32
+        };
+        if !lxc::shutdown(&lxcpath, &n, t)? {
+            return Err(InstanceError::Failed(format!(
+                "Failed shutting down instance {n}: still running after {timeout}s"
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    d.db.apply(&Command::SetInstanceVolatile {
+        name: name.into(),
+        key: "volatile.last_state.power".into(),
+        value: Some("STOPPED".into()),
+    })?;
+    d.events
+        .lifecycle("instance-stopped", &super::url(name), serde_json::json!({}));
+    let rec = get(&d, name)?;
+    drop(_guard);
+    if rec.ephemeral {
+        delete(d, name).await?;
+    }
+    Ok(())
+}
+
+pub async fn restart(d: Arc<Daemon>, name: &str, force: bool, timeout: i64) -> Result<()> {
+    if super::lxc_state(&d, name) != LxcState::Stopped {
+        // An ephemeral instance must survive its own restart.
+        let rec = get(&d, name)?;
+        if rec.ephemeral {
+            let lxcpath = d.paths.lxc.clone();
+            let n = name.to_string();
+            blocking(move || Ok(lxc::stop(&lxcpath, &n)?)).await?;
+        } else {
+            stop(d.clone(), name, force, timeout).await?;
+        }
+    }
+    start(d, name).await
+}
+
+pub async fn freeze(d: Arc<Daemon>, name: &str, freeze: bool) -> Result<()> {
+    let lock = d.instance_lock(name);
+    let _guard = lock.lock().await;
+    get(&d, name)?;
+    let st = super::lxc_state(&d, name);
+    match (freeze, st) {
+        (true, LxcState::Running | LxcState::Thawed) => {}
+        (false, LxcState::Frozen) => {}
+        (true, LxcState::Frozen) => {
+            return Err(InstanceError::Conflict(
+                "The instance is already frozen".into(),
+            ))
+        }
+        (false, LxcState::Running | LxcState::Thawed) => {
+            return Err(InstanceError::Conflict("The instance is not frozen".into()))
+        }
+        _ => return Err(InstanceError::Conflict("The instance isn't running".into())),
+    }
+    let lxcpath = d.paths.lxc.clone();
+    let n = name.to_string();
+    blocking(move || {
+        if freeze {
+            lxc::freeze(&lxcpath, &n)?
+        } else {
+            lxc::unfreeze(&lxcpath, &n)?
+        }
+        Ok(())
+    })
+    .await?;
+    let action = if freeze {
+        "instance-paused"
+    } else {
+        "instance-resumed"
+    };
+    d.events
+        .lifecycle(action, &super::url(name), serde_json::json!({}));
+    Ok(())
+}
+
+pub async fn delete(d: Arc<Daemon>, name: &str) -> Result<()> {
+    let lock = d.instance_lock(name);
+    let _guard = lock.lock().await;
+    let rec = get(&d, name)?;
+    if super::lxc_state(&d, name) != LxcState::Stopped {
+        return Err(InstanceError::Conflict(
+            "The instance is currently running, stop it first or use --force".into(),
+        ));
+    }
+    if is_true(rec.config.get("security.protection.delete")) {
+        return Err(InstanceError::Conflict(
+            "The instance is protected from deletion (security.protection.delete)".into(),
+        ));
+    }
+    let (_, ed) = expand(&d, &rec)?;
+    if let Some(pool) = root_pool(&ed).ok().and_then(|p| d.pool(&p)) {
+        let n = name.to_string();
+        blocking(move || Ok(pool.delete_instance(&n)?)).await?;
+    }
+    d.db.apply(&Command::DeleteInstance { name: name.into() })?;
+    let _ = crate::storage::tree::remove(&d.paths.lxc.join(name));
+    let _ = crate::storage::tree::remove(&d.instance_log_dir(name));
+    d.events
+        .lifecycle("instance-deleted", &super::url(name), serde_json::json!({}));
+    Ok(())
+}
+
+pub async fn rename(d: Arc<Daemon>, from: &str, to: &str) -> Result<()> {
+    crate::validate::instance_name(to)?;
+    let lock = d.instance_lock(from);
+    let _guard = lock.lock().await;
+    let rec = get(&d, from)?;
+    if super::lxc_state(&d, from) != LxcState::Stopped {
+        return Err(InstanceError::Conflict(
+            "Renaming of running instance not allowed".into(),
+        ));
+    }
+    if d.db.instance(to)?.is_some() {
+        return Err(InstanceError::Conflict(format!(
+            "Instance {to:?} already exists"
+        )));
+    }
+    let (_, ed) = expand(&d, &rec)?;
+    let pool = root_pool(&ed)
+        .ok()
+        .and_then(|p| d.pool(&p))
+        .ok_or_else(|| InstanceError::Failed("root pool missing".into()))?;
+    {
+        let (f, t) = (from.to_string(), to.to_string());
+        let pool = pool.clone();
+        blocking(move || Ok(pool.rename_instance(&f, &t)?)).await?;
+    }
+    if let Err(e) = d.db.apply(&Command::RenameInstance {
+        from: from.into(),
+        to: to.into(),
+    }) {
+        let _ = pool.rename_instance(to, from);
+        return Err(e.into());
+    }
+    let _ = crate::storage::tree::remove(&d.paths.lxc.join(from));
+    let _ = std::fs::rename(d.instance_log_dir(from), d.instance_log_dir(to));
+    d.events.lifecycle(
+        "instance-renamed",
+        &super::url(to),
+        serde_json::json!({"old_name": from}),
+    );
+    Ok(())
+}
+
+/// Replaces the writable part of an instance (PUT), keeping the daemon's volatile keys.
+pub fn update(
+    d: &Daemon,
+    name: &str,
+    mut config: ConfigMap,
+    devices: DeviceMap,
+    profiles: Vec<String>,
+    description: String,
+    ephemeral: bool,
+) -> Result<()> {
+    let rec = get(d, name)?;
+    super::keep_volatile(&rec.config, &mut config);
+    let (ec, ed) = expand_with(d, &profiles, &config, &devices)?;
+    crate::validate::instance_config(&ec, true)?;
+    crate::validate::devices(&ed)?;
+    let (_, old_ed) = expand(d, &rec)?;
+    if root_pool(&ed)? != root_pool(&old_ed)? {
+        return Err(InstanceError::Invalid(
+            "Changing the root disk's pool is not supported".into(),
+        ));
+    }
+    d.db.apply(&Command::UpdateInstance(InstanceRecord {
+        config,
+        devices,
+        profiles,
+        description,
+        ephemeral,
+        ..rec
+    }))?;
+    d.events
+        .lifecycle("instance-updated", &super::url(name), serde_json::json!({}));
+    Ok(())
+}
+
+/// Waits until liblxc reports the state, for tests and shutdown.
+pub async fn wait_state(d: &Daemon, name: &str, want: LxcState, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if super::lxc_state(d, name) == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,280 @@
+//! Instances (LXC system containers): their records, expanded configuration, lifecycle,
+//! snapshots, state and exec. Nothing here knows about HTTP; the API calls these functions
+//! with typed arguments and maps [`InstanceError`] to statuses.
+
+pub mod exec;
+pub mod idmap;
+pub mod lifecycle;
+pub mod lxc;
+pub mod lxc_config;
+pub mod rootfs_access;
+pub mod sftp;
+pub mod snapshot;
+pub mod state;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::daemon::Daemon;
+use crate::db::records::{ConfigMap, DeviceMap, InstanceRecord};
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<DbError> for InstanceError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound(m) => InstanceError::NotFound(format!("Not found: {m}")),
+            DbError::Exists(m) => InstanceError::Conflict(format!("Already exists: {m}")),
+            e => InstanceError::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::validate::ValidationError> for InstanceError {
+    fn from(e: crate::validate::ValidationError) -> Self {
+        InstanceError::Invalid(e.to_string())
+    }
+}
+
+impl From<crate::storage::StorageError> for InstanceError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        InstanceError::Failed(e.to_string())
+    }
+}
+
+impl From<lxc::LxcError> for InstanceError {
+    fn from(e: lxc::LxcError) -> Self {
+        InstanceError::Failed(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, InstanceError>;
+
+pub fn get(d: &Daemon, name: &str) -> Result<InstanceRecord> {
+    d.db.instance(name)?
+        .ok_or_else(|| InstanceError::NotFound("Instance not found".into()))
+}
+
+/// Profiles applied in order, then the instance's own config and devices on top.
+pub fn expand(d: &Daemon, rec: &InstanceRecord) -> Result<(ConfigMap, DeviceMap)> {
+    expand_with(d, &rec.profiles, &rec.config, &rec.devices)
+}
+
+pub fn expand_with(
+    d: &Daemon,
+    profiles: &[String],
+    config: &ConfigMap,
+    devices: &DeviceMap,
+) -> Result<(ConfigMap, DeviceMap)> {
+    let mut c = ConfigMap::new();
+    let mut dv = DeviceMap::new();
+    for p in profiles {
+        let prof =
+            d.db.profile(p)?
+                .ok_or_else(|| InstanceError::Invalid(format!("Profile {p:?} doesn't exist")))?;
+        c.extend(prof.config);
+        dv.extend(prof.devices);
+    }
+    c.extend(config.clone());
+    dv.extend(devices.clone());
+    Ok((c, dv))
+}
+
+/// The pool holding an instance's root disk.
+pub fn root_pool(devices: &DeviceMap) -> Result<String> {
+    devices
+        .values()
+        .find(|d| {
+            d.get("type").map(String::as_str) == Some("disk")
+                && d.get("path").map(String::as_str) == Some("/")
+        })
+        .and_then(|d| d.get("pool").cloned())
+        .ok_or_else(|| InstanceError::Invalid("No root device could be found".into()))
+}
+
+/// Incus's status names and codes.
+pub fn status_of(s: lxc::LxcState) -> (&'static str, u16) {
+    use lxc::LxcState::*;
+    match s {
+        Running | Thawed => ("Running", 103),
+        Stopped => ("Stopped", 102),
+        Starting => ("Starting", 106),
+        Stopping => ("Stopping", 107),
+        Aborting => ("Error", 112),
+        Freezing | Frozen => ("Frozen", 110),
+    }
+}
+
+pub fn lxc_state(d: &Daemon, name: &str) -> lxc::LxcState {
+    lxc::state(&d.paths.lxc, name).unwrap_or(lxc::LxcState::Stopped)
+}
+
+/// The instance as `GET /1.0/instances/{name}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub architecture: String,
+    pub config: ConfigMap,
+    pub devices: DeviceMap,
+    pub ephemeral: bool,
+    pub profiles: Vec<String>,
+    pub stateful: bool,
+    pub description: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub expanded_config: ConfigMap,
+    pub expanded_devices: DeviceMap,
+    pub name: String,
+    pub status: String,
+    pub status_code: u16,
+    pub last_used_at: chrono::DateTime<chrono::Utc>,
+    pub location: String,
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    pub project: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<state::StateView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<snapshot::SnapshotView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backups: Option<Vec<serde_json::Value>>,
+}
+
+/// The writable part of an instance: what its ETag covers and PUT replaces.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceEtag<'a> {
+    pub architecture: &'a str,
+    pub config: &'a ConfigMap,
+    pub devices: &'a DeviceMap,
+    pub ephemeral: bool,
+    pub profiles: &'a [String],
+    pub description: &'a str,
+}
+
+pub fn etag_of(rec: &InstanceRecord) -> InstanceEtag<'_> {
+    InstanceEtag {
+        architecture: &rec.architecture,
+        config: &rec.config,
+        devices: &rec.devices,
+        ephemeral: rec.ephemeral,
+        profiles: &rec.profiles,
+        description: &rec.description,
+    }
+}
+
+/// `full` adds state and snapshots (recursion=2).
+pub fn view(d: &Daemon, rec: &InstanceRecord, full: bool) -> Result<InstanceView> {
+    let (expanded_config, expanded_devices) = expand(d, rec)?;
+    let ls = lxc_state(d, &rec.name);
+    let (status, status_code) = status_of(ls);
+    let (state, snapshots, backups) = if full {
+        (
+            Some(state::view(d, rec, ls)),
+            Some(snapshot::list(d, &rec.name)?),
+            Some(vec![]),
+        )
+    } else {
+        (None, None, None)
+    };
+    Ok(InstanceView {
+        architecture: rec.architecture.clone(),
+        config: rec.config.clone(),
+        devices: rec.devices.clone(),
+        ephemeral: rec.ephemeral,
+        profiles: rec.profiles.clone(),
+        stateful: rec.stateful,
+        description: rec.description.clone(),
+        created_at: rec.created_at,
+        expanded_config,
+        expanded_devices,
+        name: rec.name.clone(),
+        status: status.into(),
+        status_code,
+        last_used_at: rec.last_used_at,
+        location: "none".into(),
+        instance_type: rec.instance_type.clone(),
+        project: "default".into(),
+        state,
+        snapshots,
+        backups,
+    })
+}
+
+pub fn url(name: &str) -> String {
+    format!("/1.0/instances/{name}")
+}
+
+/// Incus-style MAC for a NIC: the `10:66:6a` prefix Incus uses, random tail.
+pub fn random_hwaddr() -> String {
+    let b: [u8; 3] = rand::random();
+    format!("10:66:6a:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+pub fn random_veth_name() -> String {
+    let b: [u8; 4] = rand::random();
+    format!("veth{}", hex::encode(b))
+}
+
+/// Fills the `volatile.*` keys a new instance needs (NIC names and MACs, id map, uuid).
+pub fn initial_volatile(config: &mut ConfigMap, devices: &DeviceMap, idmap: &str) {
+    for (name, dev) in devices {
+        if dev.get("type").map(String::as_str) == Some("nic") {
+            config
+                .entry(format!("volatile.{name}.hwaddr"))
+                .or_insert_with(random_hwaddr);
+        }
+    }
+    let uuid = uuid::Uuid::new_v4().to_string();
+    config.insert("volatile.uuid".into(), uuid.clone());
+    config.insert("volatile.uuid.generation".into(), uuid);
+    config.insert("volatile.idmap.base".into(), "0".into());
+    config.insert("volatile.idmap.next".into(), idmap.to_string());
+    config.insert("volatile.idmap.current".into(), idmap.to_string());
+    config.insert("volatile.last_state.idmap".into(), idmap.to_string());
+    config.insert("volatile.last_state.power".into(), "STOPPED".into());
+}
+
+/// Keys the daemon owns: a client's PUT keeps the stored values of these.
+pub fn keep_volatile(old: &ConfigMap, new: &mut ConfigMap) {
+    new.retain(|k, _| !k.starts_with("volatile."));
+    for (k, v) in old {
+        if k.starts_with("volatile.") {
+            new.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+pub fn config_from_image(props: &BTreeMap<String, String>) -> ConfigMap {
+    props
+        .iter()
+        .filter(|(k, _)| !k.contains(char::is_whitespace))
+        .map(|(k, v)| (format!("image.{k}"), v.clone()))
+        .collect()
+}
+
+/// File access to an instance's root filesystem, with the id map its files are stored under.
+pub fn rootfs_access(d: &Daemon, name: &str) -> Result<rootfs_access::RootfsAccess> {
+    let rec = get(d, name)?;
+    let (_, ed) = expand(d, &rec)?;
+    let pool_name = root_pool(&ed)?;
+    let pool = d
+        .pool(&pool_name)
+        .ok_or_else(|| InstanceError::Failed(format!("Storage pool {pool_name:?} is gone")))?;
+    let shift = rec
+        .config
+        .get("volatile.last_state.idmap")
+        .and_then(|s| idmap::IdShift::from_incus_json(s))
+        .unwrap_or(d.idmap);
+    rootfs_access::RootfsAccess::open(&pool.rootfs_path(name), shift)
+        .map_err(|e| InstanceError::Failed(e.to_string()))
+}

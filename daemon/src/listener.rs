@@ -1,0 +1,224 @@
+//! The two ways in: the local unix socket (root only, always trusted) and HTTPS with TLS
+//! client certificates (trusted when the certificate's fingerprint is in the trust store).
+//! Each connection is served by hyper with upgrades (websockets, SFTP), and every request is
+//! tagged with the [`Peer`] it came from.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tower::ServiceExt;
+
+use crate::daemon::Daemon;
+
+/// Who is on the other end of a request's connection.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Unix,
+    Tls {
+        fingerprint: Option<String>,
+        /// The client certificate (DER), kept to store it when a trust token is redeemed.
+        cert_der: Option<Arc<Vec<u8>>>,
+        remote: SocketAddr,
+    },
+}
+
+async fn serve_connection<I>(io: I, router: Router, peer: Peer)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let r = router.clone();
+        async move {
+            let resp = r
+                .oneshot(req.map(axum::body::Body::new))
+                .await
+                .unwrap_or_else(|e: Infallible| match e {});
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!("connection ended: {e}");
+    }
+}
+
+pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        // A socket left by a killed daemon: connecting tells whether someone still serves it.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is served by a running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+pub async fn serve_unix(listener: UnixListener, router: Router) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, router.clone(), Peer::Unix));
+            }
+            Err(e) => {
+                tracing::warn!("unix socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The HTTPS listener currently bound (if `core.https_address` is set) and the router it
+/// serves, so a config change can rebind it.
+#[derive(Default)]
+pub struct HttpsSlot {
+    router: OnceLock<Router>,
+    current: Mutex<Option<(String, tokio::task::JoinHandle<()>)>>,
+}
+
+impl HttpsSlot {
+    pub fn set_router(&self, r: Router) {
+        let _ = self.router.set(r);
+    }
+
+    pub fn address(&self) -> Option<String> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(a, _)| a.clone())
+    }
+}
+
+/// Normalizes `core.https_address`: ":8443" → "[::]:8443", "host" → "host:8443".
+pub fn normalize_address(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.parse::<SocketAddr>().is_ok() {
+        return addr.to_string();
+    }
+    if addr.parse::<std::net::IpAddr>().is_ok() {
+        return if addr.contains(':') {
+            format!("[{addr}]:8443")
+        } else {
+            format!("{addr}:8443")
+        };
+    }
+    if let Some(port) = addr.strip_prefix(':') {
+        return format!("[::]:{port}");
+    }
+    if addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        return addr.to_string();
+    }
+    format!("{addr}:8443")
+}
+
+/// Binds (or unbinds with None/empty) the HTTPS listener. Returns an error, and keeps the old
+/// listener, if the new address cannot be bound.
+pub async fn apply_https_address(d: &Arc<Daemon>, addr: Option<&str>) -> Result<(), String> {
+    let slot = &d.https;
+    let want = addr.filter(|a| !a.trim().is_empty()).map(normalize_address);
+    if slot.address() == want {
+        return Ok(());
+    }
+    let listener = match &want {
+        Some(a) => Some(
+            TcpListener::bind(a.as_str())
+                .await
+                .map_err(|e| format!("Failed to listen on {a}: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut cur = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, h)) = cur.take() {
+        h.abort();
+    }
+    if let (Some(l), Some(a)) = (listener, want) {
+        let router = slot
+            .router
+            .get()
+            .cloned()
+            .ok_or_else(|| "the API router is not ready".to_string())?;
+        let tls = crate::tls::server_config(&d.cert).map_err(|e| e.to_string())?;
+        let handle = tokio::spawn(serve_https(l, router, tls));
+        tracing::info!("HTTPS API on {a}");
+        *cur = Some((a, handle));
+    }
+    Ok(())
+}
+
+async fn serve_https(listener: TcpListener, router: Router, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("https accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake with {remote}: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let cert_der = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(c.to_vec()));
+            let fingerprint = cert_der.as_ref().map(|c| crate::tls::cert_fingerprint(c));
+            serve_connection(
+                stream,
+                router,
+                Peer::Tls {
+                    fingerprint,
+                    cert_der,
+                    remote,
+                },
+            )
+            .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_address;
+
+    #[test]
+    fn https_addresses_like_incus() {
+        assert_eq!(normalize_address(":8443"), "[::]:8443");
+        assert_eq!(normalize_address("127.0.0.1:9000"), "127.0.0.1:9000");
+        assert_eq!(normalize_address("127.0.0.1"), "127.0.0.1:8443");
+        assert_eq!(normalize_address("::1"), "[::1]:8443");
+        assert_eq!(normalize_address("localhost:1234"), "localhost:1234");
+    }
+}

@@ -1,0 +1,124 @@
+//! `<state>/preseed.yaml`: configuration handed to cairnd before it starts, with no API call
+//! (cairn-init writes it from the seed on the appliance). Applied at every start; applying it
+//! again changes nothing.
+//!
+//! ```yaml
+//! config:
+//!   core.https_address: ":8443"
+//! certificates:
+//!   - name: admin
+//!     type: client
+//!     certificate: "-----BEGIN CERTIFICATE-----…"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::daemon::Daemon;
+use crate::db::Command;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Preseed {
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub certificates: Vec<PreseedCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreseedCert {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub certificate: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreseedError {
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("parsing {0}: {1}")]
+    Parse(String, serde_yaml::Error),
+    #[error("preseed: {0}")]
+    Invalid(String),
+}
+
+const KNOWN_KEYS: &[&str] = &["core.https_address"];
+
+pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(PreseedError::Read(path.display().to_string(), e)),
+    };
+    let p: Preseed = serde_yaml::from_str(&text)
+        .map_err(|e| PreseedError::Parse(path.display().to_string(), e))?;
+    for k in p.config.keys() {
+        if !KNOWN_KEYS.contains(&k.as_str()) && !k.starts_with("user.") {
+            return Err(PreseedError::Invalid(format!(
+                "unknown configuration key {k}"
+            )));
+        }
+    }
+    Ok(Some(p))
+}
+
+pub fn apply(d: &Daemon) -> Result<(), PreseedError> {
+    let Some(p) = load(&d.paths.state.join("preseed.yaml"))? else {
+        return Ok(());
+    };
+    let current =
+        d.db.server_config()
+            .map_err(|e| PreseedError::Invalid(e.to_string()))?;
+    for (k, v) in &p.config {
+        if current.get(k) != Some(v) {
+            d.db.apply(&Command::SetServerConfig {
+                key: k.clone(),
+                value: Some(v.clone()),
+            })
+            .map_err(|e| PreseedError::Invalid(e.to_string()))?;
+        }
+    }
+    for c in &p.certificates {
+        if c.kind.as_deref().is_some_and(|k| k != "client") {
+            return Err(PreseedError::Invalid(format!(
+                "certificate {}: only client certificates",
+                c.name
+            )));
+        }
+        let der = crate::trust::parse_certificate(&c.certificate)
+            .map_err(|e| PreseedError::Invalid(format!("certificate {}: {e}", c.name)))?;
+        match crate::trust::add_certificate(d, &der, &c.name, false, vec![], &c.description) {
+            Ok(_) | Err(crate::trust::TrustError::Exists) => {}
+            Err(e) => return Err(PreseedError::Invalid(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("preseed.yaml");
+        std::fs::write(&p, "config:\n  core.https_address: \":8443\"\n").unwrap();
+        assert_eq!(
+            load(&p).unwrap().unwrap().config["core.https_address"],
+            ":8443"
+        );
+        std::fs::write(&p, "config:\n  core.bogus: x\n").unwrap();
+        assert!(load(&p).is_err());
+        std::fs::write(&p, "nonsense: [").unwrap();
+        assert!(load(&p).is_err());
+        assert!(load(&dir.path().join("missing.yaml")).unwrap().is_none());
+    }
+}

@@ -1,0 +1,379 @@
+//! Validation of names, instance configuration keys and devices, with Incus's key names.
+//! Everything a client sends is checked here before it reaches a service or the database.
+
+use std::collections::BTreeMap;
+
+use crate::db::records::{ConfigMap, DeviceMap};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValidationError {
+    #[error("Invalid name {0:?}: {1}")]
+    Name(String, &'static str),
+    #[error("Unknown configuration key: {0}")]
+    UnknownKey(String),
+    #[error("Invalid value for configuration key {0:?}: {1}")]
+    Value(String, String),
+    #[error("Invalid device {0:?}: {1}")]
+    Device(String, String),
+}
+
+/// Instance, snapshot-free names: a valid hostname label, as Incus requires.
+pub fn instance_name(name: &str) -> Result<(), ValidationError> {
+    let bad = |why| Err(ValidationError::Name(name.to_string(), why));
+    if name.is_empty() || name.len() > 63 {
+        return bad("must be 1 to 63 characters long");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return bad("only ASCII letters, digits and hyphens are allowed");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return bad("must not start or end with a hyphen");
+    }
+    if name.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        return bad("must not start with a digit");
+    }
+    Ok(())
+}
+
+/// Names of profiles, pools, snapshots, aliases, certificates: no path tricks, no slashes.
+pub fn object_name(name: &str) -> Result<(), ValidationError> {
+    let bad = |why| Err(ValidationError::Name(name.to_string(), why));
+    if name.is_empty() || name.len() > 255 {
+        return bad("must be 1 to 255 characters long");
+    }
+    if name == "." || name == ".." {
+        return bad("must not be . or ..");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == '\\' || c.is_control() || c == ' ' || c == '"' || c == '\'')
+    {
+        return bad("must not contain slashes, spaces, quotes or control characters");
+    }
+    Ok(())
+}
+
+fn boolean(key: &str, v: &str) -> Result<(), ValidationError> {
+    match v {
+        "true" | "false" | "1" | "0" | "yes" | "no" | "on" | "off" | "" => Ok(()),
+        _ => Err(ValidationError::Value(
+            key.into(),
+            "must be a boolean".into(),
+        )),
+    }
+}
+
+pub fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("true" | "1" | "yes" | "on"))
+}
+
+fn uint(key: &str, v: &str) -> Result<u64, ValidationError> {
+    v.parse::<u64>()
+        .map_err(|_| ValidationError::Value(key.into(), format!("{v:?} is not a whole number")))
+}
+
+/// `limits.cpu`: a CPU count ("2") or a set of CPUs ("0-1,3").
+fn cpus(key: &str, v: &str) -> Result<(), ValidationError> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    if v.parse::<u32>().is_ok_and(|n| n > 0) {
+        return Ok(());
+    }
+    let ok = v.split(',').all(|part| {
+        let mut it = part.splitn(2, '-');
+        let a = it.next().and_then(|a| a.parse::<u32>().ok());
+        match (a, it.next()) {
+            (Some(_), None) => true,
+            (Some(a), Some(b)) => b.parse::<u32>().is_ok_and(|b| b >= a),
+            _ => false,
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::Value(
+            key.into(),
+            format!("{v:?} is neither a CPU count nor a CPU set"),
+        ))
+    }
+}
+
+/// Parses an Incus size ("512MB", "1GiB", "1073741824") into bytes.
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn memory(key: &str, v: &str) -> Result<(), ValidationError> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    if let Some(p) = v.strip_suffix('%') {
+        if p.parse::<u8>().is_ok_and(|p| p > 0 && p <= 100) {
+            return Ok(());
+        }
+    } else if parse_size(v).is_some_and(|n| n > 0) {
+        return Ok(());
+    }
+    Err(ValidationError::Value(
+        key.into(),
+        format!("{v:?} is not a size (e.g. 512MiB, 1GB) or a percentage"),
+    ))
+}
+
+/// Checks one instance configuration key and value. `volatile.*` keys are the daemon's own and
+/// are refused from clients unless `allow_volatile` (they are kept when a client PUTs back what
+/// it read).
+pub fn instance_key(key: &str, value: &str, allow_volatile: bool) -> Result<(), ValidationError> {
+    if key.starts_with("user.") || key.starts_with("environment.") || key.starts_with("image.") {
+        return Ok(());
+    }
+    if key.starts_with("volatile.") {
+        return if allow_volatile {
+            Ok(())
+        } else {
+            Err(ValidationError::UnknownKey(key.into()))
+        };
+    }
+    match key {
+        "limits.cpu" => cpus(key, value),
+        "limits.memory" => memory(key, value),
+        "limits.processes" => uint(key, value).map(|_| ()),
+        "limits.memory.swap" => boolean(key, value),
+        "security.privileged"
+        | "security.nesting"
+        | "security.protection.delete"
+        | "boot.autostart" => boolean(key, value),
+        "boot.autostart.delay" | "boot.autostart.priority" | "boot.stop.priority" => {
+            uint(key, value).map(|_| ())
+        }
+        "boot.host_shutdown_timeout" => uint(key, value).map(|_| ()),
+        "snapshots.expiry" | "snapshots.schedule" | "snapshots.pattern" => Ok(()),
+        "linux.kernel_modules" => Ok(()),
+        "cloud-init.user-data" | "cloud-init.vendor-data" | "cloud-init.network-config" => Ok(()),
+        _ => Err(ValidationError::UnknownKey(key.into())),
+    }
+}
+
+pub fn instance_config(config: &ConfigMap, allow_volatile: bool) -> Result<(), ValidationError> {
+    for (k, v) in config {
+        instance_key(k, v, allow_volatile)?;
+    }
+    Ok(())
+}
+
+const DISK_KEYS: &[&str] = &[
+    "type",
+    "path",
+    "pool",
+    "source",
+    "size",
+    "readonly",
+    "required",
+    "propagation",
+    "shift",
+    "boot.priority",
+];
+const NIC_KEYS: &[&str] = &[
+    "type",
+    "nictype",
+    "network",
+    "parent",
+    "name",
+    "hwaddr",
+    "mtu",
+    "host_name",
+    "boot.priority",
+    "ipv4.address",
+    "ipv6.address",
+];
+
+fn known_keys(
+    dev: &str,
+    d: &BTreeMap<String, String>,
+    keys: &[&str],
+) -> Result<(), ValidationError> {
+    for k in d.keys() {
+        if !keys.contains(&k.as_str()) && !k.starts_with("user.") {
+            return Err(ValidationError::Device(
+                dev.into(),
+                format!("unknown key {k:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
+    for (name, d) in devices {
+        object_name(name)
+            .map_err(|_| ValidationError::Device(name.clone(), "invalid device name".into()))?;
+        let bad = |m: &str| Err(ValidationError::Device(name.clone(), m.to_string()));
+        match d.get("type").map(String::as_str) {
+            Some("disk") => {
+                known_keys(name, d, DISK_KEYS)?;
+                let Some(path) = d.get("path") else {
+                    return bad("a disk needs a path");
+                };
+                if !path.starts_with('/') {
+                    return bad("a disk path must be absolute");
+                }
+                if path != "/" && d.get("source").is_none() {
+                    return bad("a disk other than the root needs a source");
+                }
+                if let Some(src) = d.get("source") {
+                    if !src.starts_with('/') {
+                        return bad("only host paths are supported as disk sources");
+                    }
+                }
+                if let Some(r) = d.get("readonly") {
+                    boolean("readonly", r)
+                        .map_err(|e| ValidationError::Device(name.clone(), e.to_string()))?;
+                }
+            }
+            Some("nic") => {
+                known_keys(name, d, NIC_KEYS)?;
+                match d.get("nictype").map(String::as_str) {
+                    Some("p2p") => {}
+                    Some("bridged") => {
+                        if d.get("parent").is_none_or(|p| p.is_empty()) {
+                            return bad("a bridged NIC needs a parent bridge");
+                        }
+                    }
+                    Some(other) => return bad(&format!("unsupported nictype {other:?}")),
+                    None if d.contains_key("network") => {
+                        return bad("managed networks are not supported yet; use nictype=p2p or nictype=bridged");
+                    }
+                    None => return bad("a NIC needs a nictype"),
+                }
+                if let Some(n) = d.get("name") {
+                    if n.is_empty() || n.len() > 15 || n.contains('/') || n.contains(' ') {
+                        return bad("invalid interface name");
+                    }
+                }
+                if let Some(m) = d.get("mtu") {
+                    uint("mtu", m)
+                        .map_err(|e| ValidationError::Device(name.clone(), e.to_string()))?;
+                }
+            }
+            Some("none") => {}
+            Some(other) => return bad(&format!("unsupported device type {other:?}")),
+            None => return bad("missing device type"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_follow_hostname_rules() {
+        for ok in ["c1", "web-01", "A"] {
+            assert!(instance_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "../x",
+            &"x".repeat(64),
+            "a b",
+        ] {
+            assert!(instance_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn object_names_refuse_paths() {
+        assert!(object_name("default").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b"] {
+            assert!(object_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_keys_and_values() {
+        assert!(instance_key("limits.cpu", "2", false).is_ok());
+        assert!(instance_key("limits.cpu", "0-1,3", false).is_ok());
+        assert!(instance_key("limits.cpu", "two", false).is_err());
+        assert!(instance_key("limits.memory", "512MiB", false).is_ok());
+        assert!(instance_key("limits.memory", "50%", false).is_ok());
+        assert!(instance_key("limits.memory", "lots", false).is_err());
+        assert!(instance_key("limits.processes", "100", false).is_ok());
+        assert!(instance_key("limits.processes", "-1", false).is_err());
+        assert!(instance_key("security.privileged", "maybe", false).is_err());
+        assert!(instance_key("user.anything", "x", false).is_ok());
+        assert_eq!(
+            instance_key("no.such.key", "x", false),
+            Err(ValidationError::UnknownKey("no.such.key".into()))
+        );
+        assert!(instance_key("volatile.x", "1", false).is_err());
+        assert!(instance_key("volatile.x", "1", true).is_ok());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("512MB"), Some(512_000_000));
+        assert_eq!(parse_size("42"), Some(42));
+        assert_eq!(parse_size("1XB"), None);
+        assert_eq!(parse_size("99999999999999999999GiB"), None);
+    }
+
+    #[test]
+    fn device_checks() {
+        let mut d = DeviceMap::new();
+        d.insert(
+            "root".into(),
+            [("type", "disk"), ("path", "/"), ("pool", "default")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        );
+        d.insert(
+            "eth0".into(),
+            [("type", "nic"), ("nictype", "p2p"), ("name", "eth0")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        );
+        assert!(devices(&d).is_ok());
+        d.get_mut("eth0")
+            .unwrap()
+            .insert("nictype".into(), "macvlan".into());
+        assert!(devices(&d).is_err());
+        d.get_mut("eth0")
+            .unwrap()
+            .insert("nictype".into(), "bridged".into());
+        assert!(devices(&d).is_err(), "bridged without parent");
+        d.get_mut("eth0")
+            .unwrap()
+            .insert("parent".into(), "br0".into());
+        assert!(devices(&d).is_ok());
+        d.get_mut("root")
+            .unwrap()
+            .insert("bogus".into(), "1".into());
+        assert!(devices(&d).is_err());
+    }
+}
