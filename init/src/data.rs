@@ -8,7 +8,6 @@ use nix::mount::{mount as sys_mount, MsFlags};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const LABEL: &str = "cairn-data";
@@ -66,6 +65,11 @@ fn find_partition(disk: &str) -> Result<Option<String>, DataError> {
         .map(|p| gpt::partition_name(disk, p.number)))
 }
 
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 fn wait_for_node(name: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -107,7 +111,11 @@ pub fn mount_var() -> Result<DataState, DataError> {
         Some(p) => p,
         None => {
             info!("no data partition on {disk}: creating it");
-            let out = Command::new("/usr/bin/systemd-repart")
+            // repart formats through a loop device.
+            crate::kmod::modprobe_all(&["loop", "ext4"]);
+            let out = crate::supervisor::command("/usr/bin/systemd-repart")
+                .env("SYSTEMD_LOG_LEVEL", "debug")
+                .env("SYSTEMD_LOG_TARGET", "console")
                 .args([
                     "--dry-run=no",
                     "--no-pager",
@@ -124,10 +132,9 @@ pub fn mount_var() -> Result<DataState, DataError> {
                 return Err(DataError::Create {
                     disk: disk.clone(),
                     why: format!(
-                        "systemd-repart {}: {} {}",
+                        "systemd-repart {}: {}",
                         out.status,
-                        String::from_utf8_lossy(&out.stderr).trim(),
-                        String::from_utf8_lossy(&out.stdout).trim()
+                        tail_lines(&String::from_utf8_lossy(&out.stderr), 12)
                     ),
                 });
             }

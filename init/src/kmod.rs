@@ -6,7 +6,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::Command;
 
 /// Loads one module file. Already-loaded modules are not an error.
 pub fn load_file(path: &Path) -> Result<(), std::io::Error> {
@@ -71,7 +70,7 @@ pub const HOST_MODULES: &[&str] = &[
 
 /// Loads all `names` with one modprobe run (`-a`, `-b`: honour blacklists, `-q`: quiet).
 pub fn modprobe_all(names: &[&str]) {
-    let status = Command::new("/usr/sbin/modprobe")
+    let status = crate::supervisor::command("/usr/sbin/modprobe")
         .args(["-a", "-b", "-q"])
         .args(names)
         .status();
@@ -80,7 +79,7 @@ pub fn modprobe_all(names: &[&str]) {
         Ok(_) => {
             // Some are missing: load one by one to say which.
             for n in names {
-                let ok = Command::new("/usr/sbin/modprobe")
+                let ok = crate::supervisor::command("/usr/sbin/modprobe")
                     .args(["-b", "-q", n])
                     .status()
                     .map(|s| s.success())

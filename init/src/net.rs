@@ -126,7 +126,7 @@ pub fn setup(seed: &Seed) -> Vec<ServiceSpec> {
 
 /// The IPv4 addresses on the NICs, as "name=a.b.c.d/n" (what `ip -4 -o addr` says).
 pub fn addresses() -> Vec<String> {
-    let Ok(out) = std::process::Command::new(IP)
+    let Ok(out) = crate::supervisor::command(IP)
         .args(["-4", "-o", "addr", "show", "scope", "global"])
         .output()
     else {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const API_SOCKET: &str = "/var/lib/cairn/unix.socket";
 
 pub fn run() -> ! {
+    // The kernel starts PID 1 without PATH; the tools it runs (repart → mkfs) need one.
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     console::attach();
     console::stage("init-start");
     std::panic::set_hook(Box::new(|p| {

@@ -3,7 +3,6 @@
 
 use crate::info;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 /// What to run and how to treat it.
@@ -122,7 +121,7 @@ pub fn run_once(what: &str, argv: &[&str]) -> bool {
     let Some((prog, args)) = argv.split_first() else {
         return false;
     };
-    match Command::new(prog).args(args).output() {
+    match crate::supervisor::command(prog).args(args).output() {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
             info!(

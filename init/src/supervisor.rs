@@ -137,6 +137,7 @@ impl Supervisor {
             // SAFETY: setsid and ioctl are async-signal-safe.
             unsafe {
                 cmd.pre_exec(|| {
+                    unblock_signals();
                     libc::setsid();
                     libc::ioctl(0, libc::TIOCSCTTY, 1);
                     Ok(())
@@ -157,6 +158,7 @@ impl Supervisor {
             // SAFETY: setsid is async-signal-safe.
             unsafe {
                 cmd.pre_exec(|| {
+                    unblock_signals();
                     libc::setsid();
                     Ok(())
                 });
@@ -244,6 +246,30 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// PID 1 blocks the signals it reads through signalfd; children must not inherit that.
+/// Only async-signal-safe calls: this runs between fork and exec.
+pub fn unblock_signals() {
+    // SAFETY: sigemptyset/sigprocmask on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// A Command whose child starts with no blocked signals.
+pub fn command(prog: &str) -> Command {
+    let mut c = Command::new(prog);
+    // SAFETY: unblock_signals is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            unblock_signals();
+            Ok(())
+        });
+    }
+    c
 }
 
 fn console_stdio() -> std::io::Result<(File, File, File)> {
