@@ -29,7 +29,7 @@ pub struct ExecPost {
     wait_for_websocket: bool,
     #[serde(default)]
     interactive: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     environment: BTreeMap<String, String>,
     #[serde(default)]
     width: i64,
@@ -239,7 +239,7 @@ async fn reader_to_ws<R: AsyncRead + Unpin>(
 #[derive(Deserialize)]
 struct ControlMsg {
     command: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     args: BTreeMap<String, String>,
     #[serde(default)]
     signal: i32,

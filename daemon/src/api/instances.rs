@@ -98,7 +98,7 @@ pub struct InstanceSource {
     alias: String,
     #[serde(default)]
     fingerprint: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     properties: BTreeMap<String, String>,
     #[serde(default)]
     server: String,
@@ -112,7 +112,7 @@ pub struct InstanceSource {
     mode: String,
     #[serde(default)]
     operation: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     secrets: BTreeMap<String, String>,
     #[serde(default)]
     source: String,

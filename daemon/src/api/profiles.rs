@@ -87,11 +87,11 @@ pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
 #[serde(deny_unknown_fields)]
 pub struct ProfilesPost {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     config: ConfigMap,
     #[serde(default)]
     description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     devices: DeviceMap,
 }
 

@@ -137,7 +137,7 @@ pub async fn get_server(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerPut {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     config: BTreeMap<String, serde_json::Value>,
 }
 

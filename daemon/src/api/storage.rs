@@ -114,7 +114,7 @@ pub async fn get_one(State(d): State<AppState>, Path(pool): Path<String>) -> Api
 pub struct PoolsPost {
     name: String,
     driver: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     config: ConfigMap,
     #[serde(default)]
     description: String,

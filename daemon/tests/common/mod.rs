@@ -1,0 +1,264 @@
+//! Test fixtures: a cairnd in its own state dir, the real incus CLI pointed at it, and a
+//! busybox image built from Debian's busybox-static. Everything made here is removed when
+//! the fixture drops, containers included.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("daemon crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The real incus CLI: `$CAIRN_INCUS`, else fetched by scripts/incus-client.sh.
+pub fn incus_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("CAIRN_INCUS") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/incus-client.sh"))
+            .output()
+            .expect("running scripts/incus-client.sh");
+        assert!(
+            out.status.success(),
+            "fetching the incus CLI failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// A temporary directory under /var/tmp whose parents unprivileged containers can traverse.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let base = PathBuf::from("/var/tmp");
+        let p = base.join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&p).expect("creating test dir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o711)).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:x}{}", t, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The busybox image tarball, built once per test binary.
+pub fn busybox_image() -> &'static Path {
+    static IMG: OnceLock<(TempDirKeep, PathBuf)> = OnceLock::new();
+    &IMG.get_or_init(|| {
+        let dir = TempDirKeep::new();
+        let out = dir.0.join("busybox.tar.gz");
+        let st = Command::new("bash")
+            .arg(repo_root().join("tests/fixtures/make-busybox-image.sh"))
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .expect("running make-busybox-image.sh");
+        assert!(st.success(), "building the busybox image failed");
+        (dir, out)
+    })
+    .1
+}
+
+/// A directory that lives as long as the test process (statics are never dropped), removed
+/// at exit by the OS's /tmp cleaning at worst; kept small.
+pub struct TempDirKeep(pub PathBuf);
+impl TempDirKeep {
+    fn new() -> TempDirKeep {
+        let p = std::env::temp_dir().join(format!("cairn-img-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDirKeep(p)
+    }
+}
+
+pub struct TestDaemon {
+    pub root: TempDir,
+    pub state: PathBuf,
+    pub home: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        let root = TempDir::new("cairn-test");
+        let state = root.path().join("state");
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut d = TestDaemon {
+            root,
+            state,
+            home,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("cairnd.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairnd"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting cairnd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.state.join("unix.socket").exists() {
+                let out = self.incus(&["admin", "waitready", "--timeout", "5"]);
+                if out.status.success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("cairnd did not become ready; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("cairnd.log")).unwrap_or_default()
+    }
+
+    /// kill -9, as a crash or a power cut of the daemon would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn incus_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(incus_bin());
+        c.args(args)
+            .env("INCUS_DIR", &self.state)
+            .env("HOME", &self.home)
+            .env("INCUS_CONF", self.home.join(".config/incus"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn incus(&self, args: &[&str]) -> Output {
+        self.incus_cmd(args).output().expect("running incus")
+    }
+
+    /// Runs incus and returns stdout; fails the test with stderr and the daemon log if it fails.
+    pub fn incus_ok(&self, args: &[&str]) -> String {
+        let out = self.incus(args);
+        assert!(
+            out.status.success(),
+            "incus {args:?} failed: {}\n--- cairnd log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs incus expecting failure; returns stderr.
+    pub fn incus_err(&self, args: &[&str]) -> String {
+        let out = self.incus(args);
+        assert!(
+            !out.status.success(),
+            "incus {args:?} should have failed but printed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A raw HTTP request over the unix socket: (status, body).
+    pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(self.state.join("unix.socket"))
+            .args(["-X", method])
+            .arg(format!("http://cairn{path}"));
+        if let Some(b) = body {
+            let f = self.root.path().join(format!("body-{}", rand_suffix()));
+            std::fs::write(&f, b).unwrap();
+            c.arg("--data-binary").arg(format!("@{}", f.display()));
+        }
+        let out = c.output().expect("running curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    pub fn import_busybox(&self, alias: &str) {
+        let img = busybox_image().to_string_lossy().into_owned();
+        self.incus_ok(&["image", "import", &img, "--alias", alias]);
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        // Containers outlive the daemon by design: stop them by liblxc's own tools.
+        let lxc = self.state.join("lxc");
+        if let Ok(it) = std::fs::read_dir(&lxc) {
+            for e in it.flatten() {
+                let _ = Command::new("lxc-stop")
+                    .arg("-P")
+                    .arg(&lxc)
+                    .arg("-n")
+                    .arg(e.file_name())
+                    .arg("-k")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

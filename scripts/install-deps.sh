@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what building and testing cairnd needs on a Debian 12 host: liblxc and its headers
+# (bindgen reads them), libclang, busybox-static (test images), lxcfs, uidmap, a root
+# subordinate id range, the real incus CLI (Debian trixie's incus-client) and pylxd in a venv.
+# Idempotent; safe to run on every CI start.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${CAIRN_CACHE:-/var/cache/cairn}
+mkdir -p "$cache"
+
+pkgs=(lxc lxc-dev liblxc1 libclang-dev clang busybox-static lxcfs uidmap iproute2 pkg-config
+      ca-certificates curl python3 openssh-client)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# liblxc insists on a subordinate range for root once newuidmap is installed.
+for f in /etc/subuid /etc/subgid; do
+  grep -q '^root:' "$f" 2>/dev/null || echo 'root:1000000:1000000000' >> "$f"
+done
+
+"$here/incus-client.sh" >/dev/null
+
+# pylxd in its own venv: Debian's python refuses system-wide pip installs.
+venv=$cache/venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pylxd' 2>/dev/null; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check pylxd
+fi
+echo "install-deps: done"
