@@ -1,6 +1,6 @@
 //! `/1.0/instances` and `/1.0/instances/{name}` (+ `/state`, `/logs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -675,5 +675,16 @@ pub async fn delete_log(
     empty()
 }
 
-#[allow(dead_code)]
-fn _unused(_: HashMap<(), ()>) {}
+/// Backups are listed (there are none) so `incus info` works; making them comes later.
+pub async fn backups(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    instance::get(&d, &name)?;
+    sync(Vec::<String>::new())
+}
+
+pub async fn create_backup(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    instance::get(&d, &name)?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "Instance backups are not supported yet",
+    ))
+}

@@ -110,6 +110,10 @@ pub fn router(d: AppState) -> Router {
         .route("/1.0/instances/{name}/sftp", get(files::sftp))
         .route("/1.0/instances/{name}/logs", get(instances::logs))
         .route(
+            "/1.0/instances/{name}/backups",
+            get(instances::backups).post(instances::create_backup),
+        )
+        .route(
             "/1.0/instances/{name}/logs/{file}",
             get(instances::log_file).delete(instances::delete_log),
         )

@@ -34,6 +34,9 @@ pub const API_EXTENSIONS: &[&str] = &[
     "api_filtering",
     "certificate_update",
     "certificate_token",
+    "storage",
+    "network",
+    "container_backup",
 ];
 
 pub async fn root() -> ApiResult {

@@ -273,6 +273,12 @@ fn attach_and_wait(spec: &ExecSpec) -> Result<i32, LxcError> {
     // is set below as LXC_ATTACH_OPTIONS_DEFAULT would, then overridden where we need.
     let mut opts: lxc_attach_options_t = unsafe { std::mem::zeroed() };
     opts.attach_flags = LXC_ATTACH_DEFAULT as i32;
+    // With a terminal on stdin, let liblxc allocate the pty inside the container's devpts and
+    // relay it: programs then see a real tty of their own (tty(1), job control).
+    // SAFETY: isatty only inspects fd 0.
+    if unsafe { libc::isatty(0) } == 1 {
+        opts.attach_flags |= LXC_ATTACH_TERMINAL as i32;
+    }
     opts.namespaces = -1;
     opts.personality = LXC_ATTACH_DETECT_PERSONALITY as libc::c_long;
     opts.initial_cwd = cwd
