@@ -5,10 +5,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{TestDaemon, TempDir};
+use common::{TempDir, TestDaemon};
 
 fn error_of(body: &str) -> (u64, String) {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     assert_eq!(v["type"], "error", "{body}");
     (
         v["error_code"].as_u64().unwrap_or(0),
@@ -21,28 +22,109 @@ fn malformed_requests_get_incus_errors() {
     let d = TestDaemon::start();
     d.import_busybox("bb");
     let cases: &[(&str, &str, &str, u16, &str)] = &[
-        ("POST", "/1.0/instances", "{not json", 400, "Invalid request body"),
-        ("POST", "/1.0/instances", r#"{"name":"c1","source":{"type":"image","alias":"bb"},"bogus":1}"#, 400, "unknown field"),
-        ("POST", "/1.0/instances", r#"{"name":"c1","source":{"type":"image","alias":"bb"},"config":{"no.such.key":"1"}}"#, 400, "Unknown configuration key"),
-        ("POST", "/1.0/instances", r#"{"name":"c1","source":{"type":"image","alias":"bb"},"config":{"limits.memory":"lots"}}"#, 400, "limits.memory"),
-        ("POST", "/1.0/instances", r#"{"name":"../etc","source":{"type":"image","alias":"bb"}}"#, 400, "Invalid name"),
-        ("POST", "/1.0/instances", r#"{"name":"c1","source":{"type":"image","alias":"missing"}}"#, 404, "not found"),
-        ("POST", "/1.0/instances", r#"{"name":"c1","source":{"type":"image","alias":"bb"},"devices":{"x":{"type":"nic","nictype":"macvlan"}}}"#, 400, "nictype"),
+        (
+            "POST",
+            "/1.0/instances",
+            "{not json",
+            400,
+            "Invalid request body",
+        ),
+        (
+            "POST",
+            "/1.0/instances",
+            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"bogus":1}"#,
+            400,
+            "unknown field",
+        ),
+        (
+            "POST",
+            "/1.0/instances",
+            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"config":{"no.such.key":"1"}}"#,
+            400,
+            "Unknown configuration key",
+        ),
+        (
+            "POST",
+            "/1.0/instances",
+            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"config":{"limits.memory":"lots"}}"#,
+            400,
+            "limits.memory",
+        ),
+        (
+            "POST",
+            "/1.0/instances",
+            r#"{"name":"../etc","source":{"type":"image","alias":"bb"}}"#,
+            400,
+            "Invalid name",
+        ),
+        (
+            "POST",
+            "/1.0/instances",
+            r#"{"name":"c1","source":{"type":"image","alias":"missing"}}"#,
+            404,
+            "not found",
+        ),
+        (
+            "POST",
+            "/1.0/instances",
+            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"devices":{"x":{"type":"nic","nictype":"macvlan"}}}"#,
+            400,
+            "nictype",
+        ),
         ("GET", "/1.0/instances/nope", "", 404, "not found"),
-        ("PUT", "/1.0/instances/nope/state", r#"{"action":"start"}"#, 404, "not found"),
-        ("POST", "/1.0/profiles", r#"{"name":"a/b"}"#, 400, "Invalid name"),
-        ("PUT", "/1.0", r#"{"config":{"core.bogus":"1"}}"#, 400, "Unknown configuration key"),
-        ("PUT", "/1.0", r#"{"config":{"core.https_address":"256.1.1.1:1"}}"#, 400, "listen"),
+        (
+            "PUT",
+            "/1.0/instances/nope/state",
+            r#"{"action":"start"}"#,
+            404,
+            "not found",
+        ),
+        (
+            "POST",
+            "/1.0/profiles",
+            r#"{"name":"a/b"}"#,
+            400,
+            "Invalid name",
+        ),
+        (
+            "PUT",
+            "/1.0",
+            r#"{"config":{"core.bogus":"1"}}"#,
+            400,
+            "Unknown configuration key",
+        ),
+        (
+            "PUT",
+            "/1.0",
+            r#"{"config":{"core.https_address":"256.1.1.1:1"}}"#,
+            400,
+            "listen",
+        ),
         ("GET", "/1.0/no/such/endpoint", "", 404, "not found"),
-        ("DELETE", "/1.0/profiles/default", "", 400, "cannot be deleted"),
-        ("GET", "/1.0/instances/x/logs/..%2f..%2fcairn.db", "", 404, ""),
+        (
+            "DELETE",
+            "/1.0/profiles/default",
+            "",
+            400,
+            "cannot be deleted",
+        ),
+        (
+            "GET",
+            "/1.0/instances/x/logs/..%2f..%2fcairn.db",
+            "",
+            404,
+            "",
+        ),
     ];
     for (method, path, body, status, needle) in cases {
         let (code, text) = d.http(method, path, (!body.is_empty()).then_some(body.as_bytes()));
         assert_eq!(code, *status, "{method} {path} {body}: {text}");
         let (error_code, msg) = error_of(&text);
         assert_eq!(error_code, *status as u64, "{text}");
-        assert!(msg.to_lowercase().contains(&needle.to_lowercase()), "{method} {path}: {msg:?} lacks {needle:?}");
+        assert!(
+            msg.to_lowercase().contains(&needle.to_lowercase()),
+            "{method} {path}: {msg:?} lacks {needle:?}"
+        );
     }
 
     // An oversized JSON body is refused without being read whole.
@@ -52,14 +134,25 @@ fn malformed_requests_get_incus_errors() {
 
     // Wrong state transitions.
     d.incus_ok(&["init", "bb", "st"]);
-    assert!(d.incus_err(&["stop", "st"]).to_lowercase().contains("already stopped"));
+    assert!(d
+        .incus_err(&["stop", "st"])
+        .to_lowercase()
+        .contains("already stopped"));
     d.incus_ok(&["start", "st"]);
-    assert!(d.incus_err(&["start", "st"]).to_lowercase().contains("already running"));
-    assert!(d.incus_err(&["delete", "st"]).to_lowercase().contains("running"));
+    assert!(d
+        .incus_err(&["start", "st"])
+        .to_lowercase()
+        .contains("already running"));
+    assert!(d
+        .incus_err(&["delete", "st"])
+        .to_lowercase()
+        .contains("running"));
     d.incus_ok(&["delete", "--force", "st"]);
 
     // Still serving, nothing lost.
-    assert!(d.incus_ok(&["image", "list", "--format", "csv"]).contains("bb,"));
+    assert!(d
+        .incus_ok(&["image", "list", "--format", "csv"])
+        .contains("bb,"));
 }
 
 /// Writes a gzip tarball with raw entry names (the tar crate's builder refuses hostile ones).
@@ -68,7 +161,9 @@ fn raw_tarball(path: &Path, entries: &[(&str, u8, &str, &[u8])]) {
     for (name, kind, link, data) in entries {
         let mut h = [0u8; 512];
         h[..name.len()].copy_from_slice(name.as_bytes());
-        let put = |h: &mut [u8; 512], off: usize, s: &str| h[off..off + s.len()].copy_from_slice(s.as_bytes());
+        let put = |h: &mut [u8; 512], off: usize, s: &str| {
+            h[off..off + s.len()].copy_from_slice(s.as_bytes())
+        };
         put(&mut h, 100, "0000755\0");
         put(&mut h, 108, "0000000\0");
         put(&mut h, 116, "0000000\0");
@@ -101,39 +196,63 @@ fn hostile_image_tarballs_are_refused_and_write_nothing_outside() {
     std::fs::create_dir(&victim).unwrap();
     let victim_s = victim.to_string_lossy().into_owned();
     let cases: Vec<(&str, Vec<(String, u8, String, Vec<u8>)>)> = vec![
-        ("absolute path", vec![
-            ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
-            ("rootfs/".into(), b'5', "".into(), vec![]),
-            (format!("{victim_s}/abs"), b'0', "".into(), b"x".to_vec()),
-        ]),
-        ("dot-dot", vec![
-            ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
-            ("rootfs/".into(), b'5', "".into(), vec![]),
-            ("rootfs/../../../../../../../../tmp/dotdot".into(), b'0', "".into(), b"x".to_vec()),
-        ]),
-        ("symlink escape", vec![
-            ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
-            ("rootfs/".into(), b'5', "".into(), vec![]),
-            ("rootfs/evil".into(), b'2', victim_s.clone(), vec![]),
-            ("rootfs/evil/pwned".into(), b'0', "".into(), b"x".to_vec()),
-        ]),
-        ("device node", vec![
-            ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
-            ("rootfs/".into(), b'5', "".into(), vec![]),
-            ("rootfs/dev/sda".into(), b'4', "".into(), vec![]),
-        ]),
-        ("no metadata", vec![
-            ("rootfs/".into(), b'5', "".into(), vec![]),
-        ]),
+        (
+            "absolute path",
+            vec![
+                ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
+                ("rootfs/".into(), b'5', "".into(), vec![]),
+                (format!("{victim_s}/abs"), b'0', "".into(), b"x".to_vec()),
+            ],
+        ),
+        (
+            "dot-dot",
+            vec![
+                ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
+                ("rootfs/".into(), b'5', "".into(), vec![]),
+                (
+                    "rootfs/../../../../../../../../tmp/dotdot".into(),
+                    b'0',
+                    "".into(),
+                    b"x".to_vec(),
+                ),
+            ],
+        ),
+        (
+            "symlink escape",
+            vec![
+                ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
+                ("rootfs/".into(), b'5', "".into(), vec![]),
+                ("rootfs/evil".into(), b'2', victim_s.clone(), vec![]),
+                ("rootfs/evil/pwned".into(), b'0', "".into(), b"x".to_vec()),
+            ],
+        ),
+        (
+            "device node",
+            vec![
+                ("metadata.yaml".into(), b'0', "".into(), meta.to_vec()),
+                ("rootfs/".into(), b'5', "".into(), vec![]),
+                ("rootfs/dev/sda".into(), b'4', "".into(), vec![]),
+            ],
+        ),
+        (
+            "no metadata",
+            vec![("rootfs/".into(), b'5', "".into(), vec![])],
+        ),
     ];
     for (what, entries) in &cases {
         let path = tmp.path().join("bad.tar.gz");
-        let refs: Vec<(&str, u8, &str, &[u8])> =
-            entries.iter().map(|(n, k, l, data)| (n.as_str(), *k, l.as_str(), data.as_slice())).collect();
+        let refs: Vec<(&str, u8, &str, &[u8])> = entries
+            .iter()
+            .map(|(n, k, l, data)| (n.as_str(), *k, l.as_str(), data.as_slice()))
+            .collect();
         raw_tarball(&path, &refs);
         let err = d.incus_err(&["image", "import", path.to_str().unwrap(), "--alias", "bad"]);
         assert!(!err.is_empty(), "{what}: refused with a message");
-        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "{what}: wrote outside");
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            0,
+            "{what}: wrote outside"
+        );
     }
     assert!(!Path::new("/tmp/dotdot").exists());
 

@@ -43,11 +43,7 @@ impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
         use std::os::unix::fs::PermissionsExt;
         let base = PathBuf::from("/var/tmp");
-        let p = base.join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let p = base.join(format!("{prefix}-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&p).expect("creating test dir");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o711)).unwrap();
         TempDir(p)
@@ -96,7 +92,11 @@ pub fn busybox_image() -> &'static Path {
 pub struct TempDirKeep(pub PathBuf);
 impl TempDirKeep {
     fn new() -> TempDirKeep {
-        let p = std::env::temp_dir().join(format!("cairn-img-{}-{}", std::process::id(), rand_suffix()));
+        let p = std::env::temp_dir().join(format!(
+            "cairn-img-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDirKeep(p)
     }
