@@ -1,4 +1,4 @@
-//! What a tar entry says about itself: its path (split, refusing escapes), link target, attributes and kept extended attributes.
+//! What a tar entry's header says: its path (escapes refused), link target, attributes, xattrs.
 
 use std::borrow::Cow;
 use std::ffi::CString;

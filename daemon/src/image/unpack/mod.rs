@@ -37,12 +37,12 @@
 //! (`std::fs::remove_dir_all`, which does not follow symlinks) and must not use
 //! it. Nothing outside the destination is ever written.
 //!
-//! Code map: [`reader`] detects the compression and guards what the tar reader
-//! buffers on its own; [`unpacker`] streams the entries into the destination
-//! and enforces the rules above; [`entry`] reads what a tar header says (path,
-//! link target, attributes, extended attributes); [`nodes`] creates files and
-//! sets attributes relative to a directory fd; [`metadata`] parses
-//! `metadata.yaml`; [`fingerprint`] hashes image files.
+//! Code map: `reader` detects the compression and guards what the tar reader
+//! buffers on its own; `unpacker` streams the entries into the destination
+//! and enforces the rules above; `entry` reads what a tar header says (path,
+//! link target, attributes, extended attributes); `nodes` creates files and
+//! sets attributes relative to a directory fd; `metadata` parses
+//! `metadata.yaml`; `fingerprint` hashes image files.
 
 mod entry;
 mod fingerprint;

@@ -1,4 +1,4 @@
-//! Creating files, directories and links relative to a directory fd, and setting their attributes, never through a symlink.
+//! Creating nodes and setting attributes relative to a directory fd, never through a symlink.
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};

@@ -1,4 +1,4 @@
-//! The tar stream as the unpacker reads it: decompressed by magic bytes, with a guard on what the tar reader buffers unseen.
+//! The tar stream as read: decompressed by magic bytes, guarded against unseen header data.
 
 use std::cell::Cell;
 use std::io::{self, Cursor, Read};

@@ -1,4 +1,4 @@
-//! The [`Unpacker`]: streams the entries of one tarball into a destination directory fd, enforcing the module's rules and limits.
+//! [`Unpacker`]: streams one tarball's entries into the destination under the module's rules.
 
 use std::cell::Cell;
 use std::fs::File;

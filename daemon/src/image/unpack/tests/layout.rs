@@ -1,4 +1,4 @@
-//! What well-formed images unpack to: trees, attributes, split images, metadata and stray entries.
+//! What well-formed images unpack to: trees, attributes, split images, metadata, stray entries.
 
 use std::ffi::CString;
 use std::fs::File;

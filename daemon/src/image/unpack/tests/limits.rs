@@ -1,4 +1,4 @@
-//! Limits: decompression bombs, entry counts and header data are stopped while streaming.
+//! Limits: bombs, entry counts and header data are stopped while streaming.
 
 use super::*;
 

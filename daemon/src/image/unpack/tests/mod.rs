@@ -1,4 +1,4 @@
-//! Tests of the unpacker, run against tarballs built entry by entry; the shared tarball builder and busybox-like image live here.
+//! Unpacker tests against tarballs built entry by entry; the shared builder lives here.
 
 mod hostile;
 mod layout;
