@@ -187,6 +187,9 @@ fn raw_tarball(path: &Path, entries: &[(&str, u8, &str, &[u8])]) {
     gz.finish().unwrap();
 }
 
+/// A tar entry as written raw: name, type flag, link target, contents.
+type RawEntry = (String, u8, String, Vec<u8>);
+
 #[test]
 fn hostile_image_tarballs_are_refused_and_write_nothing_outside() {
     let d = TestDaemon::start();
@@ -195,7 +198,7 @@ fn hostile_image_tarballs_are_refused_and_write_nothing_outside() {
     let victim = tmp.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
     let victim_s = victim.to_string_lossy().into_owned();
-    let cases: Vec<(&str, Vec<(String, u8, String, Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, Vec<RawEntry>)> = vec![
         (
             "absolute path",
             vec![
