@@ -5,7 +5,7 @@
 #
 # Environment: CAIRND (path to a built cairnd, or `none`; default: cargo builds it, and the
 # image is built without it if that fails), CAIRN_IMAGE_CACHE (default /var/cache/cairn-image: mkosi
-# caches, kernel package, output), CARGO_TARGET_DIR.
+# caches, kernel package, output), CAIRN_ZFS=0 (skip the ZFS module stage), CARGO_TARGET_DIR.
 #
 # The mkosi package stage is cached (Incremental=yes): a rebuild after a Rust change only
 # re-copies the binaries, remakes the initrd and the erofs/verity partitions and the UKI.
@@ -64,12 +64,37 @@ fi
 step "making the initrd for $kver"
 "$here/initrd.sh" "$init_bin" "$kdeb_dir/$kver" "$kver" "$cache/initrd.cpio.zst"
 
+# 3b. ZFS modules, built once per kernel in a separate throw-away tree (zfs-dkms needs
+#     compilers and headers that must not be in the appliance). CAIRN_ZFS=0 skips it.
+zfs_dir=$cache/zfs/$kver
+if [ "${CAIRN_ZFS:-1}" != 0 ] && [ ! -f "$zfs_dir/done" ]; then
+  step "building the ZFS modules for $kver (zfs-dkms: ~6-10 minutes, once per kernel)"
+  mkdir -p "$cache/zfs-work" "$cache/mkosi-pkgs"
+  rm -rf "$cache/zfs-out"
+  mkosi -C "$here/zfs-builder" --force \
+    --package-cache-dir "$cache/mkosi-pkgs" --workspace-dir "$cache/zfs-work" \
+    --output-dir "$cache/zfs-out" --package "linux-headers-$kver" \
+    build > "$cache/zfs-build.log" 2>&1 || { tail -30 "$cache/zfs-build.log" >&2; exit 1; }
+  built=$(find "$cache/zfs-out/zfs-builder/usr/lib/modules/$kver" -name 'zfs.ko*' | head -1)
+  [ -n "$built" ] || { echo "image: zfs-dkms built no zfs.ko for $kver (see $cache/zfs-build.log)" >&2; exit 1; }
+  rm -rf "$zfs_dir"; mkdir -p "$zfs_dir"
+  cp "$(dirname "$built")"/*.ko* "$zfs_dir/"
+  touch "$zfs_dir/done"
+  rm -rf "$cache/zfs-out"
+fi
+
 # 4. What our repository adds to the root.
 extra=$cache/extra
 rm -rf "$extra"; mkdir -p "$extra/usr/bin" "$extra/usr/lib/cairn/repart.d" "$extra/etc/kernel"
 install -m 0755 "$init_bin" "$extra/usr/bin/cairn-init"
 if [ -n "$cairnd" ]; then install -m 0755 "$cairnd" "$extra/usr/bin/cairnd"; fi
 install -m 0644 "$repo"/firmware-config/repart.d/firstboot/*.conf "$extra/usr/lib/cairn/repart.d/"
+with_zfs=no
+if [ -f "$zfs_dir/done" ]; then
+  mkdir -p "$extra/usr/lib/modules/$kver/updates/zfs"
+  cp "$zfs_dir"/*.ko* "$extra/usr/lib/modules/$kver/updates/zfs/"
+  with_zfs=yes
+fi
 if [ -f "$repo/firmware-config/kernel-tries" ]; then
   install -m 0644 "$repo/firmware-config/kernel-tries" "$extra/etc/kernel/tries"
 fi
@@ -80,7 +105,7 @@ mkdir -p "$cache/mkosi-cache" "$cache/mkosi-pkgs" "$cache/mkosi-work"
 mkosi -C "$here" --force --incremental=yes \
   --cache-dir "$cache/mkosi-cache" --package-cache-dir "$cache/mkosi-pkgs" \
   --workspace-dir "$cache/mkosi-work" --output-dir "$out" \
-  --package "$kpkg" --initrd "$cache/initrd.cpio.zst" --extra-tree "$extra" \
+  --package "$kpkg" $( [ $with_zfs = yes ] && echo --package zfsutils-linux ) --initrd "$cache/initrd.cpio.zst" --extra-tree "$extra" \
   build >&2
 
 # 6. Sizes.
@@ -89,6 +114,7 @@ root_part=$out/cairn.root-a.raw
 {
   echo "kernel=$kver"
   if [ -n "$cairnd" ]; then echo "cairnd=yes"; else echo "cairnd=no"; fi
+  echo "zfs=$with_zfs"
   echo "built=$(date -u +%FT%TZ)"
 } > "$out/manifest"
 step "done: $raw"

@@ -75,7 +75,14 @@ fn ip(args: &[&str]) -> bool {
 /// Brings up loopback and the seed's NICs. Returns the DHCP services to supervise.
 pub fn setup(seed: &Seed) -> Vec<ServiceSpec> {
     ip(&["link", "set", "lo", "up"]);
-    let found = nics();
+    // NIC drivers load through udev's coldplug: wait (bounded) until the NICs appear.
+    let wanted = seed.network.interfaces.len().max(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut found = nics();
+    while found.len() < wanted && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        found = nics();
+    }
     info!(
         "network: NICs {}",
         found

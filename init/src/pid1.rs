@@ -57,23 +57,6 @@ pub fn run() -> ! {
 
 /// Boot stages up to starting the services. Returns whether to probe for the API.
 fn bring_up(sup: &mut Supervisor) -> bool {
-    // Hardware drivers come from udev's coldplug; the host's software modules (bridge,
-    // OVS, nf_tables, ZFS…) load in the background meanwhile.
-    let modules = std::thread::Builder::new()
-        .name("modprobe".into())
-        .spawn(|| {
-            kmod::modprobe_all(kmod::HOST_MODULES);
-            console::stage("modules");
-        })
-        .ok();
-    power::listen();
-
-    sup.add(services::udevd());
-    services::run_once(
-        "udevadm trigger",
-        &["/usr/bin/udevadm", "trigger", "--type=all", "--action=add"],
-    );
-
     let disk = match data::mount_var() {
         Ok(state) => {
             let clean = match state.clean {
@@ -106,11 +89,35 @@ fn bring_up(sup: &mut Supervisor) -> bool {
     console::line(&format!("machine={machine_id}"));
     console::line(&format!("root read-only={}", u8::from(root_is_read_only())));
     console::stage("data-mounted");
+
+    // Hardware drivers come from udev's coldplug; the host's software modules (bridge,
+    // OVS, nf_tables, ZFS…) load in the background meanwhile.
+    let modules = std::thread::Builder::new()
+        .name("modprobe".into())
+        .spawn(|| {
+            kmod::modprobe_all(kmod::HOST_MODULES);
+            console::stage("modules");
+        })
+        .ok();
+    power::listen();
+
+    sup.add(services::udevd());
     services::run_once(
-        "udevadm settle",
-        &["/usr/bin/udevadm", "settle", "--timeout=20"],
+        "udevadm trigger",
+        &["/usr/bin/udevadm", "trigger", "--type=all", "--action=add"],
     );
-    console::stage("udev-settled");
+    // Device links (/dev/disk/by-*) settle in the background; nothing at boot waits on them.
+    let _ = std::thread::Builder::new()
+        .name("udev-settle".into())
+        .spawn(|| {
+            services::run_once(
+                "udevadm settle",
+                &["/usr/bin/udevadm", "settle", "--timeout=60"],
+            );
+            console::stage("udev-settled");
+        });
+    // The seed may come through QEMU fw_cfg or the ESP.
+    kmod::modprobe_all(&["qemu_fw_cfg", "vfat"]);
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;

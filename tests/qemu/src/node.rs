@@ -263,12 +263,30 @@ impl Node {
         }
     }
 
-    /// Waits for a console line containing `needle`; fails early if QEMU exits.
+    /// Waits for a console line containing `needle` (seen at any time since QEMU started);
+    /// fails early if QEMU exits.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<ConsoleLine> {
+        self.wait_for_from(0, needle, timeout)
+    }
+
+    /// The number of console lines seen so far: pass it to [`Node::wait_for_from`] to wait
+    /// only for lines that come later (e.g. after a reboot inside the same QEMU).
+    pub fn mark(&mut self) -> usize {
+        self.poll_console().len()
+    }
+
+    /// Like [`Node::wait_for`], considering only lines from index `from` on.
+    pub fn wait_for_from(
+        &mut self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<ConsoleLine> {
         let deadline = Instant::now() + timeout;
-        let mut checked = 0;
+        let mut checked = from;
         loop {
             let lines = self.poll_console();
+            checked = checked.min(lines.len());
             if let Some(l) = lines[checked..].iter().find(|l| l.text.contains(needle)) {
                 return Ok(l.clone());
             }

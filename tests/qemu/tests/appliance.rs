@@ -188,8 +188,9 @@ fn state_persists_across_a_reboot() {
         );
         assert!(put.is_ok(), "setting a server config key: {put:?}");
     }
+    let before = node.mark();
     node.ctrl_alt_del().expect("ctrl-alt-del");
-    node.wait_for("shutdown-complete clean=1", Duration::from_secs(90))
+    node.wait_for_from(before, "shutdown-complete clean=1", Duration::from_secs(90))
         .expect("clean reboot");
     let marker = if lab.api {
         "cairn: API ready"
@@ -197,15 +198,18 @@ fn state_persists_across_a_reboot() {
         "stage=services-started"
     };
     // The same QEMU process boots again; wait for the second boot's markers.
-    node.wait_for("stage=init-start", BOOT)
+    let second = node.mark();
+    node.wait_for_from(second, "stage=init-start", BOOT)
         .expect("second boot");
-    node.wait_for(marker, BOOT).expect("second boot up");
+    node.wait_for_from(second, marker, BOOT)
+        .expect("second boot up");
     assert_eq!(
         console_value(&mut node, "machine").as_deref(),
         Some(machine.as_str()),
         "same machine id from /var"
     );
-    assert!(node.saw("data fs clean=1"));
+    node.wait_for_from(second, "data fs clean=1", Duration::from_secs(1))
+        .expect("the reboot left a clean data filesystem");
     if lab.api {
         let v = api::request(&lab.cert, &node.api_url(), "GET", "/1.0", None).expect("GET /1.0");
         assert_eq!(v["metadata"]["config"]["images.auto_update_interval"], "13");
