@@ -61,13 +61,14 @@ pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
     let d2 = d.clone();
     let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         let recs = d2.db.instances()?;
+        let profiles = instance::all_profiles(&d2)?;
         let mut views = Vec::with_capacity(recs.len());
         for rec in &recs {
             if level == 0 && filter.is_none() {
                 views.push(serde_json::Value::String(instance::url(&rec.name)));
                 continue;
             }
-            let v = serde_json::to_value(instance::view(&d2, rec, level >= 2)?)
+            let v = serde_json::to_value(instance::view_with(&d2, rec, level >= 2, &profiles)?)
                 .map_err(ApiError::internal)?;
             if let Some(f) = &filter {
                 if !f.matches(&v) {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::daemon::Daemon;
-use crate::db::records::{ConfigMap, DeviceMap, InstanceRecord};
+use crate::db::records::{ConfigMap, DeviceMap, InstanceRecord, ProfileRecord};
 use crate::db::DbError;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +78,44 @@ pub fn expand_with(
     config: &ConfigMap,
     devices: &DeviceMap,
 ) -> Result<(ConfigMap, DeviceMap)> {
-    let mut c = ConfigMap::new();
-    let mut dv = DeviceMap::new();
+    let mut known = BTreeMap::new();
     for p in profiles {
         let prof =
             d.db.profile(p)?
                 .ok_or_else(|| InstanceError::Invalid(format!("Profile {p:?} doesn't exist")))?;
-        c.extend(prof.config);
-        dv.extend(prof.devices);
+        known.insert(p.clone(), prof);
+    }
+    expand_from(&known, profiles, config, devices)
+}
+
+/// Expansion against profiles already loaded (a listing loads them once for all).
+pub fn expand_from(
+    known: &BTreeMap<String, ProfileRecord>,
+    profiles: &[String],
+    config: &ConfigMap,
+    devices: &DeviceMap,
+) -> Result<(ConfigMap, DeviceMap)> {
+    let mut c = ConfigMap::new();
+    let mut dv = DeviceMap::new();
+    for p in profiles {
+        let prof = known
+            .get(p)
+            .ok_or_else(|| InstanceError::Invalid(format!("Profile {p:?} doesn't exist")))?;
+        c.extend(prof.config.clone());
+        dv.extend(prof.devices.clone());
     }
     c.extend(config.clone());
     dv.extend(devices.clone());
     Ok((c, dv))
+}
+
+/// All profiles by name, for [`view_with`].
+pub fn all_profiles(d: &Daemon) -> Result<BTreeMap<String, ProfileRecord>> {
+    Ok(d.db
+        .profiles()?
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect())
 }
 
 /// The pool holding an instance's root disk.
@@ -118,6 +144,10 @@ pub fn status_of(s: lxc::LxcState) -> (&'static str, u16) {
 }
 
 pub fn lxc_state(d: &Daemon, name: &str) -> lxc::LxcState {
+    // Never started since its record was made: liblxc has nothing to say, skip asking it.
+    if !d.paths.lxc.join(name).join("config").exists() {
+        return lxc::LxcState::Stopped;
+    }
     lxc::state(&d.paths.lxc, name).unwrap_or(lxc::LxcState::Stopped)
 }
 
@@ -174,12 +204,28 @@ pub fn etag_of(rec: &InstanceRecord) -> InstanceEtag<'_> {
 
 /// `full` adds state and snapshots (recursion=2).
 pub fn view(d: &Daemon, rec: &InstanceRecord, full: bool) -> Result<InstanceView> {
-    let (expanded_config, expanded_devices) = expand(d, rec)?;
+    view_with(d, rec, full, &all_profiles(d)?)
+}
+
+pub fn view_with(
+    d: &Daemon,
+    rec: &InstanceRecord,
+    full: bool,
+    profiles: &BTreeMap<String, ProfileRecord>,
+) -> Result<InstanceView> {
+    let (expanded_config, expanded_devices) =
+        expand_from(profiles, &rec.profiles, &rec.config, &rec.devices)?;
     let ls = lxc_state(d, &rec.name);
     let (status, status_code) = status_of(ls);
     let (state, snapshots, backups) = if full {
         (
-            Some(state::view(d, rec, ls)),
+            Some(state::view_expanded(
+                d,
+                rec,
+                ls,
+                &expanded_config,
+                &expanded_devices,
+            )),
             Some(snapshot::list(d, &rec.name)?),
             Some(vec![]),
         )

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::lxc::LxcState;
 use crate::daemon::Daemon;
-use crate::db::records::InstanceRecord;
+use crate::db::records::{ConfigMap, DeviceMap, InstanceRecord};
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct MemoryView {
@@ -121,16 +121,14 @@ fn memory_of(init: i32) -> MemoryView {
     MemoryView::default()
 }
 
-fn nic_views(rec: &InstanceRecord, d: &Daemon) -> BTreeMap<String, NetworkView> {
+fn nic_views(ec: &ConfigMap, ed: &DeviceMap) -> BTreeMap<String, NetworkView> {
     let mut out = BTreeMap::new();
-    let Ok((ec, ed)) = super::expand(d, rec) else {
-        return out;
-    };
     for (dev, conf) in ed {
         if conf.get("type").map(String::as_str) != Some("nic") {
             continue;
         }
         let ifname = conf.get("name").cloned().unwrap_or_else(|| dev.clone());
+        let dev = dev.as_str();
         let host_name = ec
             .get(&format!("volatile.{dev}.host_name"))
             .cloned()
@@ -165,6 +163,19 @@ fn nic_views(rec: &InstanceRecord, d: &Daemon) -> BTreeMap<String, NetworkView> 
 }
 
 pub fn view(d: &Daemon, rec: &InstanceRecord, ls: LxcState) -> StateView {
+    match super::expand(d, rec) {
+        Ok((ec, ed)) => view_expanded(d, rec, ls, &ec, &ed),
+        Err(_) => view_expanded(d, rec, ls, &rec.config, &rec.devices),
+    }
+}
+
+pub fn view_expanded(
+    d: &Daemon,
+    rec: &InstanceRecord,
+    ls: LxcState,
+    ec: &ConfigMap,
+    ed: &DeviceMap,
+) -> StateView {
     let (status, status_code) = super::status_of(ls);
     let pid = if ls == LxcState::Stopped {
         None
@@ -176,7 +187,7 @@ pub fn view(d: &Daemon, rec: &InstanceRecord, ls: LxcState) -> StateView {
         status_code,
         disk: BTreeMap::new(),
         memory: pid.map(memory_of).unwrap_or_default(),
-        network: pid.map(|_| nic_views(rec, d)),
+        network: pid.map(|_| nic_views(ec, ed)),
         pid: pid.map(i64::from).unwrap_or(0),
         processes: pid.map(count_processes).unwrap_or(0),
         cpu: serde_json::json!({"usage": 0}),
