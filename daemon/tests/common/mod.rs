@@ -211,7 +211,21 @@ impl TestDaemon {
 
     /// A raw HTTP request over the unix socket: (status, body).
     pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        self.http_with(method, path, body, &[])
+    }
+
+    /// Like [`http`](Self::http), with extra request headers ("Name: value").
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[&str],
+    ) -> (u16, String) {
         let mut c = Command::new("curl");
+        for h in headers {
+            c.arg("-H").arg(h);
+        }
         c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
             .arg(self.state.join("unix.socket"))
             .args(["-X", method])
@@ -225,6 +239,20 @@ impl TestDaemon {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// A response header of a GET over the unix socket.
+    pub fn header(&self, path: &str, name: &str) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null", "--unix-socket"])
+            .arg(self.state.join("unix.socket"))
+            .arg(format!("http://cairn{path}"))
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
     }
 
     pub fn import_busybox(&self, alias: &str) {
