@@ -45,6 +45,24 @@ pub fn trusted(cert: &ClientCert, base: &str) -> bool {
         .is_ok_and(|v| v["metadata"]["auth"].as_str() == Some("trusted"))
 }
 
+/// Waits (bounded) until the API trusts the lab's certificate: right after boot the
+/// port may answer before the first-boot trust is applied.
+pub fn wait_trusted(cert: &ClientCert, base: &str, timeout: std::time::Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let r = request(cert, base, "GET", "/1.0", None);
+        match &r {
+            Ok(v) if v["metadata"]["auth"] == "trusted" => return Ok(()),
+            _ if std::time::Instant::now() >= deadline => {
+                return Err(LabError::Other(format!(
+                    "{base} does not trust the lab certificate: {r:?}"
+                )))
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}
+
 /// Asks the node for a trust token that `incus remote add NAME URL --token T` accepts.
 pub fn trust_token(cert: &ClientCert, base: &str, client_name: &str) -> Result<String> {
     let v = request(

@@ -87,7 +87,8 @@ fn up(args: &[String]) -> Result<()> {
         let line = node.wait_for(marker, Duration::from_secs(600))?;
         progress(&format!("{}: {} after {:.1}s", node.name(), marker, line.t));
         let token = if wait_api {
-            match api::trust_token(&cert, &node.api_url(), "operator") {
+            let trusted = api::wait_trusted(&cert, &node.api_url(), Duration::from_secs(30));
+            match trusted.and_then(|_| api::trust_token(&cert, &node.api_url(), "operator")) {
                 Ok(t) => t,
                 Err(e) => {
                     progress(&format!(

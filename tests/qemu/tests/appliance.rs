@@ -68,11 +68,8 @@ fn fresh_node_boots_to_api_and_incus_cli_trusts_it() {
     );
     let mut node = lab.node("api");
     lab.boot(&mut node);
-    assert!(
-        api::trusted(&lab.cert, &node.api_url()),
-        "the seed's client certificate is trusted"
-    );
-
+    api::wait_trusted(&lab.cert, &node.api_url(), Duration::from_secs(30))
+        .expect("the seed's client certificate is trusted");
     let token = api::trust_token(&lab.cert, &node.api_url(), "cli").expect("trust token");
     let incus = image::incus_client().expect("incus client");
     let conf = lab.dir.join("incus-config");
