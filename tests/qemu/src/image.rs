@@ -110,10 +110,28 @@ pub fn client_cert(dir: &Path) -> Result<ClientCert> {
 /// The seed for a lab node: its hostname, DHCP on the first NIC, and the lab's client
 /// certificate trusted from the first boot.
 pub fn seed_for(name: &str, cert: &ClientCert) -> Result<String> {
+    seed_with_network(name, cert, "    - dhcp: true\n")
+}
+
+/// The seed for a node of a lab: DHCP on the API NIC, a static address 10.77.0.<index>/24
+/// on the management NIC (when it has one), both matched by MAC.
+pub fn seed_for_node(cfg: &crate::node::NodeConfig, cert: &ClientCert) -> Result<String> {
+    let mut net = format!("    - mac: \"{}\"\n      dhcp: true\n", cfg.api_mac());
+    if cfg.mgmt_hub.is_some() {
+        net.push_str(&format!(
+            "    - mac: \"{}\"\n      addresses: [\"10.77.0.{}/24\"]\n",
+            cfg.mgmt_mac(),
+            cfg.index
+        ));
+    }
+    seed_with_network(&cfg.name, cert, &net)
+}
+
+fn seed_with_network(name: &str, cert: &ClientCert, interfaces: &str) -> Result<String> {
     let pem = cert.pem()?;
     let indented: String = pem.lines().map(|l| format!("        {l}\n")).collect();
     Ok(format!(
-        "hostname: {name}\nnetwork:\n  interfaces:\n    - dhcp: true\ntrust:\n  https_address: \":8443\"\n  client_certificates:\n    - name: cairn-lab\n      certificate: |\n{indented}"
+        "hostname: {name}\nnetwork:\n  interfaces:\n{interfaces}trust:\n  https_address: \":8443\"\n  client_certificates:\n    - name: cairn-lab\n      certificate: |\n{indented}"
     ))
 }
 

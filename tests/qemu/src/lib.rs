@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod api;
 pub mod bench;
+pub mod hub;
 pub mod image;
 pub mod node;
 pub mod qmp;

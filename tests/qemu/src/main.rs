@@ -17,6 +17,7 @@ fn main() {
         Some("up") => up(&args[1..]),
         Some("down") => down(),
         Some("bench") => bench_cmd(&args[1..]),
+        Some("hub") if args.len() == 2 => cairn_lab::hub::serve(std::path::Path::new(&args[1])),
         _ => {
             eprintln!("usage: cairn-lab up [--nodes N] [--detach] [--no-build] | down | bench [--rounds N] [--no-api]");
             std::process::exit(2);
@@ -64,11 +65,14 @@ fn up(args: &[String]) -> Result<()> {
     if !wait_api {
         progress("WARNING: the image has no cairnd; nodes will boot without an API");
     }
+    let hub = start_hub(&lab)?;
     let mut nodes = Vec::new();
     for i in 1..=n {
         let name = format!("node{i}");
         let mut cfg = NodeConfig::new(&name, &img, accel);
-        cfg.seed = image::seed_for(&name, &cert)?;
+        cfg.index = i as u8;
+        cfg.mgmt_hub = Some(hub.clone());
+        cfg.seed = image::seed_for_node(&cfg, &cert)?;
         let mut node = Node::create(cfg, &lab)?;
         node.start()?;
         progress(&format!(
@@ -126,7 +130,36 @@ fn up(args: &[String]) -> Result<()> {
             Err(e) => progress(&format!("{}: {e}", node.name())),
         }
     }
+    stop_hub();
     Ok(())
+}
+
+/// Starts the management L2 hub as its own process (it outlives `up --detach`).
+fn start_hub(lab: &std::path::Path) -> Result<PathBuf> {
+    let dir = lab.join("hub");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::Other(format!("creating {}: {e}", dir.display())))?;
+    let socket = dir.join("mgmt-hub.sock");
+    let _ = std::fs::remove_file(&socket);
+    let exe =
+        std::env::current_exe().map_err(|e| LabError::Other(format!("finding cairn-lab: {e}")))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("hub")
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
+        .spawn()
+        .map_err(|e| LabError::Other(format!("starting the hub: {e}")))?;
+    std::fs::write(dir.join("qemu.pid"), child.id().to_string()).ok();
+    for _ in 0..100 {
+        if socket.exists() {
+            return Ok(socket);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(LabError::Other("the management hub did not start".into()))
 }
 
 /// Blocks until SIGINT or SIGTERM.
@@ -162,13 +195,26 @@ fn running_nodes() -> Vec<(String, PathBuf, i32)> {
     v
 }
 
+fn stop_hub() {
+    let pidfile = lab_dir().join("hub/qemu.pid");
+    if let Some(pid) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        // SAFETY: the pid is the hub we started (from its pid file).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let _ = std::fs::remove_file(pidfile);
+}
+
 fn down_quiet() {
-    for (name, dir, pid) in running_nodes() {
+    for (name, dir, pid) in running_nodes().into_iter().filter(|(n, _, _)| n != "hub") {
         progress(&format!(
             "{name}: still running from an earlier `up`: powering it off"
         ));
         power_off(&name, &dir, pid);
     }
+    stop_hub();
 }
 
 fn power_off(name: &str, dir: &std::path::Path, pid: i32) {
@@ -196,8 +242,11 @@ fn down() -> Result<()> {
         progress("no lab nodes running");
     }
     for (name, dir, pid) in nodes {
-        power_off(&name, &dir, pid);
+        if name != "hub" {
+            power_off(&name, &dir, pid);
+        }
     }
+    stop_hub();
     Ok(())
 }
 

@@ -26,8 +26,12 @@ pub struct NodeConfig {
     pub data_disk_gib: u32,
     /// The seed YAML handed to the node through QEMU fw_cfg (`opt/cairn/seed`).
     pub seed: String,
-    /// Extra QEMU arguments (e.g. a management NIC).
+    /// Extra QEMU arguments.
     pub extra_args: Vec<String>,
+    /// The node's number in its lab (1-based): it picks the NICs' MAC addresses.
+    pub index: u8,
+    /// The management L2 hub socket to plug a second NIC into (see [`crate::hub`]).
+    pub mgmt_hub: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -42,7 +46,19 @@ impl NodeConfig {
             data_disk_gib: 8,
             seed: format!("hostname: {name}\n"),
             extra_args: Vec::new(),
+            index: 1,
+            mgmt_hub: None,
         }
+    }
+
+    /// MAC of the API NIC (user networking).
+    pub fn api_mac(&self) -> String {
+        format!("52:54:00:ca:00:{:02x}", self.index)
+    }
+
+    /// MAC of the management NIC (the lab's hub).
+    pub fn mgmt_mac(&self) -> String {
+        format!("52:54:00:cb:00:{:02x}", self.index)
     }
 }
 
@@ -194,6 +210,17 @@ impl Node {
             ]
             .map(String::from),
         );
+        if let Some(hub) = &c.mgmt_hub {
+            a.extend([
+                "-netdev".to_string(),
+                format!(
+                    "stream,id=mgmt,server=off,addr.type=unix,addr.path={}",
+                    hub.display()
+                ),
+                "-device".to_string(),
+                format!("virtio-net-pci,netdev=mgmt,mac={},romfile=", c.mgmt_mac()),
+            ]);
+        }
         a.extend(c.extra_args.iter().cloned());
         a
     }

@@ -251,3 +251,66 @@ fn power_cut_then_healthy_boot() {
     );
     node.shutdown(Duration::from_secs(60)).expect("power off");
 }
+
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn launch_a_container_inside_the_node_and_exec_into_it() {
+    let lab = lab("container");
+    assert!(
+        lab.api,
+        "the image has no cairnd: build it with a cairnd binary"
+    );
+    let mut node = lab.node("container");
+    lab.boot(&mut node);
+    api::wait_trusted(&lab.cert, &node.api_url(), Duration::from_secs(30)).expect("trusted");
+    let token = api::trust_token(&lab.cert, &node.api_url(), "cli").expect("trust token");
+    let incus = image::incus_client().expect("incus client");
+    let conf = lab.dir.join("incus-config");
+    let _ = std::fs::remove_dir_all(&conf);
+    let run = |args: &[&str]| {
+        let out = Command::new(&incus)
+            .args(args)
+            .env("INCUS_CONF", &conf)
+            .output()
+            .expect("running incus");
+        assert!(
+            out.status.success(),
+            "incus {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "remote",
+        "add",
+        "lab",
+        &node.api_url(),
+        "--token",
+        &token,
+        "--accept-certificate",
+    ]);
+
+    let tarball = lab.dir.join("busybox.tar.gz");
+    let st = Command::new("bash")
+        .arg(image::repo_root().join("tests/fixtures/make-busybox-image.sh"))
+        .arg(&tarball)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("making the busybox image");
+    assert!(st.success(), "make-busybox-image.sh failed");
+    run(&[
+        "image",
+        "import",
+        tarball.to_str().unwrap(),
+        "lab:",
+        "--alias",
+        "busybox",
+    ]);
+    run(&["launch", "lab:busybox", "lab:c1"]);
+    let os = run(&["exec", "lab:c1", "--", "cat", "/etc/os-release"]);
+    assert!(os.contains("ID=busybox"), "exec output: {os}");
+    run(&["delete", "--force", "lab:c1"]);
+    node.shutdown(Duration::from_secs(90)).expect("power off");
+}
