@@ -116,8 +116,8 @@ fn bring_up(sup: &mut Supervisor) -> bool {
             );
             console::stage("udev-settled");
         });
-    // The seed may come through QEMU fw_cfg or the ESP.
-    kmod::modprobe_all(&["qemu_fw_cfg", "vfat"]);
+    // The seed may come through QEMU fw_cfg or the ESP; lxcfs needs fuse.
+    kmod::modprobe_all(&["qemu_fw_cfg", "vfat", "fuse"]);
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;
@@ -144,9 +144,6 @@ fn bring_up(sup: &mut Supervisor) -> bool {
     console::stage("network");
 
     services::prepare();
-    if let Some(m) = modules {
-        let _ = m.join();
-    }
     let debug = std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()
@@ -156,6 +153,12 @@ fn bring_up(sup: &mut Supervisor) -> bool {
         .iter()
         .any(|s| s.name == "cairnd" && s.binary_exists());
     for spec in specs {
+        sup.add(spec);
+    }
+    if let Some(m) = modules {
+        let _ = m.join();
+    }
+    for spec in services::after_modules() {
         sup.add(spec);
     }
     console::stage("services-started");

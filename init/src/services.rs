@@ -63,10 +63,28 @@ pub fn dhcp(iface: &str) -> ServiceSpec {
     )
 }
 
-/// The services started after the network, in start order (stopped in reverse).
+/// Services that need no extra kernel modules: started as soon as the network is up
+/// (cairnd first, so the API comes up early).
 pub fn after_network(debug_shell: bool) -> Vec<ServiceSpec> {
+    let mut cairnd = ServiceSpec::new("cairnd", &[CAIRND, "--state-dir", STATE_DIR]);
+    cairnd.delegated_cgroup = true;
+    cairnd.stop_timeout = Duration::from_secs(30);
     let mut v = vec![
         ServiceSpec::new("lxcfs", &["/usr/bin/lxcfs", "/var/lib/lxcfs"]),
+        cairnd,
+    ];
+    if debug_shell {
+        let mut sh = ServiceSpec::new("debug-shell", &["/bin/bash", "-i"]);
+        sh.on_console_tty = true;
+        sh.console = false;
+        v.push(sh);
+    }
+    v
+}
+
+/// Services that need the host's modules (openvswitch): started once they are loaded.
+pub fn after_modules() -> Vec<ServiceSpec> {
+    vec![
         ServiceSpec::new(
             "ovsdb-server",
             &[
@@ -85,18 +103,7 @@ pub fn after_network(debug_shell: bool) -> Vec<ServiceSpec> {
                 "--pidfile=/run/openvswitch/ovs-vswitchd.pid",
             ],
         ),
-    ];
-    let mut cairnd = ServiceSpec::new("cairnd", &[CAIRND, "--state-dir", STATE_DIR]);
-    cairnd.delegated_cgroup = true;
-    cairnd.stop_timeout = Duration::from_secs(30);
-    v.push(cairnd);
-    if debug_shell {
-        let mut sh = ServiceSpec::new("debug-shell", &["/bin/bash", "-i"]);
-        sh.on_console_tty = true;
-        sh.console = false;
-        v.push(sh);
-    }
-    v
+    ]
 }
 
 /// One-shot preparation before the services start (e.g. the OVS database).

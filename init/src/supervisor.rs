@@ -215,14 +215,17 @@ impl Supervisor {
         true
     }
 
-    /// Sends SIGTERM to every running service in reverse start order, one at a time,
-    /// waiting up to its stop timeout (reaping through `reap`) before SIGKILL.
+    /// Sends SIGTERM to every running service, one at a time, waiting up to its stop
+    /// timeout (reaping through `reap`) before SIGKILL: cairnd (the delegated service,
+    /// which stops the containers) first, then the others in reverse start order.
     pub fn stop_all(&mut self, reap: &mut dyn FnMut(&mut Supervisor, Duration)) {
         for s in self.services.iter_mut() {
             s.stopping = true;
             s.next_start = None;
         }
-        for i in (0..self.services.len()).rev() {
+        let mut order: Vec<usize> = (0..self.services.len()).rev().collect();
+        order.sort_by_key(|&i| !self.services[i].spec.delegated_cgroup);
+        for i in order {
             let Some(pid) = self.services[i].pid else {
                 continue;
             };
