@@ -11,6 +11,7 @@
 //! and logged, and supervision goes on.
 
 pub mod backoff;
+pub mod bootcount;
 pub mod cgroup;
 pub mod console;
 pub mod data;

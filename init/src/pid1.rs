@@ -267,6 +267,9 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -
                 console::stage("api-ready");
                 console::line("API ready");
                 api_probe = false;
+                if let Ok(disk) = data::boot_disk() {
+                    crate::bootcount::bless(&disk);
+                }
                 mem_due = Some(Instant::now());
             }
             if mem_due.is_some_and(|t| Instant::now() >= t) {
