@@ -255,6 +255,7 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -
             let action = wait_signals(sfd.as_ref(), timeout);
             shutdown::reap_for(sup, Duration::ZERO);
             sup.start_due(Instant::now());
+            sup.flush_status();
             if !addresses_logged {
                 let addrs = net::addresses();
                 if !addrs.is_empty() || started.elapsed() > Duration::from_secs(60) {

@@ -38,6 +38,7 @@ pub struct Supervisor {
     services: Vec<Service>,
     backoff: Backoff,
     log_dir: PathBuf,
+    status_dirty: bool,
 }
 
 impl Supervisor {
@@ -46,6 +47,7 @@ impl Supervisor {
             services: Vec::new(),
             backoff: Backoff::default(),
             log_dir,
+            status_dirty: true,
         }
     }
 
@@ -83,6 +85,34 @@ impl Supervisor {
             .collect()
     }
 
+    /// Writes `/run/cairn/services.json` (name, state, pid, restarts, log file) so cairnd
+    /// can report service status without asking PID 1.
+    pub fn write_status(&self) {
+        let items: Vec<String> = self
+            .services
+            .iter()
+            .map(|s| {
+                let state = match (s.pid, s.next_start) {
+                    (Some(_), _) => "running",
+                    (None, Some(_)) => "waiting",
+                    (None, None) => "stopped",
+                };
+                format!(
+                    "{{\"name\":\"{}\",\"state\":\"{state}\",\"pid\":{},\"failures\":{},\"log\":\"{}\"}}",
+                    s.spec.name,
+                    s.pid.map(|p| p.as_raw().to_string()).unwrap_or_else(|| "null".into()),
+                    s.failures,
+                    self.log_dir.join(format!("{}.log", s.spec.name)).display()
+                )
+            })
+            .collect();
+        let _ = std::fs::write(
+            "/run/cairn/services.json.tmp",
+            format!("[{}]\n", items.join(",")),
+        );
+        let _ = std::fs::rename("/run/cairn/services.json.tmp", "/run/cairn/services.json");
+    }
+
     /// The pid of a running service.
     pub fn pid_of(&self, name: &str) -> Option<Pid> {
         self.services
@@ -101,6 +131,14 @@ impl Supervisor {
             if due {
                 self.spawn(i);
             }
+        }
+    }
+
+    /// Writes the status file if anything changed since the last call.
+    pub fn flush_status(&mut self) {
+        if self.status_dirty {
+            self.status_dirty = false;
+            self.write_status();
         }
     }
 
@@ -175,6 +213,7 @@ impl Supervisor {
                 s.pid = Some(Pid::from_raw(pid));
                 s.started = Instant::now();
                 info!("service {} started (pid {pid})", spec.name);
+                self.status_dirty = true;
                 if let Some(r) = reader {
                     let name = spec.name.clone();
                     let echo = spec.console;
@@ -198,6 +237,7 @@ impl Supervisor {
             return false;
         };
         s.pid = None;
+        self.status_dirty = true;
         let ran = s.started.elapsed();
         if s.stopping {
             info!("service {} stopped ({how})", s.spec.name);
