@@ -3,6 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Extension;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
@@ -208,8 +209,8 @@ pub struct CertificatePut {
     certificate: Option<String>,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
-    fingerprint: Option<String>,
+    #[serde(rename = "fingerprint", default)]
+    _fingerprint: IgnoredAny,
 }
 
 pub async fn put(
@@ -220,7 +221,6 @@ pub async fn put(
 ) -> ApiResult {
     let mut c = find(&d, &fp)?;
     check_if_match(&headers, &etag(&c))?;
-    let _ = &req.fingerprint;
     if req.kind.as_deref().is_some_and(|k| k != "client") {
         return Err(ApiError::bad_request(
             "Only client certificates are supported",

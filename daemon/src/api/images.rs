@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -345,8 +346,8 @@ pub struct ImagePut {
     properties: Option<BTreeMap<String, String>>,
     #[serde(default)]
     public: Option<bool>,
-    #[serde(default)]
-    expires_at: Option<String>,
+    #[serde(rename = "expires_at", default)]
+    _expires_at: IgnoredAny,
     #[serde(default)]
     profiles: Option<Vec<String>>,
 }
@@ -360,7 +361,6 @@ async fn update(
 ) -> ApiResult {
     let mut img = image::resolve(&d, &fp)?;
     check_if_match(&headers, &etag(&img))?;
-    let _ = &req.expires_at;
     if patch {
         if let Some(p) = req.properties {
             img.properties.extend(p);
@@ -559,10 +559,10 @@ pub struct AliasPut {
     description: Option<String>,
     #[serde(default)]
     target: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
+    #[serde(rename = "name", default)]
+    _name: IgnoredAny,
     #[serde(rename = "type", default)]
-    kind: Option<String>,
+    _kind: IgnoredAny,
 }
 
 pub async fn put_alias(
@@ -570,7 +570,6 @@ pub async fn put_alias(
     Path(alias): Path<String>,
     ApiJson(req): ApiJson<AliasPut>,
 ) -> ApiResult {
-    let _ = (&req.name, &req.kind);
     let mut a =
         d.db.alias(&alias)?
             .ok_or_else(|| ApiError::not_found("Image alias not found"))?;

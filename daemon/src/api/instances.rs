@@ -1,11 +1,11 @@
 //! `/1.0/instances` and `/1.0/instances/{name}` (+ `/state`, `/logs`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::response::{async_op, check_if_match, empty, sync, sync_etag};
@@ -93,42 +93,42 @@ pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
 pub struct InstanceSource {
     #[serde(rename = "type", default)]
     kind: String,
-    #[serde(default)]
-    certificate: String,
+    #[serde(rename = "certificate", default)]
+    _certificate: IgnoredAny,
     #[serde(default)]
     alias: String,
     #[serde(default)]
     fingerprint: String,
-    #[serde(default, deserialize_with = "crate::api::nullable")]
-    properties: BTreeMap<String, String>,
+    #[serde(rename = "properties", default)]
+    _properties: IgnoredAny,
     #[serde(default)]
     server: String,
-    #[serde(default)]
-    secret: String,
-    #[serde(default)]
-    protocol: String,
+    #[serde(rename = "secret", default)]
+    _secret: IgnoredAny,
+    #[serde(rename = "protocol", default)]
+    _protocol: IgnoredAny,
     #[serde(rename = "base-image", default)]
-    base_image: String,
-    #[serde(default)]
-    mode: String,
-    #[serde(default)]
-    operation: String,
-    #[serde(default, deserialize_with = "crate::api::nullable")]
-    secrets: BTreeMap<String, String>,
-    #[serde(default)]
-    source: String,
-    #[serde(default)]
-    live: bool,
-    #[serde(default)]
-    instance_only: bool,
-    #[serde(default)]
-    refresh: bool,
-    #[serde(default)]
-    refresh_exclude_older: bool,
-    #[serde(default)]
-    project: String,
-    #[serde(default)]
-    allow_inconsistent: bool,
+    _base_image: IgnoredAny,
+    #[serde(rename = "mode", default)]
+    _mode: IgnoredAny,
+    #[serde(rename = "operation", default)]
+    _operation: IgnoredAny,
+    #[serde(rename = "secrets", default)]
+    _secrets: IgnoredAny,
+    #[serde(rename = "source", default)]
+    _source: IgnoredAny,
+    #[serde(rename = "live", default)]
+    _live: IgnoredAny,
+    #[serde(rename = "instance_only", default)]
+    _instance_only: IgnoredAny,
+    #[serde(rename = "refresh", default)]
+    _refresh: IgnoredAny,
+    #[serde(rename = "refresh_exclude_older", default)]
+    _refresh_exclude_older: IgnoredAny,
+    #[serde(rename = "project", default)]
+    _project: IgnoredAny,
+    #[serde(rename = "allow_inconsistent", default)]
+    _allow_inconsistent: IgnoredAny,
 }
 
 #[derive(Deserialize)]
@@ -137,14 +137,14 @@ pub struct InstancesPost {
     name: String,
     #[serde(default)]
     source: InstanceSource,
-    #[serde(default)]
-    instance_type: String,
+    #[serde(rename = "instance_type", default)]
+    _instance_type: IgnoredAny,
     #[serde(rename = "type", default)]
     kind: String,
     #[serde(default)]
     start: bool,
-    #[serde(default)]
-    architecture: String,
+    #[serde(rename = "architecture", default)]
+    _architecture: IgnoredAny,
     #[serde(default)]
     config: Option<ConfigMap>,
     #[serde(default)]
@@ -153,10 +153,10 @@ pub struct InstancesPost {
     ephemeral: bool,
     #[serde(default)]
     profiles: Option<Vec<String>>,
-    #[serde(default)]
-    restore: String,
-    #[serde(default)]
-    stateful: bool,
+    #[serde(rename = "restore", default)]
+    _restore: IgnoredAny,
+    #[serde(rename = "stateful", default)]
+    _stateful: IgnoredAny,
     #[serde(default)]
     description: String,
 }
@@ -185,37 +185,6 @@ fn resolve_image(d: &AppState, src: &InstanceSource) -> Result<String, ApiError>
 }
 
 pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<InstancesPost>) -> ApiResult {
-    let _ = (
-        &req.instance_type,
-        &req.architecture,
-        &req.restore,
-        req.stateful,
-    );
-    let _ = (
-        &req.source.certificate,
-        &req.source.properties,
-        &req.source.secret,
-    );
-    let _ = (
-        &req.source.protocol,
-        &req.source.base_image,
-        &req.source.mode,
-    );
-    let _ = (
-        &req.source.operation,
-        &req.source.secrets,
-        &req.source.source,
-    );
-    let _ = (
-        req.source.live,
-        req.source.instance_only,
-        req.source.refresh,
-    );
-    let _ = (
-        req.source.refresh_exclude_older,
-        &req.source.project,
-        req.source.allow_inconsistent,
-    );
     crate::validate::instance_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !req.kind.is_empty() && req.kind != "container" {
         return Err(ApiError::bad_request(format!(
@@ -279,8 +248,8 @@ pub async fn get_one(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstancePut {
-    #[serde(default)]
-    architecture: String,
+    #[serde(rename = "architecture", default)]
+    _architecture: IgnoredAny,
     #[serde(default)]
     config: Option<ConfigMap>,
     #[serde(default)]
@@ -291,31 +260,31 @@ pub struct InstancePut {
     profiles: Option<Vec<String>>,
     #[serde(default)]
     restore: String,
-    #[serde(default)]
-    stateful: bool,
+    #[serde(rename = "stateful", default)]
+    _stateful: IgnoredAny,
     #[serde(default)]
     description: Option<String>,
     // Read-only fields a client may echo back from GET; ignored like Incus does.
-    #[serde(default)]
-    created_at: Option<serde_json::Value>,
-    #[serde(default)]
-    expanded_config: Option<serde_json::Value>,
-    #[serde(default)]
-    expanded_devices: Option<serde_json::Value>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    status_code: Option<u16>,
-    #[serde(default)]
-    last_used_at: Option<serde_json::Value>,
-    #[serde(default)]
-    location: Option<String>,
+    #[serde(rename = "created_at", default)]
+    _created_at: IgnoredAny,
+    #[serde(rename = "expanded_config", default)]
+    _expanded_config: IgnoredAny,
+    #[serde(rename = "expanded_devices", default)]
+    _expanded_devices: IgnoredAny,
+    #[serde(rename = "name", default)]
+    _name: IgnoredAny,
+    #[serde(rename = "status", default)]
+    _status: IgnoredAny,
+    #[serde(rename = "status_code", default)]
+    _status_code: IgnoredAny,
+    #[serde(rename = "last_used_at", default)]
+    _last_used_at: IgnoredAny,
+    #[serde(rename = "location", default)]
+    _location: IgnoredAny,
     #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    project: Option<String>,
+    _kind: IgnoredAny,
+    #[serde(rename = "project", default)]
+    _project: IgnoredAny,
 }
 
 async fn update(
@@ -325,19 +294,6 @@ async fn update(
     req: InstancePut,
     patch: bool,
 ) -> ApiResult {
-    let _ = (
-        &req.architecture,
-        req.stateful,
-        &req.created_at,
-        &req.expanded_config,
-    );
-    let _ = (
-        &req.expanded_devices,
-        &req.name,
-        &req.status,
-        &req.status_code,
-    );
-    let _ = (&req.last_used_at, &req.location, &req.kind, &req.project);
     let rec = instance::get(&d, &name)?;
     check_if_match(&headers, &instance::etag_of(&rec))?;
     if !req.restore.is_empty() {
@@ -448,24 +404,24 @@ pub struct InstancePost {
     name: String,
     #[serde(default)]
     migration: bool,
-    #[serde(default)]
-    live: bool,
-    #[serde(default)]
-    instance_only: bool,
+    #[serde(rename = "live", default)]
+    _live: IgnoredAny,
+    #[serde(rename = "instance_only", default)]
+    _instance_only: IgnoredAny,
     #[serde(default)]
     target: Option<serde_json::Value>,
     #[serde(default)]
     pool: String,
     #[serde(default)]
     project: String,
-    #[serde(default)]
-    allow_inconsistent: bool,
-    #[serde(default)]
-    config: Option<ConfigMap>,
-    #[serde(default)]
-    devices: Option<DeviceMap>,
-    #[serde(default)]
-    profiles: Option<Vec<String>>,
+    #[serde(rename = "allow_inconsistent", default)]
+    _allow_inconsistent: IgnoredAny,
+    #[serde(rename = "config", default)]
+    _config: IgnoredAny,
+    #[serde(rename = "devices", default)]
+    _devices: IgnoredAny,
+    #[serde(rename = "profiles", default)]
+    _profiles: IgnoredAny,
 }
 
 pub async fn rename(
@@ -473,14 +429,6 @@ pub async fn rename(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<InstancePost>,
 ) -> ApiResult {
-    let _ = (
-        req.live,
-        req.instance_only,
-        req.allow_inconsistent,
-        &req.config,
-        &req.devices,
-        &req.profiles,
-    );
     if req.migration || req.target.is_some() || !req.pool.is_empty() || !req.project.is_empty() {
         return Err(ApiError::bad_request("Migration is not supported yet"));
     }

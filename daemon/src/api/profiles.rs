@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::response::{check_if_match, empty, sync, sync_etag};
@@ -145,12 +146,12 @@ pub struct ProfilePut {
     #[serde(default)]
     devices: Option<DeviceMap>,
     // Read-only fields echoed back from GET.
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    used_by: Option<Vec<String>>,
-    #[serde(default)]
-    project: Option<String>,
+    #[serde(rename = "name", default)]
+    _name: IgnoredAny,
+    #[serde(rename = "used_by", default)]
+    _used_by: IgnoredAny,
+    #[serde(rename = "project", default)]
+    _project: IgnoredAny,
 }
 
 async fn update(
@@ -160,7 +161,6 @@ async fn update(
     req: ProfilePut,
     patch: bool,
 ) -> ApiResult {
-    let _ = (&req.name, &req.used_by, &req.project);
     let mut p = get_profile(&d, &name)?;
     check_if_match(&headers, &etag(&p))?;
     if patch {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::response::{check_if_match, empty, sync, sync_etag};
@@ -177,16 +178,16 @@ pub struct PoolPut {
     config: Option<ConfigMap>,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    driver: Option<String>,
-    #[serde(default)]
-    used_by: Option<Vec<String>>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    locations: Option<Vec<String>>,
+    #[serde(rename = "name", default)]
+    _name: IgnoredAny,
+    #[serde(rename = "driver", default)]
+    _driver: IgnoredAny,
+    #[serde(rename = "used_by", default)]
+    _used_by: IgnoredAny,
+    #[serde(rename = "status", default)]
+    _status: IgnoredAny,
+    #[serde(rename = "locations", default)]
+    _locations: IgnoredAny,
 }
 
 pub async fn put(
@@ -195,13 +196,6 @@ pub async fn put(
     headers: HeaderMap,
     ApiJson(req): ApiJson<PoolPut>,
 ) -> ApiResult {
-    let _ = (
-        &req.name,
-        &req.driver,
-        &req.used_by,
-        &req.status,
-        &req.locations,
-    );
     let mut p = get_pool(&d, &pool)?;
     check_if_match(
         &headers,
