@@ -23,6 +23,19 @@ pub fn default_image() -> PathBuf {
 
 /// Builds the image with image/build.sh (progress on stderr); returns its path.
 pub fn build() -> Result<PathBuf> {
+    progress("checking host packages (tests/qemu/install-deps.sh)");
+    let deps = repo_root().join("tests/qemu/install-deps.sh");
+    let st = Command::new("bash")
+        .arg(&deps)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(io_err(format!("running {}", deps.display())))?;
+    if !st.success() {
+        return Err(LabError::Command {
+            what: "tests/qemu/install-deps.sh".into(),
+            detail: st.to_string(),
+        });
+    }
     progress("building the image (image/build.sh)");
     let script = repo_root().join("image/build.sh");
     let out = Command::new("bash")
