@@ -58,7 +58,8 @@ else
   apt-get install -y -q -t bookworm-backports --no-install-recommends "${avail[@]}"
 fi
 
-for t in mkosi qemu-system-x86_64 bootctl systemd-repart ukify mkfs.erofs; do
-  command -v "$t" >/dev/null || [ -x /usr/lib/systemd/ukify ] || { log "missing tool after install: $t"; exit 1; }
+for t in mkosi qemu-system-x86_64 qemu-img bootctl systemd-repart mkfs.erofs mcopy zstd curl openssl; do
+  command -v "$t" >/dev/null || { log "missing tool after install: $t"; exit 1; }
 done
+command -v ukify >/dev/null || [ -x /usr/lib/systemd/ukify ] || { log "missing tool after install: ukify"; exit 1; }
 log "mkosi $(mkosi --version | awk '{print $2}'), $(qemu-system-x86_64 --version | head -1)"
