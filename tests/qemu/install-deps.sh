@@ -44,17 +44,17 @@ if command -v mkosi >/dev/null && ! mkosi --version 2>/dev/null | grep -Eq 'mkos
   missing+=(mkosi)
 fi
 
-if [ ${#missing[@]} -eq 0 ]; then
+# Package names differ between releases (ukify and repart are split out in some): only
+# what this host's apt knows is asked for.
+avail=()
+for p in "${missing[@]}"; do
+  if [ -n "$(apt-cache madison "$p" 2>/dev/null)" ]; then avail+=("$p"); fi
+done
+if [ ${#avail[@]} -eq 0 ]; then
   log "all host packages present"
 else
-  log "installing: ${missing[*]}"
+  log "installing: ${avail[*]}"
   apt-get update -qq || true
-  # Packages that bookworm-backports has are taken from there; systemd-repart only exists
-  # as its own package in some versions, so it is optional.
-  avail=()
-  for p in "${missing[@]}"; do
-    if [ -n "$(apt-cache madison "$p" 2>/dev/null)" ]; then avail+=("$p"); else log "no package $p here, skipping"; fi
-  done
   apt-get install -y -q -t bookworm-backports --no-install-recommends "${avail[@]}"
 fi
 
