@@ -44,6 +44,10 @@ if command -v mkosi >/dev/null && ! mkosi --version 2>/dev/null | grep -Eq 'mkos
   missing+=(mkosi)
 fi
 
+# Fresh machines may have no package lists yet.
+if [ ${#missing[@]} -gt 0 ] && [ -z "$(apt-cache madison mkosi 2>/dev/null)" ]; then
+  apt-get update -qq || true
+fi
 # Package names differ between releases (ukify and repart are split out in some): only
 # what this host's apt knows is asked for.
 avail=()
