@@ -14,6 +14,7 @@ pub mod image;
 pub mod instance;
 pub mod listener;
 pub mod operations;
+pub mod os;
 pub mod preseed;
 pub mod runner;
 pub mod storage;

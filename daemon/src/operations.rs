@@ -172,7 +172,8 @@ impl Operation {
             s.updated_at = Utc::now();
         }
         self.publish();
-        let _ = self.done.send(true);
+        // send_replace: the value must change even when nobody is subscribed yet.
+        self.done.send_replace(true);
     }
 
     pub fn cancel(&self) -> bool {
@@ -185,9 +186,10 @@ impl Operation {
             s.err = "Operation cancelled".into();
             s.updated_at = Utc::now();
         }
-        let _ = self.cancel.send(true);
+        self.cancel.send_replace(true);
         self.publish();
-        let _ = self.done.send(true);
+        // send_replace: the value must change even when nobody is subscribed yet.
+        self.done.send_replace(true);
         true
     }
 
@@ -377,6 +379,23 @@ mod tests {
         assert_eq!(op.status(), OpStatus::Cancelled);
         let task = ops.spawn_task("t", Resources::new(), std::future::pending());
         assert!(!task.cancel());
+    }
+
+    #[tokio::test]
+    async fn waiting_after_the_end_returns_at_once() {
+        // Finished before anyone subscribed: a late waiter must still see the end.
+        let ops = Operations::new(EventHub::new());
+        let op = ops.create(NewOp {
+            class: OpClass::Task,
+            description: "t".into(),
+            resources: Resources::new(),
+            metadata: serde_json::json!({}),
+            may_cancel: false,
+        });
+        op.finish(Err("boom".into()));
+        tokio::time::timeout(Duration::from_secs(1), op.wait(None))
+            .await
+            .expect("wait returns for a finished operation");
     }
 
     #[tokio::test]

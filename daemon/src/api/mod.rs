@@ -12,6 +12,7 @@ mod images;
 mod instances;
 mod networks;
 mod operations;
+mod os;
 mod profiles;
 pub mod response;
 mod server;
@@ -194,6 +195,13 @@ pub fn router(d: AppState) -> Router {
                 .patch(certificates::put)
                 .delete(certificates::delete),
         )
+        .route("/os/1.0", get(os::root))
+        .route("/os/1.0/services", get(os::services))
+        .route("/os/1.0/services/{name}", get(os::service))
+        .route("/os/1.0/services/{name}/log", get(os::service_log))
+        .route("/os/1.0/boots", get(os::boots))
+        .route("/os/1.0/debug/kernel-log", get(os::kernel_log))
+        .route("/os/1.0/system", get(os::system).post(os::power))
         .route("/internal/ready", get(server::ready))
         .route(
             "/internal/shutdown",

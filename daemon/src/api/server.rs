@@ -56,7 +56,7 @@ fn kernel() -> (String, String) {
     (release, arch)
 }
 
-fn os_release() -> (String, String) {
+pub(super) fn os_release() -> (String, String) {
     let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let get = |k: &str| {
         text.lines()
@@ -269,6 +269,6 @@ pub async fn ready() -> ApiResult {
 /// waits for this answer as the sign that the daemon is done.
 pub async fn shutdown(State(d): State<AppState>) -> ApiResult {
     crate::cli::stop_all(&d).await;
-    let _ = d.shutdown.send(true);
+    d.shutdown.send_replace(true);
     empty()
 }
