@@ -45,18 +45,21 @@ pub fn run() -> ! {
 
     let mut sup = Supervisor::new(PathBuf::from("/var/log/cairn"));
     let boot = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bring_up(&mut sup)));
-    let api_probe = match boot {
-        Ok(p) => p,
+    let boot = match boot {
+        Ok(b) => b,
         Err(_) => {
             info!("bring-up panicked; supervising what was started");
-            true
+            BringUp {
+                api_probe: true,
+                modules: None,
+            }
         }
     };
-    main_loop(&mut sup, sfd, api_probe)
+    main_loop(&mut sup, sfd, boot)
 }
 
-/// Boot stages up to starting the services. Returns whether to probe for the API.
-fn bring_up(sup: &mut Supervisor) -> bool {
+/// Boot stages up to starting the services.
+fn bring_up(sup: &mut Supervisor) -> BringUp {
     let disk = match data::mount_var() {
         Ok(state) => {
             let clean = match state.clean {
@@ -155,17 +158,34 @@ fn bring_up(sup: &mut Supervisor) -> bool {
     for spec in specs {
         sup.add(spec);
     }
-    if let Some(m) = modules {
-        let _ = m.join();
-    }
-    for spec in services::after_modules() {
-        sup.add(spec);
-    }
-    console::stage("services-started");
     if !has_cairnd {
         info!("no cairnd in this image: the API will not come up");
     }
-    has_cairnd
+    BringUp {
+        api_probe: has_cairnd,
+        modules,
+    }
+}
+
+/// What the main loop still has to finish after [`bring_up`].
+struct BringUp {
+    api_probe: bool,
+    /// The background module load; the services that need modules start when it is done.
+    modules: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the module-dependent services once the background module load is done.
+fn finish_modules(sup: &mut Supervisor, pending: &mut Option<std::thread::JoinHandle<()>>) {
+    if pending.as_ref().is_some_and(|h| !h.is_finished()) {
+        return;
+    }
+    if let Some(h) = pending.take() {
+        let _ = h.join();
+        for spec in services::after_modules() {
+            sup.add(spec);
+        }
+        console::stage("services-started");
+    }
 }
 
 /// Self-check: creating a file on the root must fail with EROFS.
@@ -236,7 +256,9 @@ fn mem_used_mib() -> Option<u64> {
     Some((field("MemTotal:")? - field("MemAvailable:")?) / 1024)
 }
 
-fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -> ! {
+fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
+    let mut api_probe = boot.api_probe;
+    let mut modules = boot.modules;
     let mut panics = 0u32;
     // Memory is reported once the API is ready, or 10 s after the services started.
     let mut mem_due = (!api_probe).then(|| Instant::now() + Duration::from_secs(10));
@@ -249,11 +271,12 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, mut api_probe: bool) -
             if let Some(t) = sup.next_wakeup() {
                 timeout = timeout.min(t.saturating_duration_since(now));
             }
-            if api_probe || !addresses_logged || mem_due.is_some() {
+            if api_probe || !addresses_logged || mem_due.is_some() || modules.is_some() {
                 timeout = timeout.min(Duration::from_millis(250));
             }
             let action = wait_signals(sfd.as_ref(), timeout);
             shutdown::reap_for(sup, Duration::ZERO);
+            finish_modules(sup, &mut modules);
             sup.start_due(Instant::now());
             sup.flush_status();
             if !addresses_logged {
