@@ -36,6 +36,14 @@ pub fn nics() -> Vec<Nic> {
     v
 }
 
+/// Whether udev has finished with a NIC (its database entry exists), so its name is final.
+fn udev_done(nic: &Nic) -> bool {
+    let Ok(idx) = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", nic.name)) else {
+        return false;
+    };
+    Path::new(&format!("/run/udev/data/n{}", idx.trim())).exists()
+}
+
 /// Pairs each seed interface with a NIC.
 pub fn assign<'a>(wanted: &'a [Interface], nics: &[Nic]) -> Vec<(&'a Interface, Nic)> {
     let mut taken = vec![false; nics.len()];
@@ -75,11 +83,14 @@ fn ip(args: &[&str]) -> bool {
 /// Brings up loopback and the seed's NICs. Returns the DHCP services to supervise.
 pub fn setup(seed: &Seed) -> Vec<ServiceSpec> {
     ip(&["link", "set", "lo", "up"]);
-    // NIC drivers load through udev's coldplug: wait (bounded) until the NICs appear.
+    // NIC drivers load through udev's coldplug, and udev renames the NICs: wait (bounded)
+    // until the NICs appear and udev has processed (named) each of them.
     let wanted = seed.network.interfaces.len().max(1);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let mut found = nics();
-    while found.len() < wanted && std::time::Instant::now() < deadline {
+    while (found.len() < wanted || !found.iter().all(udev_done))
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(100));
         found = nics();
     }
