@@ -1,0 +1,832 @@
+//! cairnd benchmark: prints figures, it is not a timed test.
+//!
+//! ```text
+//! cargo build --release -p cairnd && cargo run --release -p cairnd --example bench
+//! ```
+//!
+//! Starts a release cairnd (`$CAIRND`, else the `cairnd` next to this example's target
+//! directory, else `target/release/cairnd`) in a fresh state dir under /var/tmp, imports
+//! the busybox image from tests/fixtures/make-busybox-image.sh and measures, through the
+//! REST API on the unix socket:
+//! - container create+start (`POST /1.0/instances` with `start: true`, then the
+//!   operation's `/wait`), p50/p95 over 20 launches;
+//! - `GET /1.0/instances?recursion=1` with 100 running instances and with 1,000 defined;
+//! - the daemon's RSS idle, with 100 running and with 1,000 defined.
+//!
+//! Figures go to stdout as `name value unit`, with the target beside those that have one;
+//! progress goes to stderr. Everything is removed at the end, on error, on panic and on
+//! Ctrl-C/SIGTERM (leftover containers are killed with `lxc-stop -k`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Launches measured for create+start.
+const MEASURED_LAUNCHES: usize = 20;
+/// Running instances for the first list and RSS figures.
+const RUNNING: usize = 100;
+/// Defined instances for the second list and RSS figures.
+const DEFINED: usize = 1000;
+/// Requests measured per list figure.
+const LIST_REQUESTS: usize = 20;
+/// Parallel API clients for the bulk create and delete phases (not measured).
+const WORKERS: usize = 4;
+const IMAGE_ALIAS: &str = "bb";
+
+fn main() {
+    let run = match Run::start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = run.measure();
+    if let Err(e) = &result {
+        eprintln!("bench: {e}");
+        eprintln!("--- last lines of the cairnd log ---\n{}", run.log_tail(40));
+    }
+    progress(&run.t0, "cleaning up");
+    if let Err(e) = run.remove_instances() {
+        eprintln!("bench: removing the instances through the API: {e} (killing them instead)");
+    }
+    run.cleanup.run();
+    progress(&run.t0, "done");
+    if result.is_err() {
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run: a daemon in its own state dir, and the measurements.
+
+struct Run {
+    t0: Instant,
+    dir: PathBuf,
+    socket: PathBuf,
+    pid: i32,
+    cleanup: Arc<Cleanup>,
+    /// Cleans up if main never gets to (a panic outside `measure`).
+    _guard: CleanupOnDrop,
+}
+
+impl Run {
+    fn start() -> Result<Run> {
+        let t0 = Instant::now();
+        let cairnd = cairnd_path()?;
+        let dir = PathBuf::from(format!("/var/tmp/cairn-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // Unprivileged containers must traverse every parent of their rootfs.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| format!("chmod 0711 {}: {e}", dir.display()))?;
+        let state = dir.join("state");
+        let cleanup = Arc::new(Cleanup {
+            dir: dir.clone(),
+            lxc: state.join("lxc"),
+            pid: Mutex::new(None),
+        });
+        // From here on the guard removes the directory whatever happens.
+        let guard = CleanupOnDrop(cleanup.clone());
+        cleanup.on_signal();
+
+        let log = std::fs::File::create(dir.join("cairnd.log"))
+            .map_err(|e| format!("creating the daemon log: {e}"))?;
+        let child = Command::new(&cairnd)
+            .arg("--state-dir")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            // Its own process group: Ctrl-C reaches the bench, which then cleans up in order.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", cairnd.display()))?;
+        let pid = child.id() as i32;
+        *cleanup.pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
+        eprintln!(
+            "# cairnd {} pid {pid}, state {}",
+            cairnd.display(),
+            state.display()
+        );
+
+        let run = Run {
+            t0,
+            dir,
+            socket: state.join("unix.socket"),
+            pid,
+            cleanup,
+            _guard: guard,
+        };
+        run.wait_ready()?;
+        Ok(run)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.socket.exists() {
+                let mut c = Client::new(&self.socket);
+                if matches!(c.send("GET", "/internal/ready", "", b""), Ok(r) if r.status == 200) {
+                    progress(&self.t0, "cairnd ready");
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "cairnd did not become ready in 30 s; log:\n{}",
+            self.log_tail(40)
+        ))
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("cairnd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn rss(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .map_err(|e| format!("reading /proc/{}/status: {e}", self.pid))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or("no VmRSS in /proc/PID/status")?;
+        Ok(kib / 1024.0)
+    }
+
+    /// Runs the measurements; a panic inside counts as an error so that cleanup still runs.
+    fn measure(&self) -> Result<()> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.measure_inner())) {
+            Ok(r) => r,
+            Err(_) => Err("the benchmark panicked".into()),
+        }
+    }
+
+    fn measure_inner(&self) -> Result<()> {
+        let mut api = Client::new(&self.socket);
+
+        std::thread::sleep(Duration::from_secs(2));
+        figure("rss_idle", self.rss()?, "MiB", Some(Target::AtMost(15.0)));
+
+        self.import_image(&mut api)?;
+        figure("rss_after_image_import", self.rss()?, "MiB", None);
+
+        // (a) create+start, measured.
+        let mut launches = Vec::with_capacity(MEASURED_LAUNCHES);
+        for i in 0..MEASURED_LAUNCHES {
+            launches.push(launch(&mut api, &name(i), true)?);
+        }
+        launches.sort();
+        progress(
+            &self.t0,
+            &format!("{MEASURED_LAUNCHES} measured launches done"),
+        );
+        figure(
+            "create_start_p50",
+            ms(percentile(&launches, 50.0)),
+            "ms",
+            Some(Target::AtMost(250.0)),
+        );
+        figure(
+            "create_start_p95",
+            ms(percentile(&launches, 95.0)),
+            "ms",
+            None,
+        );
+
+        // The rest of the running set: launched one by one as well, reported apart.
+        let mut more = Vec::with_capacity(RUNNING - MEASURED_LAUNCHES);
+        for i in MEASURED_LAUNCHES..RUNNING {
+            more.push(launch(&mut api, &name(i), true)?);
+        }
+        more.sort();
+        progress(&self.t0, &format!("{RUNNING} instances running"));
+        figure(
+            &format!(
+                "create_start_p50_launches_{}_to_{RUNNING}",
+                MEASURED_LAUNCHES + 1
+            ),
+            ms(percentile(&more, 50.0)),
+            "ms",
+            None,
+        );
+        let running = count_running(&mut api)?;
+        if running != RUNNING {
+            return Err(format!("{running} instances running, want {RUNNING}"));
+        }
+
+        // (b) and (c) with 100 running.
+        std::thread::sleep(Duration::from_secs(2));
+        let list = list_latencies(&mut api, RUNNING)?;
+        figure(
+            &format!("list_recursion1_{RUNNING}_running_p50"),
+            ms(percentile(&list, 50.0)),
+            "ms",
+            None,
+        );
+        figure(&format!("rss_{RUNNING}_running"), self.rss()?, "MiB", None);
+
+        // 900 more, created but not started, by a few clients in parallel.
+        let created = create_many(&self.socket, RUNNING..DEFINED)?;
+        progress(&self.t0, &format!("{DEFINED} instances defined"));
+        figure(
+            &format!("create_p50_stopped_{WORKERS}_parallel"),
+            ms(percentile(&created, 50.0)),
+            "ms",
+            None,
+        );
+        figure(
+            &format!("create_p95_stopped_{WORKERS}_parallel"),
+            ms(percentile(&created, 95.0)),
+            "ms",
+            None,
+        );
+        figure(
+            &format!("create_max_stopped_{WORKERS}_parallel"),
+            ms(percentile(&created, 100.0)),
+            "ms",
+            None,
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let list = list_latencies(&mut api, DEFINED)?;
+        figure(
+            &format!("list_recursion1_{DEFINED}_defined_p50"),
+            ms(percentile(&list, 50.0)),
+            "ms",
+            Some(Target::AtMost(50.0)),
+        );
+        figure(
+            &format!("list_recursion1_{DEFINED}_defined_p95"),
+            ms(percentile(&list, 95.0)),
+            "ms",
+            None,
+        );
+        figure(&format!("rss_{DEFINED}_defined"), self.rss()?, "MiB", None);
+        Ok(())
+    }
+
+    fn import_image(&self, api: &mut Client) -> Result<()> {
+        let tarball = self.dir.join("busybox.tar.gz");
+        let script = repo_root().join("tests/fixtures/make-busybox-image.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&tarball)
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the busybox image: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let bytes =
+            std::fs::read(&tarball).map_err(|e| format!("reading {}: {e}", tarball.display()))?;
+        let reply = api
+            .send("POST", "/1.0/images", "application/octet-stream", &bytes)?
+            .json("POST /1.0/images")?;
+        let op = api.wait(&reply, "importing the busybox image")?;
+        let fingerprint = op["metadata"]["fingerprint"]
+            .as_str()
+            .ok_or("the import operation carries no fingerprint")?
+            .to_string();
+        api.call(
+            "POST",
+            "/1.0/images/aliases",
+            Some(json!({"name": IMAGE_ALIAS, "target": fingerprint})),
+        )?;
+        progress(
+            &self.t0,
+            &format!(
+                "image {} imported as {IMAGE_ALIAS} ({} KiB)",
+                &fingerprint[..12],
+                bytes.len() / 1024
+            ),
+        );
+        Ok(())
+    }
+
+    /// Force-stops everything and deletes every instance through the API.
+    fn remove_instances(&self) -> Result<()> {
+        let mut api = Client::new(&self.socket);
+        let reply = api.call(
+            "PUT",
+            "/1.0/instances",
+            Some(json!({"state": {"action": "stop", "force": true}})),
+        )?;
+        if reply["type"] == "async" {
+            api.wait(&reply, "stopping every instance")?;
+        }
+        let names: Vec<String> = api.call("GET", "/1.0/instances", None)?["metadata"]
+            .as_array()
+            .ok_or("GET /1.0/instances: metadata is not a list")?
+            .iter()
+            .filter_map(|u| u.as_str()?.rsplit('/').next().map(str::to_string))
+            .collect();
+        let next = AtomicUsize::new(0);
+        let errors = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..WORKERS {
+                s.spawn(|| {
+                    let mut api = Client::new(&self.socket);
+                    while let Some(n) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let path = format!("/1.0/instances/{n}");
+                        let r = api
+                            .call("DELETE", &path, None)
+                            .and_then(|r| api.wait(&r, &format!("deleting {n}")));
+                        if let Err(e) = r {
+                            errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                        }
+                    }
+                });
+            }
+        });
+        let errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+        progress(
+            &self.t0,
+            &format!(
+                "{} instances deleted, {} failed",
+                names.len() - errors.len(),
+                errors.len()
+            ),
+        );
+        match errors.first() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("b{i:04}")
+}
+
+/// Creates (and maybe starts) one instance; the time from the POST to the operation's end.
+fn launch(api: &mut Client, name: &str, start: bool) -> Result<Duration> {
+    let t = Instant::now();
+    let reply = api.call(
+        "POST",
+        "/1.0/instances",
+        Some(json!({
+            "name": name,
+            "source": {"type": "image", "alias": IMAGE_ALIAS},
+            "start": start,
+        })),
+    )?;
+    api.wait(&reply, &format!("creating {name}"))?;
+    Ok(t.elapsed())
+}
+
+fn create_many(socket: &Path, range: std::ops::Range<usize>) -> Result<Vec<Duration>> {
+    let next = AtomicUsize::new(range.start);
+    let times = Mutex::new(Vec::with_capacity(range.len()));
+    let failed: Mutex<Option<String>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| {
+                let mut api = Client::new(socket);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= range.end || failed.lock().map_or(true, |f| f.is_some()) {
+                        return;
+                    }
+                    match launch(&mut api, &name(i), false) {
+                        Ok(d) => times.lock().unwrap_or_else(|p| p.into_inner()).push(d),
+                        Err(e) => {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut times = times.into_inner().unwrap_or_else(|p| p.into_inner());
+    times.sort();
+    Ok(times)
+}
+
+fn count_running(api: &mut Client) -> Result<usize> {
+    let list = api.call("GET", "/1.0/instances?recursion=1", None)?;
+    Ok(list["metadata"]
+        .as_array()
+        .ok_or("GET /1.0/instances?recursion=1: metadata is not a list")?
+        .iter()
+        .filter(|i| i["status"] == "Running")
+        .count())
+}
+
+/// `GET /1.0/instances?recursion=1` on a kept-alive connection: one warm-up, then
+/// LIST_REQUESTS timed requests (request written to body fully read), sorted.
+fn list_latencies(api: &mut Client, want: usize) -> Result<Vec<Duration>> {
+    let path = "/1.0/instances?recursion=1";
+    let mut times = Vec::with_capacity(LIST_REQUESTS);
+    for i in 0..=LIST_REQUESTS {
+        let t = Instant::now();
+        let reply = api.send("GET", path, "", b"")?;
+        let elapsed = t.elapsed();
+        if reply.status != 200 {
+            return Err(format!("GET {path}: HTTP {}", reply.status));
+        }
+        if i == 0 {
+            let n = reply.json(path)?["metadata"].as_array().map_or(0, Vec::len);
+            if n != want {
+                return Err(format!("GET {path} lists {n} instances, want {want}"));
+            }
+            eprintln!("# list response: {} KiB", reply.body.len() / 1024);
+            continue;
+        }
+        times.push(elapsed);
+    }
+    times.sort();
+    Ok(times)
+}
+
+// ---------------------------------------------------------------------------------------
+// Figures.
+
+enum Target {
+    AtMost(f64),
+}
+
+fn figure(name: &str, value: f64, unit: &str, target: Option<Target>) {
+    let verdict = match target {
+        Some(Target::AtMost(limit)) => format!(
+            "   target <= {limit} {unit}: {}",
+            if value <= limit { "met" } else { "MISSED" }
+        ),
+        None => String::new(),
+    };
+    println!("{name:<40} {value:>9.1} {unit}{verdict}");
+}
+
+/// Nearest-rank percentile of sorted durations.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn progress(t0: &Instant, what: &str) {
+    eprintln!("# [{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the daemon crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// `$CAIRND`, else the cairnd built beside this example, else target/release/cairnd.
+fn cairnd_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CAIRND") {
+        return Ok(PathBuf::from(p));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("cairnd")));
+    let candidates = beside
+        .into_iter()
+        .chain([repo_root().join("target/release/cairnd")]);
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    Err("no release cairnd found: run `cargo build --release -p cairnd` or set CAIRND".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Cleanup: the daemon, leftover containers, the state dir. Runs once, from main, from the
+// signal thread or from a drop guard.
+
+struct Cleanup {
+    dir: PathBuf,
+    lxc: PathBuf,
+    /// The daemon's pid while it may be alive; `None` once it is gone.
+    pid: Mutex<Option<i32>>,
+}
+
+impl Cleanup {
+    fn run(&self) {
+        // Holding the lock for the whole cleanup makes a second caller wait for the first.
+        let mut pid = self.pid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pid.take() {
+            stop_daemon(p);
+        }
+        if !self.dir.exists() {
+            return;
+        }
+        for name in running_containers(&self.lxc) {
+            eprintln!("# killing leftover container {name}");
+            let _ = Command::new("lxc-stop")
+                .arg("-P")
+                .arg(&self.lxc)
+                .args(["-n", &name, "-k"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("bench: removing {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Ctrl-C or SIGTERM: clean up, then exit 130.
+    fn on_signal(self: &Arc<Self>) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            eprintln!("# interrupted: cleaning up");
+            me.run();
+            std::process::exit(130);
+        });
+    }
+}
+
+struct CleanupOnDrop(Arc<Cleanup>);
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        self.0.run();
+    }
+}
+
+/// SIGTERM, up to 10 s to go, then SIGKILL; reaps it.
+fn stop_daemon(pid: i32) {
+    // SAFETY: plain syscalls on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut status = 0;
+        // SAFETY: as above; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid || r < 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn running_containers(lxc: &Path) -> Vec<String> {
+    if !lxc.exists() {
+        return Vec::new();
+    }
+    let out = Command::new("lxc-ls")
+        .arg("-P")
+        .arg(lxc)
+        .args(["--running", "-1"])
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A small HTTP/1.1 client over the unix socket, keeping its connection alive.
+
+struct Client {
+    socket: PathBuf,
+    conn: Option<BufReader<UnixStream>>,
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self, what: &str) -> Result<Value> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            format!(
+                "{what}: HTTP {} with a body that is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body[..self.body.len().min(300)])
+            )
+        })
+    }
+}
+
+impl Client {
+    fn new(socket: &Path) -> Client {
+        Client {
+            socket: socket.to_path_buf(),
+            conn: None,
+        }
+    }
+
+    /// A JSON request; an HTTP error status becomes an error carrying Incus's message.
+    fn call(&mut self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let what = format!("{method} {path}");
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let reply = self.send(method, path, "application/json", body.as_bytes())?;
+        let v = reply.json(&what)?;
+        if reply.status >= 400 {
+            return Err(format!("{what}: HTTP {}: {}", reply.status, v["error"]));
+        }
+        Ok(v)
+    }
+
+    /// Waits for the operation an async reply names; fails unless it succeeded.
+    fn wait(&mut self, reply: &Value, what: &str) -> Result<Value> {
+        let op = reply["operation"]
+            .as_str()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| format!("{what}: the reply names no operation: {reply}"))?;
+        let done = self.call("GET", &format!("{op}/wait?timeout=300"), None)?;
+        let meta = &done["metadata"];
+        if meta["status"] != "Success" {
+            return Err(format!(
+                "{what}: operation ended {}: {}",
+                meta["status"], meta["err"]
+            ));
+        }
+        Ok(meta.clone())
+    }
+
+    fn send(&mut self, method: &str, path: &str, ctype: &str, body: &[u8]) -> Result<Reply> {
+        // A kept-alive connection the server has closed fails before any reply byte: retry
+        // once on a fresh one.
+        let reused = self.conn.is_some();
+        match self.exchange(method, path, ctype, body) {
+            Ok(r) => Ok(r),
+            Err(Failure::BeforeReply(_)) if reused => {
+                self.conn = None;
+                self.exchange(method, path, ctype, body)
+                    .map_err(|e| format!("{method} {path}: {}", e.message()))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(format!("{method} {path}: {}", e.message()))
+            }
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+    ) -> std::result::Result<Reply, Failure> {
+        use Failure::{BeforeReply, DuringReply};
+        if self.conn.is_none() {
+            let s = UnixStream::connect(&self.socket).map_err(|e| {
+                BeforeReply(format!("connecting to {}: {e}", self.socket.display()))
+            })?;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
+            self.conn = Some(BufReader::with_capacity(64 * 1024, s));
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: cairn\r\nUser-Agent: cairn-bench\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        if !body.is_empty() {
+            head.push_str(&format!("Content-Type: {ctype}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = conn.get_mut();
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body))
+            .map_err(|e| BeforeReply(format!("writing the request: {e}")))?;
+
+        let mut line = String::new();
+        match conn.read_line(&mut line) {
+            Ok(0) => return Err(BeforeReply("connection closed".into())),
+            Ok(_) => {}
+            Err(e) => return Err(BeforeReply(format!("reading the status line: {e}"))),
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| DuringReply(format!("bad status line {line:?}")))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            conn.read_line(&mut line)
+                .map_err(|e| DuringReply(format!("reading headers: {e}")))?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let Some((k, v)) = l.split_once(':') else {
+                continue;
+            };
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            match k.as_str() {
+                "content-length" => length = v.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                "connection" => close = v.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        let read = |e: std::io::Error| DuringReply(format!("reading the body: {e}"));
+        if chunked {
+            loop {
+                line.clear();
+                conn.read_line(&mut line).map_err(read)?;
+                let size_hex = line.trim().split(';').next().unwrap_or("");
+                let size = usize::from_str_radix(size_hex, 16)
+                    .map_err(|_| DuringReply(format!("bad chunk size {line:?}")))?;
+                if size == 0 {
+                    // Trailers, up to the empty line.
+                    loop {
+                        line.clear();
+                        if conn.read_line(&mut line).map_err(read)? == 0 || line.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let start = body.len();
+                body.resize(start + size, 0);
+                conn.read_exact(&mut body[start..]).map_err(read)?;
+                line.clear();
+                conn.read_line(&mut line).map_err(read)?;
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            conn.read_exact(&mut body).map_err(read)?;
+        } else if !(status == 204 || status == 304 || (100..200).contains(&status)) {
+            conn.read_to_end(&mut body).map_err(read)?;
+            close = true;
+        }
+        if close {
+            self.conn = None;
+        }
+        Ok(Reply { status, body })
+    }
+}
+
+enum Failure {
+    /// Nothing of a reply was read: the request may be retried on a fresh connection.
+    BeforeReply(String),
+    DuringReply(String),
+}
+
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::BeforeReply(m) | Failure::DuringReply(m) => m,
+        }
+    }
+}
