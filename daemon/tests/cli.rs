@@ -114,6 +114,20 @@ fn container_lifecycle_through_the_incus_cli() {
         .incus_ok(&["snapshot", "list", "c1", "--format", "csv"])
         .starts_with("s0,"));
 
+    // local copy (with its snapshot) and move (rename)
+    d.incus_ok(&["copy", "c1", "c1copy"]);
+    d.incus_ok(&["start", "c1copy"]);
+    assert_eq!(
+        d.incus_ok(&["exec", "c1copy", "--", "cat", "/root/in.txt"]),
+        "pushed content\n"
+    );
+    assert!(d
+        .incus_ok(&["snapshot", "list", "c1copy", "--format", "csv"])
+        .starts_with("s0,"));
+    d.incus_ok(&["stop", "--force", "c1copy"]);
+    d.incus_ok(&["move", "c1copy", "c1moved"]);
+    d.incus_ok(&["delete", "c1moved"]);
+
     // stop / start / delete
     d.incus_ok(&["stop", "c1", "--force"]);
     assert_eq!(

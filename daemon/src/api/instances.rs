@@ -115,12 +115,12 @@ pub struct InstanceSource {
     _operation: IgnoredAny,
     #[serde(rename = "secrets", default)]
     _secrets: IgnoredAny,
-    #[serde(rename = "source", default)]
-    _source: IgnoredAny,
+    #[serde(default)]
+    source: String,
     #[serde(rename = "live", default)]
     _live: IgnoredAny,
-    #[serde(rename = "instance_only", default)]
-    _instance_only: IgnoredAny,
+    #[serde(default)]
+    instance_only: bool,
     #[serde(rename = "refresh", default)]
     _refresh: IgnoredAny,
     #[serde(rename = "refresh_exclude_older", default)]
@@ -193,12 +193,38 @@ pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<InstancesPo
         )));
     }
     let config = req.config.unwrap_or_default();
-    crate::validate::instance_config(&config, false)
+    // A copy carries the source's config back, volatile keys included; copy() checks it.
+    crate::validate::instance_config(&config, req.source.kind == "copy")
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let devices = req.devices.unwrap_or_default();
     crate::validate::devices(&devices).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let image_fingerprint = match req.source.kind.as_str() {
         "image" | "" => resolve_image(&d, &req.source)?,
+        "copy" => {
+            let creq = crate::instance::copy::CopyRequest {
+                name: req.name.clone(),
+                source: req.source.source.clone(),
+                instance_only: req.source.instance_only,
+                config: Some(config),
+                devices: Some(devices),
+                profiles: req.profiles,
+                ephemeral: req.ephemeral,
+                description: req.description,
+                start: req.start,
+            };
+            crate::instance::copy::precheck(&d, &creq)?;
+            let d2 = d.clone();
+            let op = d.ops.spawn_task(
+                "Creating instance",
+                resources("instances", &[instance::url(&req.name)]),
+                async move {
+                    crate::instance::copy::copy(d2, creq)
+                        .await
+                        .map_err(err_string)
+                },
+            );
+            return async_op(op.view());
+        }
         "none" => {
             return Err(ApiError::bad_request(
                 "Instances without an image are not supported yet",
@@ -416,11 +442,14 @@ pub struct InstancePost {
     project: String,
     #[serde(rename = "allow_inconsistent", default)]
     _allow_inconsistent: IgnoredAny,
-    #[serde(rename = "config", default)]
+    // Incus's InstancePost has no JSON tags on these: Go writes them capitalized.
+    #[serde(rename = "Config", alias = "config", default)]
     _config: IgnoredAny,
-    #[serde(rename = "devices", default)]
+    // Incus's InstancePost has no JSON tags on these: Go writes them capitalized.
+    #[serde(rename = "Devices", alias = "devices", default)]
     _devices: IgnoredAny,
-    #[serde(rename = "profiles", default)]
+    // Incus's InstancePost has no JSON tags on these: Go writes them capitalized.
+    #[serde(rename = "Profiles", alias = "profiles", default)]
     _profiles: IgnoredAny,
 }
 

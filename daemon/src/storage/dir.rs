@@ -206,6 +206,41 @@ impl StorageDriver for DirPool {
             .map_err(|e| self.io(e, format!("renaming snapshot {name}/{from}")))
     }
 
+    fn copy_instance(
+        &self,
+        from: &str,
+        snapshot: Option<&str>,
+        to: &str,
+    ) -> Result<(), StorageError> {
+        let src = match snapshot {
+            Some(s) => self.snapshot_path(from, s),
+            None => self.instance_path(from),
+        };
+        let dst = self.instance_path(to);
+        if dst.exists() {
+            return Err(StorageError::Invalid(
+                self.name.clone(),
+                format!("volume for instance {to} already exists"),
+            ));
+        }
+        tree::copy(&src, &dst, Reshift::NONE).map_err(|e| {
+            let _ = tree::remove(&dst);
+            self.io(e, format!("copying instance {from} to {to}"))
+        })
+    }
+
+    fn copy_snapshot(&self, from: &str, snapshot: &str, to: &str) -> Result<(), StorageError> {
+        let parent = self.source.join("containers-snapshots").join(to);
+        fs::create_dir_all(&parent).map_err(|e| self.io(e, "creating snapshot dir".into()))?;
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
+            .map_err(|e| self.io(e, "setting snapshot dir mode".into()))?;
+        let dst = self.snapshot_path(to, snapshot);
+        tree::copy(&self.snapshot_path(from, snapshot), &dst, Reshift::NONE).map_err(|e| {
+            let _ = tree::remove(&dst);
+            self.io(e, format!("copying snapshot {from}/{snapshot} to {to}"))
+        })
+    }
+
     fn instance_usage(&self, name: &str) -> u64 {
         tree::usage(&self.instance_path(name))
     }
@@ -236,6 +271,14 @@ mod tests {
         fs::write(&f, "changed").unwrap();
         pool.restore_snapshot("c1", "s0").unwrap();
         assert_eq!(fs::read_to_string(&f).unwrap(), "img");
+
+        pool.copy_instance("c1", Some("s0"), "c3").unwrap();
+        assert_eq!(
+            fs::read_to_string(pool.rootfs_path("c3").join("etc/hostname")).unwrap(),
+            "img"
+        );
+        pool.copy_snapshot("c1", "s0", "c3").unwrap();
+        pool.delete_instance("c3").unwrap();
 
         pool.rename_instance("c1", "c2").unwrap();
         assert!(pool.rootfs_path("c2").join("etc/hostname").exists());

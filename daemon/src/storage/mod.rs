@@ -63,6 +63,16 @@ pub trait StorageDriver: Send + Sync {
     fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<(), StorageError>;
     fn rename_snapshot(&self, name: &str, from: &str, to: &str) -> Result<(), StorageError>;
 
+    /// A new instance volume copied from another instance, or from one of its snapshots.
+    fn copy_instance(
+        &self,
+        from: &str,
+        snapshot: Option<&str>,
+        to: &str,
+    ) -> Result<(), StorageError>;
+    /// Copies one snapshot of `from` to the same snapshot name of `to`.
+    fn copy_snapshot(&self, from: &str, snapshot: &str, to: &str) -> Result<(), StorageError>;
+
     fn instance_usage(&self, name: &str) -> u64;
 }
 

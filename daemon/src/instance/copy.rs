@@ -1,0 +1,169 @@
+//! Local copies of instances (`incus copy c1 c2`, `incus copy c1/snap0 c2`): the volume, the
+//! configuration without the source's identity, and (unless instance-only) its snapshots.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::idmap::IdShift;
+use super::{expand_with, get, root_pool, InstanceError, Result};
+use crate::daemon::Daemon;
+use crate::db::records::{ConfigMap, DeviceMap, InstanceRecord, SnapshotRecord};
+use crate::db::Command;
+
+pub struct CopyRequest {
+    pub name: String,
+    /// "c1" or "c1/snap0".
+    pub source: String,
+    pub instance_only: bool,
+    /// What the client sent for the new instance (the CLI sends the source's, edited).
+    pub config: Option<ConfigMap>,
+    pub devices: Option<DeviceMap>,
+    pub profiles: Option<Vec<String>>,
+    pub ephemeral: bool,
+    pub description: String,
+    pub start: bool,
+}
+
+/// Keys that describe the data on disk travel with the copy; the rest of `volatile.*` is the
+/// source's identity (MACs, veth names, uuid, power state) and does not.
+fn strip_identity(config: &mut ConfigMap) {
+    config.retain(|k, _| {
+        !k.starts_with("volatile.")
+            || k == "volatile.base_image"
+            || k.starts_with("volatile.idmap.")
+            || k == "volatile.last_state.idmap"
+    });
+}
+
+pub fn precheck(d: &Daemon, req: &CopyRequest) -> Result<()> {
+    crate::validate::instance_name(&req.name)?;
+    if d.db.instance(&req.name)?.is_some() {
+        return Err(InstanceError::Conflict(format!(
+            "Instance {:?} already exists",
+            req.name
+        )));
+    }
+    let (src, snap) = split(&req.source);
+    get(d, src)?;
+    if let Some(s) = snap {
+        super::snapshot::get_snapshot(d, src, s)?;
+    }
+    Ok(())
+}
+
+fn split(source: &str) -> (&str, Option<&str>) {
+    match source.split_once('/') {
+        Some((i, s)) => (i, Some(s)),
+        None => (source, None),
+    }
+}
+
+pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
+    let (src_name, snap) = split(&req.source);
+    let src = get(&d, src_name)?;
+    let (base_config, base_devices, base_profiles) = match snap {
+        Some(s) => {
+            let sr = super::snapshot::get_snapshot(&d, src_name, s)?;
+            (sr.config, sr.devices, sr.profiles)
+        }
+        None => (
+            src.config.clone(),
+            src.devices.clone(),
+            src.profiles.clone(),
+        ),
+    };
+    let mut config = req.config.clone().unwrap_or(base_config.clone());
+    // The on-disk id map comes from the source whatever the client sent.
+    for k in [
+        "volatile.idmap.current",
+        "volatile.idmap.next",
+        "volatile.last_state.idmap",
+        "volatile.idmap.base",
+    ] {
+        match base_config.get(k) {
+            Some(v) => config.insert(k.to_string(), v.clone()),
+            None => config.remove(k),
+        };
+    }
+    strip_identity(&mut config);
+    let devices = req.devices.clone().unwrap_or(base_devices);
+    let profiles = req.profiles.clone().unwrap_or(base_profiles);
+    let (ec, ed) = expand_with(&d, &profiles, &config, &devices)?;
+    crate::validate::instance_config(&ec, true)?;
+    crate::validate::devices(&ed)?;
+    let pool_name = root_pool(&ed)?;
+    let pool = d.pool(&pool_name).ok_or_else(|| {
+        InstanceError::Invalid(format!("Storage pool {pool_name:?} doesn't exist"))
+    })?;
+    let shift = config
+        .get("volatile.last_state.idmap")
+        .and_then(|s| IdShift::from_incus_json(s))
+        .unwrap_or(d.idmap);
+    let mut fresh = config.clone();
+    super::initial_volatile(&mut fresh, &ed, &shift.to_incus_json());
+    let now = Utc::now();
+    let lock = d.instance_lock(&req.name);
+    let guard = lock.lock().await;
+    d.db.apply(&Command::CreateInstance(InstanceRecord {
+        name: req.name.clone(),
+        instance_type: src.instance_type.clone(),
+        architecture: src.architecture.clone(),
+        config: fresh,
+        devices,
+        profiles,
+        ephemeral: req.ephemeral,
+        stateful: false,
+        description: req.description.clone(),
+        created_at: now,
+        last_used_at: now,
+    }))?;
+    let snapshots = if req.instance_only || snap.is_some() {
+        vec![]
+    } else {
+        d.db.snapshots(src_name)?
+    };
+    let copied = {
+        let (pool, from, to) = (pool.clone(), src_name.to_string(), req.name.clone());
+        let snap = snap.map(str::to_string);
+        let names: Vec<String> = snapshots.iter().map(|s| s.name.clone()).collect();
+        tokio::task::spawn_blocking(
+            move || -> std::result::Result<(), crate::storage::StorageError> {
+                pool.copy_instance(&from, snap.as_deref(), &to)?;
+                for s in &names {
+                    pool.copy_snapshot(&from, s, &to)?;
+                }
+                Ok(())
+            },
+        )
+        .await
+        .map_err(|e| InstanceError::Failed(format!("internal task failed: {e}")))?
+    };
+    if let Err(e) = copied {
+        let _ = pool.delete_instance(&req.name);
+        let _ = d.db.apply(&Command::DeleteInstance {
+            name: req.name.clone(),
+        });
+        return Err(e.into());
+    }
+    let cmds: Vec<Command> = snapshots
+        .into_iter()
+        .map(|s| {
+            Command::CreateSnapshot(SnapshotRecord {
+                instance: req.name.clone(),
+                ..s
+            })
+        })
+        .collect();
+    d.db.apply_all(&cmds)?;
+    d.events.lifecycle(
+        "instance-created",
+        &super::url(&req.name),
+        serde_json::json!({"type": "container", "source": req.source}),
+    );
+    drop(guard);
+    if req.start {
+        super::lifecycle::start(d, &req.name).await?;
+    }
+    Ok(())
+}
