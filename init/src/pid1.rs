@@ -287,7 +287,8 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
                     addresses_logged = true;
                 }
             }
-            if api_probe && api_answers() && https_listening() {
+            // "API ready" means reachable: the management address is up too.
+            if api_probe && addresses_logged && api_answers() && https_listening() {
                 console::stage("api-ready");
                 console::line("API ready");
                 api_probe = false;

@@ -16,12 +16,21 @@ pub fn request(
     body: Option<&Value>,
 ) -> Result<Value> {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-k", "--max-time", "20", "-X", method])
-        .arg("--cert")
-        .arg(&cert.cert)
-        .arg("--key")
-        .arg(&cert.key)
-        .arg(format!("{base}{path}"));
+    cmd.args([
+        "-sS",
+        "-k",
+        "--connect-timeout",
+        "5",
+        "--max-time",
+        "30",
+        "-X",
+        method,
+    ])
+    .arg("--cert")
+    .arg(&cert.cert)
+    .arg("--key")
+    .arg(&cert.key)
+    .arg(format!("{base}{path}"));
     if let Some(b) = body {
         cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
             .arg(b.to_string());

@@ -55,6 +55,10 @@ impl Lab {
         };
         node.wait_for(marker, BOOT)
             .unwrap_or_else(|e| panic!("{e}"));
+        if self.api {
+            api::wait_trusted(&self.cert, &node.api_url(), Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }
 
