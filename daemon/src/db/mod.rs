@@ -1,11 +1,12 @@
 //! The daemon's state: one SQLite database in the state dir.
 //!
 //! Invariant: nothing writes to the database except [`Db::apply`] with a typed [`Command`];
-//! reads go through the query functions here. The write path is the seam where Raft
-//! replication plugs in later.
+//! reads go through the query functions here. In a cluster, the Raft state machine
+//! (`crate::cluster`) applies the same commands through [`Db::apply_entries`].
 
 mod command;
 pub mod records;
+mod replicated;
 mod schema;
 
 use std::path::Path;
@@ -16,6 +17,9 @@ use serde::de::DeserializeOwned;
 
 pub use command::Command;
 use records::*;
+pub use replicated::{
+    AppliedPosition, EntryOutcome, RejectKind, ReplicatedEntry, ReplicatedRequest, RequestOutcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

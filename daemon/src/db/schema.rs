@@ -19,6 +19,15 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE storage_pools (name TEXT PRIMARY KEY, data TEXT NOT NULL);
      CREATE TABLE certificates (fingerprint TEXT PRIMARY KEY, data TEXT NOT NULL);
      CREATE TABLE tokens (secret TEXT PRIMARY KEY, data TEXT NOT NULL);",
+    // 2: Raft replication. `raft_applied` holds the position of the last log entry applied
+    // (one row), written in the same transaction as the entry's commands, so a re-delivered
+    // entry is recognised and skipped. `raft_requests` remembers recent client request ids
+    // with their outcome, so a request retried after a leader change is applied once.
+    "CREATE TABLE raft_applied (id INTEGER PRIMARY KEY CHECK (id = 1),
+                                log_index INTEGER NOT NULL, log_id TEXT NOT NULL,
+                                membership TEXT NOT NULL, applied_requests INTEGER NOT NULL);
+     CREATE TABLE raft_requests (id TEXT PRIMARY KEY, log_index INTEGER NOT NULL, outcome TEXT);
+     CREATE INDEX raft_requests_by_index ON raft_requests (log_index);",
 ];
 
 pub fn current_version() -> u32 {
