@@ -23,25 +23,35 @@ use crate::operations::{resources, NewOp, OpClass, Operation};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// pylxd sends `null` for the fields it leaves unset: every optional field reads null as
+/// its default.
 pub struct ExecPost {
     command: Vec<String>,
-    #[serde(rename = "wait-for-websocket", default)]
+    #[serde(
+        rename = "wait-for-websocket",
+        default,
+        deserialize_with = "crate::api::nullable"
+    )]
     wait_for_websocket: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     interactive: bool,
     #[serde(default, deserialize_with = "crate::api::nullable")]
     environment: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     width: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     height: i64,
-    #[serde(rename = "record-output", default)]
+    #[serde(
+        rename = "record-output",
+        default,
+        deserialize_with = "crate::api::nullable"
+    )]
     record_output: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     user: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     group: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::nullable")]
     cwd: String,
 }
 
@@ -52,7 +62,9 @@ fn secret() -> String {
 struct ExecSession {
     secrets: BTreeMap<String, String>,
     sockets: Mutex<HashMap<String, WebSocket>>,
+    /// All data streams are connected (the control stream is optional: pylxd never opens it).
     connected: Notify,
+    control: Notify,
 }
 
 impl WebsocketTarget for ExecSession {
@@ -75,8 +87,14 @@ impl WebsocketTarget for ExecSession {
         if socks.contains_key(&fd) {
             return Err(format!("stream {fd} is already connected"));
         }
+        let is_control = fd == "control";
         socks.insert(fd, ws);
-        if socks.len() == self.secrets.len() {
+        if is_control {
+            self.control.notify_one();
+        }
+        let data_needed = self.secrets.keys().filter(|k| *k != "control").count();
+        let data_connected = socks.keys().filter(|k| *k != "control").count();
+        if !is_control && data_connected == data_needed {
             self.connected.notify_one();
         }
         Ok(())
@@ -153,6 +171,7 @@ pub async fn exec(
         secrets,
         sockets: Mutex::new(HashMap::new()),
         connected: Notify::new(),
+        control: Notify::new(),
     });
     d.register_websocket(&op.id, session.clone());
     let view = op.view();
@@ -284,6 +303,24 @@ async fn control_loop(ws: WebSocket, pid: Option<u32>, pty: Option<Arc<std::os::
     }
 }
 
+/// Serves the control stream whenever (if ever) the client connects it.
+fn spawn_control(
+    session: &Arc<ExecSession>,
+    pid: Option<u32>,
+    pty: Option<Arc<std::os::fd::OwnedFd>>,
+) -> tokio::task::JoinHandle<()> {
+    let session = session.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Some(ws) = session.take("control") {
+                control_loop(ws, pid, pty).await;
+                return;
+            }
+            session.control.notified().await;
+        }
+    })
+}
+
 async fn close(ws: &mut futures::stream::SplitSink<WebSocket, Message>) {
     let _ = ws.send(Message::Close(None)).await;
     let _ = ws.close().await;
@@ -298,13 +335,8 @@ fn exit_code(status: std::io::Result<std::process::ExitStatus>) -> i32 {
 }
 
 async fn run_pipes(session: &Arc<ExecSession>, mut proc: exec::ExecProcess) -> Result<i32, String> {
-    let (ws0, ws1, ws2, ctl) = match (
-        session.take("0"),
-        session.take("1"),
-        session.take("2"),
-        session.take("control"),
-    ) {
-        (Some(a), Some(b), Some(c), Some(d)) => (a, b, c, d),
+    let (ws0, ws1, ws2) = match (session.take("0"), session.take("1"), session.take("2")) {
+        (Some(a), Some(b), Some(c)) => (a, b, c),
         _ => return Err("exec streams missing".into()),
     };
     let stdin = proc.child.stdin.take().ok_or("no stdin pipe")?;
@@ -314,7 +346,7 @@ async fn run_pipes(session: &Arc<ExecSession>, mut proc: exec::ExecProcess) -> R
     let (mut tx1, _rx1) = ws1.split();
     let (mut tx2, _rx2) = ws2.split();
     let input = tokio::spawn(ws_to_writer(rx0, stdin));
-    let control = tokio::spawn(control_loop(ctl, proc.child.id(), None));
+    let control = spawn_control(session, proc.child.id(), None);
     let out = tokio::spawn(async move {
         reader_to_ws(stdout, &mut tx1).await;
         tx1
@@ -342,10 +374,7 @@ async fn run_interactive(
     session: &Arc<ExecSession>,
     mut proc: exec::ExecProcess,
 ) -> Result<i32, String> {
-    let (ws0, ctl) = match (session.take("0"), session.take("control")) {
-        (Some(a), Some(b)) => (a, b),
-        _ => return Err("exec streams missing".into()),
-    };
+    let ws0 = session.take("0").ok_or("exec stream missing")?;
     let master = Arc::new(proc.pty.take().ok_or("no pty")?);
     let (mut tx, rx) = ws0.split();
     // The pty master is a plain blocking fd: one thread reads it, writes go through a
@@ -364,7 +393,7 @@ async fn run_interactive(
         }
     });
     let input = tokio::spawn(ws_to_writer(rx, tokio::fs::File::from_std(writer)));
-    let control = tokio::spawn(control_loop(ctl, proc.child.id(), Some(master.clone())));
+    let control = spawn_control(session, proc.child.id(), Some(master.clone()));
     let output = tokio::spawn(async move {
         while let Some(chunk) = data_rx.recv().await {
             if tx.send(Message::Binary(chunk.into())).await.is_err() {
