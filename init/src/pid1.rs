@@ -51,7 +51,7 @@ pub fn run() -> ! {
             info!("bring-up panicked; supervising what was started");
             BringUp {
                 api_probe: true,
-                modules: None,
+                modules_pending: true,
             }
         }
     };
@@ -94,14 +94,10 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     console::stage("data-mounted");
 
     // Hardware drivers come from udev's coldplug; the host's software modules (bridge,
-    // OVS, nf_tables, ZFS…) load in the background meanwhile.
-    let modules = std::thread::Builder::new()
-        .name("modprobe".into())
-        .spawn(|| {
-            kmod::modprobe_all(kmod::HOST_MODULES);
-            console::stage("modules");
-        })
-        .ok();
+    // OVS, nf_tables, ZFS…) load in a background job meanwhile.
+    let mut modprobe = vec!["/usr/sbin/modprobe", "-a", "-b", "-q"];
+    modprobe.extend_from_slice(kmod::HOST_MODULES);
+    sup.add(ServiceSpec::job("modprobe", &modprobe));
     power::listen();
 
     sup.add(services::udevd());
@@ -110,15 +106,10 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
         &["/usr/bin/udevadm", "trigger", "--type=all", "--action=add"],
     );
     // Device links (/dev/disk/by-*) settle in the background; nothing at boot waits on them.
-    let _ = std::thread::Builder::new()
-        .name("udev-settle".into())
-        .spawn(|| {
-            services::run_once(
-                "udevadm settle",
-                &["/usr/bin/udevadm", "settle", "--timeout=60"],
-            );
-            console::stage("udev-settled");
-        });
+    sup.add(ServiceSpec::job(
+        "udev-settle",
+        &["/usr/bin/udevadm", "settle", "--timeout=60"],
+    ));
     // The seed may come through QEMU fw_cfg or the ESP; lxcfs needs fuse.
     kmod::modprobe_all(&["qemu_fw_cfg", "vfat", "fuse"]);
 
@@ -163,29 +154,34 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     }
     BringUp {
         api_probe: has_cairnd,
-        modules,
+        modules_pending: true,
     }
 }
 
 /// What the main loop still has to finish after [`bring_up`].
 struct BringUp {
     api_probe: bool,
-    /// The background module load; the services that need modules start when it is done.
-    modules: Option<std::thread::JoinHandle<()>>,
+    /// The services that need modules start when the `modprobe` job is done.
+    modules_pending: bool,
 }
 
 /// Starts the module-dependent services once the background module load is done.
-fn finish_modules(sup: &mut Supervisor, pending: &mut Option<std::thread::JoinHandle<()>>) {
-    if pending.as_ref().is_some_and(|h| !h.is_finished()) {
+fn finish_modules(sup: &mut Supervisor, pending: &mut bool) {
+    if !*pending {
         return;
     }
-    if let Some(h) = pending.take() {
-        let _ = h.join();
-        for spec in services::after_modules() {
-            sup.add(spec);
-        }
-        console::stage("services-started");
+    let Some(result) = sup.job_result("modprobe").map(str::to_string) else {
+        return;
+    };
+    *pending = false;
+    if result != "exit 0" {
+        info!("some host modules did not load (modprobe {result})");
     }
+    console::stage("modules");
+    for spec in services::after_modules() {
+        sup.add(spec);
+    }
+    console::stage("services-started");
 }
 
 /// Self-check: creating a file on the root must fail with EROFS.
@@ -258,7 +254,8 @@ fn mem_used_mib() -> Option<u64> {
 
 fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
     let mut api_probe = boot.api_probe;
-    let mut modules = boot.modules;
+    let mut modules = boot.modules_pending;
+    let mut settle_pending = true;
     let mut panics = 0u32;
     // Memory is reported once the API is ready, or 10 s after the services started.
     let mut mem_due = (!api_probe).then(|| Instant::now() + Duration::from_secs(10));
@@ -271,12 +268,16 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
             if let Some(t) = sup.next_wakeup() {
                 timeout = timeout.min(t.saturating_duration_since(now));
             }
-            if api_probe || !addresses_logged || mem_due.is_some() || modules.is_some() {
+            if api_probe || !addresses_logged || mem_due.is_some() || modules {
                 timeout = timeout.min(Duration::from_millis(250));
             }
             let action = wait_signals(sfd.as_ref(), timeout);
             shutdown::reap_for(sup, Duration::ZERO);
             finish_modules(sup, &mut modules);
+            if settle_pending && sup.job_result("udev-settle").is_some() {
+                settle_pending = false;
+                console::stage("udev-settled");
+            }
             sup.start_due(Instant::now());
             sup.flush_status();
             if !addresses_logged {

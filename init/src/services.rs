@@ -18,6 +18,8 @@ pub struct ServiceSpec {
     pub console: bool,
     /// Attach stdin/stdout/stderr to /dev/console as a controlling terminal (debug shell).
     pub on_console_tty: bool,
+    /// A job that runs once to completion (never restarted); see `Supervisor::job_result`.
+    pub oneshot: bool,
 }
 
 impl ServiceSpec {
@@ -29,7 +31,16 @@ impl ServiceSpec {
             stop_timeout: Duration::from_secs(5),
             console: true,
             on_console_tty: false,
+            oneshot: false,
         }
+    }
+
+    /// A one-shot job run under the supervisor (so PID 1's reaping never races a waiter).
+    pub fn job(name: &str, argv: &[&str]) -> ServiceSpec {
+        let mut s = ServiceSpec::new(name, argv);
+        s.oneshot = true;
+        s.console = false;
+        s
     }
 
     pub fn binary_exists(&self) -> bool {

@@ -77,6 +77,9 @@ pub fn run(sup: &mut Supervisor, action: Action) -> ! {
         reap_for(sup, Duration::from_secs(2));
     }
 
+    if !sup.wait_log_threads(Duration::from_secs(3)) {
+        info!("some service output is still being written");
+    }
     console::stop_file_log();
     nix::unistd::sync();
     let mut clean = true;

@@ -32,6 +32,8 @@ struct Service {
     failures: u32,
     next_start: Option<Instant>,
     stopping: bool,
+    /// How a one-shot job ended.
+    exit: Option<String>,
 }
 
 pub struct Supervisor {
@@ -39,6 +41,9 @@ pub struct Supervisor {
     backoff: Backoff,
     log_dir: PathBuf,
     status_dirty: bool,
+    /// The threads copying service output into files on /var: shutdown waits for them
+    /// so /var can be unmounted.
+    log_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Supervisor {
@@ -48,6 +53,7 @@ impl Supervisor {
             backoff: Backoff::default(),
             log_dir,
             status_dirty: true,
+            log_threads: Vec::new(),
         }
     }
 
@@ -67,6 +73,7 @@ impl Supervisor {
             failures: 0,
             next_start: Some(Instant::now()),
             stopping: false,
+            exit: None,
         });
         self.start_due(Instant::now());
     }
@@ -113,6 +120,14 @@ impl Supervisor {
         let _ = std::fs::rename("/run/cairn/services.json.tmp", "/run/cairn/services.json");
     }
 
+    /// How a one-shot job ended, once it has.
+    pub fn job_result(&self, name: &str) -> Option<&str> {
+        self.services
+            .iter()
+            .find(|s| s.spec.name == name)
+            .and_then(|s| s.exit.as_deref())
+    }
+
     /// The pid of a running service.
     pub fn pid_of(&self, name: &str) -> Option<Pid> {
         self.services
@@ -131,6 +146,22 @@ impl Supervisor {
             if due {
                 self.spawn(i);
             }
+        }
+    }
+
+    /// Waits (bounded) until every log thread has seen its service's output end, so no
+    /// log file on /var stays open. Returns whether all finished.
+    pub fn wait_log_threads(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.log_threads.retain(|h| !h.is_finished());
+            if self.log_threads.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -217,9 +248,12 @@ impl Supervisor {
                 if let Some(r) = reader {
                     let name = spec.name.clone();
                     let echo = spec.console;
-                    let _ = std::thread::Builder::new()
+                    if let Ok(h) = std::thread::Builder::new()
                         .name(format!("log-{name}"))
-                        .spawn(move || copy_output(r, &name, echo, log_path));
+                        .spawn(move || copy_output(r, &name, echo, log_path))
+                    {
+                        self.log_threads.push(h);
+                    }
                 }
             }
             Err(e) => {
@@ -241,6 +275,15 @@ impl Supervisor {
         let ran = s.started.elapsed();
         if s.stopping {
             info!("service {} stopped ({how})", s.spec.name);
+            return true;
+        }
+        if s.spec.oneshot {
+            info!(
+                "job {} finished ({how}) after {:.1}s",
+                s.spec.name,
+                ran.as_secs_f64()
+            );
+            s.exit = Some(how.to_string());
             return true;
         }
         s.failures = backoff.failures_after(s.failures, ran);
