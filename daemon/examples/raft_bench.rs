@@ -67,12 +67,13 @@ async fn run(
     members: u64,
     writers: usize,
     secs: f64,
-) -> Result<(f64, Duration, Duration), Box<dyn std::error::Error>> {
+) -> Result<(f64, Duration, Duration, f64), Box<dyn std::error::Error>> {
     let c = cluster(members).await?;
     let leader = c.leader.clone();
     for i in 0..200 {
         leader.write(set(0, i)).await?; // warm-up
     }
+    let first_index = leader.metrics().last_log_index.unwrap_or(0);
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..writers)
@@ -96,12 +97,14 @@ async fn run(
         lat.extend(t.await??);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let entries = leader.metrics().last_log_index.unwrap_or(0) - first_index;
     for n in &c.nodes {
         n.shutdown().await;
     }
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    Ok((lat.len() as f64 / elapsed, pct(0.50), pct(0.99)))
+    let per_entry = lat.len() as f64 / entries.max(1) as f64;
+    Ok((lat.len() as f64 / elapsed, pct(0.50), pct(0.99), per_entry))
 }
 
 fn fsync_latency() -> std::io::Result<Duration> {
@@ -141,11 +144,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .flat_map(|m| [(m, 1), (m, 64)])
             .collect();
     }
-    println!("members  writers  commits/s      p50 ms   p99 ms");
+    println!("members  writers  commits/s      p50 ms   p99 ms  requests/entry");
     for (members, writers) in runs {
-        let (rate, p50, p99) = run(members, writers, secs).await?;
+        let (rate, p50, p99, per_entry) = run(members, writers, secs).await?;
         println!(
-            "{members:>7}  {writers:>7}  {rate:>9.0}  {:>10.3}  {:>7.3}",
+            "{members:>7}  {writers:>7}  {rate:>9.0}  {:>10.3}  {:>7.3}  {per_entry:>14.1}",
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3
         );

@@ -113,12 +113,10 @@ fn apply_request(
     index: u64,
     req: &ReplicatedRequest<'_>,
 ) -> Result<(RequestOutcome, bool), DbError> {
+    // Statements are prepared once per connection: this runs for every request.
     let seen: Option<Option<String>> = tx
-        .query_row(
-            "SELECT outcome FROM raft_requests WHERE id = ?1",
-            params![req.id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT outcome FROM raft_requests WHERE id = ?1")?
+        .query_row(params![req.id], |r| r.get(0))
         .optional()?;
     if let Some(stored) = seen {
         let outcome = match stored {
@@ -128,7 +126,7 @@ fn apply_request(
         return Ok((outcome, false));
     }
     // A savepoint per request: a refused request leaves no trace, the others stand.
-    tx.execute_batch("SAVEPOINT request")?;
+    tx.prepare_cached("SAVEPOINT request")?.execute([])?;
     let mut result = Ok(());
     for cmd in req.commands {
         result = command::apply(tx, cmd);
@@ -138,7 +136,7 @@ fn apply_request(
     }
     let outcome = match result {
         Ok(()) => {
-            tx.execute_batch("RELEASE request")?;
+            tx.prepare_cached("RELEASE request")?.execute([])?;
             RequestOutcome::Applied
         }
         Err(e) => {
@@ -150,10 +148,8 @@ fn apply_request(
         RequestOutcome::Applied => None,
         o => Some(serde_json::to_string(o).map_err(|e| DbError::Encode(e.to_string()))?),
     };
-    tx.execute(
-        "INSERT INTO raft_requests (id, log_index, outcome) VALUES (?1, ?2, ?3)",
-        params![req.id, index as i64, stored],
-    )?;
+    tx.prepare_cached("INSERT INTO raft_requests (id, log_index, outcome) VALUES (?1, ?2, ?3)")?
+        .execute(params![req.id, index as i64, stored])?;
     let took_effect = outcome == RequestOutcome::Applied;
     Ok((outcome, took_effect))
 }
