@@ -48,6 +48,34 @@ pub fn request(
     })
 }
 
+/// `GET` returning the body as text (logs).
+pub fn get_text(cert: &ClientCert, base: &str, path: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "--fail",
+            "--connect-timeout",
+            "5",
+            "--max-time",
+            "30",
+        ])
+        .arg("--cert")
+        .arg(&cert.cert)
+        .arg("--key")
+        .arg(&cert.key)
+        .arg(format!("{base}{path}"))
+        .output()
+        .map_err(io_err("running curl"))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            what: format!("GET {base}{path}"),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Whether the API answers `GET /1.0` with a trusted response.
 pub fn trusted(cert: &ClientCert, base: &str) -> bool {
     request(cert, base, "GET", "/1.0", None)

@@ -326,3 +326,44 @@ fn launch_a_container_inside_the_node_and_exec_into_it() {
     run(&["delete", "--force", "lab:c1"]);
     node.shutdown(Duration::from_secs(90)).expect("power off");
 }
+
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn operator_reads_services_and_logs_and_powers_off_through_the_os_api() {
+    let lab = lab("os-api");
+    assert!(
+        lab.api,
+        "the image has no cairnd: build it with a cairnd binary"
+    );
+    let mut node = lab.node("os-api");
+    lab.boot(&mut node);
+    let url = node.api_url();
+    let services = api::request(&lab.cert, &url, "GET", "/os/1.0/services", None)
+        .expect("GET /os/1.0/services");
+    let list = services["metadata"].as_array().cloned().unwrap_or_default();
+    let cairnd = list.iter().find(|s| s["name"] == "cairnd");
+    assert_eq!(
+        cairnd.map(|s| s["state"].clone()),
+        Some(serde_json::json!("running")),
+        "services: {services}"
+    );
+    let log = api::get_text(&lab.cert, &url, "/os/1.0/services/cairnd/log").expect("cairnd log");
+    assert!(log.contains("cairnd ready"), "cairnd's log: {log}");
+    let boots = api::request(&lab.cert, &url, "GET", "/os/1.0/boots", None).expect("boots");
+    assert!(
+        boots["metadata"].to_string().contains("machine="),
+        "boots: {boots}"
+    );
+
+    let off = api::request(
+        &lab.cert,
+        &url,
+        "POST",
+        "/os/1.0/system",
+        Some(&serde_json::json!({"action": "poweroff"})),
+    );
+    assert!(off.is_ok(), "POST /os/1.0/system: {off:?}");
+    node.wait_exit(Duration::from_secs(90))
+        .expect("the node powers off when asked through the API");
+    assert!(node.saw("shutdown-complete clean=1"), "{}", node.tail(20));
+}
