@@ -118,8 +118,12 @@ impl TestCluster {
                 among.iter().map(|id| self.node(*id).leader()).collect();
             if leaders.len() == 1 {
                 if let Some(Some(l)) = leaders.into_iter().next() {
-                    if among.contains(&l) && self.node(l).raft().ensure_linearizable().await.is_ok()
-                    {
+                    let node = self.node(l);
+                    let confirmed = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        node.raft().ensure_linearizable(),
+                    );
+                    if among.contains(&l) && matches!(confirmed.await, Ok(Ok(_))) {
                         return l;
                     }
                 }

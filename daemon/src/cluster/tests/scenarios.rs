@@ -50,10 +50,12 @@ async fn killing_the_leader_elects_another_and_writes_resume() {
     let resumed = killed_at.elapsed();
     let new = c.wait_leader(&survivors).await;
     assert_ne!(new, old);
+    // 200-400 ms election timeouts here; the margin is for a loaded 2-core machine.
     assert!(
-        resumed < Duration::from_secs(2),
+        resumed < Duration::from_secs(3),
         "writes resumed after {resumed:?}"
     );
+    eprintln!("writes resumed {resumed:?} after the leader was killed");
     c.wait_converged().await;
     for id in &survivors {
         let rows = c.rows(*id);
