@@ -176,7 +176,7 @@ fn reference_boot(image: &Path, accel: Accel, lab: &Path) -> Result<BootTimes> {
     let cfg = NodeConfig::new("bench-systemd", image, accel);
     let mut node = Node::create(cfg, lab)?;
     node.start()?;
-    let reached = node.wait_for("Reached target multi-user.target", Duration::from_secs(400))?;
+    let reached = node.wait_for("Startup finished in", Duration::from_secs(400))?;
     let mut bt = BootTimes::default();
     for l in node.poll_console().to_vec() {
         if let Some((stage, guest_t)) = parse_stage(&l.text) {
