@@ -6,8 +6,8 @@
 //! tail (a record cut short or failing its checksum, i.e. one that was never acknowledged)
 //! is cut off. One writer thread does all file I/O: it takes every write queued since its
 //! last fsync, writes them at once and fsyncs once (group commit), then acknowledges them
-//! all. Once the file grows past a threshold it is rewritten with only the live state
-//! (write to a temporary file, fsync, rename, fsync the directory).
+//! all. Each time the file grew by a threshold (64 MiB by default) it is rewritten with only
+//! the live state (write to a temporary file, fsync, rename, fsync the directory).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -206,6 +206,7 @@ impl LogStore {
             path,
             size: intact as u64,
             compact_at: compact_bytes.max(1 << 16),
+            compact_every: compact_bytes.max(1 << 16),
             shared: shared.clone(),
             broken: None,
         };
@@ -244,6 +245,8 @@ struct Writer {
     path: PathBuf,
     size: u64,
     compact_at: u64,
+    /// Growth between rewrites.
+    compact_every: u64,
     shared: Arc<Shared>,
     /// Set after a failed write or fsync: the file's state is unknown, so nothing more is
     /// acknowledged (openraft stops the member on the error).
@@ -319,9 +322,9 @@ impl Writer {
         }
         self.file = f;
         self.size = buf.len() as u64;
-        // Leave room to grow before the next rewrite, so a large live log is not rewritten
+        // The next rewrite after as much growth again, so a large live log is not rewritten
         // on every write.
-        self.compact_at = self.compact_at.max(self.size.saturating_mul(2));
+        self.compact_at = self.size.saturating_add(self.compact_every);
         tracing::debug!("raft log {:?} compacted to {} bytes", self.path, self.size);
         Ok(())
     }
@@ -449,6 +452,42 @@ mod tests {
         let last = buf2.len() - 2;
         buf2[last] ^= 0x40;
         assert_eq!(replay(&buf2).unwrap().1, good);
+    }
+
+    #[tokio::test]
+    async fn a_compacted_log_reopens_with_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), 1 << 16).unwrap();
+        let put = |from, to| {
+            for i in from..=to {
+                store
+                    .submit(Record::Entries(vec![entry(1, i)]), None)
+                    .unwrap();
+            }
+        };
+        put(1, 2000);
+        store
+            .submit(Record::PurgeUpTo(entry(1, 1990).log_id), None)
+            .unwrap();
+        // More than the threshold after the purge: at least one rewrite drops 1..=1990.
+        put(2001, 2800);
+        let vote = Vote::new(3, 2);
+        store.submit_durable(Record::Vote(vote)).await.unwrap();
+        // A rewrite runs after the acknowledgement; the next write waits for it.
+        store.submit_durable(Record::Committed(None)).await.unwrap();
+        let written = 2800 * 100;
+        let size = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        assert!(size < written / 2, "log not compacted: {size} bytes");
+        drop(store);
+
+        let mut again = LogStore::open(dir.path(), 1 << 16).unwrap();
+        let state = again.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(1, 1990).log_id));
+        assert_eq!(state.last_log_id, Some(entry(1, 2800).log_id));
+        assert_eq!(again.read_vote().await.unwrap(), Some(vote));
+        let left = again.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(left.len(), 810);
+        assert_eq!(left[0].log_id, entry(1, 1991).log_id);
     }
 
     #[test]
