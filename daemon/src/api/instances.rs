@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::response::{async_op, check_if_match, empty, sync, sync_etag};
+use super::response::{async_op, check_if_match, empty, sync, sync_body, sync_etag, sync_raw};
 use super::{ApiError, ApiJson, ApiResult, AppState};
 use crate::db::records::{ConfigMap, DeviceMap};
 use crate::instance::{self, lifecycle, InstanceError};
@@ -59,33 +59,41 @@ pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
         .transpose()
         .map_err(ApiError::bad_request)?;
     let d2 = d.clone();
-    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+    // Views are serialized straight into the response bytes, on the blocking thread; a
+    // `serde_json::Value` is made only when a filter needs one.
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let recs = d2.db.instances()?;
+        if level == 0 && filter.is_none() {
+            return sync_body(
+                recs.iter()
+                    .map(|r| instance::url(&r.name))
+                    .collect::<Vec<_>>(),
+            );
+        }
         let profiles = instance::all_profiles(&d2)?;
-        let mut views = Vec::with_capacity(recs.len());
+        let (mut urls, mut views) = (Vec::new(), Vec::new());
         for rec in &recs {
-            if level == 0 && filter.is_none() {
-                views.push(serde_json::Value::String(instance::url(&rec.name)));
-                continue;
-            }
-            let v = serde_json::to_value(instance::view_with(&d2, rec, level >= 2, &profiles)?)
-                .map_err(ApiError::internal)?;
+            let v = instance::view_with(&d2, rec, level >= 2, &profiles)?;
             if let Some(f) = &filter {
-                if !f.matches(&v) {
+                if !f.matches(&serde_json::to_value(&v).map_err(ApiError::internal)?) {
                     continue;
                 }
             }
-            views.push(if level == 0 {
-                serde_json::Value::String(instance::url(&rec.name))
+            if level == 0 {
+                urls.push(instance::url(&rec.name));
             } else {
-                v
-            });
+                views.push(v);
+            }
         }
-        Ok(serde_json::Value::Array(views))
+        if level == 0 {
+            sync_body(urls)
+        } else {
+            sync_body(views)
+        }
     })
     .await
     .map_err(ApiError::internal)??;
-    sync(out)
+    Ok(sync_raw(body))
 }
 
 #[derive(Deserialize, Default)]

@@ -77,18 +77,47 @@ impl From<crate::db::DbError> for ApiError {
 
 pub type ApiResult = Result<Response, ApiError>;
 
+/// The envelope of a sync answer, serialized straight from `metadata`: no intermediate
+/// `serde_json::Value` copy of what may be megabytes of instances.
+#[derive(Serialize)]
+struct SyncBody<T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    status: &'static str,
+    status_code: u16,
+    operation: &'static str,
+    error_code: u16,
+    error: &'static str,
+    metadata: T,
+}
+
+/// The bytes of a sync answer with `metadata`, for handlers that serialize off the async
+/// workers; [`sync_raw`] sends them.
+pub fn sync_body<T: Serialize>(metadata: T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(&SyncBody {
+        kind: "sync",
+        status: "Success",
+        status_code: 200,
+        operation: "",
+        error_code: 0,
+        error: "",
+        metadata,
+    })
+    .map_err(ApiError::internal)
+}
+
+pub fn sync_raw(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 /// A sync answer with `metadata`.
 pub fn sync<T: Serialize>(metadata: T) -> ApiResult {
-    let body = json!({
-        "type": "sync",
-        "status": "Success",
-        "status_code": 200,
-        "operation": "",
-        "error_code": 0,
-        "error": "",
-        "metadata": serde_json::to_value(metadata).map_err(ApiError::internal)?,
-    });
-    Ok((StatusCode::OK, axum::Json(body)).into_response())
+    Ok(sync_raw(sync_body(metadata)?))
 }
 
 /// A sync answer whose ETag covers `etag_of` (the writable part of the object).
