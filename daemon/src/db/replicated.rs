@@ -113,19 +113,27 @@ fn apply_request(
     index: u64,
     req: &ReplicatedRequest<'_>,
 ) -> Result<(RequestOutcome, bool), DbError> {
-    // Statements are prepared once per connection: this runs for every request.
-    let seen: Option<Option<String>> = tx
-        .prepare_cached("SELECT outcome FROM raft_requests WHERE id = ?1")?
-        .query_row(params![req.id], |r| r.get(0))
-        .optional()?;
-    if let Some(stored) = seen {
+    // Statements are prepared once per connection: this runs for every request. The id
+    // is claimed first; only a duplicate pays for reading the stored outcome.
+    let fresh = tx
+        .prepare_cached(
+            "INSERT INTO raft_requests (id, log_index, outcome) VALUES (?1, ?2, NULL)
+             ON CONFLICT(id) DO NOTHING",
+        )?
+        .execute(params![req.id, index as i64])?
+        == 1;
+    if !fresh {
+        let stored: Option<String> = tx
+            .prepare_cached("SELECT outcome FROM raft_requests WHERE id = ?1")?
+            .query_row(params![req.id], |r| r.get(0))?;
         let outcome = match stored {
             None => RequestOutcome::Applied,
             Some(s) => serde_json::from_str(&s).map_err(|e| DbError::Decode(e.to_string()))?,
         };
         return Ok((outcome, false));
     }
-    // A savepoint per request: a refused request leaves no trace, the others stand.
+    // A savepoint per request (inside which the id is already claimed): a refused request
+    // leaves no trace, the others stand.
     tx.prepare_cached("SAVEPOINT request")?.execute([])?;
     let mut result = Ok(());
     for cmd in req.commands {
@@ -134,24 +142,21 @@ fn apply_request(
             break;
         }
     }
-    let outcome = match result {
+    match result {
         Ok(()) => {
             tx.prepare_cached("RELEASE request")?.execute([])?;
-            RequestOutcome::Applied
+            Ok((RequestOutcome::Applied, true))
         }
         Err(e) => {
             tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
-            rejected(req.commands, e)?
+            let outcome = rejected(req.commands, e)?;
+            let stored =
+                serde_json::to_string(&outcome).map_err(|e| DbError::Encode(e.to_string()))?;
+            tx.prepare_cached("UPDATE raft_requests SET outcome = ?2 WHERE id = ?1")?
+                .execute(params![req.id, stored])?;
+            Ok((outcome, false))
         }
-    };
-    let stored = match &outcome {
-        RequestOutcome::Applied => None,
-        o => Some(serde_json::to_string(o).map_err(|e| DbError::Encode(e.to_string()))?),
-    };
-    tx.prepare_cached("INSERT INTO raft_requests (id, log_index, outcome) VALUES (?1, ?2, ?3)")?
-        .execute(params![req.id, index as i64, stored])?;
-    let took_effect = outcome == RequestOutcome::Applied;
-    Ok((outcome, took_effect))
+    }
 }
 
 impl Db {
