@@ -1,6 +1,8 @@
 //! A randomized run: concurrent clients write through random members while a fault
-//! schedule kills leaders, restarts them and cuts members off. The schedule and the
-//! workload come from one seed (`CAIRN_RAFT_SEED` to replay another). The history is then
+//! schedule kills leaders, restarts them and cuts members off. The workload (which member
+//! each write and read goes to) and the sequence of faults come from one seed
+//! (`CAIRN_RAFT_SEED` to run another); when each fault starts depends on the clients'
+//! progress and the clock, so runs with one seed are alike, not identical. The history is then
 //! checked: no acknowledged write lost, none applied twice, every linearizable read saw
 //! every write acknowledged before it began.
 
