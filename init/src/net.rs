@@ -80,8 +80,16 @@ fn ip(args: &[&str]) -> bool {
     services::run_once("ip", &argv)
 }
 
-/// Brings up loopback and the seed's NICs. Returns the DHCP services to supervise.
-pub fn setup(seed: &Seed) -> Vec<ServiceSpec> {
+/// What [`setup`] configured.
+pub struct Configured {
+    /// The DHCP clients to supervise.
+    pub dhcp: Vec<ServiceSpec>,
+    /// How many NICs were configured (each should end up with an address).
+    pub nics: usize,
+}
+
+/// Brings up loopback and the seed's NICs.
+pub fn setup(seed: &Seed) -> Configured {
     ip(&["link", "set", "lo", "up"]);
     // NIC drivers load through udev's coldplug, and udev renames the NICs: wait (bounded)
     // until the NICs appear and udev has processed (named) each of them.
@@ -104,7 +112,9 @@ pub fn setup(seed: &Seed) -> Vec<ServiceSpec> {
     );
     let mut dhcp = Vec::new();
     let mut resolv = String::new();
-    for (want, nic) in assign(&seed.network.interfaces, &found) {
+    let assigned = assign(&seed.network.interfaces, &found);
+    let configured = assigned.len();
+    for (want, nic) in assigned {
         ip(&["link", "set", &nic.name, "up"]);
         if want.dhcp {
             if Path::new("/usr/sbin/dhcpcd").exists() {
@@ -139,7 +149,10 @@ pub fn setup(seed: &Seed) -> Vec<ServiceSpec> {
     if !resolv.is_empty() {
         let _ = std::fs::write("/run/cairn/resolv.conf", resolv);
     }
-    dhcp
+    Configured {
+        dhcp,
+        nics: configured,
+    }
 }
 
 /// The IPv4 addresses on the NICs, as "name=a.b.c.d/n" (what `ip -4 -o addr` says).

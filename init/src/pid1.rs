@@ -52,6 +52,7 @@ pub fn run() -> ! {
             BringUp {
                 api_probe: true,
                 modules_pending: true,
+                nics: 1,
             }
         }
     };
@@ -132,7 +133,8 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     if !Path::new("/run/cairn/resolv.conf").exists() {
         let _ = std::fs::write("/run/cairn/resolv.conf", "");
     }
-    for spec in net::setup(&seed) {
+    let net = net::setup(&seed);
+    for spec in net.dhcp {
         sup.add(spec);
     }
     console::stage("network");
@@ -155,6 +157,7 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     BringUp {
         api_probe: has_cairnd,
         modules_pending: true,
+        nics: net.nics,
     }
 }
 
@@ -163,6 +166,8 @@ struct BringUp {
     api_probe: bool,
     /// The services that need modules start when the `modprobe` job is done.
     modules_pending: bool,
+    /// How many NICs were configured: the addresses are recorded once each has one.
+    nics: usize,
 }
 
 /// Starts the module-dependent services once the background module load is done.
@@ -282,7 +287,7 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
             sup.flush_status();
             if !addresses_logged {
                 let addrs = net::addresses();
-                if !addrs.is_empty() || started.elapsed() > Duration::from_secs(60) {
+                if addrs.len() >= boot.nics || started.elapsed() > Duration::from_secs(60) {
                     let _ = std::fs::write("/run/cairn/addresses", addrs.join("\n") + "\n");
                     info!("addresses {}", addrs.join(" "));
                     addresses_logged = true;

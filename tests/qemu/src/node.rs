@@ -162,10 +162,6 @@ impl Node {
         let c = &self.config;
         let mut a: Vec<String> = vec!["-name".into(), c.name.clone()];
         a.extend(c.accel.qemu_args());
-        let mac_suffix = c
-            .name
-            .bytes()
-            .fold(0u8, |h, b| h.wrapping_mul(31).wrapping_add(b));
         a.extend(
             [
                 "-machine",
@@ -196,7 +192,7 @@ impl Node {
                     self.api_port
                 ),
                 "-device",
-                &format!("virtio-net-pci,netdev=api,mac=52:54:00:ca:00:{mac_suffix:02x},romfile="),
+                &format!("virtio-net-pci,netdev=api,mac={},romfile=", c.api_mac()),
                 "-chardev",
                 &format!("file,id=ser,path={},append=on", d("serial.log")),
                 "-serial",
