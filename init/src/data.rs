@@ -125,6 +125,7 @@ pub fn mount_var() -> Result<DataState, DataError> {
                     "--dry-run=no",
                     "--no-pager",
                     "--seed=random",
+                    "--discard=no",
                     &format!("--definitions={REPART_DEFINITIONS}"),
                     &format!("/dev/{disk}"),
                 ])
