@@ -164,7 +164,8 @@ async fn resume_instances(d: Arc<Daemon>) {
     }
 }
 
-/// Stops every running container (clean shutdown, then kill after 30 s), keeping their
+/// Stops every running container (clean shutdown, then kill after 20 s: within cairn-init's
+/// 30 s grace for cairnd at power-off), keeping their
 /// `volatile.last_state.power` so they come back with the daemon.
 pub async fn stop_all(d: &Arc<Daemon>) {
     let Ok(instances) = d.db.instances() else {
@@ -177,7 +178,7 @@ pub async fn stop_all(d: &Arc<Daemon>) {
         }
         let lxcpath = d.paths.lxc.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
-            let clean = lxc::shutdown(&lxcpath, &rec.name, 30).unwrap_or(false);
+            let clean = lxc::shutdown(&lxcpath, &rec.name, 20).unwrap_or(false);
             if !clean {
                 let _ = lxc::stop(&lxcpath, &rec.name);
             }

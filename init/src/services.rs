@@ -12,8 +12,11 @@ pub struct ServiceSpec {
     pub argv: Vec<String>,
     /// Runs in the delegated cgroup subtree (cairnd and its containers).
     pub delegated_cgroup: bool,
-    /// How long to wait after SIGTERM before SIGKILL on shutdown.
+    /// How long to wait after the stop signal before SIGKILL on shutdown.
     pub stop_timeout: Duration,
+    /// What asks it to stop at shutdown: SIGTERM, but SIGPWR for cairnd, which then stops
+    /// its containers cleanly (on SIGTERM it would leave them running, as for a restart).
+    pub stop_signal: nix::sys::signal::Signal,
     /// Whether output also goes to the console (it always goes to /var/log/cairn/NAME.log).
     pub console: bool,
     /// Attach stdin/stdout/stderr to /dev/console as a controlling terminal (debug shell).
@@ -29,6 +32,7 @@ impl ServiceSpec {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             delegated_cgroup: false,
             stop_timeout: Duration::from_secs(5),
+            stop_signal: nix::sys::signal::Signal::SIGTERM,
             console: true,
             on_console_tty: false,
             oneshot: false,
@@ -80,6 +84,7 @@ pub fn after_network(debug_shell: bool) -> Vec<ServiceSpec> {
     let mut cairnd = ServiceSpec::new("cairnd", &[CAIRND, "--state-dir", STATE_DIR]);
     cairnd.delegated_cgroup = true;
     cairnd.stop_timeout = Duration::from_secs(30);
+    cairnd.stop_signal = nix::sys::signal::Signal::SIGPWR;
     let mut v = vec![
         ServiceSpec::new("lxcfs", &["/usr/bin/lxcfs", "/var/lib/lxcfs"]),
         cairnd,

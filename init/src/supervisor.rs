@@ -298,7 +298,7 @@ impl Supervisor {
         true
     }
 
-    /// Sends SIGTERM to every running service, one at a time, waiting up to its stop
+    /// Sends its stop signal to every running service, one at a time, waiting up to its stop
     /// timeout (reaping through `reap`) before SIGKILL: cairnd (the delegated service,
     /// which stops the containers) first, then the others in reverse start order.
     pub fn stop_all(&mut self, reap: &mut dyn FnMut(&mut Supervisor, Duration)) {
@@ -315,7 +315,7 @@ impl Supervisor {
             let name = self.services[i].spec.name.clone();
             let timeout = self.services[i].spec.stop_timeout;
             info!("stopping {name}");
-            let _ = kill(pid, Signal::SIGTERM);
+            let _ = kill(pid, self.services[i].spec.stop_signal);
             let deadline = Instant::now() + timeout;
             while self.services[i].pid.is_some() && Instant::now() < deadline {
                 reap(self, Duration::from_millis(100));
