@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
 use super::response::{async_op, check_if_match, empty, sync, sync_etag};
-use super::{ApiError, ApiJson, ApiResult, AppState};
+use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
 use crate::db::records::CertificateRecord;
 use crate::db::Command;
 use crate::trust::{self, TrustError};
@@ -70,15 +70,9 @@ fn etag(c: &CertificateRecord) -> CertEtag<'_> {
     }
 }
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-}
-
-pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let certs = d.db.certificates()?;
-    if q.recursion.as_deref().is_some_and(|r| r != "0") {
+    if q.recursive() {
         return sync(certs.iter().map(view).collect::<Vec<_>>());
     }
     sync(

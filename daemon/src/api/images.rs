@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::response::{async_op, check_if_match, empty, sync, sync_etag};
-use super::{ApiError, ApiJson, ApiResult, AppState};
+use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
 use crate::db::records::{AliasRecord, ImageRecord};
 use crate::db::Command;
 use crate::image::{self, ImageError};
@@ -116,15 +116,9 @@ fn etag(img: &ImageRecord) -> ImageEtag<'_> {
     }
 }
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-}
-
-pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let images = d.db.images()?;
-    if q.recursion.as_deref().is_some_and(|r| r != "0") {
+    if q.recursive() {
         let aliases = d.db.aliases()?;
         return sync(images.iter().map(|i| view(i, &aliases)).collect::<Vec<_>>());
     }
@@ -501,9 +495,9 @@ fn alias_view(a: &AliasRecord) -> AliasView<'_> {
     }
 }
 
-pub async fn list_aliases(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+pub async fn list_aliases(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let aliases = d.db.aliases()?;
-    if q.recursion.as_deref().is_some_and(|r| r != "0") {
+    if q.recursive() {
         return sync(aliases.iter().map(alias_view).collect::<Vec<_>>());
     }
     sync(

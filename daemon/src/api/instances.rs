@@ -41,16 +41,8 @@ pub struct ListQuery {
     _project: Option<String>,
 }
 
-/// `recursion=2;fields=state.network` → 2 (the field selection is a subset we always fill).
-fn recursion_level(r: &Option<String>) -> u8 {
-    r.as_deref()
-        .and_then(|s| s.split(';').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let level = recursion_level(&q.recursion);
+    let level = super::recursion_level(q.recursion.as_deref());
     let filter = q
         .filter
         .as_deref()
@@ -270,7 +262,7 @@ pub async fn get_one(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     let rec = instance::get(&d, &name)?;
-    let full = recursion_level(&q.recursion) >= 1;
+    let full = super::recursion_level(q.recursion.as_deref()) >= 1;
     let d2 = d.clone();
     let r2 = rec.clone();
     let v = tokio::task::spawn_blocking(move || instance::view(&d2, &r2, full))

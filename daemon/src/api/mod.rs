@@ -56,6 +56,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The level of `recursion=N;fields=…` before any field selection (the selection is a subset
+/// cairnd always fills); 0 when absent or unreadable.
+pub fn recursion_level(r: Option<&str>) -> u8 {
+    r.and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `?recursion=N` (possibly `N;fields=…`) on listing endpoints.
+#[derive(serde::Deserialize, Default)]
+pub struct RecursionQuery {
+    #[serde(default)]
+    recursion: Option<String>,
+}
+
+impl RecursionQuery {
+    pub fn level(&self) -> u8 {
+        recursion_level(self.recursion.as_deref())
+    }
+
+    /// Full objects rather than URLs.
+    pub fn recursive(&self) -> bool {
+        self.level() >= 1
+    }
+}
+
 /// Go clients send `null` for empty maps and lists: read it as empty.
 pub fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where

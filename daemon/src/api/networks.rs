@@ -1,10 +1,10 @@
 //! `/1.0/networks`: the host's interfaces, read from sysfs. Managed networks come later.
 
 use axum::extract::{Path, Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::response::sync;
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, RecursionQuery};
 
 #[derive(Serialize)]
 struct NetworkView {
@@ -79,15 +79,9 @@ fn view(d: &AppState, name: &str) -> NetworkView {
     }
 }
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-}
-
-pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let names = names();
-    if q.recursion.as_deref().is_some_and(|r| r != "0") {
+    if q.recursive() {
         return sync(names.iter().map(|n| view(&d, n)).collect::<Vec<_>>());
     }
     sync(

@@ -10,19 +10,10 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use super::response::{empty, sync};
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, RecursionQuery};
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-}
-
-pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let full = q
-        .recursion
-        .as_deref()
-        .is_some_and(|r| r.starts_with('1') || r.starts_with('2'));
+pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
+    let full = q.recursive();
     let mut by_status: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for op in d.ops.all() {
         let v = op.view();

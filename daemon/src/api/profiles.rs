@@ -6,7 +6,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::response::{check_if_match, empty, sync, sync_etag};
-use super::{ApiError, ApiJson, ApiResult, AppState};
+use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
 use crate::db::records::{ConfigMap, DeviceMap, ProfileRecord};
 use crate::db::Command;
 
@@ -61,15 +61,9 @@ fn etag(p: &ProfileRecord) -> ProfileEtag<'_> {
     }
 }
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-}
-
-pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let profiles = d.db.profiles()?;
-    if q.recursion.as_deref().is_some_and(|r| r != "0") {
+    if q.recursive() {
         let views = profiles
             .iter()
             .map(|p| view(&d, p))

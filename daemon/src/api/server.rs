@@ -217,10 +217,12 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
     empty()
 }
 
-pub async fn put_server(
-    State(d): State<AppState>,
+/// PUT replaces the whole server config, PATCH changes only the keys it names.
+async fn update_config(
+    d: AppState,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<ServerPut>,
+    req: ServerPut,
+    replace: bool,
 ) -> ApiResult {
     check_if_match(&headers, &d.db.server_config()?)?;
     let new = req
@@ -228,7 +230,15 @@ pub async fn put_server(
         .iter()
         .map(|(k, v)| (k.clone(), as_string(v)))
         .collect();
-    apply_config(&d, new, true).await
+    apply_config(&d, new, replace).await
+}
+
+pub async fn put_server(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ServerPut>,
+) -> ApiResult {
+    update_config(d, headers, req, true).await
 }
 
 pub async fn patch_server(
@@ -236,13 +246,7 @@ pub async fn patch_server(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ServerPut>,
 ) -> ApiResult {
-    check_if_match(&headers, &d.db.server_config()?)?;
-    let new = req
-        .config
-        .iter()
-        .map(|(k, v)| (k.clone(), as_string(v)))
-        .collect();
-    apply_config(&d, new, false).await
+    update_config(d, headers, req, false).await
 }
 
 pub async fn projects() -> ApiResult {

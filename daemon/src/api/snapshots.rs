@@ -5,23 +5,17 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::response::{async_op, sync, sync_etag};
-use super::{ApiError, ApiJson, ApiResult, AppState};
+use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
 use crate::instance::{self, snapshot};
 use crate::operations::{resources, Resources};
-
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-}
 
 pub async fn list(
     State(d): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<RecursionQuery>,
 ) -> ApiResult {
     instance::get(&d, &name)?;
-    if q.recursion.as_deref().is_some_and(|r| r != "0") {
+    if q.recursive() {
         return sync(snapshot::list(&d, &name)?);
     }
     let urls: Vec<String> =

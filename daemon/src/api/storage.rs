@@ -9,7 +9,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::response::{check_if_match, empty, sync, sync_etag};
-use super::{ApiError, ApiJson, ApiResult, AppState};
+use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
 use crate::db::records::{ConfigMap, PoolRecord};
 use crate::db::Command;
 
@@ -75,15 +75,9 @@ fn get_pool(d: &AppState, name: &str) -> Result<PoolRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found("Storage pool not found"))
 }
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-}
-
-pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let pools = d.db.pools()?;
-    if q.recursion.as_deref().is_some_and(|r| r != "0") {
+    if q.recursive() {
         return sync(
             pools
                 .iter()
@@ -299,32 +293,22 @@ fn volume_list(d: &AppState, pool: &str, kind: Option<&str>, recursive: bool) ->
 pub async fn volumes(
     State(d): State<AppState>,
     Path(pool): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<RecursionQuery>,
 ) -> ApiResult {
-    volume_list(
-        &d,
-        &pool,
-        None,
-        q.recursion.as_deref().is_some_and(|r| r != "0"),
-    )
+    volume_list(&d, &pool, None, q.recursive())
 }
 
 pub async fn volumes_of_kind(
     State(d): State<AppState>,
     Path((pool, kind)): Path<(String, String)>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<RecursionQuery>,
 ) -> ApiResult {
     if !["container", "image", "custom"].contains(&kind.as_str()) {
         return Err(ApiError::bad_request(format!(
             "Invalid storage volume type {kind:?}"
         )));
     }
-    volume_list(
-        &d,
-        &pool,
-        Some(&kind),
-        q.recursion.as_deref().is_some_and(|r| r != "0"),
-    )
+    volume_list(&d, &pool, Some(&kind), q.recursive())
 }
 
 pub async fn resources(State(d): State<AppState>, Path(pool): Path<String>) -> ApiResult {
