@@ -97,16 +97,17 @@ fn init_logging(debug: bool) {
 
 async fn run(opts: Options) -> Result<(), String> {
     let d = Daemon::open(&opts.state_dir).map_err(|e| e.to_string())?;
-    crate::trust::restore_tokens(&d).map_err(|e| e.to_string())?;
-    crate::preseed::apply(&d).map_err(|e| e.to_string())?;
+    crate::trust::restore_tokens(&d)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::preseed::apply(&d).await.map_err(|e| e.to_string())?;
     let router = crate::api::router(d.clone());
     d.https.set_router(router.clone());
     let unix = crate::listener::bind_unix(&d.paths.unix_socket)
         .map_err(|e| format!("binding {}: {e}", d.paths.unix_socket.display()))?;
     tokio::spawn(crate::listener::serve_unix(unix, router));
-    let config = d.db.server_config().map_err(|e| e.to_string())?;
-    if let Some(addr) = config.get("core.https_address") {
-        if let Err(e) = crate::listener::apply_https_address(&d, Some(addr)).await {
+    if let Some(addr) = d.local.get("core.https_address") {
+        if let Err(e) = crate::listener::apply_https_address(&d, Some(&addr)).await {
             tracing::error!("core.https_address: {e}");
         }
     }

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use chrono::{DateTime, Utc};
 
 use crate::db::records::{PoolRecord, ProfileRecord};
-use crate::db::{Command, Db};
+use crate::db::{Command, Db, DbError};
 use crate::events::EventHub;
 use crate::instance::idmap::IdShift;
 use crate::instance::lxc_config::HostCaps;
+use crate::local_config::LocalConfig;
 use crate::operations::Operations;
 use crate::storage::{self, StorageDriver};
 use crate::tls::cert::ServerCert;
@@ -27,6 +28,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("node-local configuration: {0}")]
+    Local(String),
 }
 
 /// Where things live under the state dir.
@@ -63,11 +66,18 @@ pub trait WebsocketTarget: Send + Sync {
 
 pub struct Daemon {
     pub paths: Paths,
-    pub db: Db,
+    /// Reads go here directly. Writes go through [`Daemon::write`]: in a cluster this
+    /// database is the Raft state machine and must not be written to any other way.
+    pub db: Arc<Db>,
+    /// Node-local settings (`core.https_address`, `cluster.https_address`): never replicated.
+    pub local: LocalConfig,
+    /// The cluster this member belongs to, once enabled or joined.
+    cluster: RwLock<Option<Arc<crate::cluster::runtime::Runtime>>>,
     pub events: EventHub,
     pub ops: Operations,
     pub pools: RwLock<BTreeMap<String, Arc<dyn StorageDriver>>>,
-    pub cert: ServerCert,
+    /// The HTTPS certificate; in a cluster, the cluster certificate shared by all members.
+    cert: RwLock<Arc<ServerCert>>,
     pub host: HostCaps,
     pub idmap: IdShift,
     pub hostname: String,
@@ -102,7 +112,8 @@ impl Daemon {
         make_dir(&paths.logs, 0o700)?;
         make_dir(&paths.images, 0o700)?;
         make_dir(&paths.pools, 0o711)?;
-        let db = Db::open(&state.join("cairn.db"))?;
+        let db = Arc::new(Db::open(&state.join("cairn.db"))?);
+        let local = LocalConfig::open(&state.join("local.json"), &db)?;
         let hostname = hostname();
         let cert = ServerCert::load_or_generate(state, &hostname)?;
         let events = EventHub::new();
@@ -111,8 +122,10 @@ impl Daemon {
             ops: Operations::new(events.clone()),
             events,
             db,
+            local,
+            cluster: RwLock::new(None),
             pools: RwLock::new(BTreeMap::new()),
-            cert,
+            cert: RwLock::new(Arc::new(cert)),
             host: HostCaps::detect(),
             idmap: IdShift::host_default(),
             hostname,
@@ -164,6 +177,63 @@ impl Daemon {
             }))?;
         }
         Ok(())
+    }
+
+    /// Writes `cmds` as one request: all take effect or none. Standalone, straight to the
+    /// database; in a cluster, through Raft, returning once committed on a majority and
+    /// applied here.
+    pub async fn write(&self, cmds: Vec<Command>) -> Result<(), DbError> {
+        match self.cluster() {
+            None => self.db.apply_all(&cmds),
+            Some(c) => c.write(cmds).await,
+        }
+    }
+
+    /// [`Daemon::write`] for code running on a blocking thread (`spawn_blocking`).
+    pub fn write_blocking(&self, cmds: Vec<Command>) -> Result<(), DbError> {
+        match self.cluster() {
+            None => self.db.apply_all(&cmds),
+            Some(c) => tokio::runtime::Handle::try_current()
+                .map_err(|e| DbError::Unavailable(format!("no runtime for a cluster write: {e}")))?
+                .block_on(c.write(cmds)),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<Arc<crate::cluster::runtime::Runtime>> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_cluster(&self, c: Option<Arc<crate::cluster::runtime::Runtime>>) {
+        *self.cluster.write().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
+    pub fn cert(&self) -> Arc<ServerCert> {
+        self.cert.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the HTTPS certificate (joining a cluster: the cluster's certificate), on
+    /// disk and for new connections.
+    pub fn replace_cert(&self, cert_pem: &str, key_pem: &str) -> Result<(), crate::tls::TlsError> {
+        let cert = ServerCert::install(&self.paths.state, cert_pem, key_pem)?;
+        *self.cert.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cert);
+        Ok(())
+    }
+
+    /// This member's name: the cluster member name, or the hostname when standalone.
+    pub fn server_name(&self) -> String {
+        self.cluster()
+            .map(|c| c.name().to_string())
+            .unwrap_or_else(|| self.hostname.clone())
+    }
+
+    /// (Re)opens the storage pools the database lists (after joining a cluster, the
+    /// cluster's pools replace this member's own).
+    pub fn reopen_pools(&self) -> Result<(), StartError> {
+        self.pools_mut().clear();
+        self.open_pools()
     }
 
     fn open_pools(&self) -> Result<(), StartError> {

@@ -14,6 +14,7 @@ pub mod events;
 pub mod image;
 pub mod instance;
 pub mod listener;
+pub mod local_config;
 pub mod operations;
 pub mod os;
 pub mod preseed;

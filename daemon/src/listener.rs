@@ -89,11 +89,23 @@ pub async fn serve_unix(listener: UnixListener, router: Router) {
 pub struct HttpsSlot {
     router: OnceLock<Router>,
     current: Mutex<Option<(String, tokio::task::JoinHandle<()>)>>,
+    /// Read at each handshake, so a new certificate (joining a cluster) applies to new
+    /// connections without rebinding the port.
+    tls: SharedTls,
 }
+
+type SharedTls = Arc<std::sync::RwLock<Option<Arc<rustls::ServerConfig>>>>;
 
 impl HttpsSlot {
     pub fn set_router(&self, r: Router) {
         let _ = self.router.set(r);
+    }
+
+    /// Rebuilds the TLS configuration from the daemon's current certificate.
+    pub fn refresh_tls(&self, cert: &crate::tls::cert::ServerCert) -> Result<(), String> {
+        let tls = crate::tls::server_config(cert).map_err(|e| e.to_string())?;
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(tls);
+        Ok(())
     }
 
     pub fn address(&self) -> Option<String> {
@@ -156,16 +168,15 @@ pub async fn apply_https_address(d: &Arc<Daemon>, addr: Option<&str>) -> Result<
             .get()
             .cloned()
             .ok_or_else(|| "the API router is not ready".to_string())?;
-        let tls = crate::tls::server_config(&d.cert).map_err(|e| e.to_string())?;
-        let handle = tokio::spawn(serve_https(l, router, tls));
+        slot.refresh_tls(&d.cert())?;
+        let handle = tokio::spawn(serve_https(l, router, slot.tls.clone()));
         tracing::info!("HTTPS API on {a}");
         *cur = Some((a, handle));
     }
     Ok(())
 }
 
-async fn serve_https(listener: TcpListener, router: Router, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+async fn serve_https(listener: TcpListener, router: Router, tls: SharedTls) {
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(x) => x,
@@ -175,7 +186,10 @@ async fn serve_https(listener: TcpListener, router: Router, tls: Arc<rustls::Ser
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        let Some(config) = tls.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            continue;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let router = router.clone();
         tokio::spawn(async move {
             let handshake =

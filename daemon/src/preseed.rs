@@ -69,7 +69,7 @@ pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
     Ok(Some(p))
 }
 
-pub fn apply(d: &Daemon) -> Result<(), PreseedError> {
+pub async fn apply(d: &Daemon) -> Result<(), PreseedError> {
     let Some(p) = load(&d.paths.state.join("preseed.yaml"))? else {
         return Ok(());
     };
@@ -77,11 +77,18 @@ pub fn apply(d: &Daemon) -> Result<(), PreseedError> {
         d.db.server_config()
             .map_err(|e| PreseedError::Invalid(e.to_string()))?;
     for (k, v) in &p.config {
-        if current.get(k) != Some(v) {
-            d.db.apply(&Command::SetServerConfig {
+        if crate::local_config::is_local_key(k) {
+            if d.local.get(k).as_ref() != Some(v) {
+                d.local
+                    .set(k, Some(v))
+                    .map_err(|e| PreseedError::Invalid(format!("setting {k}: {e}")))?;
+            }
+        } else if current.get(k) != Some(v) {
+            d.write(vec![Command::SetServerConfig {
                 key: k.clone(),
                 value: Some(v.clone()),
-            })
+            }])
+            .await
             .map_err(|e| PreseedError::Invalid(e.to_string()))?;
         }
     }
@@ -94,7 +101,7 @@ pub fn apply(d: &Daemon) -> Result<(), PreseedError> {
         }
         let der = crate::trust::parse_certificate(&c.certificate)
             .map_err(|e| PreseedError::Invalid(format!("certificate {}: {e}", c.name)))?;
-        match crate::trust::add_certificate(d, &der, &c.name, false, vec![], &c.description) {
+        match crate::trust::add_certificate(d, &der, &c.name, false, vec![], &c.description).await {
             Ok(_) | Err(crate::trust::TrustError::Exists) => {}
             Err(e) => return Err(PreseedError::Invalid(e.to_string())),
         }

@@ -50,7 +50,7 @@ pub fn parse_certificate(text: &str) -> Result<Vec<u8>, TrustError> {
     Ok(der.to_vec())
 }
 
-pub fn add_certificate(
+pub async fn add_certificate(
     d: &Daemon,
     der: &[u8],
     name: &str,
@@ -71,7 +71,7 @@ pub fn add_certificate(
         projects,
         description: description.to_string(),
     };
-    d.db.apply(&Command::AddCertificate(rec.clone()))?;
+    d.write(vec![Command::AddCertificate(rec.clone())]).await?;
     d.events.lifecycle(
         "certificate-created",
         &format!("/1.0/certificates/{fingerprint}"),
@@ -90,7 +90,7 @@ fn token_op(d: &Daemon, t: &TokenRecord, request: serde_json::Value) -> std::syn
     let mut metadata = json!({
         "request": request,
         "secret": t.secret,
-        "fingerprint": d.cert.fingerprint(),
+        "fingerprint": d.cert().fingerprint(),
         "addresses": addresses,
     });
     if let Some(exp) = t.expires_at {
@@ -117,7 +117,7 @@ fn advertised(addr: &str) -> String {
 }
 
 /// Issues a token for `client_name`; returns its operation.
-pub fn create_token(
+pub async fn create_token(
     d: &Daemon,
     client_name: &str,
 ) -> Result<std::sync::Arc<Operation>, TrustError> {
@@ -130,7 +130,7 @@ pub fn create_token(
         created_at: now,
         expires_at: Some(now + Duration::hours(TOKEN_LIFETIME_HOURS)),
     };
-    d.db.apply(&Command::CreateToken(t.clone()))?;
+    d.write(vec![Command::CreateToken(t.clone())]).await?;
     Ok(token_op(d, &t, request_json(client_name)))
 }
 
@@ -142,11 +142,12 @@ fn request_json(name: &str) -> serde_json::Value {
 }
 
 /// Recreates the operations of pending tokens after a restart, dropping expired ones.
-pub fn restore_tokens(d: &Daemon) -> Result<(), TrustError> {
+pub async fn restore_tokens(d: &Daemon) -> Result<(), TrustError> {
     let now = Utc::now();
     for t in d.db.tokens()? {
         if t.expires_at.is_some_and(|e| e <= now) {
-            d.db.apply(&Command::DeleteToken { secret: t.secret })?;
+            d.write(vec![Command::DeleteToken { secret: t.secret }])
+                .await?;
             continue;
         }
         token_op(d, &t, request_json(&t.client_name));
@@ -156,7 +157,7 @@ pub fn restore_tokens(d: &Daemon) -> Result<(), TrustError> {
 
 /// Redeems a token (the whole base64 token or its bare secret): single use, checked for
 /// expiry. Returns the client name it was issued for.
-pub fn redeem(d: &Daemon, presented: &str) -> Result<String, TrustError> {
+pub async fn redeem(d: &Daemon, presented: &str) -> Result<String, TrustError> {
     let secret = match TrustToken::decode(presented) {
         Ok(t) => t.secret,
         Err(_) => presented.trim().to_string(),
@@ -167,9 +168,10 @@ pub fn redeem(d: &Daemon, presented: &str) -> Result<String, TrustError> {
             .find(|t| tls::secrets_equal(&t.secret, &secret))
             .ok_or(TrustError::BadToken)?;
     // Single use: the token is gone whatever happens next.
-    d.db.apply(&Command::DeleteToken {
+    d.write(vec![Command::DeleteToken {
         secret: found.secret.clone(),
-    })?;
+    }])
+    .await?;
     if let Some(op) = d.ops.get(&found.operation_id) {
         op.finish(Ok(()));
     }
@@ -180,10 +182,11 @@ pub fn redeem(d: &Daemon, presented: &str) -> Result<String, TrustError> {
 }
 
 /// Drops the token behind a cancelled token operation.
-pub fn revoke_by_operation(d: &Daemon, op_id: &str) -> Result<(), TrustError> {
+pub async fn revoke_by_operation(d: &Daemon, op_id: &str) -> Result<(), TrustError> {
     for t in d.db.tokens()? {
         if t.operation_id == op_id {
-            d.db.apply(&Command::DeleteToken { secret: t.secret })?;
+            d.write(vec![Command::DeleteToken { secret: t.secret }])
+                .await?;
         }
     }
     Ok(())

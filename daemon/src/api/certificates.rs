@@ -119,7 +119,7 @@ pub async fn create(
         if !caller.trusted {
             return Err(ApiError::forbidden());
         }
-        let op = trust::create_token(&d, &req.name)?;
+        let op = trust::create_token(&d, &req.name).await?;
         return async_op(op.view());
     }
     // The certificate to trust: the one in the body, else the one the client connected with.
@@ -137,7 +137,7 @@ pub async fn create(
         if req.trust_token.is_empty() {
             return Err(ApiError::forbidden());
         }
-        let client_name = trust::redeem(&d, &req.trust_token)?;
+        let client_name = trust::redeem(&d, &req.trust_token).await?;
         if name.is_empty() {
             name = client_name;
         }
@@ -155,7 +155,8 @@ pub async fn create(
             req.restricted,
             req.projects.unwrap_or_default(),
             &req.description,
-        )?;
+        )
+        .await?;
     }
     let mut r = empty()?;
     *r.status_mut() = axum::http::StatusCode::CREATED;
@@ -241,15 +242,16 @@ pub async fn put(
     if let Some(desc) = req.description {
         c.description = desc;
     }
-    d.db.apply(&Command::UpdateCertificate(c))?;
+    d.write(vec![Command::UpdateCertificate(c)]).await?;
     empty()
 }
 
 pub async fn delete(State(d): State<AppState>, Path(fp): Path<String>) -> ApiResult {
     let c = find(&d, &fp)?;
-    d.db.apply(&Command::DeleteCertificate {
+    d.write(vec![Command::DeleteCertificate {
         fingerprint: c.fingerprint.clone(),
-    })?;
+    }])
+    .await?;
     d.events.lifecycle(
         "certificate-deleted",
         &format!("/1.0/certificates/{}", c.fingerprint),

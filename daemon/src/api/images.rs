@@ -376,7 +376,7 @@ async fn update(
         }
         img.profiles = p;
     }
-    d.db.apply(&Command::UpdateImage(img))?;
+    d.write(vec![Command::UpdateImage(img)]).await?;
     empty()
 }
 
@@ -538,11 +538,12 @@ pub async fn create_alias(
     if d.db.alias(&req.name)?.is_some() {
         return Err(ApiError::conflict("Alias already exists"));
     }
-    d.db.apply(&Command::CreateAlias(AliasRecord {
+    d.write(vec![Command::CreateAlias(AliasRecord {
         name: req.name,
         target: img.fingerprint,
         description: req.description,
-    }))?;
+    })])
+    .await?;
     empty()
 }
 
@@ -573,7 +574,7 @@ pub async fn put_alias(
     if let Some(desc) = req.description {
         a.description = desc;
     }
-    d.db.apply(&Command::UpdateAlias(a))?;
+    d.write(vec![Command::UpdateAlias(a)]).await?;
     empty()
 }
 
@@ -594,16 +595,17 @@ pub async fn rename_alias(
     if d.db.alias(&req.name)?.is_some() {
         return Err(ApiError::conflict("Alias already exists"));
     }
-    d.db.apply(&Command::RenameAlias {
+    d.write(vec![Command::RenameAlias {
         from: alias,
         to: req.name,
-    })?;
+    }])
+    .await?;
     empty()
 }
 
 pub async fn delete_alias(State(d): State<AppState>, Path(alias): Path<String>) -> ApiResult {
     d.db.alias(&alias)?
         .ok_or_else(|| ApiError::not_found("Image alias not found"))?;
-    d.db.apply(&Command::DeleteAlias { name: alias })?;
+    d.write(vec![Command::DeleteAlias { name: alias }]).await?;
     empty()
 }

@@ -99,12 +99,13 @@ pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<ProfilesPos
             req.name
         )));
     }
-    d.db.apply(&Command::CreateProfile(ProfileRecord {
+    d.write(vec![Command::CreateProfile(ProfileRecord {
         name: req.name.clone(),
         description: req.description,
         config: req.config,
         devices: req.devices,
-    }))?;
+    })])
+    .await?;
     d.events.lifecycle(
         "profile-created",
         &format!("/1.0/profiles/{}", req.name),
@@ -173,7 +174,7 @@ async fn update(
         p.description = req.description.unwrap_or_default();
     }
     validate(&p.config, &p.devices)?;
-    d.db.apply(&Command::UpdateProfile(p))?;
+    d.write(vec![Command::UpdateProfile(p)]).await?;
     d.events.lifecycle(
         "profile-updated",
         &format!("/1.0/profiles/{name}"),
@@ -224,10 +225,11 @@ pub async fn rename(
             req.name
         )));
     }
-    d.db.apply(&Command::RenameProfile {
+    d.write(vec![Command::RenameProfile {
         from: name,
         to: req.name,
-    })?;
+    }])
+    .await?;
     empty()
 }
 
@@ -241,7 +243,8 @@ pub async fn delete(State(d): State<AppState>, Path(name): Path<String>) -> ApiR
     if !used_by(&d, &name)?.is_empty() {
         return Err(ApiError::bad_request("Profile is currently in use"));
     }
-    d.db.apply(&Command::DeleteProfile { name: name.clone() })?;
+    d.write(vec![Command::DeleteProfile { name: name.clone() }])
+        .await?;
     d.events.lifecycle(
         "profile-deleted",
         &format!("/1.0/profiles/{name}"),

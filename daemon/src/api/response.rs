@@ -70,6 +70,11 @@ impl From<crate::db::DbError> for ApiError {
         match e {
             DbError::NotFound(m) => ApiError::not_found(format!("Not found: {m}")),
             DbError::Exists(m) => ApiError::conflict(format!("Already exists: {m}")),
+            DbError::Invalid(m) => ApiError::bad_request(m),
+            DbError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Cluster unavailable: {m}"),
+            ),
             e => ApiError::internal(e),
         }
     }

@@ -93,7 +93,7 @@ pub async fn get_server(
             }
         }));
     }
-    let config = d.db.server_config()?;
+    let config = server_config(&d)?;
     let (kernel_version, arch) = kernel();
     let (os_name, os_version) = os_release();
     let addresses: Vec<String> = d.https.address().into_iter().collect();
@@ -110,8 +110,8 @@ pub async fn get_server(
         "environment": {
             "addresses": addresses,
             "architectures": [arch.clone()],
-            "certificate": d.cert.pem(),
-            "certificate_fingerprint": d.cert.fingerprint(),
+            "certificate": d.cert().pem(),
+            "certificate_fingerprint": d.cert().fingerprint(),
             "driver": "lxc",
             "driver_version": crate::instance::lxc::version(),
             "firewall": "nftables",
@@ -147,7 +147,7 @@ pub struct ServerPut {
 /// Server keys cairnd knows; anything else is refused.
 fn check_server_key(key: &str, value: &str) -> Result<(), ApiError> {
     match key {
-        "core.https_address" => {
+        "core.https_address" | "cluster.https_address" => {
             if value.contains(char::is_whitespace) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid value for core.https_address: {value:?}"
@@ -175,8 +175,16 @@ fn as_string(v: &serde_json::Value) -> String {
     }
 }
 
+/// The server's configuration as the API shows it: the (possibly replicated) database's
+/// keys and this member's node-local ones.
+pub fn server_config(d: &AppState) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut config = d.db.server_config()?;
+    config.extend(d.local.all());
+    Ok(config)
+}
+
 async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool) -> ApiResult {
-    let old = d.db.server_config()?;
+    let old = server_config(d)?;
     for (k, v) in &new {
         check_server_key(k, v)?;
     }
@@ -213,7 +221,19 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
             .await
             .map_err(ApiError::bad_request)?;
     }
-    d.db.apply_all(&cmds)?;
+    let (local, shared): (Vec<Command>, Vec<Command>) = cmds.into_iter().partition(
+        |c| matches!(c, Command::SetServerConfig { key, .. } if crate::local_config::is_local_key(key)),
+    );
+    for c in local {
+        if let Command::SetServerConfig { key, value } = c {
+            d.local
+                .set(&key, value.as_deref())
+                .map_err(|e| ApiError::internal(format!("saving {key}: {e}")))?;
+        }
+    }
+    if !shared.is_empty() {
+        d.write(shared).await?;
+    }
     empty()
 }
 
@@ -224,7 +244,7 @@ async fn update_config(
     req: ServerPut,
     replace: bool,
 ) -> ApiResult {
-    check_if_match(&headers, &d.db.server_config()?)?;
+    check_if_match(&headers, &server_config(&d)?)?;
     let new = req
         .config
         .iter()

@@ -154,7 +154,8 @@ pub async fn put(
     let mut s = snapshot::get_snapshot(&d, &name, &snap)?;
     // Go's zero time means "never".
     s.expires_at = req.expires_at.filter(|t| t.timestamp() > 0);
-    d.db.apply(&crate::db::Command::UpdateSnapshot(s.clone()))?;
+    d.write(vec![crate::db::Command::UpdateSnapshot(s.clone())])
+        .await?;
     // The change is already stored; the operation only reports it, as Incus's PUT is async.
     let op = d
         .ops

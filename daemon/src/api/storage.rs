@@ -150,12 +150,13 @@ pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<PoolsPost>)
         .clone();
     let driver = crate::storage::open(&req.name, &req.driver, std::path::Path::new(&source))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    d.db.apply(&Command::CreatePool(PoolRecord {
+    d.write(vec![Command::CreatePool(PoolRecord {
         name: req.name.clone(),
         driver: req.driver.clone(),
         description: req.description,
         config,
-    }))?;
+    })])
+    .await?;
     d.pools_mut().insert(req.name.clone(), Arc::from(driver));
     d.events.lifecycle(
         "storage-pool-created",
@@ -216,7 +217,7 @@ pub async fn put(
     if let Some(desc) = req.description {
         p.description = desc;
     }
-    d.db.apply(&Command::UpdatePool(p))?;
+    d.write(vec![Command::UpdatePool(p)]).await?;
     empty()
 }
 
@@ -227,7 +228,8 @@ pub async fn delete(State(d): State<AppState>, Path(pool): Path<String>) -> ApiR
             "The storage pool is currently in use",
         ));
     }
-    d.db.apply(&Command::DeletePool { name: pool.clone() })?;
+    d.write(vec![Command::DeletePool { name: pool.clone() }])
+        .await?;
     d.pools_mut().remove(&pool);
     empty()
 }

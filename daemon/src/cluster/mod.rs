@@ -25,6 +25,7 @@
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod runtime;
 pub mod state_machine;
 pub mod types;
 

@@ -37,6 +37,8 @@ pub enum Rpc {
     Write(Request),
     /// A follower asks the leader for the index a linearizable read must wait for.
     ReadIndex,
+    /// A member asks the leader how long ago it heard from each member.
+    Liveness,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,6 +47,8 @@ pub enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Write(Result<Receipt, ClusterError>),
     ReadIndex(Result<u64, ClusterError>),
+    /// Milliseconds since each member was heard from.
+    Liveness(std::collections::BTreeMap<NodeId, u64>),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

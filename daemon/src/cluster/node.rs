@@ -366,6 +366,11 @@ impl Node {
             .map_err(|e| no_quorum(self.inner.config.write_timeout, format!("catching up: {e}")))
     }
 
+    /// Sends `rpc` to member `target` (never to this member itself).
+    pub async fn call(&self, target: NodeId, rpc: Rpc) -> Result<Reply, ClusterError> {
+        self.forward(target, rpc).await
+    }
+
     async fn forward(&self, leader: NodeId, rpc: Rpc) -> Result<Reply, ClusterError> {
         self.inner
             .transport
@@ -418,6 +423,8 @@ impl Node {
             Rpc::Vote(r) => Reply::Vote(self.inner.raft.vote(r).await),
             Rpc::Write(req) => Reply::Write(bounded(limit, self.submit(req), started).await),
             Rpc::ReadIndex => Reply::ReadIndex(bounded(limit, self.read_index(), started).await),
+            // Liveness is the daemon's knowledge (cluster::runtime); a bare node has none.
+            Rpc::Liveness => Reply::Liveness(BTreeMap::new()),
         }
     }
 

@@ -85,15 +85,30 @@ pub enum Command {
     DeleteToken {
         secret: String,
     },
+
+    /// Adds a member; refused if its id was ever given out or its name is taken.
+    AddMember(MemberRecord),
+    UpdateMember(MemberRecord),
+    RenameMember {
+        from: String,
+        to: String,
+    },
+    RemoveMember {
+        name: String,
+    },
+    CreateJoinToken(JoinTokenRecord),
+    DeleteJoinToken {
+        name: String,
+    },
 }
 
-fn json<T: Serialize>(v: &T) -> Result<String, DbError> {
+pub(super) fn json<T: Serialize>(v: &T) -> Result<String, DbError> {
     serde_json::to_string(v).map_err(|e| DbError::Encode(e.to_string()))
 }
 
 /// Checks that an UPDATE or DELETE touched a row, so a command about a missing object fails
 /// instead of silently doing nothing.
-fn one(what: &str, name: &str, changed: usize) -> Result<(), DbError> {
+pub(super) fn one(what: &str, name: &str, changed: usize) -> Result<(), DbError> {
     if changed == 0 {
         return Err(DbError::NotFound(format!("{what} {name:?}")));
     }
@@ -351,6 +366,11 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
             "(secret)",
             tx.execute("DELETE FROM tokens WHERE secret = ?1", params![secret])?,
         )?,
+
+        AddMember(_) | UpdateMember(_) | RenameMember { .. } | RemoveMember { .. } => {
+            super::members::apply(tx, cmd)?
+        }
+        CreateJoinToken(_) | DeleteJoinToken { .. } => super::members::apply(tx, cmd)?,
     }
     Ok(())
 }

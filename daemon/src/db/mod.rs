@@ -5,6 +5,7 @@
 //! (`crate::cluster`) applies the same commands through [`Db::apply_entries`].
 
 mod command;
+mod members;
 pub mod records;
 mod replicated;
 mod schema;
@@ -37,6 +38,13 @@ pub enum DbError {
     Migration(u32, String),
     #[error("database schema version {have} is newer than this cairnd knows ({want})")]
     TooNew { have: u32, want: u32 },
+    /// The cluster refused the write as invalid (the same on every member).
+    #[error("{0}")]
+    Invalid(String),
+    /// The write could not be committed: no quorum, or this member is stopping. It may
+    /// still take effect later.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub struct Db {

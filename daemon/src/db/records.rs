@@ -24,6 +24,9 @@ pub struct InstanceRecord {
     pub description: String,
     pub created_at: DateTime<Utc>,
     pub last_used_at: DateTime<Utc>,
+    /// The cluster member the instance lives on; empty when not clustered.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,4 +104,29 @@ pub struct TokenRecord {
     pub operation_id: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A cluster member. `id` is its Raft node id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: u64,
+    pub name: String,
+    /// `host:port` of its API (and of member-to-member traffic).
+    pub address: String,
+    pub architecture: String,
+    pub description: String,
+    pub failure_domain: String,
+    pub config: ConfigMap,
+    pub groups: Vec<String>,
+    /// Evacuated by `incus cluster evacuate`: takes no new instances until restored.
+    pub evacuated: bool,
+}
+
+/// A pending join token (`incus cluster add NAME`): single use, expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub name: String,
+    pub secret: String,
+    pub operation_id: String,
+    pub expires_at: DateTime<Utc>,
 }

@@ -28,6 +28,11 @@ const MIGRATIONS: &[&str] = &[
                                 membership TEXT NOT NULL, applied_requests INTEGER NOT NULL);
      CREATE TABLE raft_requests (id TEXT PRIMARY KEY, log_index INTEGER NOT NULL, outcome TEXT);
      CREATE INDEX raft_requests_by_index ON raft_requests (log_index);",
+    // 3: cluster members (id = Raft node id, never reused: `cluster_meta.next_member_id`
+    // only grows) and pending join tokens.
+    "CREATE TABLE cluster_members (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+     CREATE TABLE cluster_join_tokens (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+     CREATE TABLE cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
 pub fn current_version() -> u32 {

@@ -15,6 +15,7 @@ fn instance(name: &str) -> InstanceRecord {
         description: String::new(),
         created_at: t,
         last_used_at: t,
+        location: String::new(),
     }
 }
 

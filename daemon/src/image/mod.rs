@@ -184,7 +184,7 @@ pub fn import(d: &Daemon, up: Upload) -> Result<ImageRecord, ImageError> {
             .and_then(|t| Utc.timestamp_opt(t, 0).single()),
         last_used_at: None,
     };
-    if let Err(e) = d.db.apply(&Command::CreateImage(rec.clone())) {
+    if let Err(e) = d.write_blocking(vec![Command::CreateImage(rec.clone())]) {
         let _ = std::fs::remove_file(&dst);
         let _ = std::fs::remove_file(rootfs_tarball_path(d, &up.fingerprint));
         let _ = pool.delete_image(&up.fingerprint);
@@ -216,9 +216,9 @@ pub fn ensure_in_pool(d: &Daemon, pool: &dyn StorageDriver, fp: &str) -> Result<
 /// Deletes an image's record, files and pool volumes. Blocking.
 pub fn delete(d: &Daemon, fp: &str) -> Result<(), ImageError> {
     d.db.image(fp)?.ok_or(ImageError::NotFound)?;
-    d.db.apply(&Command::DeleteImage {
+    d.write_blocking(vec![Command::DeleteImage {
         fingerprint: fp.into(),
-    })?;
+    }])?;
     let pools: Vec<_> = d
         .pools
         .read()

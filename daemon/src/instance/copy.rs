@@ -105,7 +105,7 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     let now = Utc::now();
     let lock = d.instance_lock(&req.name);
     let guard = lock.lock().await;
-    d.db.apply(&Command::CreateInstance(InstanceRecord {
+    d.write(vec![Command::CreateInstance(InstanceRecord {
         name: req.name.clone(),
         instance_type: src.instance_type.clone(),
         architecture: src.architecture.clone(),
@@ -117,7 +117,12 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
         description: req.description.clone(),
         created_at: now,
         last_used_at: now,
-    }))?;
+        location: d
+            .cluster()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default(),
+    })])
+    .await?;
     let snapshots = if req.instance_only || snap.is_some() {
         vec![]
     } else {
@@ -141,9 +146,11 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     };
     if let Err(e) = copied {
         let _ = pool.delete_instance(&req.name);
-        let _ = d.db.apply(&Command::DeleteInstance {
-            name: req.name.clone(),
-        });
+        let _ = d
+            .write(vec![Command::DeleteInstance {
+                name: req.name.clone(),
+            }])
+            .await;
         return Err(e.into());
     }
     let cmds: Vec<Command> = snapshots
@@ -155,7 +162,7 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
             })
         })
         .collect();
-    d.db.apply_all(&cmds)?;
+    d.write(cmds).await?;
     d.events.lifecycle(
         "instance-created",
         &super::url(&req.name),

@@ -104,10 +104,14 @@ pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
         description: req.description.clone(),
         created_at: now,
         last_used_at: now,
+        location: d
+            .cluster()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default(),
     };
     let lock = d.instance_lock(&req.name);
     let _guard = lock.lock().await;
-    d.db.apply(&Command::CreateInstance(rec))?;
+    d.write(vec![Command::CreateInstance(rec)]).await?;
 
     let made = {
         let d2 = d.clone();
@@ -123,16 +127,21 @@ pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
         .await
     };
     if let Err(e) = made {
-        let _ = d.db.apply(&Command::DeleteInstance {
-            name: req.name.clone(),
-        });
+        let _ = d
+            .write(vec![Command::DeleteInstance {
+                name: req.name.clone(),
+            }])
+            .await;
         return Err(e);
     }
-    let _ =
-        d.db.apply(&Command::UpdateImage(crate::db::records::ImageRecord {
-            last_used_at: Some(now),
-            ..img
-        }));
+    let _ = d
+        .write(vec![Command::UpdateImage(
+            crate::db::records::ImageRecord {
+                last_used_at: Some(now),
+                ..img
+            },
+        )])
+        .await;
     d.events.lifecycle(
         "instance-created",
         &super::url(&req.name),
@@ -188,11 +197,12 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
             "volatile.idmap.current",
             "volatile.idmap.next",
         ] {
-            d.db.apply(&Command::SetInstanceVolatile {
+            d.write(vec![Command::SetInstanceVolatile {
                 name: name.into(),
                 key: key.into(),
                 value: Some(json.clone()),
-            })?;
+            }])
+            .await?;
         }
     }
 
@@ -202,11 +212,12 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
         if conf.get("type").map(String::as_str) == Some("nic") && !conf.contains_key("host_name") {
             let key = format!("volatile.{dev}.host_name");
             let v = super::random_veth_name();
-            d.db.apply(&Command::SetInstanceVolatile {
+            d.write(vec![Command::SetInstanceVolatile {
                 name: name.into(),
                 key: key.clone(),
                 value: Some(v.clone()),
-            })?;
+            }])
+            .await?;
             config.insert(key, v);
         }
     }
@@ -258,14 +269,15 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
             if tail.is_empty() { "" } else { "\n" }
         )));
     }
-    d.db.apply(&Command::SetInstanceVolatile {
+    d.write(vec![Command::SetInstanceVolatile {
         name: name.into(),
         key: "volatile.last_state.power".into(),
         value: Some("RUNNING".into()),
-    })?;
+    }])
+    .await?;
     let mut rec = get(&d, name)?;
     rec.last_used_at = Utc::now();
-    d.db.apply(&Command::UpdateInstance(rec))?;
+    d.write(vec![Command::UpdateInstance(rec)]).await?;
     d.events
         .lifecycle("instance-started", &super::url(name), serde_json::json!({}));
     Ok(())
@@ -305,11 +317,12 @@ pub async fn stop(d: Arc<Daemon>, name: &str, force: bool, timeout: i64) -> Resu
         Ok(())
     })
     .await?;
-    d.db.apply(&Command::SetInstanceVolatile {
+    d.write(vec![Command::SetInstanceVolatile {
         name: name.into(),
         key: "volatile.last_state.power".into(),
         value: Some("STOPPED".into()),
-    })?;
+    }])
+    .await?;
     d.events
         .lifecycle("instance-stopped", &super::url(name), serde_json::json!({}));
     let rec = get(&d, name)?;
@@ -393,7 +406,8 @@ pub async fn delete(d: Arc<Daemon>, name: &str) -> Result<()> {
         let n = name.to_string();
         blocking(move || Ok(pool.delete_instance(&n)?)).await?;
     }
-    d.db.apply(&Command::DeleteInstance { name: name.into() })?;
+    d.write(vec![Command::DeleteInstance { name: name.into() }])
+        .await?;
     let _ = crate::storage::tree::remove(&d.paths.lxc.join(name));
     let _ = crate::storage::tree::remove(&d.instance_log_dir(name));
     d.events
@@ -426,10 +440,13 @@ pub async fn rename(d: Arc<Daemon>, from: &str, to: &str) -> Result<()> {
         let pool = pool.clone();
         blocking(move || Ok(pool.rename_instance(&f, &t)?)).await?;
     }
-    if let Err(e) = d.db.apply(&Command::RenameInstance {
-        from: from.into(),
-        to: to.into(),
-    }) {
+    if let Err(e) = d
+        .write(vec![Command::RenameInstance {
+            from: from.into(),
+            to: to.into(),
+        }])
+        .await
+    {
         let _ = pool.rename_instance(to, from);
         return Err(e.into());
     }
@@ -464,14 +481,14 @@ pub fn update(
             "Changing the root disk's pool is not supported".into(),
         ));
     }
-    d.db.apply(&Command::UpdateInstance(InstanceRecord {
+    d.write_blocking(vec![Command::UpdateInstance(InstanceRecord {
         config,
         devices,
         profiles,
         description,
         ephemeral,
         ..rec
-    }))?;
+    })])?;
     d.events
         .lifecycle("instance-updated", &super::url(name), serde_json::json!({}));
     Ok(())

@@ -124,7 +124,7 @@ pub async fn create(
         let _ = super::lxc::unfreeze(&d.paths.lxc, instance);
     }
     r?;
-    d.db.apply(&Command::CreateSnapshot(SnapshotRecord {
+    d.write(vec![Command::CreateSnapshot(SnapshotRecord {
         instance: instance.into(),
         name: snap.into(),
         architecture: rec.architecture,
@@ -136,7 +136,8 @@ pub async fn create(
         description: String::new(),
         created_at: Utc::now(),
         expires_at,
-    }))?;
+    })])
+    .await?;
     d.events.lifecycle(
         "instance-snapshot-created",
         &url(instance, snap),
@@ -169,7 +170,7 @@ pub async fn restore(d: Arc<Daemon>, instance: &str, snap: &str) -> Result<()> {
         rec.config = config;
         rec.devices = s.devices.clone();
         rec.profiles = s.profiles.clone();
-        d.db.apply(&Command::UpdateInstance(rec))?;
+        d.write(vec![Command::UpdateInstance(rec)]).await?;
     }
     d.events.lifecycle(
         "instance-restored",
@@ -189,10 +190,11 @@ pub async fn delete(d: Arc<Daemon>, instance: &str, snap: &str) -> Result<()> {
     let pool = pool_of(&d, instance)?;
     let (i, s) = (instance.to_string(), snap.to_string());
     blocking(move || pool.delete_snapshot(&i, &s)).await?;
-    d.db.apply(&Command::DeleteSnapshot {
+    d.write(vec![Command::DeleteSnapshot {
         instance: instance.into(),
         name: snap.into(),
-    })?;
+    }])
+    .await?;
     d.events.lifecycle(
         "instance-snapshot-deleted",
         &url(instance, snap),
@@ -214,10 +216,11 @@ pub async fn rename(d: Arc<Daemon>, instance: &str, from: &str, to: &str) -> Res
     let pool = pool_of(&d, instance)?;
     let (i, f, t) = (instance.to_string(), from.to_string(), to.to_string());
     blocking(move || pool.rename_snapshot(&i, &f, &t)).await?;
-    d.db.apply(&Command::RenameSnapshot {
+    d.write(vec![Command::RenameSnapshot {
         instance: instance.into(),
         from: from.into(),
         to: to.into(),
-    })?;
+    }])
+    .await?;
     Ok(())
 }

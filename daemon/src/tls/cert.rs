@@ -144,6 +144,20 @@ impl ServerCert {
         self.key.clone_key()
     }
 
+    /// The private key as PEM: only ever sent to a member joining the cluster, over TLS
+    /// pinned to the cluster certificate.
+    pub fn key_pem(&self) -> String {
+        pem_encode("PRIVATE KEY", self.key.secret_der())
+    }
+
+    /// Checks `cert_pem`/`key_pem` and makes them this daemon's `server.crt`/`server.key`
+    /// (joining a cluster: the cluster's certificate replaces the member's own).
+    pub fn install(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<ServerCert, TlsError> {
+        let cert = Self::from_pem(cert_pem, key_pem, "cluster certificate")?;
+        cert.save(dir, &dir.join(CERT_FILE), &dir.join(KEY_FILE))?;
+        Ok(cert)
+    }
+
     /// Writes the key (0600, before the certificate so a crash in between
     /// leaves "key without certificate", which load refuses loudly) and the
     /// certificate, each through a temporary file renamed into place.
