@@ -7,7 +7,9 @@
 //! only once it is committed and applied. Reads are local, or linearizable through a
 //! read-index barrier ([`Node::linearizable_barrier`]). Members talk through a
 //! [`network::Transport`] trait object: in-process for tests and benchmarks
-//! ([`network::LocalRouter`]); HTTPS with mutual TLS comes next.
+//! ([`network::LocalRouter`]). Over HTTPS members call each other with [`peer::PeerClient`],
+//! presenting the shared cluster certificate and pinning it on the other side (the Raft
+//! transport over it comes next).
 //!
 //! # Why openraft 0.9 (storage-v2)
 //! openraft 0.9.25 is the newest stable release; the 0.10 line is still alpha (0.10.0-alpha.37
@@ -25,12 +27,16 @@
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod peer;
 pub mod state_machine;
 pub mod types;
 
 pub use network::{LocalRouter, Reply, Rpc, Transport, TransportError};
 pub use node::{Config, Node};
+pub use peer::{PeerClient, PeerError};
 pub use types::{Batch, BatchOutcome, ClusterError, NodeId, Receipt, Request};
 
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
