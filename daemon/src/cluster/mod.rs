@@ -10,7 +10,8 @@
 //! ([`network::LocalRouter`]). Over HTTPS members call each other with [`peer::PeerClient`],
 //! presenting the shared cluster certificate and pinning it on the other side (the Raft
 //! transport over it comes next). A client's API request can be [`forward::forward`]ed to
-//! another member.
+//! another member, and [`events_relay`] shows every member's events on each member's
+//! `/1.0/events`.
 //!
 //! # Why openraft 0.9 (storage-v2)
 //! openraft 0.9.25 is the newest stable release; the 0.10 line is still alpha (0.10.0-alpha.37
@@ -25,6 +26,7 @@
 //! SQLite handle); nothing is acknowledged before it is on disk on a majority; a request
 //! (by id) takes effect at most once, whatever the retries and re-deliveries.
 
+pub mod events_relay;
 pub mod forward;
 pub mod log_store;
 pub mod network;
