@@ -1,5 +1,7 @@
 //! Who may do what: the unix socket is fully trusted; over HTTPS a request is trusted when
-//! its TLS client certificate is in the trust store. Untrusted clients reach only what Incus
+//! its TLS client certificate is in the trust store, or is this daemon's own certificate —
+//! in a cluster the certificate all members share, which one member presents when it calls
+//! another (a forwarded request, an event relay). Untrusted clients reach only what Incus
 //! shows them: the API root, `/1.0` (reduced) and `POST /1.0/certificates` to present a
 //! trust token. `/internal/*` is for the unix socket only.
 
@@ -10,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::listener::Peer;
+use crate::tls::cert::ServerCert;
 
 /// What handlers learn about the caller.
 #[derive(Debug, Clone)]
@@ -31,6 +34,12 @@ fn open_to_untrusted(method: &Method, path: &str) -> bool {
     )
 }
 
+/// Whether the caller presented `own_cert`, the daemon's current server certificate: only
+/// another cluster member holds its key.
+pub fn is_cluster_peer(peer: &Peer, own_cert: &ServerCert) -> bool {
+    matches!(peer, Peer::Tls { cert_der: Some(der), .. } if der.as_slice() == own_cert.der().as_ref())
+}
+
 pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
@@ -49,10 +58,13 @@ pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Nex
             cert_der,
             ..
         } => {
-            let trusted = match fingerprint {
-                Some(fp) => matches!(d.db.certificate(fp), Ok(Some(c)) if c.cert_type == "client"),
-                None => false,
-            };
+            let trusted = is_cluster_peer(&peer, &d.cert)
+                || match fingerprint {
+                    Some(fp) => {
+                        matches!(d.db.certificate(fp), Ok(Some(c)) if c.cert_type == "client")
+                    }
+                    None => false,
+                };
             Caller {
                 trusted,
                 method: "tls",
@@ -70,4 +82,31 @@ pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Nex
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn tls_peer(cert_der: Option<Vec<u8>>) -> Peer {
+        Peer::Tls {
+            fingerprint: cert_der.as_deref().map(crate::tls::cert_fingerprint),
+            cert_der: cert_der.map(Arc::new),
+            remote: "127.0.0.2:40000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn only_a_caller_presenting_the_daemons_own_certificate_is_a_cluster_peer() {
+        let own = ServerCert::generate("node1").unwrap();
+        let other = ServerCert::generate("node1").unwrap();
+        assert!(is_cluster_peer(&tls_peer(Some(own.der().to_vec())), &own));
+        assert!(!is_cluster_peer(
+            &tls_peer(Some(other.der().to_vec())),
+            &own
+        ));
+        assert!(!is_cluster_peer(&tls_peer(None), &own));
+        assert!(!is_cluster_peer(&Peer::Unix, &own));
+    }
 }

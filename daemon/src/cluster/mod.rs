@@ -7,7 +7,11 @@
 //! only once it is committed and applied. Reads are local, or linearizable through a
 //! read-index barrier ([`Node::linearizable_barrier`]). Members talk through a
 //! [`network::Transport`] trait object: in-process for tests and benchmarks
-//! ([`network::LocalRouter`]); HTTPS with mutual TLS comes next.
+//! ([`network::LocalRouter`]). Over HTTPS members call each other with [`peer::PeerClient`],
+//! presenting the shared cluster certificate and pinning it on the other side (the Raft
+//! transport over it comes next). A client's API request can be [`forward::forward`]ed to
+//! another member, and [`events_relay`] shows every member's events on each member's
+//! `/1.0/events`.
 //!
 //! # Why openraft 0.9 (storage-v2)
 //! openraft 0.9.25 is the newest stable release; the 0.10 line is still alpha (0.10.0-alpha.37
@@ -22,16 +26,22 @@
 //! SQLite handle); nothing is acknowledged before it is on disk on a majority; a request
 //! (by id) takes effect at most once, whatever the retries and re-deliveries.
 
+pub mod events_relay;
+pub mod forward;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod peer;
 pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
 pub use network::{LocalRouter, Reply, Rpc, Transport, TransportError};
 pub use node::{Config, Node};
+pub use peer::{PeerClient, PeerError};
 pub use types::{Batch, BatchOutcome, ClusterError, NodeId, Receipt, Request};
 
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
