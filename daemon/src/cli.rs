@@ -111,6 +111,9 @@ async fn run(opts: Options) -> Result<(), String> {
             tracing::error!("core.https_address: {e}");
         }
     }
+    if let Err(e) = crate::cluster::lifecycle::resume(&d).await {
+        tracing::error!("resuming cluster membership: {e}");
+    }
     tracing::info!(
         "cairnd ready: unix socket {}{}",
         d.paths.unix_socket.display(),
@@ -150,7 +153,15 @@ async fn resume_instances(d: Arc<Daemon>) {
     let Ok(instances) = d.db.instances() else {
         return;
     };
+    let here = d.cluster().map(|c| c.name());
     for rec in instances {
+        // In a cluster, only what lives on this member.
+        if here
+            .as_ref()
+            .is_some_and(|h| !rec.location.is_empty() && *h != rec.location)
+        {
+            continue;
+        }
         let should = rec
             .config
             .get("volatile.last_state.power")

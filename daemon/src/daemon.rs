@@ -225,7 +225,7 @@ impl Daemon {
     /// This member's name: the cluster member name, or the hostname when standalone.
     pub fn server_name(&self) -> String {
         self.cluster()
-            .map(|c| c.name().to_string())
+            .map(|c| c.name())
             .unwrap_or_else(|| self.hostname.clone())
     }
 
@@ -246,6 +246,11 @@ impl Daemon {
     }
 
     pub fn pool_source(&self, p: &PoolRecord) -> PathBuf {
+        // A pool's source is a path on one member; in a cluster each member keeps the
+        // pool's data in its own state dir.
+        if self.cluster().is_some() {
+            return self.paths.pools.join(&p.name);
+        }
         p.config
             .get("source")
             .map(PathBuf::from)

@@ -3,7 +3,8 @@
 //! in a cluster the certificate all members share, which one member presents when it calls
 //! another (a forwarded request, an event relay). Untrusted clients reach only what Incus
 //! shows them: the API root, `/1.0` (reduced) and `POST /1.0/certificates` to present a
-//! trust token. `/internal/*` is for the unix socket only.
+//! trust token. `/internal/*` is for the unix socket, and `/internal/cluster/*` for the other members
+//! of the cluster (and a joining server's `/internal/cluster/join`).
 
 use axum::extract::{Request, State};
 use axum::http::Method;
@@ -58,7 +59,7 @@ pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Nex
             cert_der,
             ..
         } => {
-            let trusted = is_cluster_peer(&peer, &d.cert)
+            let trusted = is_cluster_peer(&peer, &d.cert())
                 || match fingerprint {
                     Some(fp) => {
                         matches!(d.db.certificate(fp), Ok(Some(c)) if c.cert_type == "client")
@@ -74,8 +75,23 @@ pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Nex
         }
     };
     let path = req.uri().path().to_string();
-    if path.starts_with("/internal") && !matches!(peer, Peer::Unix) {
-        return ApiError::forbidden().into_response();
+    if path.starts_with("/internal") {
+        let allowed = match &peer {
+            Peer::Unix => true,
+            // A joining server has no trusted certificate yet: it proves itself with the
+            // join token's secret, checked by the handler.
+            Peer::Tls { .. } if path == "/internal/cluster/join" => true,
+            Peer::Tls { .. } => {
+                path.starts_with("/internal/cluster/")
+                    && d.cluster().is_some()
+                    && is_cluster_peer(&peer, &d.cert())
+            }
+        };
+        if !allowed {
+            return ApiError::forbidden().into_response();
+        }
+        req.extensions_mut().insert(caller);
+        return next.run(req).await;
     }
     if !caller.trusted && !open_to_untrusted(req.method(), &path) {
         return ApiError::forbidden().into_response();

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::response::{async_op, check_if_match, empty, sync, sync_body, sync_etag, sync_raw};
+use super::response::{async_op, check_if_match, empty, sync, sync_etag};
 use super::{ApiError, ApiJson, ApiResult, AppState};
 use crate::db::records::{ConfigMap, DeviceMap};
 use crate::instance::{self, lifecycle, InstanceError};
@@ -25,67 +25,8 @@ impl From<InstanceError> for ApiError {
     }
 }
 
-fn err_string(e: InstanceError) -> String {
+pub(super) fn err_string(e: InstanceError) -> String {
     e.to_string()
-}
-
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    #[serde(default)]
-    recursion: Option<String>,
-    #[serde(default)]
-    filter: Option<String>,
-    #[serde(rename = "all-projects", default)]
-    _all_projects: Option<String>,
-    #[serde(default)]
-    _project: Option<String>,
-}
-
-pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let level = super::recursion_level(q.recursion.as_deref());
-    let filter = q
-        .filter
-        .as_deref()
-        .filter(|f| !f.trim().is_empty())
-        .map(crate::api::filter::parse)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    let d2 = d.clone();
-    // Views are serialized straight into the response bytes, on the blocking thread; a
-    // `serde_json::Value` is made only when a filter needs one.
-    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
-        let recs = d2.db.instances()?;
-        if level == 0 && filter.is_none() {
-            return sync_body(
-                recs.iter()
-                    .map(|r| instance::url(&r.name))
-                    .collect::<Vec<_>>(),
-            );
-        }
-        let profiles = instance::all_profiles(&d2)?;
-        let (mut urls, mut views) = (Vec::new(), Vec::new());
-        for rec in &recs {
-            let v = instance::view_with(&d2, rec, level >= 2, &profiles)?;
-            if let Some(f) = &filter {
-                if !f.matches(&serde_json::to_value(&v).map_err(ApiError::internal)?) {
-                    continue;
-                }
-            }
-            if level == 0 {
-                urls.push(instance::url(&rec.name));
-            } else {
-                views.push(v);
-            }
-        }
-        if level == 0 {
-            sync_body(urls)
-        } else {
-            sync_body(views)
-        }
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    Ok(sync_raw(body))
 }
 
 #[derive(Deserialize, Default)]
@@ -259,10 +200,10 @@ pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<InstancesPo
 pub async fn get_one(
     State(d): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<super::instances_list::ListQuery>,
 ) -> ApiResult {
     let rec = instance::get(&d, &name)?;
-    let full = super::recursion_level(q.recursion.as_deref()) >= 1;
+    let full = q.level() >= 1;
     let d2 = d.clone();
     let r2 = rec.clone();
     let v = tokio::task::spawn_blocking(move || instance::view(&d2, &r2, full))
@@ -453,11 +394,41 @@ pub struct InstancePost {
     _profiles: IgnoredAny,
 }
 
+#[derive(Deserialize, Default)]
+pub struct TargetQuery {
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    project: Option<String>,
+}
+
 pub async fn rename(
     State(d): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<TargetQuery>,
     ApiJson(req): ApiJson<InstancePost>,
 ) -> ApiResult {
+    if let (Some(member), true) = (q.target.filter(|t| !t.is_empty()), req.migration) {
+        // `incus move NAME --target M` in a cluster: a cold move to member M.
+        if req.name != name {
+            return Err(ApiError::bad_request(
+                "Renaming while moving to another member is not supported",
+            ));
+        }
+        instance::get(&d, &name)?;
+        let d2 = d.clone();
+        let op = d.ops.spawn_task(
+            "Migrating instance",
+            resources("instances", &[instance::url(&name)]),
+            async move {
+                crate::instance::migrate::move_to(d2, &name, &member)
+                    .await
+                    .map_err(err_string)
+            },
+        );
+        return async_op(op.view());
+    }
     if req.migration || req.target.is_some() || !req.pool.is_empty() || !req.project.is_empty() {
         return Err(ApiError::bad_request("Migration is not supported yet"));
     }

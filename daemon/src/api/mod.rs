@@ -4,17 +4,20 @@
 
 mod auth;
 mod certificates;
+mod cluster;
 mod events;
 mod exec;
 mod files;
 mod filter;
 mod images;
 mod instances;
+mod instances_list;
 mod networks;
 mod operations;
 mod os;
 mod profiles;
 pub mod response;
+pub mod routing;
 mod server;
 mod snapshots;
 mod storage;
@@ -111,7 +114,7 @@ pub fn router(d: AppState) -> Router {
         .route("/1.0/operations/{id}/websocket", get(operations::websocket))
         .route(
             "/1.0/instances",
-            get(instances::list)
+            get(instances_list::list)
                 .post(instances::create)
                 .put(instances::bulk_state),
         )
@@ -221,6 +224,35 @@ pub fn router(d: AppState) -> Router {
                 .patch(certificates::put)
                 .delete(certificates::delete),
         )
+        .route(
+            "/1.0/cluster",
+            get(cluster::get_cluster).put(cluster::put_cluster),
+        )
+        .route(
+            "/1.0/cluster/members",
+            get(cluster::list_members).post(cluster::create_token),
+        )
+        .route(
+            "/1.0/cluster/members/{name}",
+            get(cluster::get_member)
+                .put(cluster::put_member)
+                .patch(cluster::patch_member)
+                .post(cluster::rename_member)
+                .delete(cluster::delete_member),
+        )
+        .route(
+            "/1.0/cluster/members/{name}/state",
+            get(cluster::get_member_state).post(cluster::post_member_state),
+        )
+        .route("/internal/cluster/join", post(cluster::internal_join))
+        .route(
+            crate::cluster::events_relay::EVENTS_PATH,
+            get(crate::cluster::events_relay::cluster_events),
+        )
+        .route(
+            "/internal/cluster/images/{fp}/{part}",
+            get(cluster::internal_image_part),
+        )
         .route("/os/1.0", get(os::root))
         .route("/os/1.0/services", get(os::services))
         .route("/os/1.0/services/{name}", get(os::service))
@@ -234,8 +266,22 @@ pub fn router(d: AppState) -> Router {
             axum::routing::put(server::shutdown).post(server::shutdown),
         )
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
+    // Snapshots are whole databases: streamed, no JSON body limit.
+    let stream_routes = Router::new()
+        .route(
+            "/internal/cluster/snapshot",
+            post(cluster::internal_snapshot),
+        )
+        .route(
+            "/internal/cluster/instances/{name}",
+            post(cluster::internal_receive_instance),
+        )
+        // Raft batches can be large; they come only from authenticated members.
+        .route("/internal/cluster/raft", post(cluster::internal_raft))
+        .layer(DefaultBodyLimit::max(1 << 30));
 
     json_routes
+        .merge(stream_routes)
         .fallback(|| async { ApiError::not_found("not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -243,6 +289,11 @@ pub fn router(d: AppState) -> Router {
                 "method not allowed",
             )
         })
+        // Layers run outside in: authenticate first, then route to the right member.
+        .layer(axum::middleware::from_fn_with_state(
+            d.clone(),
+            routing::route,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             d.clone(),
             auth::authenticate,

@@ -26,14 +26,18 @@
 //! SQLite handle); nothing is acknowledged before it is on disk on a majority; a request
 //! (by id) takes effect at most once, whatever the retries and re-deliveries.
 
+pub mod evacuation;
 pub mod events_relay;
 pub mod forward;
+pub mod images;
+pub mod lifecycle;
 pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod peer;
 pub mod runtime;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
 
 pub use network::{LocalRouter, Reply, Rpc, Transport, TransportError};

@@ -157,11 +157,20 @@ impl PeerClient {
         Self::from_cert(&cert)
     }
 
-    /// The same, from an already loaded certificate (the daemon's `d.cert`).
+    /// The same, from an already loaded certificate (the daemon's `d.cert()`).
     pub fn from_cert(cert: &ServerCert) -> Result<PeerClient, PeerError> {
+        Self::pinned(cert.der(), cert)
+    }
+
+    /// A client that trusts only a server presenting `server` and presents `own`: a server
+    /// joining a cluster knows the cluster certificate, not yet its key.
+    pub fn pinned(
+        server: &CertificateDer<'static>,
+        own: &ServerCert,
+    ) -> Result<PeerClient, PeerError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = PinnedServerCert {
-            pinned: cert.der().clone(),
+            pinned: server.clone(),
             algorithms: provider.signature_verification_algorithms,
         };
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -169,7 +178,7 @@ impl PeerClient {
             .map_err(PeerError::Config)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(vec![cert.der().clone()], cert.key())
+            .with_client_auth_cert(vec![own.der().clone()], own.key())
             .map_err(PeerError::Config)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = PinnedTlsConnector {

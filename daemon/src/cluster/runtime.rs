@@ -108,8 +108,18 @@ impl Liveness {
 
 pub struct Runtime {
     identity: Identity,
+    /// The member's name; renaming it changes this and the identity file.
+    name: Mutex<String>,
     node: Node,
     liveness: Arc<Liveness>,
+    /// The member-to-member HTTPS client (cluster certificate).
+    peer: super::peer::PeerClient,
+    /// Other members' events, relayed into this member's hub.
+    relays: super::events_relay::EventRelays,
+    events: crate::events::EventHub,
+    /// Which member runs each operation started through a forwarded request, so that
+    /// `/1.0/operations/{id}…` asked here reaches it.
+    remote_ops: Mutex<HashMap<String, String>>,
     membership: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -143,6 +153,8 @@ impl Runtime {
         db: Arc<Db>,
         transport: Arc<dyn Transport>,
         liveness: Arc<Liveness>,
+        peer: super::peer::PeerClient,
+        events: crate::events::EventHub,
     ) -> Result<Arc<Runtime>, ClusterError> {
         db.set_replicated().map_err(|e| ClusterError::Start {
             id: identity.id,
@@ -151,12 +163,18 @@ impl Runtime {
         let config = Config::new(identity.id, cluster_dir(state).join("raft"));
         let node = Node::start(config, db, transport).await?;
         let rt = Arc::new(Runtime {
+            name: Mutex::new(identity.name.clone()),
             identity,
             node,
             liveness,
+            relays: super::events_relay::EventRelays::new(peer.clone(), events.clone()),
+            events,
+            peer,
+            remote_ops: Mutex::new(HashMap::new()),
             membership: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         });
+        rt.events.set_location(&rt.name());
         let keeper = tokio::spawn(keep_roles(Arc::downgrade(&rt)));
         rt.tasks
             .lock()
@@ -168,8 +186,20 @@ impl Runtime {
     pub fn id(&self) -> NodeId {
         self.identity.id
     }
-    pub fn name(&self) -> &str {
-        &self.identity.name
+    pub fn name(&self) -> String {
+        self.name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Renames this member (its record was renamed through Raft).
+    pub fn rename(&self, state: &Path, to: &str) -> std::io::Result<()> {
+        let identity = Identity {
+            name: to.to_string(),
+            ..self.identity.clone()
+        };
+        identity.save(state)?;
+        *self.name.lock().unwrap_or_else(|p| p.into_inner()) = to.to_string();
+        self.events.set_location(to);
+        Ok(())
     }
     pub fn address(&self) -> &str {
         &self.identity.address
@@ -179,6 +209,43 @@ impl Runtime {
     }
     pub fn liveness(&self) -> &Arc<Liveness> {
         &self.liveness
+    }
+    pub fn peer(&self) -> &super::peer::PeerClient {
+        &self.peer
+    }
+
+    /// Remembers that operation `id` runs on the member at `addr`.
+    pub fn note_remote_op(&self, id: &str, addr: &str) {
+        let mut ops = self.remote_ops.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: operations are short-lived; forget the oldest half past a limit.
+        if ops.len() > 10_000 {
+            let drop: Vec<String> = ops.keys().take(5_000).cloned().collect();
+            for k in drop {
+                ops.remove(&k);
+            }
+        }
+        ops.insert(id.to_string(), addr.to_string());
+    }
+
+    pub fn remote_op(&self, id: &str) -> Option<String> {
+        self.remote_ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The address of the member named `name`, if it is another member.
+    pub fn member_address(&self, name: &str) -> Option<String> {
+        if name == self.name() {
+            return None;
+        }
+        self.node
+            .db()
+            .member(name)
+            .ok()
+            .flatten()
+            .map(|m| m.address)
     }
 
     /// Writes through Raft; see [`crate::daemon::Daemon::write`].
@@ -433,7 +500,25 @@ impl Runtime {
         Ok(())
     }
 
+    /// Relays the events of every other member known to the database.
+    fn sync_relays(&self) {
+        let me = self.name();
+        if let Ok(members) = self.node.db().members() {
+            let peers: Vec<(String, String)> = members
+                .into_iter()
+                .filter(|m| m.name != me)
+                .map(|m| (m.name, m.address))
+                .collect();
+            let mut peers = peers;
+            peers.sort();
+            if peers != self.relays.peers() {
+                self.relays.set_peers(peers);
+            }
+        }
+    }
+
     pub async fn shutdown(&self) {
+        self.relays.shutdown();
         for t in self
             .tasks
             .lock()
@@ -450,6 +535,7 @@ async fn keep_roles(rt: std::sync::Weak<Runtime>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(rt) = rt.upgrade() else { return };
+        rt.sync_relays();
         if let Err(e) = rt.keep_roles_once().await {
             tracing::debug!("cluster role keeping: {e}");
         }

@@ -113,6 +113,14 @@ pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
     let _guard = lock.lock().await;
     d.write(vec![Command::CreateInstance(rec)]).await?;
 
+    if let Err(e) = crate::cluster::images::ensure_local(&d, &img.fingerprint).await {
+        let _ = d
+            .write(vec![Command::DeleteInstance {
+                name: req.name.clone(),
+            }])
+            .await;
+        return Err(InstanceError::Failed(e));
+    }
     let made = {
         let d2 = d.clone();
         let fp = img.fingerprint.clone();

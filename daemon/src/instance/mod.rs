@@ -8,6 +8,7 @@ pub mod idmap;
 pub mod lifecycle;
 pub mod lxc;
 pub mod lxc_config;
+pub mod migrate;
 pub mod rootfs_access;
 pub mod sftp;
 pub mod snapshot;
@@ -248,7 +249,11 @@ pub fn view_with(
         status: status.into(),
         status_code,
         last_used_at: rec.last_used_at,
-        location: "none".into(),
+        location: if rec.location.is_empty() {
+            "none".into()
+        } else {
+            rec.location.clone()
+        },
         instance_type: rec.instance_type.clone(),
         project: "default".into(),
         state,
@@ -324,4 +329,11 @@ pub fn rootfs_access(d: &Daemon, name: &str) -> Result<rootfs_access::RootfsAcce
         .unwrap_or(d.idmap);
     rootfs_access::RootfsAccess::open(&pool.rootfs_path(name), shift)
         .map_err(|e| InstanceError::Failed(e.to_string()))
+}
+
+/// The host's architecture as Incus names it (`uname -m`).
+pub fn host_architecture() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "x86_64".into())
 }

@@ -138,6 +138,10 @@ impl StorageDriver for DirPool {
         self.source.join("containers").join(name)
     }
 
+    fn snapshots_path(&self, name: &str) -> PathBuf {
+        self.source.join("containers-snapshots").join(name)
+    }
+
     fn delete_instance(&self, name: &str) -> Result<(), StorageError> {
         tree::remove(&self.instance_path(name))
             .and_then(|_| tree::remove(&self.source.join("containers-snapshots").join(name)))

@@ -50,6 +50,8 @@ pub trait StorageDriver: Send + Sync {
     ) -> Result<(), StorageError>;
     /// The directory holding the instance's `rootfs/` (and image metadata and templates).
     fn instance_path(&self, name: &str) -> PathBuf;
+    /// The directory holding all of an instance's snapshots.
+    fn snapshots_path(&self, name: &str) -> PathBuf;
     fn rootfs_path(&self, name: &str) -> PathBuf {
         self.instance_path(name).join("rootfs")
     }
