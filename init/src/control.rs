@@ -299,14 +299,30 @@ async fn accept_loop(
             info!("D-Bus: {MAX_PEERS} peers connected already, one more refused");
             continue;
         }
-        peers.fetch_add(1, Ordering::Relaxed);
-        let (ctl, guid, peers) = (ctl.clone(), guid.clone(), peers.clone());
+        let slot = PeerSlot::take(&peers);
+        let (ctl, guid) = (ctl.clone(), guid.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = serve_peer(ctl, stream, guid).await {
                 info!("D-Bus peer: {e}");
             }
-            peers.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// One connected peer, counted until dropped (also when its task panics).
+struct PeerSlot(Arc<AtomicUsize>);
+
+impl PeerSlot {
+    fn take(peers: &Arc<AtomicUsize>) -> PeerSlot {
+        peers.fetch_add(1, Ordering::Relaxed);
+        PeerSlot(peers.clone())
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
