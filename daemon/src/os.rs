@@ -2,10 +2,15 @@
 //! services cairn-init supervises, their logs, the kernel log, the boot history, and
 //! reboot / power-off. The appliance has no shell, so this is how an operator looks inside.
 //!
-//! cairn-init publishes its state in files (`/run/cairn/services.json`, logs under
-//! `/var/log/cairn/`, boot history in `/var/log/cairn/boots`) and takes reboot and power-off
-//! as signals to PID 1. On a plain Linux host (development mode) there is no cairn-init:
-//! the services list is empty and power actions are refused.
+//! On the appliance all of it comes from cairn-init's D-Bus interface (`org.cairn.Init1` on
+//! the peer-to-peer socket `/run/cairn/init.sock`, see [`init_bus`]); the kernel log is read
+//! here. Without that socket (cairnd on a plain Linux host, or an older cairn-init) the
+//! earlier file-and-signal contract answers: `/run/cairn/services.json`, logs under
+//! `/var/log/cairn/`, the boot history in `/var/log/cairn/boots`, and power actions as
+//! signals to PID 1, refused unless PID 1 is cairn-init. On a development host that means
+//! no services, no logs and no power actions.
+
+mod init_bus;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -20,13 +25,29 @@ pub enum OsError {
     NotAppliance,
     #[error("{0}")]
     Io(String),
+    #[error("Connecting to cairn-init at {path}: {source}")]
+    InitUnreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Asking cairn-init over D-Bus ({what}): {source}")]
+    Init {
+        what: &'static str,
+        /// Boxed: zbus errors are large, and every `Result` here carries this type.
+        #[source]
+        source: Box<zbus::Error>,
+    },
 }
 
-/// Where cairn-init publishes things; tests point it elsewhere.
+/// Where cairn-init is reached and, without its socket, where it published things; tests
+/// point these elsewhere.
 #[derive(Debug, Clone)]
 pub struct OsPaths {
     pub run: PathBuf,
     pub log: PathBuf,
+    /// cairn-init's D-Bus socket: when it exists, everything goes through it.
+    pub init_socket: PathBuf,
 }
 
 impl Default for OsPaths {
@@ -34,7 +55,20 @@ impl Default for OsPaths {
         OsPaths {
             run: PathBuf::from("/run/cairn"),
             log: PathBuf::from("/var/log/cairn"),
+            init_socket: PathBuf::from(init_bus::SOCKET),
         }
+    }
+}
+
+impl OsPaths {
+    /// A D-Bus connection to cairn-init, or None when its socket is absent (then the files
+    /// answer). A socket that is there but does not answer is an error, not a fallback: the
+    /// files would be stale or missing.
+    async fn init(&self) -> Result<Option<init_bus::Init>, OsError> {
+        if !self.init_socket.exists() {
+            return Ok(None);
+        }
+        init_bus::Init::connect(&self.init_socket).await.map(Some)
     }
 }
 
@@ -49,7 +83,14 @@ pub struct Service {
     pub log: String,
 }
 
-pub fn services(p: &OsPaths) -> Result<Vec<Service>, OsError> {
+pub async fn services(p: &OsPaths) -> Result<Vec<Service>, OsError> {
+    match p.init().await? {
+        Some(init) => init.services().await,
+        None => services_from_file(p),
+    }
+}
+
+fn services_from_file(p: &OsPaths) -> Result<Vec<Service>, OsError> {
     match std::fs::read_to_string(p.run.join("services.json")) {
         Ok(text) => serde_json::from_str(&text)
             .map_err(|e| OsError::Io(format!("reading services.json: {e}"))),
@@ -58,8 +99,9 @@ pub fn services(p: &OsPaths) -> Result<Vec<Service>, OsError> {
     }
 }
 
-pub fn service(p: &OsPaths, name: &str) -> Result<Service, OsError> {
-    services(p)?
+pub async fn service(p: &OsPaths, name: &str) -> Result<Service, OsError> {
+    services(p)
+        .await?
         .into_iter()
         .find(|s| s.name == name)
         .ok_or_else(|| OsError::NoService(name.to_string()))
@@ -87,18 +129,24 @@ fn tail(path: &Path, max_bytes: u64) -> Result<String, OsError> {
     })
 }
 
-/// A service's log (the current file), or `init` for cairn-init's own.
-pub fn service_log(p: &OsPaths, name: &str, max_bytes: u64) -> Result<String, OsError> {
+/// The end of a service's log (the current file), or `init` for cairn-init's own.
+pub async fn service_log(p: &OsPaths, name: &str, max_bytes: u64) -> Result<String, OsError> {
     if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
         return Err(OsError::NoService(name.to_string()));
     }
+    if let Some(init) = p.init().await? {
+        return init.service_log(name, max_bytes).await;
+    }
     if name != "init" {
-        service(p, name)?;
+        service(p, name).await?;
     }
     tail(&p.log.join(format!("{name}.log")), max_bytes)
 }
 
-pub fn boots(p: &OsPaths) -> Result<Vec<String>, OsError> {
+pub async fn boots(p: &OsPaths) -> Result<Vec<String>, OsError> {
+    if let Some(init) = p.init().await? {
+        return init.boots().await;
+    }
     match std::fs::read_to_string(p.log.join("boots")) {
         Ok(t) => Ok(t.lines().map(str::to_string).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
@@ -135,13 +183,18 @@ fn on_appliance() -> bool {
         .unwrap_or(false)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerAction {
     Reboot,
     PowerOff,
 }
 
-/// Asks cairn-init to reboot (SIGINT) or power off (SIGTERM).
-pub fn power(action: PowerAction) -> Result<(), OsError> {
+/// Asks cairn-init to reboot or power off: over D-Bus, or without its socket by signalling
+/// PID 1 (SIGINT, SIGTERM) if that is cairn-init.
+pub async fn power(p: &OsPaths, action: PowerAction) -> Result<(), OsError> {
+    if let Some(init) = p.init().await? {
+        return init.power(action).await;
+    }
     if !on_appliance() {
         return Err(OsError::NotAppliance);
     }
@@ -154,47 +207,4 @@ pub fn power(action: PowerAction) -> Result<(), OsError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn services_logs_and_boots_from_init_files() {
-        let t = tempfile::tempdir().unwrap();
-        let p = OsPaths {
-            run: t.path().join("run"),
-            log: t.path().join("log"),
-        };
-        std::fs::create_dir_all(&p.run).unwrap();
-        std::fs::create_dir_all(&p.log).unwrap();
-        assert!(
-            services(&p).unwrap().is_empty(),
-            "no cairn-init: no services"
-        );
-        std::fs::write(
-            p.run.join("services.json"),
-            r#"[{"name":"cairnd","state":"running","pid":42,"failures":0,"log":"/var/log/cairn/cairnd.log"},{"name":"lxcfs","state":"waiting","pid":null,"failures":3,"log":"x"}]"#,
-        )
-        .unwrap();
-        assert_eq!(services(&p).unwrap().len(), 2);
-        assert_eq!(service(&p, "lxcfs").unwrap().failures, 3);
-        assert!(matches!(service(&p, "nope"), Err(OsError::NoService(_))));
-
-        let long: String = (0..1000).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(p.log.join("cairnd.log"), &long).unwrap();
-        let t = service_log(&p, "cairnd", 100).unwrap();
-        assert!(t.starts_with("line ") && t.ends_with("line 999\n"), "{t}");
-        assert!(service_log(&p, "../../etc/passwd", 100).is_err());
-        assert!(service_log(&p, "nope", 100).is_err());
-
-        std::fs::write(p.log.join("boots"), "boot 1\nboot 2\n").unwrap();
-        assert_eq!(boots(&p).unwrap(), vec!["boot 1", "boot 2"]);
-    }
-
-    #[test]
-    fn power_is_refused_off_the_appliance() {
-        assert!(matches!(
-            power(PowerAction::Reboot),
-            Err(OsError::NotAppliance)
-        ));
-    }
-}
+mod tests;

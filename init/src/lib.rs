@@ -7,13 +7,15 @@
 //!   udev and the network, supervises the fixed set of services and shuts down in order
 //!   ([`pid1`]).
 //!
-//! It links no async runtime and never panics on input; a panic in the main loop is caught
-//! and logged, and supervision goes on.
+//! It never panics on input; a panic in the main loop is caught and logged, and supervision
+//! goes on. The main loop is synchronous; only the D-Bus interface for cairnd ([`control`])
+//! runs on an async runtime, in a thread of its own that is restarted if it fails.
 
 pub mod backoff;
 pub mod bootcount;
 pub mod cgroup;
 pub mod console;
+pub mod control;
 pub mod data;
 pub mod gpt;
 pub mod initrd;

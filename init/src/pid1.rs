@@ -3,15 +3,17 @@
 use crate::services::{self, ServiceSpec};
 use crate::shutdown::{self, Action};
 use crate::supervisor::Supervisor;
-use crate::{cgroup, console, data, info, kmod, mount, net, power, seedsource};
+use crate::{cgroup, console, control, data, info, kmod, mount, net, power, seedsource};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const API_SOCKET: &str = "/var/lib/cairn/unix.socket";
+const LOG_DIR: &str = "/var/log/cairn";
 
 pub fn run() -> ! {
     // The kernel starts PID 1 without PATH; the tools it runs (repart → mkfs) need one.
@@ -43,7 +45,7 @@ pub fn run() -> ! {
     cgroup::setup();
     console::stage("mounts");
 
-    let mut sup = Supervisor::new(PathBuf::from("/var/log/cairn"));
+    let mut sup = Supervisor::new(PathBuf::from(LOG_DIR));
     let boot = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bring_up(&mut sup)));
     let boot = match boot {
         Ok(b) => b,
@@ -56,7 +58,32 @@ pub fn run() -> ! {
             }
         }
     };
+    start_control(&sup);
     main_loop(&mut sup, sfd, boot)
+}
+
+/// Serves the D-Bus interface for cairnd (after bring-up, which made /run/cairn; also when
+/// bring-up panicked, so the operator can still read logs and power off).
+fn start_control(sup: &Supervisor) {
+    let power: control::PowerFn = Arc::new(|action| {
+        // The main loop reads this from its signalfd like any other shutdown request.
+        let sig = match action {
+            Action::PowerOff => Signal::SIGTERM,
+            Action::Reboot => Signal::SIGINT,
+        };
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::this(), sig) {
+            info!("signalling ourselves {sig}: {e}");
+        }
+    });
+    control::spawn(
+        control::Control {
+            board: sup.status_board(),
+            log_dir: PathBuf::from(LOG_DIR),
+            boots: Path::new(LOG_DIR).join("boots"),
+            power,
+        },
+        PathBuf::from(control::SOCKET),
+    );
 }
 
 /// Boot stages up to starting the services.
@@ -211,7 +238,7 @@ fn record_boot(machine_id: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open("/var/log/cairn/boots")
+        .open(Path::new(LOG_DIR).join("boots"))
     {
         let _ = f.write_all(line.as_bytes());
     }

@@ -2,6 +2,7 @@
 //! output line by line to the console and to rotated files, and stop them in reverse order.
 
 use crate::backoff::Backoff;
+use crate::control::{ServiceStatus, StatusBoard};
 use crate::logfile::LogFile;
 use crate::services::ServiceSpec;
 use crate::{cgroup, info};
@@ -25,6 +26,16 @@ pub enum State {
     Stopped,
 }
 
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Waiting => "waiting",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
 struct Service {
     spec: ServiceSpec,
     pid: Option<Pid>,
@@ -41,6 +52,7 @@ pub struct Supervisor {
     backoff: Backoff,
     log_dir: PathBuf,
     status_dirty: bool,
+    board: StatusBoard,
     /// The threads copying service output into files on /var: shutdown waits for them
     /// so /var can be unmounted.
     log_threads: Vec<std::thread::JoinHandle<()>>,
@@ -53,6 +65,7 @@ impl Supervisor {
             backoff: Backoff::default(),
             log_dir,
             status_dirty: true,
+            board: StatusBoard::default(),
             log_threads: Vec::new(),
         }
     }
@@ -78,46 +91,30 @@ impl Supervisor {
         self.start_due(Instant::now());
     }
 
-    pub fn status(&self) -> Vec<(String, State, Option<i32>)> {
+    /// Each service's state as the D-Bus interface reports it (see `control`).
+    pub fn snapshot(&self) -> Vec<ServiceStatus> {
         self.services
             .iter()
             .map(|s| {
-                let st = match (s.pid, s.next_start) {
+                let state = match (s.pid, s.next_start) {
                     (Some(_), _) => State::Running,
                     (None, Some(_)) => State::Waiting,
                     (None, None) => State::Stopped,
                 };
-                (s.spec.name.clone(), st, s.pid.map(Pid::as_raw))
+                ServiceStatus {
+                    name: s.spec.name.clone(),
+                    state: state.as_str(),
+                    pid: s.pid.map(Pid::as_raw),
+                    failures: s.failures,
+                    log: self.log_dir.join(format!("{}.log", s.spec.name)),
+                }
             })
             .collect()
     }
 
-    /// Writes `/run/cairn/services.json` (name, state, pid, restarts, log file) so cairnd
-    /// can report service status without asking PID 1.
-    pub fn write_status(&self) {
-        let items: Vec<String> = self
-            .services
-            .iter()
-            .map(|s| {
-                let state = match (s.pid, s.next_start) {
-                    (Some(_), _) => "running",
-                    (None, Some(_)) => "waiting",
-                    (None, None) => "stopped",
-                };
-                format!(
-                    "{{\"name\":\"{}\",\"state\":\"{state}\",\"pid\":{},\"failures\":{},\"log\":\"{}\"}}",
-                    s.spec.name,
-                    s.pid.map(|p| p.as_raw().to_string()).unwrap_or_else(|| "null".into()),
-                    s.failures,
-                    self.log_dir.join(format!("{}.log", s.spec.name)).display()
-                )
-            })
-            .collect();
-        let _ = std::fs::write(
-            "/run/cairn/services.json.tmp",
-            format!("[{}]\n", items.join(",")),
-        );
-        let _ = std::fs::rename("/run/cairn/services.json.tmp", "/run/cairn/services.json");
+    /// Where the snapshot is published for the D-Bus thread.
+    pub fn status_board(&self) -> StatusBoard {
+        self.board.clone()
     }
 
     /// How a one-shot job ended, once it has.
@@ -165,11 +162,11 @@ impl Supervisor {
         }
     }
 
-    /// Writes the status file if anything changed since the last call.
+    /// Publishes the status for the D-Bus interface if anything changed since the last call.
     pub fn flush_status(&mut self) {
         if self.status_dirty {
             self.status_dirty = false;
-            self.write_status();
+            self.board.publish(self.snapshot());
         }
     }
 
@@ -260,6 +257,7 @@ impl Supervisor {
                 info!("service {}: starting {}: {e}", spec.name, spec.argv[0]);
                 s.failures = s.failures.saturating_add(1);
                 s.next_start = Some(Instant::now() + self.backoff.delay(s.failures));
+                self.status_dirty = true;
             }
         }
     }

@@ -15,6 +15,7 @@ impl From<OsError> for ApiError {
             OsError::NoService(_) => ApiError::not_found(e.to_string()),
             OsError::NotAppliance => ApiError::bad_request(e.to_string()),
             OsError::Io(m) => ApiError::internal(m),
+            OsError::InitUnreachable { .. } | OsError::Init { .. } => ApiError::internal(e),
         }
     }
 }
@@ -38,11 +39,11 @@ pub async fn root() -> ApiResult {
 }
 
 pub async fn services() -> ApiResult {
-    sync(os::services(&OsPaths::default())?)
+    sync(os::services(&OsPaths::default()).await?)
 }
 
 pub async fn service(Path(name): Path<String>) -> ApiResult {
-    sync(os::service(&OsPaths::default(), &name)?)
+    sync(os::service(&OsPaths::default(), &name).await?)
 }
 
 #[derive(Deserialize, Default)]
@@ -59,11 +60,13 @@ pub async fn service_log(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let max = q.bytes.unwrap_or(256 << 10).min(MAX_LOG);
-    Ok(text(os::service_log(&OsPaths::default(), &name, max)?))
+    Ok(text(
+        os::service_log(&OsPaths::default(), &name, max).await?,
+    ))
 }
 
 pub async fn boots() -> ApiResult {
-    sync(os::boots(&OsPaths::default())?)
+    sync(os::boots(&OsPaths::default()).await?)
 }
 
 pub async fn kernel_log() -> Result<Response, ApiError> {
@@ -98,6 +101,6 @@ pub async fn power(super::ApiJson(req): super::ApiJson<PowerPost>) -> ApiResult 
         "poweroff" | "shutdown" => PowerAction::PowerOff,
         other => return Err(ApiError::bad_request(format!("Unknown action {other:?}"))),
     };
-    os::power(action)?;
+    os::power(&OsPaths::default(), action).await?;
     empty()
 }

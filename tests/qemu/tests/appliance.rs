@@ -349,6 +349,16 @@ fn operator_reads_services_and_logs_and_powers_off_through_the_os_api() {
     );
     let log = api::get_text(&lab.cert, &url, "/os/1.0/services/cairnd/log").expect("cairnd log");
     assert!(log.contains("cairnd ready"), "cairnd's log: {log}");
+    // cairn-init refuses names it does not supervise (404), path tricks included.
+    for bad in ["nope", "..%2Finit"] {
+        let path = format!("/os/1.0/services/{bad}/log");
+        assert!(
+            api::get_text(&lab.cert, &url, &path).is_err(),
+            "GET {path} should fail"
+        );
+    }
+    let own = api::get_text(&lab.cert, &url, "/os/1.0/services/init/log").expect("init log");
+    assert!(own.contains("API ready"), "cairn-init's log: {own}");
     let boots = api::request(&lab.cert, &url, "GET", "/os/1.0/boots", None).expect("boots");
     assert!(
         boots["metadata"].to_string().contains("machine="),
@@ -365,5 +375,16 @@ fn operator_reads_services_and_logs_and_powers_off_through_the_os_api() {
     assert!(off.is_ok(), "POST /os/1.0/system: {off:?}");
     node.wait_exit(Duration::from_secs(90))
         .expect("the node powers off when asked through the API");
+    // All of it went through cairn-init's D-Bus interface, not the old signal contract.
+    assert!(
+        node.saw("D-Bus interface org.cairn.Init1 on /run/cairn/init.sock"),
+        "{}",
+        node.tail(40)
+    );
+    assert!(
+        node.saw("power-off requested over D-Bus"),
+        "{}",
+        node.tail(40)
+    );
     assert!(node.saw("shutdown-complete clean=1"), "{}", node.tail(20));
 }
