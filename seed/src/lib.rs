@@ -18,6 +18,13 @@
 //!       certificate: |
 //!         -----BEGIN CERTIFICATE-----
 //!         ...
+//! cluster:                         # optional: form a cluster with no API call
+//!   name: rack1                    # a DNS label; part of every key derived from the secret
+//!   secret: "correct horse battery staple"  # at least 16 characters, never sent
+//!   founders: 3                    # how many members form the cluster initially
+//!   interface: enp0s3              # optional; default: the first non-loopback NIC that is up
+//!   port: 8444                     # optional; UDP port of the discovery announcements
+//!   formation_timeout: 30          # optional, seconds; then a majority of founders suffices
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +48,8 @@ pub struct Seed {
     pub hostname: Option<String>,
     pub network: Network,
     pub trust: Trust,
+    /// Zero-touch cluster formation; absent: the node stays standalone.
+    pub cluster: Option<Cluster>,
 }
 
 /// Management network configuration.
@@ -99,6 +108,101 @@ pub struct ClientCertificate {
     pub name: String,
     /// PEM, one certificate.
     pub certificate: String,
+}
+
+/// Zero-touch cluster formation: members whose seeds carry the same `name` and `secret` find
+/// each other on the management network and form a cluster of `founders` members.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The cluster's name; a DNS label.
+    pub name: String,
+    /// The join secret shared by all members. Keys are derived from it; it is never sent.
+    pub secret: String,
+    /// How many members form the cluster initially (the first of them founds it).
+    pub founders: u32,
+    /// The management interface to announce on; default: the first non-loopback interface
+    /// that is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// UDP port of the discovery announcements.
+    #[serde(default = "default_discovery_port")]
+    pub port: u16,
+    /// Seconds to wait for all founders before a strict majority of them may form the cluster.
+    #[serde(default = "default_formation_timeout")]
+    pub formation_timeout: u64,
+}
+
+/// The default UDP port for discovery: next to the API's 8443.
+pub const DEFAULT_DISCOVERY_PORT: u16 = 8444;
+/// The default formation timeout in seconds.
+pub const DEFAULT_FORMATION_TIMEOUT: u64 = 30;
+/// The shortest accepted join secret, in characters.
+pub const MIN_SECRET_CHARS: usize = 16;
+/// The longest accepted join secret, in bytes; a seed is a small file.
+const MAX_SECRET_BYTES: usize = 1024;
+
+fn default_discovery_port() -> u16 {
+    DEFAULT_DISCOVERY_PORT
+}
+
+fn default_formation_timeout() -> u64 {
+    DEFAULT_FORMATION_TIMEOUT
+}
+
+// Written by hand so that logging a seed (`{:?}`) never prints the join secret.
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field("founders", &self.founders)
+            .field("interface", &self.interface)
+            .field("port", &self.port)
+            .field("formation_timeout", &self.formation_timeout)
+            .finish()
+    }
+}
+
+impl Cluster {
+    fn validate(&self) -> Result<(), SeedError> {
+        let bad = |m: String| Err(SeedError::Invalid(format!("cluster.{m}")));
+        if !valid_hostname(&self.name) {
+            return bad(format!(
+                "name {:?} is not a DNS label (a-z, 0-9, '-', at most 63)",
+                self.name
+            ));
+        }
+        // The secret is not echoed in errors: they end up in logs.
+        if self.secret.chars().count() < MIN_SECRET_CHARS {
+            return bad(format!(
+                "secret is shorter than {MIN_SECRET_CHARS} characters"
+            ));
+        }
+        if self.secret.len() > MAX_SECRET_BYTES {
+            return bad(format!("secret is longer than {MAX_SECRET_BYTES} bytes"));
+        }
+        // A YAML block scalar silently adds a newline; two seeds that look alike must not
+        // derive different keys, so surrounding whitespace and control characters are refused.
+        if self.secret.trim() != self.secret || self.secret.chars().any(char::is_control) {
+            return bad("secret has surrounding whitespace or control characters".into());
+        }
+        if self.founders == 0 {
+            return bad("founders must be at least 1".into());
+        }
+        if let Some(i) = &self.interface {
+            if !valid_ifname(i) {
+                return bad(format!("interface {i:?} is not an interface name"));
+            }
+        }
+        if self.port == 0 {
+            return bad("port must not be 0".into());
+        }
+        if self.formation_timeout == 0 {
+            return bad("formation_timeout must be at least 1 second".into());
+        }
+        Ok(())
+    }
 }
 
 /// An IPv4 address with its prefix length, parsed from CIDR notation.
@@ -179,8 +283,24 @@ impl Seed {
                 )));
             }
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         Ok(())
     }
+}
+
+/// Linux's rule for interface names (`dev_valid_name`): 1 to 15 bytes, not `.` or `..`, no
+/// `/`, `:` or whitespace.
+fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n != "."
+        && n != ".."
+        && !n
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+        && !n.chars().any(char::is_control)
 }
 
 fn valid_hostname(h: &str) -> bool {
@@ -240,6 +360,69 @@ mod tests {
         assert!(
             Seed::parse("trust: {client_certificates: [{name: a, certificate: nope}]}").is_err()
         );
+    }
+
+    const CLUSTER: &str =
+        "cluster:\n  name: rack1\n  secret: \"0123456789abcdef\"\n  founders: 3\n";
+
+    #[test]
+    fn cluster_section_is_optional_and_defaults() {
+        assert_eq!(Seed::parse("").unwrap().cluster, None);
+        let s = Seed::parse(CLUSTER).unwrap();
+        let c = s.cluster.clone().unwrap();
+        assert_eq!(c.name, "rack1");
+        assert_eq!(c.secret, "0123456789abcdef");
+        assert_eq!(c.founders, 3);
+        assert_eq!(c.interface, None);
+        assert_eq!(c.port, DEFAULT_DISCOVERY_PORT);
+        assert_eq!(c.formation_timeout, DEFAULT_FORMATION_TIMEOUT);
+        assert_eq!(Seed::parse(&s.to_yaml().unwrap()).unwrap(), s);
+    }
+
+    #[test]
+    fn cluster_section_full() {
+        let yaml = format!("{CLUSTER}  interface: enp0s3\n  port: 9000\n  formation_timeout: 5\n");
+        let c = Seed::parse(&yaml).unwrap().cluster.unwrap();
+        assert_eq!(c.interface.as_deref(), Some("enp0s3"));
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.formation_timeout, 5);
+    }
+
+    #[test]
+    fn cluster_section_rejects_bad_values() {
+        let with = |extra: &str| Seed::parse(&format!("{CLUSTER}{extra}"));
+        // Required fields.
+        assert!(Seed::parse("cluster: {name: a, founders: 1}").is_err());
+        assert!(Seed::parse("cluster: {secret: \"0123456789abcdef\", founders: 1}").is_err());
+        assert!(Seed::parse("cluster: {name: a, secret: \"0123456789abcdef\"}").is_err());
+        // Values.
+        let one = |name: &str, secret: &str, founders: &str| {
+            Seed::parse(&format!(
+                "cluster: {{name: {name}, secret: {secret}, founders: {founders}}}"
+            ))
+        };
+        assert!(one("a", "\"0123456789abcdef\"", "1").is_ok());
+        assert!(one("Rack_1", "\"0123456789abcdef\"", "1").is_err());
+        assert!(one("a", "\"0123456789abcde\"", "1").is_err(), "15 chars");
+        assert!(one("a", "\"0123456789abcdef\\n\"", "1").is_err(), "newline");
+        assert!(one("a", "\" 0123456789abcdef\"", "1").is_err(), "space");
+        assert!(one("a", "\"0123456789abcdef\"", "0").is_err());
+        assert!(one("a", "\"0123456789abcdef\"", "-1").is_err());
+        assert!(with("  interface: \"eth0/x\"\n").is_err());
+        assert!(with("  interface: averyveryverylongname\n").is_err());
+        assert!(with("  port: 0\n").is_err());
+        assert!(with("  formation_timeout: 0\n").is_err());
+        assert!(with("  unknown: 1\n").is_err(), "deny_unknown_fields");
+    }
+
+    #[test]
+    fn cluster_secret_is_not_in_debug_output_or_errors() {
+        let s = Seed::parse(CLUSTER).unwrap();
+        assert!(!format!("{s:?}").contains("0123456789abcdef"));
+        let e = Seed::parse("cluster: {name: a, secret: \"short secret\", founders: 1}")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("short secret"), "{e}");
     }
 
     #[test]
