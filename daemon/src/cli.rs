@@ -100,7 +100,7 @@ async fn run(opts: Options) -> Result<(), String> {
     crate::trust::restore_tokens(&d)
         .await
         .map_err(|e| e.to_string())?;
-    crate::preseed::apply(&d).await.map_err(|e| e.to_string())?;
+    let preseed = crate::preseed::apply(&d).await.map_err(|e| e.to_string())?;
     let router = crate::api::router(d.clone());
     d.https.set_router(router.clone());
     let unix = crate::listener::bind_unix(&d.paths.unix_socket)
@@ -113,6 +113,16 @@ async fn run(opts: Options) -> Result<(), String> {
     }
     if let Err(e) = crate::cluster::lifecycle::resume(&d).await {
         tracing::error!("resuming cluster membership: {e}");
+    }
+    if let Some(p) = preseed {
+        if let Some(seed) = p.cluster {
+            let member = d
+                .cluster()
+                .map(|c| c.name())
+                .or(p.server_name)
+                .unwrap_or_else(|| d.hostname.clone());
+            crate::cluster::autojoin::start(d.clone(), seed, member);
+        }
     }
     tracing::info!(
         "cairnd ready: unix socket {}{}",

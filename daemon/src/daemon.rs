@@ -71,6 +71,8 @@ pub struct Daemon {
     pub db: Arc<Db>,
     /// Node-local settings (`core.https_address`, `cluster.https_address`): never replicated.
     pub local: LocalConfig,
+    /// Keys from the cluster seed, to check join proofs (zero-touch formation).
+    pub seed_keys: std::sync::OnceLock<Arc<crate::cluster::autojoin::SeedKeys>>,
     /// The cluster this member belongs to, once enabled or joined.
     cluster: RwLock<Option<Arc<crate::cluster::runtime::Runtime>>>,
     pub events: EventHub,
@@ -124,6 +126,7 @@ impl Daemon {
             db,
             local,
             cluster: RwLock::new(None),
+            seed_keys: std::sync::OnceLock::new(),
             pools: RwLock::new(BTreeMap::new()),
             cert: RwLock::new(Arc::new(cert)),
             host: HostCaps::detect(),

@@ -26,6 +26,12 @@ pub struct Preseed {
     pub config: BTreeMap<String, String>,
     #[serde(default)]
     pub certificates: Vec<PreseedCert>,
+    /// This member's name in a cluster (default: the hostname).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Zero-touch cluster formation (the seed's `cluster:` section).
+    #[serde(default)]
+    pub cluster: Option<cairn_seed::Cluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,12 +72,17 @@ pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
             )));
         }
     }
+    if let Some(c) = &p.cluster {
+        c.validate()
+            .map_err(|e| PreseedError::Invalid(e.to_string()))?;
+    }
     Ok(Some(p))
 }
 
-pub async fn apply(d: &Daemon) -> Result<(), PreseedError> {
+/// Applies the preseed; returns it (its cluster section is acted on once the daemon runs).
+pub async fn apply(d: &Daemon) -> Result<Option<Preseed>, PreseedError> {
     let Some(p) = load(&d.paths.state.join("preseed.yaml"))? else {
-        return Ok(());
+        return Ok(None);
     };
     let current =
         d.db.server_config()
@@ -106,7 +117,7 @@ pub async fn apply(d: &Daemon) -> Result<(), PreseedError> {
             Err(e) => return Err(PreseedError::Invalid(e.to_string())),
         }
     }
-    Ok(())
+    Ok(Some(p))
 }
 
 #[cfg(test)]

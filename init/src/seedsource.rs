@@ -94,6 +94,11 @@ pub fn preseed_yaml(seed: &Seed) -> String {
     struct Preseed<'a> {
         config: std::collections::BTreeMap<&'a str, &'a str>,
         certificates: Vec<Cert<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        server_name: Option<&'a str>,
+        /// Zero-touch cluster formation: cairnd announces itself and forms or joins.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<&'a cairn_seed::Cluster>,
     }
     let p = Preseed {
         config: [("core.https_address", seed.trust.https_address.as_str())]
@@ -109,6 +114,8 @@ pub fn preseed_yaml(seed: &Seed) -> String {
                 certificate: &c.certificate,
             })
             .collect(),
+        server_name: seed.hostname.as_deref(),
+        cluster: seed.cluster.as_ref(),
     };
     serde_yaml::to_string(&p).unwrap_or_default()
 }

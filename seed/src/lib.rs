@@ -165,7 +165,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    fn validate(&self) -> Result<(), SeedError> {
+    pub fn validate(&self) -> Result<(), SeedError> {
         let bad = |m: String| Err(SeedError::Invalid(format!("cluster.{m}")));
         if !valid_hostname(&self.name) {
             return bad(format!(

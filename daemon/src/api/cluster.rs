@@ -497,9 +497,17 @@ pub async fn internal_receive_instance(
 
 pub async fn internal_join(
     State(d): State<AppState>,
+    axum::Extension(peer): axum::Extension<crate::listener::Peer>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Response {
-    match lifecycle::accept(&d, req).await {
+    let (caller, from_member) = match &peer {
+        crate::listener::Peer::Tls { fingerprint, .. } => (
+            fingerprint.clone(),
+            d.cluster().is_some() && super::auth::is_cluster_peer(&peer, &d.cert()),
+        ),
+        crate::listener::Peer::Unix => (None, false),
+    };
+    match lifecycle::accept(&d, req, caller.as_deref(), from_member).await {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }

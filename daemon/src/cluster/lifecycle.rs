@@ -66,13 +66,28 @@ impl JoinToken {
     }
 }
 
-/// What a joining member sends to a cluster member.
+/// What a joining member sends to a cluster member: the secret of an Incus join token, or
+/// (zero-touch formation) a proof that it knows the cluster's join secret.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub name: String,
     pub address: String,
+    #[serde(default)]
     pub secret: String,
+    #[serde(default)]
+    pub proof: Option<SeedProof>,
     pub architecture: String,
+}
+
+/// A join proof (see `discovery::join_proof`), bound to the joiner's TLS certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedProof {
+    pub nonce: String,
+    pub proof: String,
+    /// Fingerprint of the certificate the proof is bound to. Checked against the TLS
+    /// connection by the member that first receives the request; members forwarding it
+    /// to the leader are trusted for that check (they present the cluster certificate).
+    pub fingerprint: String,
 }
 
 /// What it gets back: its member id and the cluster certificate with its key.
@@ -250,10 +265,27 @@ pub async fn issue_token(
 
 /// `POST /internal/cluster/join` on any member: checks the token and, on the leader, adds
 /// the member (a learner until it caught up).
-pub async fn accept(d: &Arc<Daemon>, req: JoinRequest) -> Result<JoinAnswer, LifecycleError> {
+/// `caller` is the TLS client certificate fingerprint of whoever sent the request, and
+/// `from_member` whether that is another member of this cluster (forwarding it).
+pub async fn accept(
+    d: &Arc<Daemon>,
+    req: JoinRequest,
+    caller: Option<&str>,
+    from_member: bool,
+) -> Result<JoinAnswer, LifecycleError> {
     let rt = d
         .cluster()
         .ok_or_else(|| Invalid("This server is not clustered".into()))?;
+    if let Some(p) = &req.proof {
+        if !from_member {
+            if caller != Some(p.fingerprint.as_str()) {
+                return Err(Forbidden(
+                    "The join proof is bound to another certificate".into(),
+                ));
+            }
+            super::autojoin::verify(d, &req.name, p).map_err(Forbidden)?;
+        }
+    }
     if !rt.is_leader() {
         let leader = rt
             .leader()
@@ -265,19 +297,25 @@ pub async fn accept(d: &Arc<Daemon>, req: JoinRequest) -> Result<JoinAnswer, Lif
             .map_err(|e| Unavailable(format!("forwarding the join to the leader: {e}")));
     }
     let db_err = |e: crate::db::DbError| Unavailable(e.to_string());
-    let token =
-        d.db.join_token(&req.name)
+    let token = if req.proof.is_some() {
+        None
+    } else {
+        let token = d
+            .db
+            .join_token(&req.name)
             .map_err(db_err)?
-            .filter(|t| crate::tls::secrets_equal(&t.secret, &req.secret))
+            .filter(|t| !req.secret.is_empty() && crate::tls::secrets_equal(&t.secret, &req.secret))
             .ok_or_else(|| Forbidden(format!("No valid join token for member {:?}", req.name)))?;
-    if token.expires_at <= Utc::now() {
-        let _ = d
-            .write(vec![Command::DeleteJoinToken {
-                name: req.name.clone(),
-            }])
-            .await;
-        return Err(Forbidden("The join token has expired".into()));
-    }
+        if token.expires_at <= Utc::now() {
+            let _ = d
+                .write(vec![Command::DeleteJoinToken {
+                    name: req.name.clone(),
+                }])
+                .await;
+            return Err(Forbidden("The join token has expired".into()));
+        }
+        Some(token)
+    };
     let members = d.db.members().map_err(db_err)?;
     if members.iter().any(|m| m.name == req.name) {
         return Err(Invalid(format!(
@@ -292,29 +330,31 @@ pub async fn accept(d: &Arc<Daemon>, req: JoinRequest) -> Result<JoinAnswer, Lif
         )));
     }
     let id = d.db.next_member_id().map_err(db_err)?;
-    d.write(vec![
-        Command::DeleteJoinToken {
+    let mut cmds = Vec::new();
+    if token.is_some() {
+        cmds.push(Command::DeleteJoinToken {
             name: req.name.clone(),
-        },
-        Command::AddMember(MemberRecord {
-            id,
-            name: req.name.clone(),
-            address: req.address.clone(),
-            architecture: req.architecture.clone(),
-            description: String::new(),
-            failure_domain: "default".into(),
-            config: Default::default(),
-            groups: vec!["default".into()],
-            evacuated: false,
-        }),
-    ])
-    .await
-    .map_err(|e| Unavailable(format!("recording member {}: {e}", req.name)))?;
+        });
+    }
+    cmds.push(Command::AddMember(MemberRecord {
+        id,
+        name: req.name.clone(),
+        address: req.address.clone(),
+        architecture: req.architecture.clone(),
+        description: String::new(),
+        failure_domain: "default".into(),
+        config: Default::default(),
+        groups: vec!["default".into()],
+        evacuated: false,
+    }));
+    d.write(cmds)
+        .await
+        .map_err(|e| Unavailable(format!("recording member {}: {e}", req.name)))?;
     if let Err(e) = rt.add_learner(id, &req.address).await {
         // The role keeper adds members missing from raft; the join still stands.
         tracing::warn!("adding member {} to raft: {e}", req.name);
     }
-    if let Some(op) = d.ops.get(&token.operation_id) {
+    if let Some(op) = token.and_then(|t| d.ops.get(&t.operation_id)) {
         op.finish(Ok(()));
     }
     d.events.lifecycle(
@@ -399,11 +439,24 @@ pub async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<(), LifecycleError> 
         name: name.clone(),
         address: address.clone(),
         secret: token.secret.clone(),
+        proof: None,
         architecture: crate::instance::host_architecture(),
     };
-    let mut last = String::from("no address in the join token");
+    complete_join(d, client, &token.addresses, req).await
+}
+
+/// Sends `req` to the first member in `addresses` that answers, then becomes a member:
+/// installs the cluster certificate, starts Raft and waits for the cluster's database.
+pub async fn complete_join(
+    d: &Arc<Daemon>,
+    client: PeerClient,
+    addresses: &[String],
+    req: JoinRequest,
+) -> Result<(), LifecycleError> {
+    let (name, address) = (req.name.clone(), req.address.clone());
+    let mut last = String::from("no address to join at");
     let mut answer = None;
-    for addr in &token.addresses {
+    for addr in addresses {
         match client
             .post_json::<_, JoinAnswer>(addr, JOIN_PATH, &req, Duration::from_secs(60))
             .await

@@ -26,6 +26,7 @@
 //! SQLite handle); nothing is acknowledged before it is on disk on a majority; a request
 //! (by id) takes effect at most once, whatever the retries and re-deliveries.
 
+pub mod autojoin;
 pub mod discovery;
 pub mod evacuation;
 pub mod events_relay;

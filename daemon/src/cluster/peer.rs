@@ -168,9 +168,19 @@ impl PeerClient {
         server: &CertificateDer<'static>,
         own: &ServerCert,
     ) -> Result<PeerClient, PeerError> {
+        Self::pinned_fingerprint(&crate::tls::cert_fingerprint(server.as_ref()), own)
+    }
+
+    /// A client that trusts only a server whose certificate has SHA-256 `fingerprint` (hex)
+    /// and presents `own`: joining a member seen through discovery, which announced its
+    /// certificate's fingerprint.
+    pub fn pinned_fingerprint(
+        fingerprint: &str,
+        own: &ServerCert,
+    ) -> Result<PeerClient, PeerError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = PinnedServerCert {
-            pinned: server.clone(),
+            fingerprint: fingerprint.to_ascii_lowercase(),
             algorithms: provider.signature_verification_algorithms,
         };
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -308,7 +318,8 @@ fn truncated_text(body: &[u8]) -> String {
 /// handshake signature) that it holds its key.
 #[derive(Debug)]
 struct PinnedServerCert {
-    pinned: CertificateDer<'static>,
+    /// SHA-256 of the one certificate accepted (as Incus pins certificates).
+    fingerprint: String,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -321,7 +332,7 @@ impl ServerCertVerifier for PinnedServerCert {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.pinned.as_ref() {
+        if crate::tls::cert_fingerprint(end_entity.as_ref()) == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
