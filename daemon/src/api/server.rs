@@ -169,6 +169,24 @@ fn check_server_key(key: &str, value: &str) -> Result<(), ApiError> {
             Ok(())
         }
         k if k.starts_with("user.") => Ok(()),
+        "cluster.max_voters" => match value.parse::<u64>() {
+            Ok(v) if v >= 3 && v % 2 == 1 => Ok(()),
+            _ => Err(ApiError::bad_request(format!(
+                "Invalid value for cluster.max_voters: {value:?} (an odd number, at least 3)"
+            ))),
+        },
+        "cluster.max_standby" => match value.parse::<u64>() {
+            Ok(v) if v <= 5 => Ok(()),
+            _ => Err(ApiError::bad_request(format!(
+                "Invalid value for cluster.max_standby: {value:?} (0 to 5)"
+            ))),
+        },
+        "cluster.offline_threshold" => match value.parse::<u64>() {
+            Ok(v) if v >= 1 => Ok(()),
+            _ => Err(ApiError::bad_request(format!(
+                "Invalid value for cluster.offline_threshold: {value:?} (seconds, at least 1)"
+            ))),
+        },
         "images.auto_update_interval" | "images.remote_cache_expiry" => value
             .parse::<u64>()
             .map(|_| ())

@@ -111,9 +111,10 @@ async fn pick_target(d: &Daemon, rt: &Runtime, not: &str) -> Result<String, Stri
     let instances = d.db.instances().map_err(|e| e.to_string())?;
     // The leader hears from every member; a follower only from the leader.
     let live = rt.liveness_view().await;
+    let threshold = super::runtime::RoleSettings::of(&d.db).offline_threshold;
     let online = |id| {
         live.get(&id)
-            .is_some_and(|ms| *ms < super::runtime::OFFLINE_THRESHOLD.as_millis() as u64)
+            .is_some_and(|ms| *ms < threshold.as_millis() as u64)
     };
     members
         .into_iter()

@@ -22,12 +22,39 @@ use super::types::{ClusterError, NodeId};
 use crate::db::records::MemberRecord;
 use crate::db::{Command, Db, DbError, RejectKind};
 
-/// Voting members (`cluster.max_voters`).
+/// Voting members (`cluster.max_voters`, default).
 pub const MAX_VOTERS: usize = 3;
-/// Members kept ready to vote (`cluster.max_standby`).
+/// Members kept ready to vote (`cluster.max_standby`, default).
 pub const MAX_STANDBY: usize = 2;
-/// A member not heard from for this long is offline (`cluster.offline_threshold`).
+/// A member not heard from for this long is offline (`cluster.offline_threshold`, default).
 pub const OFFLINE_THRESHOLD: Duration = Duration::from_secs(20);
+
+/// The cluster's role settings, from the (replicated) server configuration, as Incus names
+/// them; out-of-range values fall back to the defaults (the API refuses them anyway).
+#[derive(Debug, Clone, Copy)]
+pub struct RoleSettings {
+    pub max_voters: usize,
+    pub max_standby: usize,
+    pub offline_threshold: Duration,
+}
+
+impl RoleSettings {
+    pub fn of(db: &Db) -> RoleSettings {
+        let config = db.server_config().unwrap_or_default();
+        let num = |k: &str| config.get(k).and_then(|v| v.parse::<u64>().ok());
+        RoleSettings {
+            max_voters: num("cluster.max_voters")
+                .filter(|v| *v >= 3 && v % 2 == 1)
+                .map_or(MAX_VOTERS, |v| v as usize),
+            max_standby: num("cluster.max_standby")
+                .filter(|v| *v <= 5)
+                .map_or(MAX_STANDBY, |v| v as usize),
+            offline_threshold: num("cluster.offline_threshold")
+                .filter(|v| *v >= 1)
+                .map_or(OFFLINE_THRESHOLD, Duration::from_secs),
+        }
+    }
+}
 /// A learner this close to the leader's log may be promoted.
 const CAUGHT_UP_ENTRIES: u64 = 64;
 
@@ -337,6 +364,7 @@ impl Runtime {
     /// Roles and status of each member, for the API.
     pub async fn member_views(&self, members: &[MemberRecord]) -> BTreeMap<NodeId, MemberView> {
         let live = self.liveness_view().await;
+        let settings = RoleSettings::of(self.node.db());
         let m = self.node.metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -344,13 +372,13 @@ impl Runtime {
             id == self.id()
                 || live
                     .get(&id)
-                    .is_some_and(|ms| *ms < OFFLINE_THRESHOLD.as_millis() as u64)
+                    .is_some_and(|ms| *ms < settings.offline_threshold.as_millis() as u64)
         };
         let standby: BTreeSet<NodeId> = members
             .iter()
             .map(|m| m.id)
             .filter(|id| !voters.contains(id) && membership.get_node(id).is_some() && online(*id))
-            .take(MAX_STANDBY)
+            .take(settings.max_standby)
             .collect();
         members
             .iter()
@@ -391,7 +419,8 @@ impl Runtime {
 
     /// Whether member `id` answered recently (this member: always).
     pub fn is_online(&self, id: NodeId) -> bool {
-        id == self.id() || self.liveness.age(id).is_some_and(|a| a < OFFLINE_THRESHOLD)
+        let threshold = RoleSettings::of(self.node.db()).offline_threshold;
+        id == self.id() || self.liveness.age(id).is_some_and(|a| a < threshold)
     }
 
     /// Adds a member that joined: it receives the log (a snapshot first) as a learner; the
@@ -461,6 +490,7 @@ impl Runtime {
             return self.node.remove_members(gone).await;
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let settings = RoleSettings::of(self.node.db());
         let last = m.last_log_index.unwrap_or(0);
         let matched = |id: NodeId| {
             m.replication
@@ -480,7 +510,7 @@ impl Runtime {
                 && matched(*id) + CAUGHT_UP_ENTRIES >= last
         });
         for c in candidates {
-            if want.len() >= MAX_VOTERS {
+            if want.len() >= settings.max_voters {
                 break;
             }
             want.insert(c);
@@ -488,7 +518,7 @@ impl Runtime {
         // Lost voters stay voters until someone can take their place: dropping one without
         // a replacement would only shrink the quorum's margin.
         for v in &voters {
-            if want.len() >= MAX_VOTERS {
+            if want.len() >= settings.max_voters {
                 break;
             }
             want.insert(*v);
