@@ -174,12 +174,25 @@ impl TestDaemon {
 
     pub fn incus_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(incus_bin());
-        c.args(args)
-            .env("INCUS_DIR", &self.state)
+        c.args(args);
+        self.client_env(&mut c);
+        c
+    }
+
+    /// Like [`incus_cmd`](Self::incus_cmd), killed after `secs` by coreutils' `timeout`
+    /// (exit status 124): a wedged daemon then fails the test instead of hanging it.
+    pub fn incus_cmd_timeout(&self, secs: u64, args: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        c.arg(secs.to_string()).arg(incus_bin()).args(args);
+        self.client_env(&mut c);
+        c
+    }
+
+    fn client_env(&self, c: &mut Command) {
+        c.env("INCUS_DIR", &self.state)
             .env("HOME", &self.home)
             .env("INCUS_CONF", self.home.join(".config/incus"))
             .stdin(Stdio::null());
-        c
     }
 
     pub fn incus(&self, args: &[&str]) -> Output {

@@ -1,0 +1,468 @@
+//! Clustering end to end with the real incus CLI: cairnd processes on 127.0.0.1, .2 and .3
+//! (one port, as members of a real cluster would share it), formed the way an operator
+//! does it (`cluster enable`, `cluster add`, `admin init --preseed`), then placement,
+//! forwarding, moves, evacuation, leader failover and the removal of a dead member.
+//!
+//! Run with `CAIRN_LOG=info,cairnd=debug` for detailed member logs (each member's
+//! cairnd.log tail is printed when a step fails).
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{TempDir, TestDaemon};
+use serde_json::Value;
+
+/// Every incus call is killed after this long: a wedged cluster fails the test instead of
+/// hanging it (evacuation stops and moves containers, hence the margin).
+const CALL_TIMEOUT: u64 = 180;
+
+/// A port free on every given loopback address; never the same twice in this process,
+/// because the tests here run in parallel and each forms its own cluster.
+fn free_port_on(addrs: &[&str]) -> u16 {
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = common::free_port();
+        let free = addrs
+            .iter()
+            .all(|a| std::net::TcpListener::bind((*a, port)).is_ok());
+        let mut taken = TAKEN.lock().unwrap();
+        if free && taken.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+struct Member {
+    name: String,
+    address: String,
+    d: TestDaemon,
+}
+
+impl Member {
+    fn run(&self, args: &[&str]) -> Output {
+        self.d
+            .incus_cmd_timeout(CALL_TIMEOUT, args)
+            .output()
+            .expect("running incus")
+    }
+
+    /// `incus` with `input` on its stdin.
+    fn run_with_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .d
+            .incus_cmd_timeout(CALL_TIMEOUT, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running incus");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn preseed_join(&self, token: &str) -> Output {
+        let yaml = format!(
+            "cluster:\n  enabled: true\n  server_name: {}\n  server_address: {}\n  cluster_token: {}\n",
+            self.name, self.address, token
+        );
+        self.run_with_input(&["admin", "init", "--preseed"], &yaml)
+    }
+
+    /// `incus cluster list` as (name, status, roles).
+    fn members(&self) -> Result<Vec<(String, String, Vec<String>)>, String> {
+        let out = self.run(&["cluster", "list", "--format", "json"]);
+        if !out.status.success() {
+            return Err(format!("cluster list: {}", text(&out.stderr)));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let list = v.as_array().ok_or("cluster list is not an array")?;
+        Ok(list
+            .iter()
+            .map(|m| {
+                let roles = m["roles"]
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    m["server_name"].as_str().unwrap_or("").to_string(),
+                    m["status"].as_str().unwrap_or("").to_string(),
+                    roles,
+                )
+            })
+            .collect())
+    }
+}
+
+struct Cluster {
+    m: Vec<Member>,
+}
+
+impl Cluster {
+    /// `n` standalone daemons, each listening on 127.0.0.<i>:`port`.
+    fn start(n: usize) -> Cluster {
+        let addrs: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}")).collect();
+        let port = free_port_on(&addrs.iter().map(String::as_str).collect::<Vec<_>>());
+        let m = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Member {
+                name: format!("node{}", i + 1),
+                address: format!("{a}:{port}"),
+                d: TestDaemon::start(),
+            })
+            .collect();
+        let c = Cluster { m };
+        for m in &c.m {
+            c.ok(m, &["config", "set", "core.https_address", &m.address]);
+        }
+        c
+    }
+
+    fn logs(&self) -> String {
+        self.m
+            .iter()
+            .map(|m| {
+                format!(
+                    "--- {} cairnd.log (tail) ---\n{}",
+                    m.name,
+                    tail(&m.d.log(), 40)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn ok(&self, m: &Member, args: &[&str]) -> String {
+        let out = m.run(args);
+        assert!(
+            out.status.success(),
+            "incus {args:?} on {} failed ({}): {}\n{}",
+            m.name,
+            out.status,
+            text(&out.stderr),
+            self.logs()
+        );
+        text(&out.stdout)
+    }
+
+    fn err(&self, m: &Member, args: &[&str]) -> String {
+        let out = m.run(args);
+        assert!(
+            !out.status.success(),
+            "incus {args:?} on {} should have failed but printed: {}",
+            m.name,
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
+    /// Retries `f` every 200 ms until it gives a value or `limit` passed.
+    fn poll<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+        let start = Instant::now();
+        loop {
+            match f() {
+                Ok(v) => return v,
+                Err(e) if start.elapsed() > limit => {
+                    panic!("{what}: not within {limit:?}: {e}\n{}", self.logs())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// A join token for `name` from member `via` (`incus cluster add` prints it last).
+    fn token(&self, via: &Member, name: &str) -> String {
+        let out = self.ok(via, &["cluster", "add", name]);
+        out.lines().last().unwrap_or("").trim().to_string()
+    }
+
+    /// Clustering enabled on the first member, the others joined with tokens.
+    fn form(&self) {
+        let first = &self.m[0];
+        self.ok(first, &["cluster", "enable", &first.name]);
+        for m in &self.m[1..] {
+            let token = self.token(first, &m.name);
+            let out = m.preseed_join(&token);
+            assert!(
+                out.status.success(),
+                "{} joining: {}{}\n{}",
+                m.name,
+                text(&out.stdout),
+                text(&out.stderr),
+                self.logs()
+            );
+        }
+    }
+
+    /// Polls member `via`'s cluster list until it shows the expected members all online,
+    /// one leader, and every member a database (voter) once the role keeper promoted them.
+    fn wait_all_online(&self, via: &Member, expected: &[&str], limit: Duration) {
+        self.poll("all members online voters", limit, || {
+            let list = via.members()?;
+            let mut names: Vec<&str> = list.iter().map(|(n, _, _)| n.as_str()).collect();
+            names.sort();
+            let leaders = list
+                .iter()
+                .filter(|(_, _, r)| r.iter().any(|r| r == "database-leader"))
+                .count();
+            let ok = names == expected
+                && leaders == 1
+                && list
+                    .iter()
+                    .all(|(_, s, r)| s == "Online" && r.iter().any(|r| r == "database"));
+            ok.then_some(()).ok_or_else(|| format!("{list:?}"))
+        });
+    }
+
+    /// `incus list` through member `via` as sorted (name, state, location).
+    fn instances(&self, via: &Member) -> Vec<(String, String, String)> {
+        let out = self.ok(via, &["list", "--format", "csv", "-c", "nsL"]);
+        let mut v: Vec<_> = out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                assert_eq!(f.len(), 3, "unexpected list line {l:?}");
+                (f[0].to_string(), f[1].to_string(), f[2].to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn member(&self, name: &str) -> &Member {
+        self.m.iter().find(|m| m.name == name).expect("a member")
+    }
+}
+
+fn row(name: &str, state: &str, location: &str) -> (String, String, String) {
+    (name.into(), state.into(), location.into())
+}
+
+fn stop_containers_of(d: &TestDaemon) {
+    let lxc = d.state.join("lxc");
+    for e in std::fs::read_dir(&lxc).into_iter().flatten().flatten() {
+        // An entry that is no running container makes lxc-stop fail: nothing to stop.
+        let _ = Command::new("lxc-stop")
+            .arg("-k")
+            .arg("-P")
+            .arg(&lxc)
+            .arg("-n")
+            .arg(e.file_name())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn three_members_through_the_incus_cli() {
+    let t0 = Instant::now();
+    let mut c = Cluster::start(3);
+    let (n1, n2, n3) = (&c.m[0], &c.m[1], &c.m[2]);
+    let all = ["node1", "node2", "node3"];
+
+    // 1. Formation.
+    c.form();
+    c.wait_all_online(n1, &all, Duration::from_secs(10));
+    eprintln!("formed in {:?}", t0.elapsed());
+
+    // 2. Placement with --target, seen from any member.
+    n1.d.import_busybox("bb");
+    c.ok(n1, &["launch", "bb", "c1", "--target", "node2"]);
+    c.ok(n1, &["launch", "bb", "c2", "--target", "node3"]);
+    assert_eq!(
+        c.instances(n3),
+        vec![row("c1", "RUNNING", "node2"), row("c2", "RUNNING", "node3")]
+    );
+
+    // 3. Forwarded exec (output and exit status) and file transfer.
+    assert_eq!(c.ok(n1, &["exec", "c1", "--", "hostname"]).trim(), "c1");
+    let tmp = TempDir::new("cairn-cluster-files");
+    let dst = tmp.path().join("passwd");
+    c.ok(
+        n3,
+        &["file", "pull", "c1/etc/passwd", dst.to_str().unwrap()],
+    );
+    let passwd = std::fs::read_to_string(&dst).unwrap();
+    assert!(passwd.starts_with("root:"), "{passwd}");
+    let out = n1.run(&["exec", "c1", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    // 4. Moving a stopped instance to another member.
+    c.ok(n1, &["stop", "c1"]);
+    c.ok(n1, &["move", "c1", "--target", "node3"]);
+    assert_eq!(
+        c.instances(n1),
+        vec![row("c1", "STOPPED", "node3"), row("c2", "RUNNING", "node3")]
+    );
+    c.ok(n1, &["start", "c1"]);
+    assert_eq!(c.ok(n2, &["exec", "c1", "--", "hostname"]).trim(), "c1");
+
+    // 5. Evacuation and restore of node3, which now has both.
+    c.ok(n1, &["cluster", "evacuate", "node3", "--force"]);
+    let evacuated = c.instances(n2);
+    assert_eq!(evacuated.len(), 2, "{evacuated:?}");
+    for (name, state, location) in &evacuated {
+        assert_eq!(state, "RUNNING", "{evacuated:?}");
+        assert_ne!(location, "node3", "{evacuated:?}");
+        assert_eq!(c.ok(n3, &["exec", name, "--", "hostname"]).trim(), *name);
+    }
+    let status = |list: Vec<(String, String, Vec<String>)>, name: &str| {
+        list.into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, s, _)| s)
+    };
+    assert_eq!(
+        status(n1.members().unwrap(), "node3").as_deref(),
+        Some("Evacuated")
+    );
+    c.ok(n2, &["cluster", "restore", "node3", "--force"]);
+    assert_eq!(
+        c.instances(n1),
+        vec![row("c1", "RUNNING", "node3"), row("c2", "RUNNING", "node3")]
+    );
+    assert_eq!(
+        status(n2.members().unwrap(), "node3").as_deref(),
+        Some("Online")
+    );
+    eprintln!(
+        "placement, forwarding, move, evacuation done at {:?}",
+        t0.elapsed()
+    );
+
+    // 6. The leader dies: a survivor takes writes again after an election.
+    let leader = n1
+        .members()
+        .unwrap()
+        .into_iter()
+        .find(|(_, _, r)| r.iter().any(|r| r == "database-leader"))
+        .map(|(n, _, _)| n)
+        .expect("a leader");
+    let li = c.m.iter().position(|m| m.name == leader).unwrap();
+    c.m[li].d.kill9();
+    let killed = Instant::now();
+    let survivor = c.m.iter().find(|m| m.name != leader).unwrap();
+    let mut attempt = 0;
+    c.poll(
+        "a write after the leader died",
+        Duration::from_secs(15),
+        || {
+            // A new name each try: an attempt cut short may still have been committed.
+            attempt += 1;
+            let out = survivor
+                .d
+                .incus_cmd_timeout(10, &["profile", "create", &format!("p6-{attempt}")])
+                .output()
+                .unwrap();
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| text(&out.stderr))
+        },
+    );
+    eprintln!(
+        "leader {leader} killed: writes through {} again after {:?} ({attempt} attempts)",
+        survivor.name,
+        killed.elapsed()
+    );
+    c.m[li].d.spawn();
+    c.wait_all_online(&c.m[0], &all, Duration::from_secs(30));
+    c.wait_all_online(c.member(&leader), &all, Duration::from_secs(30));
+    eprintln!("{leader} back online at {:?}", t0.elapsed());
+
+    // 7. node3's machine dies for good: removed by force from the survivors.
+    c.m[2].d.kill9();
+    stop_containers_of(&c.m[2].d);
+    let (n1, n2) = (&c.m[0], &c.m[1]);
+    let out = n1.run_with_input(&["cluster", "remove", "node3", "--force"], "yes\n");
+    assert!(
+        out.status.success(),
+        "cluster remove node3 --force: {}{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        c.logs()
+    );
+    let left = n1.members().unwrap();
+    let mut names: Vec<_> = left.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["node1", "node2"], "{left:?}");
+    // --force dropped the instances that lived there.
+    assert_eq!(c.instances(n2), vec![]);
+    c.ok(n2, &["profile", "create", "p7"]);
+    assert!(c
+        .ok(n1, &["profile", "list", "--format", "csv"])
+        .contains("p7,"));
+    eprintln!("total {:?}", t0.elapsed());
+}
+
+/// Mistakes an operator makes: a broken token, a taken name, enabling twice. Each is
+/// refused with a clear error and leaves the daemons working.
+#[test]
+fn joining_errors() {
+    let c = Cluster::start(2);
+    let (n1, n2) = (&c.m[0], &c.m[1]);
+    c.ok(n1, &["cluster", "enable", "node1"]);
+
+    let e = c.err(n1, &["cluster", "enable", "node1"]);
+    assert!(e.contains("already clustered"), "{e}");
+    let e = c.err(n1, &["cluster", "add", "node1"]);
+    assert!(e.contains("already has a member with name"), "{e}");
+
+    // Not a token at all: the CLI itself refuses it, and so does the daemon when asked
+    // directly.
+    let out = n2.preseed_join("garbage");
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let e = text(&out.stderr);
+    assert!(e.contains("Invalid cluster join token"), "{e}");
+    let body = r#"{"enabled": true, "server_name": "node2", "cluster_token": "garbage"}"#;
+    let e = c.err(
+        n2,
+        &["query", "--wait", "-X", "PUT", "/1.0/cluster", "-d", body],
+    );
+    assert!(e.contains("Invalid cluster join token"), "{e}");
+    c.ok(n2, &["info"]);
+
+    // A well-formed token with a wrong secret: the cluster refuses it.
+    let token = c.token(n1, "node2");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forged: Value = serde_json::from_slice(&b64.decode(&token).unwrap()).unwrap();
+    forged["secret"] = Value::from("0".repeat(64));
+    let forged = b64.encode(serde_json::to_vec(&forged).unwrap());
+    let out = n2.preseed_join(&forged);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let e = text(&out.stderr);
+    assert!(e.contains("join token"), "{e}");
+    c.ok(n2, &["info"]);
+    let e = c.err(n2, &["cluster", "list"]);
+    assert!(e.contains("isn't part of a cluster"), "{e}");
+
+    // The real token still works after both failures.
+    let out = n2.preseed_join(&token);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), c.logs());
+    c.wait_all_online(n2, &["node1", "node2"], Duration::from_secs(10));
+}
