@@ -465,11 +465,17 @@ pub async fn complete_join(
                 answer = Some(a);
                 break;
             }
+            // The member's own error says what is wrong (token, name); keep just that.
+            Err(super::peer::PeerError::Status { body, .. }) => {
+                last = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(String::from))
+                    .unwrap_or(body);
+            }
             Err(e) => last = e.to_string(),
         }
     }
-    let answer =
-        answer.ok_or_else(|| Unavailable(format!("Failed to join the cluster: {last}")))?;
+    let answer = answer.ok_or_else(|| Unavailable(last))?;
     d.replace_cert(&answer.cluster_certificate, &answer.cluster_key)
         .map_err(|e| Unavailable(format!("installing the cluster certificate: {e}")))?;
     d.https
