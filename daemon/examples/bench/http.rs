@@ -13,6 +13,8 @@ use super::Result;
 pub struct Client {
     socket: PathBuf,
     conn: Option<BufReader<UnixStream>>,
+    /// How long a read or write may block before the exchange fails.
+    timeout: Duration,
 }
 
 pub struct Reply {
@@ -34,9 +36,16 @@ impl Reply {
 
 impl Client {
     pub fn new(socket: &Path) -> Client {
+        Client::with_timeout(socket, Duration::from_secs(600))
+    }
+
+    /// A client whose requests give up after `timeout` without an answer (the cluster
+    /// bench probes a cluster that may have no leader).
+    pub fn with_timeout(socket: &Path, timeout: Duration) -> Client {
         Client {
             socket: socket.to_path_buf(),
             conn: None,
+            timeout,
         }
     }
 
@@ -99,7 +108,8 @@ impl Client {
             let s = UnixStream::connect(&self.socket).map_err(|e| {
                 BeforeReply(format!("connecting to {}: {e}", self.socket.display()))
             })?;
-            let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
+            let _ = s.set_read_timeout(Some(self.timeout));
+            let _ = s.set_write_timeout(Some(self.timeout));
             self.conn = Some(BufReader::with_capacity(64 * 1024, s));
         }
         let conn = self.conn.as_mut().expect("connected above");
