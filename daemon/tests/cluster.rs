@@ -417,6 +417,30 @@ fn three_members_through_the_incus_cli() {
     assert!(c
         .ok(n1, &["profile", "list", "--format", "csv"])
         .contains("p7,"));
+
+    // 8. node3 comes back on a new disk: a fresh daemon on the same address joins again
+    // as a new member under its old name.
+    let address = c.m[2].address.clone();
+    let fresh = Member {
+        name: "node3".into(),
+        address: address.clone(),
+        d: TestDaemon::start(),
+    };
+    c.ok(&fresh, &["config", "set", "core.https_address", &address]);
+    let token = c.token(&c.m[0], "node3");
+    let out = fresh.preseed_join(&token);
+    assert!(
+        out.status.success(),
+        "rejoining node3: {}{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        c.logs()
+    );
+    c.m[2] = fresh;
+    c.wait_all_online(&c.m[0], &all, Duration::from_secs(30));
+    assert!(c
+        .ok(&c.m[2], &["profile", "list", "--format", "csv"])
+        .contains("p7,"));
     eprintln!("total {:?}", t0.elapsed());
 }
 

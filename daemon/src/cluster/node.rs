@@ -53,9 +53,13 @@ impl Config {
         Config {
             id,
             dir,
-            heartbeat: Duration::from_millis(150),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            // openraft 0.9 has a follower wait election_timeout_max (its leader lease) plus a
+            // random election timeout after the last heartbeat: 0.75-1 s here, so writes
+            // resume about a second after a leader dies, while a heartbeat would have to
+            // be late by 7 intervals for a needless election.
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(250),
+            election_timeout_max: Duration::from_millis(500),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 20_000,
             keep_after_snapshot: 5_000,
