@@ -475,7 +475,7 @@ pub async fn complete_join(
             Err(e) => last = e.to_string(),
         }
     }
-    let answer = answer.ok_or_else(|| Unavailable(last))?;
+    let answer = answer.ok_or(Unavailable(last))?;
     d.replace_cert(&answer.cluster_certificate, &answer.cluster_key)
         .map_err(|e| Unavailable(format!("installing the cluster certificate: {e}")))?;
     d.https
