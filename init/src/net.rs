@@ -86,6 +86,8 @@ pub struct Configured {
     pub dhcp: Vec<ServiceSpec>,
     /// How many NICs were configured (each should end up with an address).
     pub nics: usize,
+    /// The NICs given static addresses, in the seed's order: the management network.
+    pub static_nics: Vec<String>,
 }
 
 /// Brings up loopback and the seed's NICs.
@@ -114,6 +116,7 @@ pub fn setup(seed: &Seed) -> Configured {
     let mut resolv = String::new();
     let assigned = assign(&seed.network.interfaces, &found);
     let configured = assigned.len();
+    let mut static_nics = Vec::new();
     for (want, nic) in assigned {
         ip(&["link", "set", &nic.name, "up"]);
         if want.dhcp {
@@ -131,6 +134,9 @@ pub fn setup(seed: &Seed) -> Configured {
             if Cidr::parse(a).is_ok() {
                 ip(&["addr", "replace", a, "dev", &nic.name]);
             }
+        }
+        if !want.addresses.is_empty() {
+            static_nics.push(nic.name.clone());
         }
         if let Some(gw) = want.gateway {
             ip(&[
@@ -152,6 +158,7 @@ pub fn setup(seed: &Seed) -> Configured {
     Configured {
         dhcp,
         nics: configured,
+        static_nics,
     }
 }
 

@@ -150,17 +150,19 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     let _ = nix::unistd::sethostname(&hostname);
     let _ = std::fs::write("/run/cairn/hostname", format!("{hostname}\n"));
     info!("hostname {hostname}");
-    if loaded.imported_from.is_some() {
-        let preseed = Path::new(services::STATE_DIR).join("preseed.yaml");
-        if let Err(e) = std::fs::write(&preseed, seedsource::preseed_yaml(&seed)) {
-            info!("writing {}: {e}", preseed.display());
-        }
-    }
-
     if !Path::new("/run/cairn/resolv.conf").exists() {
         let _ = std::fs::write("/run/cairn/resolv.conf", "");
     }
     let net = net::setup(&seed);
+    // After the network: a cluster seed without an interface announces on the management
+    // network, the first NIC the seed gives a static address.
+    if loaded.imported_from.is_some() {
+        let preseed = Path::new(services::STATE_DIR).join("preseed.yaml");
+        let mgmt = net.static_nics.first().map(String::as_str);
+        if let Err(e) = std::fs::write(&preseed, seedsource::preseed_yaml(&seed, mgmt)) {
+            info!("writing {}: {e}", preseed.display());
+        }
+    }
     for spec in net.dhcp {
         sup.add(spec);
     }

@@ -82,7 +82,7 @@ pub fn load(boot_disk: Option<&str>) -> Loaded {
 
 /// The preseed cairnd applies on start (then renames): the HTTPS address and the trusted
 /// client certificates from the seed, in the shape of `incus admin init --preseed`.
-pub fn preseed_yaml(seed: &Seed) -> String {
+pub fn preseed_yaml(seed: &Seed, management_nic: Option<&str>) -> String {
     #[derive(serde::Serialize)]
     struct Cert<'a> {
         name: &'a str,
@@ -98,7 +98,7 @@ pub fn preseed_yaml(seed: &Seed) -> String {
         server_name: Option<&'a str>,
         /// Zero-touch cluster formation: cairnd announces itself and forms or joins.
         #[serde(skip_serializing_if = "Option::is_none")]
-        cluster: Option<&'a cairn_seed::Cluster>,
+        cluster: Option<cairn_seed::Cluster>,
     }
     let p = Preseed {
         config: [("core.https_address", seed.trust.https_address.as_str())]
@@ -115,7 +115,12 @@ pub fn preseed_yaml(seed: &Seed) -> String {
             })
             .collect(),
         server_name: seed.hostname.as_deref(),
-        cluster: seed.cluster.as_ref(),
+        cluster: seed.cluster.clone().map(|mut c| {
+            if c.interface.is_none() {
+                c.interface = management_nic.map(String::from);
+            }
+            c
+        }),
     };
     serde_yaml::to_string(&p).unwrap_or_default()
 }
@@ -130,10 +135,31 @@ mod tests {
             "trust:\n  client_certificates:\n    - name: lab\n      certificate: \"-----BEGIN CERTIFICATE-----\\nMII\\n-----END CERTIFICATE-----\"\n",
         )
         .unwrap();
-        let y = preseed_yaml(&seed);
+        let y = preseed_yaml(&seed, None);
         let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
         assert_eq!(v["config"]["core.https_address"], ":8443");
         assert_eq!(v["certificates"][0]["name"], "lab");
         assert_eq!(v["certificates"][0]["type"], "client");
+    }
+
+    #[test]
+    fn a_cluster_seed_announces_on_the_management_nic_unless_it_names_one() {
+        let seed = Seed::parse(
+            "hostname: n1\ncluster:\n  name: lab\n  secret: \"0123456789abcdef\"\n  founders: 3\n",
+        )
+        .unwrap();
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&preseed_yaml(&seed, Some("enp0s4"))).unwrap();
+        assert_eq!(v["server_name"], "n1");
+        assert_eq!(v["cluster"]["interface"], "enp0s4");
+        assert_eq!(v["cluster"]["founders"], 3);
+        let named = Seed::parse(
+            "cluster:\n  name: lab\n  secret: \"0123456789abcdef\"\n  founders: 1\n  interface: eth9\n",
+        )
+        .unwrap();
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&preseed_yaml(&named, Some("enp0s4"))).unwrap();
+        assert_eq!(v["cluster"]["interface"], "eth9");
+        assert!(v.get("server_name").is_none());
     }
 }

@@ -76,6 +76,49 @@ pub fn get_text(cert: &ClientCert, base: &str, path: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Names of the cluster members the node at `base` sees Online.
+pub fn online_members(cert: &ClientCert, base: &str) -> Result<Vec<String>> {
+    let text = get_text(cert, base, "/1.0/cluster/members?recursion=1")?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Command {
+        what: format!("GET {base}/1.0/cluster/members"),
+        detail: e.to_string(),
+    })?;
+    let mut names: Vec<String> = v["metadata"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|m| m["status"] == "Online")
+                .filter_map(|m| m["server_name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    Ok(names)
+}
+
+/// Waits until the node at `base` sees `n` members Online.
+pub fn wait_cluster(
+    cert: &ClientCert,
+    base: &str,
+    n: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let seen = online_members(cert, base).unwrap_or_default();
+        if seen.len() >= n {
+            return Ok(seen);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(LabError::Command {
+                what: format!("waiting for {n} cluster members at {base}"),
+                detail: format!("only {seen:?} online"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Whether the API answers `GET /1.0` with a trusted response.
 pub fn trusted(cert: &ClientCert, base: &str) -> bool {
     request(cert, base, "GET", "/1.0", None)

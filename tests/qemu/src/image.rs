@@ -140,6 +140,22 @@ pub fn seed_for_node(cfg: &crate::node::NodeConfig, cert: &ClientCert) -> Result
     seed_with_network(&cfg.name, cert, &net)
 }
 
+/// Adds a zero-touch cluster to a node's seed: every node of the lab gets the same section
+/// and the nodes form the cluster by themselves on the management network.
+pub fn with_cluster(seed: &str, secret: &str, founders: usize) -> String {
+    format!("{seed}cluster:\n  name: lab\n  secret: \"{secret}\"\n  founders: {founders}\n")
+}
+
+/// A fresh random join secret for a lab cluster.
+pub fn new_cluster_secret() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(io_err("reading /dev/urandom"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 fn seed_with_network(name: &str, cert: &ClientCert, interfaces: &str) -> Result<String> {
     let pem = cert.pem()?;
     let indented: String = pem.lines().map(|l| format!("        {l}\n")).collect();

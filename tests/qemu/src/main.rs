@@ -1,8 +1,10 @@
 //! cairn-lab: boot Cairn nodes under QEMU.
 //!
-//!   cairn-lab up [--nodes N] [--detach] [--no-build]   boot N nodes (default 1); prints one
-//!       JSON line {"nodes":[{"name","api","token"}]} on stdout when their APIs are ready,
-//!       then (unless --detach) waits and powers them off cleanly on Ctrl-C / SIGTERM
+//!   cairn-lab up [--nodes N] [--detach] [--no-build]   boot N nodes (default 1); with N > 1
+//!       their seeds share a cluster section and they form a cluster by themselves on the
+//!       management network; prints one JSON line {"nodes":[{"name","api","token"}]} on
+//!       stdout when their APIs are ready (and the cluster formed), then (unless --detach)
+//!       waits and powers them off cleanly on Ctrl-C / SIGTERM
 //!   cairn-lab down                                     ACPI power-off of every lab node
 //!   cairn-lab bench [--rounds N] [--no-api]            boot-time benchmark vs stock systemd
 
@@ -66,6 +68,12 @@ fn up(args: &[String]) -> Result<()> {
         progress("WARNING: the image has no cairnd; nodes will boot without an API");
     }
     let hub = start_hub(&lab)?;
+    // More than one node: they form a cluster by themselves from a shared seed section.
+    let secret = if n > 1 {
+        Some(image::new_cluster_secret()?)
+    } else {
+        None
+    };
     let mut nodes = Vec::new();
     for i in 1..=n {
         let name = format!("node{i}");
@@ -73,6 +81,9 @@ fn up(args: &[String]) -> Result<()> {
         cfg.index = i as u8;
         cfg.mgmt_hub = Some(hub.clone());
         cfg.seed = image::seed_for_node(&cfg, &cert)?;
+        if let Some(s) = &secret {
+            cfg.seed = image::with_cluster(&cfg.seed, s, n);
+        }
         let mut node = Node::create(cfg, &lab)?;
         node.start()?;
         progress(&format!(
@@ -106,6 +117,10 @@ fn up(args: &[String]) -> Result<()> {
             String::new()
         };
         out.push(serde_json::json!({"name": node.name(), "api": node.api_url(), "token": token}));
+    }
+    if let (true, Some(first)) = (wait_api && n > 1, nodes.first()) {
+        let members = api::wait_cluster(&cert, &first.api_url(), n, Duration::from_secs(300))?;
+        progress(&format!("cluster formed: {} Online", members.join(", ")));
     }
     println!("{}", serde_json::json!({ "nodes": out }));
     use std::io::Write;

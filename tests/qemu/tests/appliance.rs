@@ -388,3 +388,109 @@ fn operator_reads_services_and_logs_and_powers_off_through_the_os_api() {
     );
     assert!(node.saw("shutdown-complete clean=1"), "{}", node.tail(20));
 }
+
+/// Three appliance nodes whose seeds share a `cluster:` section form a cluster by
+/// themselves on their management network (a hub only they share); the real incus CLI,
+/// through one node, sees all three Online and places a container on another node.
+#[test]
+#[ignore = "QEMU tier: needs the built image"]
+fn three_nodes_with_one_seed_form_a_cluster() {
+    let lab = lab("cluster");
+    assert!(
+        lab.api,
+        "the image has no cairnd: build it with a cairnd binary"
+    );
+    let hub = cairn_lab::hub::spawn_in_thread(&lab.dir.join("hub")).expect("hub");
+    let secret = image::new_cluster_secret().expect("secret");
+    let mut nodes: Vec<Node> = (1..=3u8)
+        .map(|i| {
+            let name = format!("cnode{i}");
+            let mut cfg = NodeConfig::new(&name, &lab.image, accel::detect());
+            cfg.index = i;
+            cfg.mgmt_hub = Some(hub.clone());
+            cfg.seed = image::with_cluster(
+                &image::seed_for_node(&cfg, &lab.cert).expect("seed"),
+                &secret,
+                3,
+            );
+            Node::create(cfg, &lab.dir).expect("create node")
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start().expect("start QEMU");
+    }
+    for n in nodes.iter_mut() {
+        n.wait_for("cairn: API ready", BOOT)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let first = nodes[0].api_url();
+    api::wait_trusted(&lab.cert, &first, Duration::from_secs(60)).expect("trusted");
+    let members =
+        api::wait_cluster(&lab.cert, &first, 3, Duration::from_secs(180)).unwrap_or_else(|e| {
+            panic!(
+                "{e}\n{}",
+                nodes
+                    .iter()
+                    .map(|n| format!("--- {}\n{}", n.name(), n.tail(40)))
+                    .collect::<String>()
+            )
+        });
+    assert_eq!(members, ["cnode1", "cnode2", "cnode3"]);
+
+    let token = api::trust_token(&lab.cert, &first, "cli").expect("trust token");
+    let incus = image::incus_client().expect("incus client");
+    let conf = lab.dir.join("incus-config");
+    let _ = std::fs::remove_dir_all(&conf);
+    let run = |args: &[&str]| {
+        let out = Command::new(&incus)
+            .args(args)
+            .env("INCUS_CONF", &conf)
+            .output()
+            .expect("running incus");
+        assert!(
+            out.status.success(),
+            "incus {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "remote",
+        "add",
+        "rack",
+        &first,
+        "--token",
+        &token,
+        "--accept-certificate",
+    ]);
+    let list = run(&["cluster", "list", "rack:", "--format", "csv", "-c", "ns"]);
+    for name in ["cnode1", "cnode2", "cnode3"] {
+        assert!(list.contains(&format!("{name},ONLINE")), "{list}");
+    }
+    let tarball = lab.dir.join("busybox.tar.gz");
+    let st = Command::new("bash")
+        .arg(image::repo_root().join("tests/fixtures/make-busybox-image.sh"))
+        .arg(&tarball)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("making the busybox image");
+    assert!(st.success(), "make-busybox-image.sh failed");
+    run(&[
+        "image",
+        "import",
+        tarball.to_str().unwrap(),
+        "rack:",
+        "--alias",
+        "busybox",
+    ]);
+    run(&["launch", "rack:busybox", "rack:c1", "--target", "cnode2"]);
+    let where_ = run(&["list", "rack:", "--format", "csv", "-c", "nsL"]);
+    assert!(where_.contains("c1,RUNNING,cnode2"), "{where_}");
+    let host = run(&["exec", "rack:c1", "--", "hostname"]);
+    assert_eq!(host.trim(), "c1");
+    for n in nodes.iter_mut() {
+        n.shutdown(Duration::from_secs(120)).expect("power off");
+    }
+}
