@@ -133,6 +133,7 @@ async fn run(opts: Options) -> Result<(), String> {
             .unwrap_or_default()
     );
     tokio::spawn(resume_instances(d.clone()));
+    tokio::spawn(raft_watchdog(d.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -155,6 +156,23 @@ async fn run(opts: Options) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(&d.paths.unix_socket);
     Ok(())
+}
+
+/// A member whose Raft core stopped on a fatal error (storage failure, an internal panic)
+/// can no longer take part in the cluster: exit so the supervisor (cairn-init) restarts the
+/// daemon, which resumes from its log and database on disk. Containers keep running.
+async fn raft_watchdog(d: Arc<Daemon>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(rt) = d.cluster() {
+            if let Err(fatal) = &rt.node().metrics().running_state {
+                tracing::error!(
+                    "the cluster member's Raft core stopped ({fatal}): exiting to be restarted"
+                );
+                std::process::exit(75);
+            }
+        }
+    }
 }
 
 /// Starts instances that were running when the daemon last stopped them, and those with

@@ -146,10 +146,19 @@ impl Cluster {
         self.m
             .iter()
             .map(|m| {
+                let log = m.d.log();
+                // A panic scrolls out of the tail behind what follows it: keep it in view.
+                let panics: String = log
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains("panicked"))
+                    .take(3)
+                    .map(|(i, l)| format!("line {i}: {l}\n"))
+                    .collect();
                 format!(
-                    "--- {} cairnd.log (tail) ---\n{}",
+                    "--- {} cairnd.log (panics, then tail) ---\n{panics}{}",
                     m.name,
-                    tail(&m.d.log(), 40)
+                    tail(&log, 40)
                 )
             })
             .collect::<Vec<_>>()

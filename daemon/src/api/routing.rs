@@ -22,6 +22,19 @@ use super::AppState;
 use crate::cluster::runtime::Runtime;
 
 pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
+/// How long a read waits to be linearizable before it is served from local state.
+const BARRIER_WAIT: Duration = Duration::from_millis(500);
+
+/// Reads of cluster state that must see every acknowledged write (not streams and waits).
+fn needs_fresh_read(method: &Method, path: &str) -> bool {
+    method == Method::GET
+        && path.starts_with("/1.0/")
+        && !path.starts_with("/1.0/events")
+        && !path.starts_with("/1.0/operations")
+        && !path.ends_with("/websocket")
+        && !path.ends_with("/sftp")
+        && !path.ends_with("/console")
+}
 /// Async answers (operations) are small; anything bigger is passed on untouched.
 const OP_ANSWER_LIMIT: usize = 1 << 20;
 
@@ -130,7 +143,18 @@ pub async fn route(State(d): State<AppState>, mut req: Request, next: Next) -> R
     }
     let dest = destination(&d, &rt, req.method(), req.uri().path(), req.uri().query());
     let addr = match dest {
-        Destination::Here => return next.run(req).await,
+        Destination::Here => {
+            if needs_fresh_read(req.method(), req.uri().path()) {
+                // Linearizable: this read sees every write acknowledged before it began,
+                // on any member. A member cut off from the leader still answers from what
+                // it has (reads it can serve), after a short wait.
+                let barrier = rt.node().linearizable_barrier();
+                if tokio::time::timeout(BARRIER_WAIT, barrier).await.is_err() {
+                    tracing::debug!("read without quorum: answering from local state");
+                }
+            }
+            return next.run(req).await;
+        }
         Destination::Member(addr) => addr,
         Destination::FindOperation(id) => match find_operation(&rt, &id).await {
             Some(addr) => addr,

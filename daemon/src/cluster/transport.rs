@@ -83,7 +83,9 @@ impl Transport for HttpTransport {
     ) -> BoxFuture<'_, Result<Reply, TransportError>> {
         Box::pin(async move {
             let addr = self.address(target)?;
-            let path = format!("{RPC_PATH}?from={from}");
+            // The target's id travels with the message: an address can change hands (a
+            // member removed, another joined at its address) and must not get its mail.
+            let path = format!("{RPC_PATH}?from={from}&to={target}");
             let reply: Reply = self
                 .peer
                 .post_json(&addr, &path, &rpc, RPC_TIMEOUT)
@@ -121,7 +123,7 @@ impl Transport for HttpTransport {
                 .await
                 .map_err(|e| err(format!("rewinding snapshot: {e}")))?;
             let stream = tokio_util::io::ReaderStream::new(file);
-            let req = Request::post(format!("{SNAPSHOT_PATH}?from={from}"))
+            let req = Request::post(format!("{SNAPSHOT_PATH}?from={from}&to={target}"))
                 .header(VOTE_HEADER, vote_json)
                 .header(META_HEADER, meta_json)
                 .body(Body::from_stream(stream))
@@ -174,11 +176,26 @@ fn plain(status: StatusCode, msg: String) -> axum::response::Response {
     r
 }
 
-fn sender(query: Option<&str>) -> Option<NodeId> {
+fn param(query: Option<&str>, key: &str) -> Option<NodeId> {
     query?
         .split('&')
-        .find_map(|kv| kv.strip_prefix("from="))
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())
+}
+
+fn sender(query: Option<&str>) -> Option<NodeId> {
+    param(query, "from")
+}
+
+/// Refuses a message meant for another member id (this address used to be that member's).
+fn misdirected(rt: &Runtime, query: Option<&str>) -> Option<axum::response::Response> {
+    match param(query, "to") {
+        Some(to) if to != rt.id() => Some(plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("message for member {to} reached member {}", rt.id()),
+        )),
+        _ => None,
+    }
 }
 
 /// `POST /internal/cluster/raft`: one message from another member.
@@ -187,6 +204,9 @@ pub async fn serve_rpc(
     query: Option<&str>,
     body: bytes::Bytes,
 ) -> axum::response::Response {
+    if let Some(r) = misdirected(&rt, query) {
+        return r;
+    }
     if let Some(from) = sender(query) {
         rt.liveness().touch(from);
     }
@@ -209,6 +229,9 @@ pub async fn serve_snapshot(
     headers: &HeaderMap,
     body: Body,
 ) -> axum::response::Response {
+    if let Some(r) = misdirected(&rt, query) {
+        return r;
+    }
     if let Some(from) = sender(query) {
         rt.liveness().touch(from);
     }
@@ -236,5 +259,20 @@ pub async fn serve_snapshot(
     match rt.node().receive_snapshot(vote, meta, reader).await {
         Ok(r) => json_answer(StatusCode::OK, &r),
         Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::param;
+
+    #[test]
+    fn sender_and_target_ids_from_the_query() {
+        let q = Some("from=1&to=12");
+        assert_eq!(param(q, "from"), Some(1));
+        assert_eq!(param(q, "to"), Some(12));
+        assert_eq!(param(Some("too=3"), "to"), None);
+        assert_eq!(param(Some("to="), "to"), None);
+        assert_eq!(param(None, "to"), None);
     }
 }
