@@ -5,14 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Query, State};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::response::{sync_body, sync_raw};
-use super::routing::FORWARDED_HEADER;
 use super::{ApiError, ApiResult, AppState};
+use crate::cluster::member_api;
 use crate::db::records::InstanceRecord;
 use crate::instance;
 
@@ -157,34 +155,19 @@ async fn member_views(
     addr: &str,
     level: u8,
 ) -> Result<BTreeMap<String, serde_json::Value>, String> {
-    let req = axum::http::Request::get(format!("/1.0/instances?recursion={level}&local_only=1"))
-        .header(FORWARDED_HEADER, "1")
-        .body(Body::empty())
-        .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let resp = rt
-            .peer()
-            .request(addr, req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("answered {status}"));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        let list = v["metadata"].as_array().cloned().unwrap_or_default();
-        Ok(list
-            .into_iter()
-            .filter_map(|i| Some((i["name"].as_str()?.to_string(), i)))
-            .collect())
-    };
-    tokio::time::timeout(MEMBER_LIST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| "timed out".to_string())?
+    let path = format!("/1.0/instances?recursion={level}&local_only=1");
+    let v = member_api::call_json(
+        rt,
+        addr,
+        axum::http::Method::GET,
+        &path,
+        None,
+        MEMBER_LIST_TIMEOUT,
+    )
+    .await?;
+    let list = v["metadata"].as_array().cloned().unwrap_or_default();
+    Ok(list
+        .into_iter()
+        .filter_map(|i| Some((i["name"].as_str()?.to_string(), i)))
+        .collect())
 }

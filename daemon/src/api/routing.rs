@@ -19,9 +19,13 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::AppState;
+use crate::cluster::member_api;
 use crate::cluster::runtime::Runtime;
 
-pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
+/// How long a member may take to say whether it runs an operation.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub use crate::cluster::member_api::FORWARDED_HEADER;
 /// How long a read waits to be linearizable before it is served from local state.
 const BARRIER_WAIT: Duration = Duration::from_millis(500);
 
@@ -118,17 +122,11 @@ fn percent_decode(s: &str) -> String {
 async fn find_operation(rt: &Runtime, id: &str) -> Option<String> {
     let members = rt.node().db().members().ok()?;
     for m in members.into_iter().filter(|m| m.name != rt.name()) {
-        let req = axum::http::Request::get(format!("/1.0/operations/{id}"))
-            .header(FORWARDED_HEADER, "1")
-            .body(Body::empty())
-            .ok()?;
-        let asked =
-            tokio::time::timeout(Duration::from_secs(2), rt.peer().request(&m.address, req));
-        if let Ok(Ok(resp)) = asked.await {
-            if resp.status() == StatusCode::OK {
-                rt.note_remote_op(id, &m.address);
-                return Some(m.address);
-            }
+        let path = format!("/1.0/operations/{id}");
+        let asked = member_api::call(rt, &m.address, Method::GET, &path, None, ASK_TIMEOUT);
+        if let Ok((StatusCode::OK, _)) = asked.await {
+            rt.note_remote_op(id, &m.address);
+            return Some(m.address);
         }
     }
     None

@@ -8,11 +8,10 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use http_body_util::BodyExt;
+use std::time::Duration;
 
+use super::member_api;
 use super::runtime::Runtime;
-use crate::api::routing::FORWARDED_HEADER;
 use crate::daemon::Daemon;
 use crate::db::Command;
 use crate::instance::lxc::LxcState;
@@ -41,6 +40,10 @@ async fn set_evacuated(d: &Daemon, name: &str, evacuated: bool) -> Result<(), St
         .map_err(|e| e.to_string())
 }
 
+/// How long one call to another member may take (an operation wait has its own bound).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(660);
+
 /// Sends an API request to member `addr` and, if it starts an operation, waits for it.
 pub async fn call_member(
     rt: &Runtime,
@@ -49,39 +52,7 @@ pub async fn call_member(
     path: &str,
     body: serde_json::Value,
 ) -> Result<(), String> {
-    let send = |method: axum::http::Method, path: String, body: Option<Vec<u8>>| {
-        let req = axum::http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(FORWARDED_HEADER, "1")
-            .header("content-type", "application/json")
-            .body(body.map(Body::from).unwrap_or_else(Body::empty));
-        async move {
-            let req = req.map_err(|e| e.to_string())?;
-            let resp = rt
-                .peer()
-                .request(addr, req)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            if !status.is_success() {
-                return Err(v["error"]
-                    .as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| format!("answered {status}")));
-            }
-            Ok(v)
-        }
-    };
-    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    let v = send(method, path.to_string(), Some(body)).await?;
+    let v = member_api::call_json(rt, addr, method, path, Some(&body), CALL_TIMEOUT).await?;
     if v["type"] != "async" {
         return Ok(());
     }
@@ -89,10 +60,13 @@ pub async fn call_member(
         .as_str()
         .ok_or("an operation without id")?
         .to_string();
-    let done = send(
+    let done = member_api::call_json(
+        rt,
+        addr,
         axum::http::Method::GET,
-        format!("/1.0/operations/{id}/wait?timeout=600"),
+        &format!("/1.0/operations/{id}/wait?timeout=600"),
         None,
+        OPERATION_TIMEOUT,
     )
     .await?;
     match done["metadata"]["status_code"].as_u64() {

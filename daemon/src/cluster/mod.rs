@@ -34,6 +34,7 @@ pub mod forward;
 pub mod images;
 pub mod lifecycle;
 pub mod log_store;
+pub mod member_api;
 pub mod network;
 pub mod node;
 pub mod peer;

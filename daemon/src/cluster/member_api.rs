@@ -1,0 +1,75 @@
+//! Calling another member's Incus API as the cluster (the cluster certificate, marked as
+//! forwarded so the member answers for itself and never forwards it on): listing its
+//! instances, finding an operation, driving an instance during evacuation.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{Method, StatusCode};
+use http_body_util::BodyExt;
+
+use super::runtime::Runtime;
+
+/// Marks a request one member sent another; it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
+
+/// Sends `method path` (with a JSON `body`) to the member at `addr` and returns the status
+/// and the whole answer, within `timeout`.
+pub async fn call(
+    rt: &Runtime,
+    addr: &str,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let body = match body {
+        Some(v) => Body::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+        None => Body::empty(),
+    };
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(FORWARDED_HEADER, "1")
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = rt
+            .peer()
+            .request(addr, req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, bytes))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("member {addr} did not answer within {timeout:?}"))?
+}
+
+/// [`call`] for an Incus JSON answer: a non-2xx status becomes its `error` text.
+pub async fn call_json(
+    rt: &Runtime,
+    addr: &str,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let (status, bytes) = call(rt, addr, method, path, body, timeout).await?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if !status.is_success() {
+        return Err(v["error"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("answered {status}")));
+    }
+    Ok(v)
+}
