@@ -92,7 +92,6 @@ fn up(args: &[String]) -> Result<()> {
         ));
         nodes.push(node);
     }
-    let mut out = Vec::new();
     for node in nodes.iter_mut() {
         let marker = if wait_api {
             "cairn: API ready"
@@ -101,9 +100,29 @@ fn up(args: &[String]) -> Result<()> {
         };
         let line = node.wait_for(marker, Duration::from_secs(600))?;
         progress(&format!("{}: {} after {:.1}s", node.name(), marker, line.t));
+    }
+    // Tokens after the cluster formed: a joining node's certificate becomes the cluster's,
+    // and a token names the certificate the client must find.
+    if let (true, Some(first)) = (wait_api && n > 1, nodes.first()) {
+        let members = api::wait_cluster(&cert, &first.api_url(), n, Duration::from_secs(300))?;
+        progress(&format!("cluster formed: {} Online", members.join(", ")));
+    }
+    let mut out = Vec::new();
+    for node in nodes.iter_mut() {
         let token = if wait_api {
             let trusted = api::wait_trusted(&cert, &node.api_url(), Duration::from_secs(30));
-            match trusted.and_then(|_| api::trust_token(&cert, &node.api_url(), "operator")) {
+            // A member that just joined may answer 503 while the cluster promotes it (a
+            // membership change under TCG takes seconds): ask again for a while.
+            let mut got =
+                trusted.and_then(|_| api::trust_token(&cert, &node.api_url(), "operator"));
+            for _ in 0..10 {
+                if got.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(3));
+                got = api::trust_token(&cert, &node.api_url(), "operator");
+            }
+            match got {
                 Ok(t) => t,
                 Err(e) => {
                     progress(&format!(
@@ -117,10 +136,6 @@ fn up(args: &[String]) -> Result<()> {
             String::new()
         };
         out.push(serde_json::json!({"name": node.name(), "api": node.api_url(), "token": token}));
-    }
-    if let (true, Some(first)) = (wait_api && n > 1, nodes.first()) {
-        let members = api::wait_cluster(&cert, &first.api_url(), n, Duration::from_secs(300))?;
-        progress(&format!("cluster formed: {} Online", members.join(", ")));
     }
     println!("{}", serde_json::json!({ "nodes": out }));
     use std::io::Write;
