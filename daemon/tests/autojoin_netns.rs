@@ -12,35 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::TempDir;
 
+#[path = "common/netns.rs"]
+mod netns;
+use netns::{ip, Namespaces};
+
 const SECRET: &str = "correct horse battery staple";
 const WRONG_SECRET: &str = "not the cluster's secret at all";
-
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn add(&mut self, name: &str) {
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        ip(&["netns", "add", name]);
-        self.0.push(name.to_string());
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in self.0.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Member {
     name: String,

@@ -12,52 +12,16 @@ use std::time::{Duration, Instant};
 use cairnd::cluster::discovery::{self, Decision, Discovery, DiscoveryConfig, Peer, DEFAULT_GROUP};
 use nix::sched::CloneFlags;
 
+#[path = "common/netns.rs"]
+mod netns;
+use netns::{ip, Namespaces};
+
 const CLUSTER: &str = "rack1";
 const SECRET: &str = "correct horse battery staple";
 const WRONG_SECRET: &str = "some other secret entirely";
 const PORT: u16 = 8444;
 const FOUNDERS: u32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Network namespaces created by this test, deleted on drop even when the test fails.
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn add(&mut self, name: &str) {
-        // A namespace left over by a killed run with the same pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        ip(&["netns", "add", name]);
-        self.0.push(name.to_string());
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes its interfaces, and a veth pair with either end.
-        for n in self.0.iter().rev() {
-            match Command::new("ip").args(["netns", "del", n]).output() {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "cleanup: ip netns del {n}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("cleanup: ip netns del {n}: {e}"),
-            }
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A discovery socket created inside namespace `ns`: a thread enters it, binds, and hands
 /// the socket back (a socket stays in the namespace it was created in).

@@ -38,6 +38,42 @@ fn lab(test: &str) -> Lab {
 }
 
 impl Lab {
+    /// The real incus CLI with this lab's own client configuration (fresh each time):
+    /// runs a command, asserts it succeeded and returns its output.
+    fn incus(&self) -> impl Fn(&[&str]) -> String {
+        let incus = image::incus_client().expect("incus client");
+        let conf = self.dir.join("incus-config");
+        let _ = std::fs::remove_dir_all(&conf);
+        move |args: &[&str]| {
+            let out = Command::new(&incus)
+                .args(args)
+                .env("INCUS_CONF", &conf)
+                .output()
+                .expect("running incus");
+            assert!(
+                out.status.success(),
+                "incus {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    }
+
+    /// A busybox container image (tests/fixtures/make-busybox-image.sh) in the lab's dir.
+    fn busybox_image(&self) -> PathBuf {
+        let tarball = self.dir.join("busybox.tar.gz");
+        let st = Command::new("bash")
+            .arg(image::repo_root().join("tests/fixtures/make-busybox-image.sh"))
+            .arg(&tarball)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("making the busybox image");
+        assert!(st.success(), "make-busybox-image.sh failed");
+        tarball
+    }
+
     fn node(&self, name: &str) -> Node {
         let mut cfg = NodeConfig::new(name, &self.image, accel::detect());
         cfg.seed = image::seed_for(name, &self.cert).expect("seed");
@@ -276,24 +312,7 @@ fn launch_a_container_inside_the_node_and_exec_into_it() {
     lab.boot(&mut node);
     api::wait_trusted(&lab.cert, &node.api_url(), Duration::from_secs(30)).expect("trusted");
     let token = api::trust_token(&lab.cert, &node.api_url(), "cli").expect("trust token");
-    let incus = image::incus_client().expect("incus client");
-    let conf = lab.dir.join("incus-config");
-    let _ = std::fs::remove_dir_all(&conf);
-    let run = |args: &[&str]| {
-        let out = Command::new(&incus)
-            .args(args)
-            .env("INCUS_CONF", &conf)
-            .output()
-            .expect("running incus");
-        assert!(
-            out.status.success(),
-            "incus {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = lab.incus();
     run(&[
         "remote",
         "add",
@@ -304,14 +323,7 @@ fn launch_a_container_inside_the_node_and_exec_into_it() {
         "--accept-certificate",
     ]);
 
-    let tarball = lab.dir.join("busybox.tar.gz");
-    let st = Command::new("bash")
-        .arg(image::repo_root().join("tests/fixtures/make-busybox-image.sh"))
-        .arg(&tarball)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("making the busybox image");
-    assert!(st.success(), "make-busybox-image.sh failed");
+    let tarball = lab.busybox_image();
     run(&[
         "image",
         "import",
@@ -438,24 +450,7 @@ fn three_nodes_with_one_seed_form_a_cluster() {
     assert_eq!(members, ["cnode1", "cnode2", "cnode3"]);
 
     let token = api::trust_token(&lab.cert, &first, "cli").expect("trust token");
-    let incus = image::incus_client().expect("incus client");
-    let conf = lab.dir.join("incus-config");
-    let _ = std::fs::remove_dir_all(&conf);
-    let run = |args: &[&str]| {
-        let out = Command::new(&incus)
-            .args(args)
-            .env("INCUS_CONF", &conf)
-            .output()
-            .expect("running incus");
-        assert!(
-            out.status.success(),
-            "incus {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = lab.incus();
     run(&[
         "remote",
         "add",
@@ -469,14 +464,7 @@ fn three_nodes_with_one_seed_form_a_cluster() {
     for name in ["cnode1", "cnode2", "cnode3"] {
         assert!(list.contains(&format!("{name},ONLINE")), "{list}");
     }
-    let tarball = lab.dir.join("busybox.tar.gz");
-    let st = Command::new("bash")
-        .arg(image::repo_root().join("tests/fixtures/make-busybox-image.sh"))
-        .arg(&tarball)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("making the busybox image");
-    assert!(st.success(), "make-busybox-image.sh failed");
+    let tarball = lab.busybox_image();
     run(&[
         "image",
         "import",
