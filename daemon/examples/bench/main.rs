@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 mod http;
+mod support;
 
 use http::Client;
+use support::{cairnd_path, repo_root};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -519,32 +521,6 @@ fn progress(t0: &Instant, what: &str) {
     eprintln!("# [{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the daemon crate sits in the workspace")
-        .to_path_buf()
-}
-
-/// `$CAIRND`, else the cairnd built beside this example, else target/release/cairnd.
-fn cairnd_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("CAIRND") {
-        return Ok(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("cairnd")));
-    let candidates = beside
-        .into_iter()
-        .chain([repo_root().join("target/release/cairnd")]);
-    for c in candidates {
-        if c.is_file() {
-            return Ok(c);
-        }
-    }
-    Err("no release cairnd found: run `cargo build --release -p cairnd` or set CAIRND".into())
-}
-
 // ---------------------------------------------------------------------------------------
 // Cleanup: the daemon, leftover containers, the state dir. Runs once, from main, from the
 // signal thread or from a drop guard.
@@ -584,31 +560,7 @@ impl Cleanup {
     /// Ctrl-C or SIGTERM: clean up, then exit 130.
     fn on_signal(self: &Arc<Self>) {
         let me = self.clone();
-        std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    std::future::pending::<()>().await;
-                    return;
-                };
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            });
-            eprintln!("# interrupted: cleaning up");
-            me.run();
-            std::process::exit(130);
-        });
+        support::on_interrupt(move || me.run());
     }
 }
 

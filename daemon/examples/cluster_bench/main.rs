@@ -29,7 +29,6 @@
 //! every state dir removed at the end, on error, on panic and on Ctrl-C/SIGTERM.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -37,12 +36,15 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 #[path = "../bench/http.rs"]
 mod http;
+#[path = "../bench/support.rs"]
+mod support;
 
 mod cluster;
 mod load;
 mod procs;
 
 use procs::{CleanupOnDrop, Member, Registry};
+use support::cairnd_path;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -327,29 +329,4 @@ fn started() -> Instant {
 
 fn progress(what: &str) {
     eprintln!("# [{:>6.1}s] {what}", started().elapsed().as_secs_f64());
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-/// `$CAIRND`, else the cairnd built beside this example, else target/release/cairnd.
-fn cairnd_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("CAIRND") {
-        return Ok(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("cairnd")));
-    let candidates = beside
-        .into_iter()
-        .chain([repo_root().join("target/release/cairnd")]);
-    for c in candidates {
-        if c.is_file() {
-            return Ok(c);
-        }
-    }
-    Err("no release cairnd found: run `cargo build --release -p cairnd` or set CAIRND".into())
 }

@@ -86,31 +86,7 @@ impl Registry {
     /// Ctrl-C or SIGTERM: clean up, then exit 130.
     fn on_signal(self: &Arc<Self>) {
         let me = self.clone();
-        std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    std::future::pending::<()>().await;
-                    return;
-                };
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            });
-            eprintln!("# interrupted: cleaning up");
-            me.cleanup();
-            std::process::exit(130);
-        });
+        crate::support::on_interrupt(move || me.cleanup());
     }
 }
 
