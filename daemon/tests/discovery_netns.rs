@@ -134,9 +134,12 @@ async fn members_find_each_other_and_agree_on_a_founder() {
     let wrong = &discoveries[0];
     let good = &discoveries[1..];
 
-    // The three with the right secret see each other, and only each other.
+    // The three with the right secret see each other, and only each other. node-a's
+    // first announcement may leave before a later member's socket exists, so wait for
+    // one of its periodic ones to reach everybody too.
     let all_see_two = wait_for(Duration::from_secs(8), || {
-        good.iter().all(|d| d.peers().borrow().len() == 2)
+        good.iter()
+            .all(|d| d.peers().borrow().len() == 2 && d.stats().wrong_secret > 0)
     })
     .await;
     for (d, me) in good.iter().zip(&members[1..]) {
