@@ -3,7 +3,8 @@
 //! `cargo run --release -p cairnd --example raft_bench [-- SECONDS [MEMBERSxWRITERS ...]]`
 //!
 //! For 1, 3 and 5 members (each with its own log and SQLite database on a real disk under
-//! /var/tmp, not tmpfs) and 1 and 64 concurrent writers, every write is one request of one
+//! /var/tmp, not tmpfs; `BENCH_DIR=/dev/shm/x` shows what fsync costs) and 1 and 64
+//! concurrent writers, every write is one request of one
 //! `SetServerConfig` command sent to the leader; it is acknowledged once its log entry is
 //! fsync'd on a majority and applied. Prints commits/s and p50/p99 latency.
 
@@ -24,7 +25,7 @@ struct Cluster {
 async fn cluster(members: u64) -> Result<Cluster, Box<dyn std::error::Error>> {
     let dir = tempfile::Builder::new()
         .prefix("cairn-raft-bench-")
-        .tempdir_in("/var/tmp")?;
+        .tempdir_in(std::env::var("BENCH_DIR").unwrap_or("/var/tmp".into()))?;
     let router = LocalRouter::new();
     let mut nodes = Vec::new();
     for id in 1..=members {

@@ -274,7 +274,9 @@ impl Node {
     /// once the request is committed on a majority and applied here.
     pub async fn write(&self, commands: Vec<Command>) -> Result<Receipt, ClusterError> {
         self.write_request(Request {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            // Time-ordered ids: the state machine's request-id index then grows at its end
+            // instead of dirtying a random page per request (a third of the WAL's volume).
+            id: uuid::Uuid::now_v7().simple().to_string(),
             commands,
         })
         .await
