@@ -22,6 +22,7 @@ fn usage() -> ExitCode {
 }
 
 pub fn main() -> ExitCode {
+    let _ = STARTED.set(std::time::Instant::now());
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("forkstart") => {
@@ -84,6 +85,10 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// When the process started: the ready line says how long the daemon took to come up (on
+/// a slow machine, as against the time spent loading the binary before `main`).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
@@ -125,7 +130,8 @@ async fn run(opts: Options) -> Result<(), String> {
         }
     }
     tracing::info!(
-        "cairnd ready: unix socket {}{}",
+        "cairnd ready in {} ms: unix socket {}{}",
+        STARTED.get().map_or(0, |t| t.elapsed().as_millis()),
         d.paths.unix_socket.display(),
         d.https
             .address()

@@ -1,9 +1,10 @@
-//! The data partition: the only writable storage, mounted on /var. Created by
-//! systemd-repart (definitions in /usr/lib/cairn/repart.d) in the free space of the boot
-//! disk on first boot; its ext4 state before mounting tells whether the last shutdown was
-//! clean.
+//! The data partition: the only writable storage, mounted on /var. Created on first boot
+//! in the free space of the boot disk: appended to the GPT here (gpt_append.rs) and
+//! formatted with mkfs.ext4, or by systemd-repart (definitions in /usr/lib/cairn/repart.d)
+//! should the table be one that code refuses to edit. Its ext4 state before mounting tells
+//! whether the last shutdown was clean.
 
-use crate::{gpt, info, mount};
+use crate::{gpt, gpt_append, info, mount};
 use nix::mount::{mount as sys_mount, MsFlags};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -111,44 +112,17 @@ pub fn mount_var() -> Result<DataState, DataError> {
         Some(p) => p,
         None => {
             info!("no data partition on {disk}: creating it");
-            // repart formats through a loop device.
-            crate::kmod::modprobe_all(&["loop", "ext4"]);
-            let out = crate::supervisor::command("/usr/bin/systemd-repart")
-                .env("SYSTEMD_LOG_LEVEL", "debug")
-                .env("SYSTEMD_LOG_TARGET", "console")
-                // Zeroing the 64 MiB journal up front is most of a first boot's mkfs time.
-                .env(
-                    "SYSTEMD_REPART_MKFS_OPTIONS_EXT4",
-                    "-E lazy_itable_init=1,lazy_journal_init=1",
-                )
-                .args([
-                    "--dry-run=no",
-                    "--no-pager",
-                    "--seed=random",
-                    "--discard=no",
-                    &format!("--definitions={REPART_DEFINITIONS}"),
-                    &format!("/dev/{disk}"),
-                ])
-                .output()
-                .map_err(|e| DataError::Create {
-                    disk: disk.clone(),
-                    why: format!("running systemd-repart: {e}"),
-                })?;
-            if !out.status.success() {
-                return Err(DataError::Create {
-                    disk: disk.clone(),
-                    why: format!(
-                        "systemd-repart {}: {}",
-                        out.status,
-                        tail_lines(&String::from_utf8_lossy(&out.stderr), 12)
-                    ),
-                });
-            }
+            let t0 = Instant::now();
+            let part = match append_partition(&disk) {
+                Ok(p) => p,
+                Err(e) => {
+                    info!("data: {e}; creating it with systemd-repart instead");
+                    repart(&disk)?
+                }
+            };
+            info!("data: {part} created in {} ms", t0.elapsed().as_millis());
             created = true;
-            find_partition(&disk)?.ok_or_else(|| DataError::Create {
-                disk: disk.clone(),
-                why: "systemd-repart succeeded but no partition is labelled cairn-data".into(),
-            })?
+            part
         }
     };
     if !wait_for_node(&part, Duration::from_secs(10)) {
@@ -158,6 +132,20 @@ pub fn mount_var() -> Result<DataState, DataError> {
         });
     }
     let dev = PathBuf::from("/dev").join(&part);
+    if never_formatted(&dev) {
+        // In the table but never formatted: the first boot stopped between the two (a
+        // power cut), or repart left it so. Nothing is lost by formatting it now.
+        info!(
+            "data: {} has no filesystem yet: formatting it",
+            dev.display()
+        );
+        mkfs(&dev).map_err(|why| DataError::Create {
+            disk: disk.clone(),
+            why,
+        })?;
+        created = true;
+    }
+    let t_mount = Instant::now();
     let clean = if created { None } else { ext4_clean(&dev) };
     sys_mount(
         Some(&dev),
@@ -170,11 +158,120 @@ pub fn mount_var() -> Result<DataState, DataError> {
         dev: dev.display().to_string(),
         source,
     })?;
+    info!("data: mounted in {} ms", t_mount.elapsed().as_millis());
     Ok(DataState {
         device: dev.display().to_string(),
         created,
         clean,
     })
+}
+
+/// Creates the data partition with systemd-repart (definitions in /usr/lib/cairn/repart.d):
+/// the slower way, kept for a table [`append_partition`] refuses to edit.
+fn repart(disk: &str) -> Result<String, DataError> {
+    // repart formats through a loop device.
+    crate::kmod::ensure(&["loop", "ext4"]);
+    let out = crate::supervisor::command("/usr/bin/systemd-repart")
+        .env("SYSTEMD_LOG_LEVEL", "debug")
+        .env("SYSTEMD_LOG_TARGET", "console")
+        .env(
+            "SYSTEMD_REPART_MKFS_OPTIONS_EXT4",
+            "-E lazy_itable_init=1,lazy_journal_init=1",
+        )
+        .args([
+            "--dry-run=no",
+            "--no-pager",
+            "--seed=random",
+            "--discard=no",
+            &format!("--definitions={REPART_DEFINITIONS}"),
+            &format!("/dev/{disk}"),
+        ])
+        .output()
+        .map_err(|e| DataError::Create {
+            disk: disk.into(),
+            why: format!("running systemd-repart: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(DataError::Create {
+            disk: disk.into(),
+            why: format!(
+                "systemd-repart {}: {}",
+                out.status,
+                tail_lines(&String::from_utf8_lossy(&out.stderr), 12)
+            ),
+        });
+    }
+    find_partition(disk)?.ok_or_else(|| DataError::Create {
+        disk: disk.into(),
+        why: "systemd-repart succeeded but no partition is labelled cairn-data".into(),
+    })
+}
+
+/// Adds the data partition over the disk's free space (see gpt_append.rs) and formats it.
+fn append_partition(disk: &str) -> Result<String, String> {
+    const LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+    const MIN_BYTES: u64 = 512 << 20;
+    let dev = Path::new("/dev").join(disk);
+    let sector =
+        std::fs::read_to_string(format!("/sys/class/block/{disk}/queue/logical_block_size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(512);
+    let mut unique = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut unique))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    unique[6] = (unique[6] & 0x0f) | 0x40; // a version 4 GUID
+    unique[8] = (unique[8] & 0x3f) | 0x80;
+    let type_guid = gpt_append::guid_bytes(LINUX_DATA).ok_or("bad type GUID")?;
+    let added = gpt_append::append(&dev, sector, type_guid, unique, LABEL, MIN_BYTES)
+        .map_err(|e| e.to_string())?;
+    gpt_append::announce(&dev, &added)
+        .map_err(|e| format!("telling the kernel about partition {}: {e}", added.number))?;
+    let part = gpt::partition_name(disk, added.number);
+    if !wait_for_node(&part, Duration::from_secs(10)) {
+        return Err(format!("/dev/{part} did not appear"));
+    }
+    mkfs(&Path::new("/dev").join(&part))?;
+    Ok(part)
+}
+
+/// Formats the data partition: ext4 as repart made it, inode tables and journal zeroed
+/// lazily (zeroing them up front was most of a first boot's mkfs time).
+fn mkfs(dev: &Path) -> Result<(), String> {
+    let out = crate::supervisor::command("/usr/sbin/mkfs.ext4")
+        .args([
+            "-q", "-F", "-L", LABEL, "-m", "0", "-I", "256", "-T", "default",
+        ])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(dev)
+        .output()
+        .map_err(|e| format!("running mkfs.ext4: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mkfs.ext4 {} {}: {}",
+            dev.display(),
+            out.status,
+            tail_lines(&String::from_utf8_lossy(&out.stderr), 6)
+        ));
+    }
+    Ok(())
+}
+
+/// Whether neither the primary ext4 superblock nor the first backup (block group 1 of a
+/// 4 KiB-block filesystem) is there: a partition that was never formatted, as opposed to
+/// one whose primary superblock was damaged (that one e2fsck can still recover).
+fn never_formatted(dev: &Path) -> bool {
+    let Ok(mut f) = File::open(dev) else {
+        return false;
+    };
+    let magic_at = |f: &mut File, at: u64| -> Option<bool> {
+        let mut b = [0u8; 2];
+        f.seek(SeekFrom::Start(at + 0x38)).ok()?;
+        f.read_exact(&mut b).ok()?;
+        Some(u16::from_le_bytes(b) == 0xEF53)
+    };
+    magic_at(&mut f, 1024) == Some(false) && magic_at(&mut f, 32768 * 4096) != Some(true)
 }
 
 /// Lays out /var: the directories services expect, and /var/run, /var/lock links.

@@ -68,6 +68,39 @@ pub const HOST_MODULES: &[&str] = &[
     "zfs",
 ];
 
+/// Loads those of `names` that are neither loaded (the initrd loads most of what PID 1
+/// needs early) nor built in, with one modprobe run.
+pub fn ensure(names: &[&str]) {
+    let builtin = std::fs::read_to_string(format!(
+        "/usr/lib/modules/{}/modules.builtin",
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ))
+    .unwrap_or_default();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !present(n, &builtin))
+        .collect();
+    if !missing.is_empty() {
+        modprobe_all(&missing);
+    }
+}
+
+/// Whether module `name` is loaded (in /sys/module) or listed in `builtin`
+/// (modules.builtin's text: paths like kernel/fs/fat/vfat.ko).
+fn present(name: &str, builtin: &str) -> bool {
+    let name = name.replace('-', "_");
+    Path::new("/sys/module").join(&name).exists()
+        || builtin.lines().any(|l| {
+            l.rsplit('/')
+                .next()
+                .and_then(|f| f.split(".ko").next())
+                .is_some_and(|m| m.replace('-', "_") == name)
+        })
+}
+
 /// Loads all `names` with one modprobe run (`-a`, `-b`: honour blacklists, `-q`: quiet).
 pub fn modprobe_all(names: &[&str]) {
     let status = crate::supervisor::command("/usr/sbin/modprobe")
@@ -90,5 +123,19 @@ pub fn modprobe_all(names: &[&str]) {
             }
         }
         Err(e) => info!("running modprobe: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_modules_count_as_present() {
+        let builtin = "kernel/fs/fat/cairn-test-fat.ko\nkernel/net/cairn_test_net.ko\n";
+        assert!(present("cairn_test_fat", builtin));
+        assert!(present("cairn-test-net", builtin));
+        assert!(!present("cairn_test_fa", builtin));
+        assert!(!present("cairn_test_absent", ""));
     }
 }

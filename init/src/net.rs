@@ -36,14 +36,6 @@ pub fn nics() -> Vec<Nic> {
     v
 }
 
-/// Whether udev has finished with a NIC (its database entry exists), so its name is final.
-fn udev_done(nic: &Nic) -> bool {
-    let Ok(idx) = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", nic.name)) else {
-        return false;
-    };
-    Path::new(&format!("/run/udev/data/n{}", idx.trim())).exists()
-}
-
 /// Pairs each seed interface with a NIC.
 pub fn assign<'a>(wanted: &'a [Interface], nics: &[Nic]) -> Vec<(&'a Interface, Nic)> {
     let mut taken = vec![false; nics.len()];
@@ -88,20 +80,21 @@ pub struct Configured {
     pub nics: usize,
     /// The NICs given static addresses, in the seed's order: the management network.
     pub static_nics: Vec<String>,
+    /// The NICs on DHCP whose leases give DNS servers, when the seed gives none.
+    pub dns_from_dhcp: Vec<String>,
 }
 
 /// Brings up loopback and the seed's NICs.
 pub fn setup(seed: &Seed) -> Configured {
     ip(&["link", "set", "lo", "up"]);
-    // NIC drivers load through udev's coldplug, and udev renames the NICs: wait (bounded)
-    // until the NICs appear and udev has processed (named) each of them.
+    // NIC drivers load early (virtio_net) or through udev's coldplug. The kernel command
+    // line has net.ifnames=0, so udev never renames a NIC: one is usable as soon as its
+    // driver made it, and nothing waits for udev here (a second or two under TCG).
     let wanted = seed.network.interfaces.len().max(1);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let mut found = nics();
-    while (found.len() < wanted || !found.iter().all(udev_done))
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    while found.len() < wanted && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
         found = nics();
     }
     info!(
@@ -113,6 +106,7 @@ pub fn setup(seed: &Seed) -> Configured {
             .join(" ")
     );
     let mut dhcp = Vec::new();
+    let mut dhcp_nics = Vec::new();
     let mut resolv = String::new();
     let assigned = assign(&seed.network.interfaces, &found);
     let configured = assigned.len();
@@ -121,7 +115,9 @@ pub fn setup(seed: &Seed) -> Configured {
         ip(&["link", "set", &nic.name, "up"]);
         if want.dhcp {
             if Path::new("/usr/sbin/dhcpcd").exists() {
+                services::write_dhcpcd_conf();
                 dhcp.push(services::dhcp(&nic.name));
+                dhcp_nics.push(nic.name.clone());
             } else {
                 info!(
                     "network: {} wants DHCP but dhcpcd is not in the image",
@@ -152,13 +148,17 @@ pub fn setup(seed: &Seed) -> Configured {
         }
         info!("network: {} static {}", nic.name, want.addresses.join(","));
     }
-    if !resolv.is_empty() {
+    let dns_from_dhcp = if resolv.is_empty() {
+        dhcp_nics
+    } else {
         let _ = std::fs::write("/run/cairn/resolv.conf", resolv);
-    }
+        Vec::new()
+    };
     Configured {
         dhcp,
         nics: configured,
         static_nics,
+        dns_from_dhcp,
     }
 }
 

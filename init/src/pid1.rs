@@ -55,6 +55,7 @@ pub fn run() -> ! {
                 api_probe: true,
                 modules_pending: true,
                 nics: 1,
+                dns_from_dhcp: Vec::new(),
             }
         }
     };
@@ -122,24 +123,38 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     console::stage("data-mounted");
 
     // Hardware drivers come from udev's coldplug; the host's software modules (bridge,
-    // OVS, nf_tables, ZFS…) load in a background job meanwhile.
+    // OVS, nf_tables, ZFS…) load in a background job meanwhile, at the lowest priority:
+    // ZFS alone is seconds of CPU under TCG, and nothing on the way to the API needs it.
     let mut modprobe = vec!["/usr/sbin/modprobe", "-a", "-b", "-q"];
     modprobe.extend_from_slice(kmod::HOST_MODULES);
-    sup.add(ServiceSpec::job("modprobe", &modprobe));
+    let mut job = ServiceSpec::job("modprobe", &modprobe);
+    job.nice = 19;
+    sup.add(job);
     power::listen();
 
     sup.add(services::udevd());
-    services::run_once(
-        "udevadm trigger",
-        &["/usr/bin/udevadm", "trigger", "--type=all", "--action=add"],
-    );
-    // Device links (/dev/disk/by-*) settle in the background; nothing at boot waits on them.
-    sup.add(ServiceSpec::job(
+    // The seed may come through QEMU fw_cfg or the ESP; lxcfs needs fuse; a virtual NIC's
+    // driver is loaded here rather than waiting for coldplug (real NICs' come from udev
+    // or the job above).
+    kmod::ensure(&["qemu_fw_cfg", "vfat", "fuse", "virtio_net"]);
+    // Coldplug runs in the background; device links (/dev/disk/by-*) settle there and
+    // nothing at boot waits on them. udevd must be listening first, or the events the
+    // trigger makes are lost.
+    if services::udevd().binary_exists() {
+        wait_for_path(Path::new("/run/udev/control"), Duration::from_secs(5));
+    }
+    let mut trigger = ServiceSpec::job(
         "udev-settle",
-        &["/usr/bin/udevadm", "settle", "--timeout=60"],
-    ));
-    // The seed may come through QEMU fw_cfg or the ESP; lxcfs needs fuse.
-    kmod::modprobe_all(&["qemu_fw_cfg", "vfat", "fuse"]);
+        &[
+            "/usr/bin/udevadm",
+            "trigger",
+            "--type=all",
+            "--action=add",
+            "--settle",
+        ],
+    );
+    trigger.nice = 5;
+    sup.add(trigger);
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;
@@ -168,7 +183,6 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     }
     console::stage("network");
 
-    services::prepare();
     let debug = std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()
@@ -187,6 +201,7 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
         api_probe: has_cairnd,
         modules_pending: true,
         nics: net.nics,
+        dns_from_dhcp: net.dns_from_dhcp,
     }
 }
 
@@ -197,6 +212,8 @@ struct BringUp {
     modules_pending: bool,
     /// How many NICs were configured: the addresses are recorded once each has one.
     nics: usize,
+    /// NICs whose DHCP leases give resolv.conf (written once they have addresses).
+    dns_from_dhcp: Vec<String>,
 }
 
 /// Starts the module-dependent services once the background module load is done.
@@ -212,10 +229,24 @@ fn finish_modules(sup: &mut Supervisor, pending: &mut bool) {
         info!("some host modules did not load (modprobe {result})");
     }
     console::stage("modules");
+    services::prepare();
     for spec in services::after_modules() {
         sup.add(spec);
     }
     console::stage("services-started");
+}
+
+/// Waits (bounded) until `path` exists.
+fn wait_for_path(path: &Path, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while !path.exists() {
+        if Instant::now() >= until {
+            info!("{} did not appear within {limit:?}", path.display());
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// Self-check: creating a file on the root must fail with EROFS.
@@ -320,6 +351,13 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
                     let _ = std::fs::write("/run/cairn/addresses", addrs.join("\n") + "\n");
                     info!("addresses {}", addrs.join(" "));
                     addresses_logged = true;
+                    let resolv = crate::lease::resolv_conf(
+                        Path::new(crate::lease::LEASE_DIR),
+                        &boot.dns_from_dhcp,
+                    );
+                    if !resolv.is_empty() {
+                        let _ = std::fs::write("/run/cairn/resolv.conf", resolv);
+                    }
                 }
             }
             // "API ready" means reachable: the management address is up too.

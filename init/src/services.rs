@@ -23,6 +23,9 @@ pub struct ServiceSpec {
     pub on_console_tty: bool,
     /// A job that runs once to completion (never restarted); see `Supervisor::job_result`.
     pub oneshot: bool,
+    /// Scheduling niceness (0 normal, 19 lowest): background work that must not slow the
+    /// path to the API.
+    pub nice: i32,
 }
 
 impl ServiceSpec {
@@ -36,6 +39,7 @@ impl ServiceSpec {
             console: true,
             on_console_tty: false,
             oneshot: false,
+            nice: 0,
         }
     }
 
@@ -61,6 +65,18 @@ pub fn udevd() -> ServiceSpec {
     s
 }
 
+/// dhcpcd's configuration: its defaults, but no random 1-2 s delay before the first
+/// DISCOVER (RFC 2131 asks for one to spread a power-cut's reboot storm; an appliance
+/// wants its API reachable first).
+pub const DHCPCD_CONF: &str = "/run/cairn/dhcpcd.conf";
+
+pub fn write_dhcpcd_conf() {
+    let conf = "# written by cairn-init\nnodelay\nnoarp\nipv4only\n";
+    if let Err(e) = std::fs::write(DHCPCD_CONF, conf) {
+        info!("writing {DHCPCD_CONF}: {e}");
+    }
+}
+
 pub fn dhcp(iface: &str) -> ServiceSpec {
     ServiceSpec::new(
         &format!("dhcp-{iface}"),
@@ -69,10 +85,14 @@ pub fn dhcp(iface: &str) -> ServiceSpec {
             "--nobackground",
             "--ipv4only",
             "--noarp",
+            // No hook scripts (a shell per event); resolv.conf comes from the lease
+            // (see lease.rs).
+            "--script",
+            "",
             "--timeout",
             "0",
             "--config",
-            "/dev/null",
+            DHCPCD_CONF,
             iface,
         ],
     )

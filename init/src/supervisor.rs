@@ -186,6 +186,7 @@ impl Supervisor {
         let s = &mut self.services[i];
         s.next_start = None;
         let spec = &s.spec;
+        let nice = spec.nice;
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..]);
         cmd.env_clear()
@@ -200,11 +201,12 @@ impl Supervisor {
                 }
                 Err(e) => info!("service {}: opening the console: {e}", spec.name),
             }
-            // SAFETY: setsid and ioctl are async-signal-safe.
+            // SAFETY: setsid, setpriority and ioctl are async-signal-safe.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     unblock_signals();
                     libc::setsid();
+                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
                     libc::ioctl(0, libc::TIOCSCTTY, 1);
                     Ok(())
                 });
@@ -221,11 +223,12 @@ impl Supervisor {
                 }
                 Err(e) => info!("service {}: pipe: {e}", spec.name),
             }
-            // SAFETY: setsid is async-signal-safe.
+            // SAFETY: setsid and setpriority are async-signal-safe.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     unblock_signals();
                     libc::setsid();
+                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
                     Ok(())
                 });
             }

@@ -1,0 +1,152 @@
+//! DNS settings from dhcpcd's leases. dhcpcd runs without its hook scripts (forking a
+//! shell for each of its events cost about a second of every boot under TCG), so the one
+//! thing a hook did for us, writing resolv.conf, is done here from the lease it saves: the
+//! server's BOOTP reply, as sent.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// Where dhcpcd keeps its leases (one `IFACE.lease` file per interface).
+pub const LEASE_DIR: &str = "/var/lib/dhcpcd";
+
+const MAGIC: [u8; 4] = [99, 130, 83, 99];
+const OPTIONS_AT: usize = 240;
+const PAD: u8 = 0;
+const END: u8 = 255;
+const DNS_SERVERS: u8 = 6;
+const DOMAIN_NAME: u8 = 15;
+
+/// What a lease says about name resolution.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dns {
+    pub servers: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+}
+
+/// Reads the DNS options of a BOOTP/DHCP message; `None` if it is not one.
+pub fn parse(msg: &[u8]) -> Option<Dns> {
+    if msg.len() < OPTIONS_AT || msg[236..240] != MAGIC {
+        return None;
+    }
+    let mut dns = Dns::default();
+    let mut at = OPTIONS_AT;
+    while at < msg.len() {
+        let code = msg[at];
+        if code == PAD {
+            at += 1;
+            continue;
+        }
+        if code == END {
+            break;
+        }
+        let len = *msg.get(at + 1)? as usize;
+        let body = msg.get(at + 2..at + 2 + len)?;
+        match code {
+            DNS_SERVERS => dns.servers.extend(
+                body.chunks_exact(4)
+                    .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+            ),
+            DOMAIN_NAME => {
+                let name = String::from_utf8_lossy(body)
+                    .trim_end_matches('\0')
+                    .to_string();
+                // Only what resolv.conf can carry: one word of name characters.
+                if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+                {
+                    dns.domain = Some(name);
+                }
+            }
+            _ => {}
+        }
+        at += 2 + len;
+    }
+    Some(dns)
+}
+
+/// resolv.conf's text for the leases of `ifaces` (in that order); empty if none has DNS.
+pub fn resolv_conf(dir: &Path, ifaces: &[String]) -> String {
+    let mut out = String::new();
+    let mut seen = Vec::new();
+    for iface in ifaces {
+        let Ok(msg) = std::fs::read(dir.join(format!("{iface}.lease"))) else {
+            continue;
+        };
+        let Some(dns) = parse(&msg) else { continue };
+        if let Some(d) = &dns.domain {
+            if !out.contains("search ") {
+                out.push_str(&format!("search {d}\n"));
+            }
+        }
+        for s in dns.servers {
+            if !seen.contains(&s) {
+                seen.push(s);
+                out.push_str(&format!("nameserver {s}\n"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(options: &[u8]) -> Vec<u8> {
+        let mut m = vec![0u8; OPTIONS_AT];
+        m[0] = 2; // BOOTREPLY
+        m[236..240].copy_from_slice(&MAGIC);
+        m.extend_from_slice(options);
+        m
+    }
+
+    #[test]
+    fn reads_servers_and_domain() {
+        let m = reply(&[
+            53, 1, 5, // ACK
+            0, // pad
+            6, 8, 10, 0, 2, 3, 1, 1, 1, 1, // two servers
+            15, 4, b'l', b'a', b'b', 0, // NUL-terminated, as some servers send it
+            255,
+        ]);
+        assert_eq!(
+            parse(&m),
+            Some(Dns {
+                servers: vec![Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)],
+                domain: Some("lab".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_lease_and_survives_truncation() {
+        assert_eq!(parse(b"hello"), None);
+        let mut m = reply(&[6, 8, 10, 0, 2, 3]); // length runs past the end
+        assert_eq!(parse(&m), None);
+        m.truncate(OPTIONS_AT);
+        assert_eq!(parse(&m), Some(Dns::default()));
+        // A domain that would inject a second line into resolv.conf is dropped.
+        let m = reply(&[15, 5, b'a', b'\n', b'n', b's', b' ', 255]);
+        assert_eq!(parse(&m).unwrap().domain, None);
+    }
+
+    #[test]
+    fn writes_resolv_conf_from_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("eth0.lease"),
+            reply(&[6, 4, 10, 0, 2, 3, 15, 3, b'l', b'a', b'b', 255]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("eth1.lease"),
+            reply(&[6, 4, 10, 0, 2, 3, 255]),
+        )
+        .unwrap();
+        let text = resolv_conf(dir.path(), &["eth0".into(), "eth1".into(), "eth2".into()]);
+        assert_eq!(text, "search lab\nnameserver 10.0.2.3\n");
+        assert_eq!(resolv_conf(dir.path(), &["eth9".into()]), "");
+    }
+}
