@@ -96,7 +96,28 @@ pub fn online_members(cert: &ClientCert, base: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Waits until the node at `base` sees `n` members Online.
+/// How many members hold a database role (voters).
+pub fn voters(cert: &ClientCert, base: &str) -> Result<usize> {
+    let text = get_text(cert, base, "/1.0/cluster/members?recursion=1")?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Command {
+        what: format!("GET {base}/1.0/cluster/members"),
+        detail: e.to_string(),
+    })?;
+    Ok(v["metadata"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|m| {
+                    m["roles"].as_array().is_some_and(|r| {
+                        r.iter().any(|x| x == "database" || x == "database-leader")
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0))
+}
+
+/// Waits until the node at `base` sees `n` members Online and its voters in place.
 pub fn wait_cluster(
     cert: &ClientCert,
     base: &str,
@@ -106,7 +127,9 @@ pub fn wait_cluster(
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let seen = online_members(cert, base).unwrap_or_default();
-        if seen.len() >= n {
+        // Formed means settled too: the voters (up to cluster.max_voters, 3) are in place,
+        // so the first writes do not race the promotions (seconds under TCG).
+        if seen.len() >= n && voters(cert, base).unwrap_or(0) >= n.min(3) {
             return Ok(seen);
         }
         if std::time::Instant::now() >= deadline {
@@ -153,6 +176,32 @@ pub fn trust_token(cert: &ClientCert, base: &str, client_name: &str) -> Result<S
         Some(&serde_json::json!({"type": "client", "name": client_name, "token": true})),
     )?;
     token_from_operation(&v, client_name)
+}
+
+/// [`trust_token`], asked again while the cluster answers 503 (unavailable: a membership
+/// change or an election in progress, which under TCG on a loaded host can outlast one
+/// write's 5 s bound), as an operator would.
+pub fn trust_token_retrying(
+    cert: &ClientCert,
+    base: &str,
+    client_name: &str,
+    timeout: std::time::Duration,
+) -> Result<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = request(
+            cert,
+            base,
+            "POST",
+            "/1.0/certificates",
+            Some(&serde_json::json!({"type": "client", "name": client_name, "token": true})),
+        );
+        let unavailable = matches!(&v, Ok(v) if v["error_code"] == 503);
+        if !unavailable || std::time::Instant::now() >= deadline {
+            return token_from_operation(&v?, client_name);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 /// Builds the token from the operation Incus returns (as the incus CLI does), or takes a

@@ -95,6 +95,9 @@ fn cairn_times(node: &mut Node, wait_api: bool) -> Result<BootTimes> {
     };
     node.wait_for(last, Duration::from_secs(300))?;
     let _ = node.wait_for("cairn: mem used=", Duration::from_secs(30));
+    // OVS starts once the background module job is done, after the API: wait for it too,
+    // so the report shows when the node is complete.
+    let _ = node.wait_for("stage=services-started", Duration::from_secs(90));
     let mut bt = BootTimes::default();
     for l in node.poll_console().to_vec() {
         if let Some((stage, guest_t)) = parse_stage(&l.text) {

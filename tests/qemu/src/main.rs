@@ -113,15 +113,14 @@ fn up(args: &[String]) -> Result<()> {
             let trusted = api::wait_trusted(&cert, &node.api_url(), Duration::from_secs(30));
             // A member that just joined may answer 503 while the cluster promotes it (a
             // membership change under TCG takes seconds): ask again for a while.
-            let mut got =
-                trusted.and_then(|_| api::trust_token(&cert, &node.api_url(), "operator"));
-            for _ in 0..10 {
-                if got.is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_secs(3));
-                got = api::trust_token(&cert, &node.api_url(), "operator");
-            }
+            let got = trusted.and_then(|_| {
+                api::trust_token_retrying(
+                    &cert,
+                    &node.api_url(),
+                    "operator",
+                    Duration::from_secs(60),
+                )
+            });
             match got {
                 Ok(t) => t,
                 Err(e) => {

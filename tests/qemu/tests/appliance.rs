@@ -449,7 +449,8 @@ fn three_nodes_with_one_seed_form_a_cluster() {
         });
     assert_eq!(members, ["cnode1", "cnode2", "cnode3"]);
 
-    let token = api::trust_token(&lab.cert, &first, "cli").expect("trust token");
+    let token = api::trust_token_retrying(&lab.cert, &first, "cli", Duration::from_secs(90))
+        .expect("trust token");
     let run = lab.incus();
     run(&[
         "remote",
