@@ -72,14 +72,7 @@ fn tail_lines(text: &str, n: usize) -> String {
 }
 
 fn wait_for_node(name: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if Path::new("/dev").join(name).exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    crate::wait_for_path(&Path::new("/dev").join(name), timeout)
 }
 
 /// Reads the ext4 superblock: `Some(true)` if the filesystem was unmounted cleanly and

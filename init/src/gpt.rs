@@ -126,7 +126,8 @@ pub fn read_disk(path: &Path) -> Result<Vec<Partition>, GptError> {
 }
 
 /// The logical sector size of a block device (512 for image files and when unknown).
-fn sector_size(path: &Path) -> u64 {
+/// The logical sector size of block device `path` (512 for files and unknown devices).
+pub fn sector_size(path: &Path) -> u64 {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     std::fs::read_to_string(format!("/sys/class/block/{name}/queue/logical_block_size"))
         .ok()

@@ -76,3 +76,15 @@ pub fn entry() {
         }
     }
 }
+
+/// Waits (bounded, polling every 10 ms) until `path` exists: device nodes, sockets.
+pub fn wait_for_path(path: &Path, limit: std::time::Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while !path.exists() {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}

@@ -140,8 +140,10 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     // Coldplug runs in the background; device links (/dev/disk/by-*) settle there and
     // nothing at boot waits on them. udevd must be listening first, or the events the
     // trigger makes are lost.
-    if services::udevd().binary_exists() {
-        wait_for_path(Path::new("/run/udev/control"), Duration::from_secs(5));
+    if services::udevd().binary_exists()
+        && !crate::wait_for_path(Path::new("/run/udev/control"), Duration::from_secs(5))
+    {
+        info!("udevd is not listening after 5 s: coldplug may miss devices");
     }
     let mut trigger = ServiceSpec::job(
         "udev-settle",
@@ -234,19 +236,6 @@ fn finish_modules(sup: &mut Supervisor, pending: &mut bool) {
         sup.add(spec);
     }
     console::stage("services-started");
-}
-
-/// Waits (bounded) until `path` exists.
-fn wait_for_path(path: &Path, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while !path.exists() {
-        if Instant::now() >= until {
-            info!("{} did not appear within {limit:?}", path.display());
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 /// Self-check: creating a file on the root must fail with EROFS.

@@ -168,14 +168,7 @@ pub fn wait_trusted(cert: &ClientCert, base: &str, timeout: std::time::Duration)
 
 /// Asks the node for a trust token that `incus remote add NAME URL --token T` accepts.
 pub fn trust_token(cert: &ClientCert, base: &str, client_name: &str) -> Result<String> {
-    let v = request(
-        cert,
-        base,
-        "POST",
-        "/1.0/certificates",
-        Some(&serde_json::json!({"type": "client", "name": client_name, "token": true})),
-    )?;
-    token_from_operation(&v, client_name)
+    trust_token_retrying(cert, base, client_name, std::time::Duration::ZERO)
 }
 
 /// [`trust_token`], asked again while the cluster answers 503 (unavailable: a membership
