@@ -76,45 +76,42 @@ pub fn get_text(cert: &ClientCert, base: &str, path: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Names of the cluster members the node at `base` sees Online.
-pub fn online_members(cert: &ClientCert, base: &str) -> Result<Vec<String>> {
+/// The cluster members the node at `base` lists (`GET /1.0/cluster/members?recursion=1`).
+fn members(cert: &ClientCert, base: &str) -> Result<Vec<Value>> {
     let text = get_text(cert, base, "/1.0/cluster/members?recursion=1")?;
     let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Command {
         what: format!("GET {base}/1.0/cluster/members"),
         detail: e.to_string(),
     })?;
-    let mut names: Vec<String> = v["metadata"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|m| m["status"] == "Online")
-                .filter_map(|m| m["server_name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    Ok(names)
+    Ok(v["metadata"].as_array().cloned().unwrap_or_default())
 }
 
-/// How many members hold a database role (voters).
-pub fn voters(cert: &ClientCert, base: &str) -> Result<usize> {
-    let text = get_text(cert, base, "/1.0/cluster/members?recursion=1")?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Command {
-        what: format!("GET {base}/1.0/cluster/members"),
-        detail: e.to_string(),
-    })?;
-    Ok(v["metadata"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|m| {
-                    m["roles"].as_array().is_some_and(|r| {
-                        r.iter().any(|x| x == "database" || x == "database-leader")
-                    })
-                })
-                .count()
+/// Sorted names of the `members` that are Online.
+fn online_names(members: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = members
+        .iter()
+        .filter(|m| m["status"] == "Online")
+        .filter_map(|m| m["server_name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+/// How many of `members` hold a database role (voters).
+fn voter_count(members: &[Value]) -> usize {
+    members
+        .iter()
+        .filter(|m| {
+            m["roles"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x == "database" || x == "database-leader"))
         })
-        .unwrap_or(0))
+        .count()
+}
+
+/// Names of the cluster members the node at `base` sees Online.
+pub fn online_members(cert: &ClientCert, base: &str) -> Result<Vec<String>> {
+    Ok(online_names(&members(cert, base)?))
 }
 
 /// Waits until the node at `base` sees `n` members Online and its voters in place.
@@ -126,10 +123,11 @@ pub fn wait_cluster(
 ) -> Result<Vec<String>> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let seen = online_members(cert, base).unwrap_or_default();
+        let all = members(cert, base).unwrap_or_default();
+        let seen = online_names(&all);
         // Formed means settled too: the voters (up to cluster.max_voters, 3) are in place,
         // so the first writes do not race the promotions (seconds under TCG).
-        if seen.len() >= n && voters(cert, base).unwrap_or(0) >= n.min(3) {
+        if seen.len() >= n && voter_count(&all) >= n.min(3) {
             return Ok(seen);
         }
         if std::time::Instant::now() >= deadline {
