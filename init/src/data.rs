@@ -308,7 +308,9 @@ pub fn machine_id() -> String {
             let mut b = [0u8; 16];
             let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
             let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            let _ = std::fs::write(path, format!("{id}\n"));
+            if let Err(e) = crate::write_durably(path, format!("{id}\n").as_bytes()) {
+                info!("keeping the machine id in {}: {e}", path.display());
+            }
             id
         }
     };

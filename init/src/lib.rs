@@ -88,3 +88,45 @@ pub fn wait_for_path(path: &Path, limit: std::time::Duration) -> bool {
     }
     true
 }
+
+/// Replaces `path` with `contents` so that a power cut leaves the old file or the new one,
+/// never an empty one: ext4 (data=ordered, delayed allocation) may otherwise keep a freshly
+/// created file's name but not its blocks when power goes within the commit interval — the
+/// first boot reaches the API in seconds, and a node cut off then lost its seed and identity.
+pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{}: no file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_durably_replaces_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seed.yaml");
+        write_durably(&p, b"one").unwrap();
+        write_durably(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("seed.yaml")]);
+        assert!(write_durably(&dir.path().join("missing/x"), b"x").is_err());
+    }
+}

@@ -176,7 +176,9 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     if loaded.imported_from.is_some() {
         let preseed = Path::new(services::STATE_DIR).join("preseed.yaml");
         let mgmt = net.static_nics.first().map(String::as_str);
-        if let Err(e) = std::fs::write(&preseed, seedsource::preseed_yaml(&seed, mgmt)) {
+        if let Err(e) =
+            crate::write_durably(&preseed, seedsource::preseed_yaml(&seed, mgmt).as_bytes())
+        {
             info!("writing {}: {e}", preseed.display());
         }
     }
@@ -357,6 +359,14 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
                 if let Ok(disk) = data::boot_disk() {
                     crate::bootcount::bless(&disk);
                 }
+                // What the services wrote on the way up (on a first boot: the whole install)
+                // is on disk before anyone relies on the node; off the main loop, which
+                // must keep reaping.
+                std::thread::spawn(|| {
+                    if let Ok(f) = std::fs::File::open("/var") {
+                        let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f));
+                    }
+                });
                 mem_due = Some(Instant::now());
             }
             if mem_due.is_some_and(|t| Instant::now() >= t) {

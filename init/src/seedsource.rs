@@ -47,7 +47,11 @@ fn from_esp(disk: &str) -> Option<String> {
 /// Loads the seed; writes the imported one to /var on first boot. Never fails: with no
 /// valid seed anywhere the defaults apply.
 pub fn load(boot_disk: Option<&str>) -> Loaded {
-    if let Ok(text) = std::fs::read_to_string(KEPT) {
+    // A blank copy is what a power cut during an older first boot could leave: import again.
+    if let Some(text) = std::fs::read_to_string(KEPT)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
         if let Some(seed) = parse(&text, KEPT) {
             return Loaded {
                 seed,
@@ -67,7 +71,7 @@ pub fn load(boot_disk: Option<&str>) -> Loaded {
     let (seed, from) = found.unwrap_or_else(|| (Seed::default(), "defaults"));
     match seed.to_yaml() {
         Ok(y) => {
-            if let Err(e) = std::fs::write(KEPT, y) {
+            if let Err(e) = crate::write_durably(Path::new(KEPT), y.as_bytes()) {
                 info!("keeping the seed in {KEPT}: {e}");
             }
         }

@@ -291,11 +291,27 @@ fn power_cut_then_healthy_boot() {
     let lab = lab("powercut");
     let mut node = lab.node("powercut");
     lab.boot(&mut node);
+    // The cut comes right after the first boot's API is up: what the install wrote (seed,
+    // machine id, trust) must already be on disk then.
+    let machine = node
+        .wait_for("cairn: machine=", Duration::from_secs(1))
+        .expect("machine id on the console")
+        .text;
     node.kill9();
     lab.boot(&mut node);
     assert!(
         node.saw("data: /dev/"),
         "the data partition is mounted after the power cut"
+    );
+    assert!(
+        node.saw(&machine),
+        "the machine id survives the power cut ({machine}); console:\n{}",
+        node.tail(40)
+    );
+    assert!(
+        node.saw("hostname powercut") && !node.saw("seed imported"),
+        "the kept seed is read again, not imported anew; console:\n{}",
+        node.tail(40)
     );
     node.shutdown(Duration::from_secs(60)).expect("power off");
 }
