@@ -8,12 +8,20 @@
 //! last fsync, writes them at once and fsyncs once (group commit), then acknowledges them
 //! all. Each time the file grew by a threshold (64 MiB by default) it is rewritten with only
 //! the live state (write to a temporary file, fsync, rename, fsync the directory).
+//!
+//! The file is kept zero-filled ahead of the last record (in steps of a sixteenth of the
+//! threshold): writing inside the file's length, on blocks already written, lets
+//! `fdatasync` flush just the data, without the inode (and on ext4 a journal commit) that
+//! a growing file needs every time. A zero length word therefore ends the log; on open,
+//! whatever follows the intact prefix (a torn record, or later ones written but never
+//! acknowledged) is zeroed again so it can never be mistaken for records.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,6 +111,9 @@ fn replay(data: &[u8]) -> io::Result<(Mem, usize)> {
         let word = |o: usize| u32::from_le_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]);
         let (len, crc) = (word(at), word(at + 4));
         let end = at + 8 + len as usize;
+        if len == 0 {
+            break; // the zero-filled space ahead of the last record
+        }
         if len > MAX_RECORD || end > data.len() || crc32fast::hash(&data[at + 8..end]) != crc {
             break; // a torn write: never acknowledged
         }
@@ -148,6 +159,20 @@ pub struct LogReader {
     shared: Arc<Shared>,
 }
 
+/// Writes zeros over `from..to` of `file` (real blocks, not a hole or unwritten extents,
+/// which a later write would have to convert in the metadata).
+fn zero_fill(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let n = CHUNK.min(to - at) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -181,22 +206,24 @@ impl LogStore {
         let path = dir.join(LOG_FILE);
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)?;
         lock_exclusive(&file, &path)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         let (mem, intact) = replay(&data)?;
-        if intact < data.len() {
+        if let Some(last) = data[intact..].iter().rposition(|b| *b != 0) {
             tracing::warn!(
-                "raft log {path:?}: cutting a torn tail of {} bytes",
-                data.len() - intact
+                "raft log {path:?}: clearing a torn tail of {} bytes",
+                last + 1
             );
-            file.set_len(intact as u64)?;
+            file.write_all_at(&vec![0; last + 1], intact as u64)?;
             file.sync_all()?;
         }
         sync_dir(dir)?;
+        let compact_every = compact_bytes.max(1 << 16);
         let shared = Arc::new(Shared {
             mem: Mutex::new(mem),
         });
@@ -205,8 +232,10 @@ impl LogStore {
             file,
             path,
             size: intact as u64,
-            compact_at: compact_bytes.max(1 << 16),
-            compact_every: compact_bytes.max(1 << 16),
+            allocated: data.len() as u64,
+            prealloc: (compact_every / 16).clamp(4096, 4 << 20),
+            compact_at: compact_every,
+            compact_every,
             shared: shared.clone(),
             broken: None,
         };
@@ -243,7 +272,12 @@ impl LogStore {
 struct Writer {
     file: File,
     path: PathBuf,
+    /// Where the next record goes: the end of the intact records.
     size: u64,
+    /// The file's length; the bytes from `size` to here are zeros.
+    allocated: u64,
+    /// How far ahead of `size` the file is zero-filled when it has to grow.
+    prealloc: u64,
     compact_at: u64,
     /// Growth between rewrites.
     compact_every: u64,
@@ -286,15 +320,30 @@ impl Writer {
         for op in ops.iter_mut() {
             buf.append(&mut op.bytes);
         }
-        let result = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
+        let result = self.write_at_end(&buf);
         match &result {
             Ok(()) => self.size += buf.len() as u64,
             Err(e) => self.broken = Some(e.to_string()),
         }
         result
+    }
+
+    /// Writes `buf` after the last record and makes it durable; grows the zero-filled space
+    /// first when it does not fit.
+    fn write_at_end(&mut self, buf: &[u8]) -> io::Result<()> {
+        let end = self.size + buf.len() as u64;
+        let grown = end > self.allocated;
+        if grown {
+            let to = end.div_ceil(self.prealloc) * self.prealloc + self.prealloc;
+            zero_fill(&self.file, self.allocated, to)?;
+            self.allocated = to;
+        }
+        self.file.write_all_at(buf, self.size)?;
+        if grown {
+            self.file.sync_all()
+        } else {
+            self.file.sync_data()
+        }
     }
 
     /// Rewrites the file with only the live state. Records queued meanwhile are written
@@ -306,15 +355,17 @@ impl Writer {
             encode(&rec, &mut buf)?;
         }
         let tmp = self.path.with_extension("compacting");
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
             .truncate(false)
             .open(&tmp)?;
         lock_exclusive(&f, &tmp)?;
         f.set_len(0)?;
-        f.write_all(&buf)?;
+        f.write_all_at(&buf, 0)?;
+        let allocated = (buf.len() as u64).div_ceil(self.prealloc) * self.prealloc + self.prealloc;
+        zero_fill(&f, buf.len() as u64, allocated)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
@@ -322,6 +373,7 @@ impl Writer {
         }
         self.file = f;
         self.size = buf.len() as u64;
+        self.allocated = allocated;
         // The next rewrite after as much growth again, so a large live log is not rewritten
         // on every write.
         self.compact_at = self.size.saturating_add(self.compact_every);
@@ -488,6 +540,72 @@ mod tests {
         let left = again.try_get_log_entries(0..).await.unwrap();
         assert_eq!(left.len(), 810);
         assert_eq!(left[0].log_id, entry(1, 1991).log_id);
+    }
+
+    #[test]
+    fn replay_ends_at_the_zero_filled_space() {
+        let mut buf = Vec::new();
+        encode(&Record::Entries(vec![entry(1, 1)]), &mut buf).unwrap();
+        let good = buf.len();
+        buf.resize(good + 4096, 0);
+        let (mem, intact) = replay(&buf).unwrap();
+        assert_eq!(intact, good);
+        assert_eq!(mem.entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_torn_record_in_the_preallocated_space_is_cleared_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let store = LogStore::open(dir.path(), 1 << 16).unwrap();
+        for i in 1..=3 {
+            store
+                .submit_durable(Record::Entries(vec![entry(1, i)]))
+                .await
+                .unwrap();
+        }
+        drop(store);
+        let data = std::fs::read(&path).unwrap();
+        let end = replay(&data).unwrap().1;
+        assert!(
+            data.len() > end,
+            "no zero-filled space ahead of the records"
+        );
+        assert!(data[end..].iter().all(|b| *b == 0));
+
+        // A record cut short, and one after it that reached the disk although the one
+        // before did not: neither was acknowledged.
+        let mut torn = Vec::new();
+        encode(&Record::Entries(vec![entry(1, 4)]), &mut torn).unwrap();
+        let cut = torn.len() - 5;
+        let mut later = Vec::new();
+        encode(&Record::Entries(vec![entry(1, 5)]), &mut later).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&torn[..cut], end as u64).unwrap();
+        f.write_all_at(&later, (end + torn.len()) as u64).unwrap();
+        drop(f);
+
+        let store = LogStore::open(dir.path(), 1 << 16).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        assert!(data[end..].iter().all(|b| *b == 0), "torn tail not cleared");
+        store
+            .submit_durable(Record::Entries(vec![entry(2, 4)]))
+            .await
+            .unwrap();
+        drop(store);
+        let mut again = LogStore::open(dir.path(), 1 << 16).unwrap();
+        let ids: Vec<_> = again
+            .try_get_log_entries(0..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id)
+            .collect();
+        let want: Vec<_> = [entry(1, 1), entry(1, 2), entry(1, 3), entry(2, 4)]
+            .iter()
+            .map(|e| e.log_id)
+            .collect();
+        assert_eq!(ids, want);
     }
 
     #[test]

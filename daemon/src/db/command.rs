@@ -115,22 +115,30 @@ pub(super) fn one(what: &str, name: &str, changed: usize) -> Result<(), DbError>
     Ok(())
 }
 
+/// Runs one statement, prepared once per connection: commands are applied on every member
+/// for every request, and parsing the SQL each time was a visible share of a commit.
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
     use Command::*;
     match cmd {
         SetServerConfig { key, value } => {
             match value {
-                Some(v) => tx.execute(
+                Some(v) => exec(
+                    tx,
                     "INSERT INTO config (key, value) VALUES (?1, ?2)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     params![key, v],
                 )?,
-                None => tx.execute("DELETE FROM config WHERE key = ?1", params![key])?,
+                None => exec(tx, "DELETE FROM config WHERE key = ?1", params![key])?,
             };
         }
 
         CreateImage(r) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO images (fingerprint, data) VALUES (?1, ?2)",
                 params![r.fingerprint, json(r)?],
             )?;
@@ -138,27 +146,31 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         UpdateImage(r) => one(
             "image",
             &r.fingerprint,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE images SET data = ?2 WHERE fingerprint = ?1",
                 params![r.fingerprint, json(r)?],
             )?,
         )?,
         DeleteImage { fingerprint } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM image_aliases WHERE target = ?1",
                 params![fingerprint],
             )?;
             one(
                 "image",
                 fingerprint,
-                tx.execute(
+                exec(
+                    tx,
                     "DELETE FROM images WHERE fingerprint = ?1",
                     params![fingerprint],
                 )?,
             )?
         }
         CreateAlias(a) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO image_aliases (name, target, description) VALUES (?1, ?2, ?3)",
                 params![a.name, a.target, a.description],
             )?;
@@ -166,7 +178,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         UpdateAlias(a) => one(
             "image alias",
             &a.name,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE image_aliases SET target = ?2, description = ?3 WHERE name = ?1",
                 params![a.name, a.target, a.description],
             )?,
@@ -174,7 +187,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         RenameAlias { from, to } => one(
             "image alias",
             from,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE image_aliases SET name = ?2 WHERE name = ?1",
                 params![from, to],
             )?,
@@ -182,11 +196,16 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         DeleteAlias { name } => one(
             "image alias",
             name,
-            tx.execute("DELETE FROM image_aliases WHERE name = ?1", params![name])?,
+            exec(
+                tx,
+                "DELETE FROM image_aliases WHERE name = ?1",
+                params![name],
+            )?,
         )?,
 
         CreateProfile(p) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO profiles (name, data) VALUES (?1, ?2)",
                 params![p.name, json(p)?],
             )?;
@@ -194,7 +213,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         UpdateProfile(p) => one(
             "profile",
             &p.name,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE profiles SET data = ?2 WHERE name = ?1",
                 params![p.name, json(p)?],
             )?,
@@ -205,7 +225,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
             one(
                 "profile",
                 from,
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE profiles SET name = ?2, data = ?3 WHERE name = ?1",
                     params![from, to, json(&p)?],
                 )?,
@@ -216,7 +237,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
                     for n in inst.profiles.iter_mut().filter(|n| *n == from) {
                         *n = to.clone();
                     }
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE instances SET data = ?2 WHERE name = ?1",
                         params![inst.name, json(&inst)?],
                     )?;
@@ -226,11 +248,12 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         DeleteProfile { name } => one(
             "profile",
             name,
-            tx.execute("DELETE FROM profiles WHERE name = ?1", params![name])?,
+            exec(tx, "DELETE FROM profiles WHERE name = ?1", params![name])?,
         )?,
 
         CreateInstance(i) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO instances (name, data) VALUES (?1, ?2)",
                 params![i.name, json(i)?],
             )?;
@@ -238,7 +261,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         UpdateInstance(i) => one(
             "instance",
             &i.name,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE instances SET data = ?2 WHERE name = ?1",
                 params![i.name, json(i)?],
             )?,
@@ -246,24 +270,29 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         RenameInstance { from, to } => {
             let mut i: InstanceRecord = load(tx, "instances", "name", from)?;
             i.name = to.clone();
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE instances SET name = ?2, data = ?3 WHERE name = ?1",
                 params![from, to, json(&i)?],
             )?;
             for mut s in snapshots_of(tx, from)? {
                 s.instance = to.clone();
-                tx.execute(
+                exec(tx,
                     "UPDATE snapshots SET instance = ?2, data = ?4 WHERE instance = ?1 AND name = ?3",
                     params![from, to, s.name, json(&s)?],
                 )?;
             }
         }
         DeleteInstance { name } => {
-            tx.execute("DELETE FROM snapshots WHERE instance = ?1", params![name])?;
+            exec(
+                tx,
+                "DELETE FROM snapshots WHERE instance = ?1",
+                params![name],
+            )?;
             one(
                 "instance",
                 name,
-                tx.execute("DELETE FROM instances WHERE name = ?1", params![name])?,
+                exec(tx, "DELETE FROM instances WHERE name = ?1", params![name])?,
             )?
         }
         SetInstanceVolatile { name, key, value } => {
@@ -272,14 +301,16 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
                 Some(v) => i.config.insert(key.clone(), v.clone()),
                 None => i.config.remove(key),
             };
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE instances SET data = ?2 WHERE name = ?1",
                 params![name, json(&i)?],
             )?;
         }
 
         CreateSnapshot(s) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO snapshots (instance, name, data) VALUES (?1, ?2, ?3)",
                 params![s.instance, s.name, json(s)?],
             )?;
@@ -287,7 +318,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         UpdateSnapshot(s) => one(
             "snapshot",
             &s.name,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE snapshots SET data = ?3 WHERE instance = ?1 AND name = ?2",
                 params![s.instance, s.name, json(s)?],
             )?,
@@ -298,7 +330,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
                 .find(|s| &s.name == from)
                 .ok_or_else(|| DbError::NotFound(format!("snapshot {instance}/{from}")))?;
             s.name = to.clone();
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE snapshots SET name = ?3, data = ?4 WHERE instance = ?1 AND name = ?2",
                 params![instance, from, to, json(&s)?],
             )?;
@@ -306,14 +339,16 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         DeleteSnapshot { instance, name } => one(
             "snapshot",
             name,
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM snapshots WHERE instance = ?1 AND name = ?2",
                 params![instance, name],
             )?,
         )?,
 
         CreatePool(p) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO storage_pools (name, data) VALUES (?1, ?2)",
                 params![p.name, json(p)?],
             )?;
@@ -321,7 +356,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         UpdatePool(p) => one(
             "storage pool",
             &p.name,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE storage_pools SET data = ?2 WHERE name = ?1",
                 params![p.name, json(p)?],
             )?,
@@ -329,11 +365,16 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         DeletePool { name } => one(
             "storage pool",
             name,
-            tx.execute("DELETE FROM storage_pools WHERE name = ?1", params![name])?,
+            exec(
+                tx,
+                "DELETE FROM storage_pools WHERE name = ?1",
+                params![name],
+            )?,
         )?,
 
         AddCertificate(c) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO certificates (fingerprint, data) VALUES (?1, ?2)",
                 params![c.fingerprint, json(c)?],
             )?;
@@ -341,7 +382,8 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         UpdateCertificate(c) => one(
             "certificate",
             &c.fingerprint,
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE certificates SET data = ?2 WHERE fingerprint = ?1",
                 params![c.fingerprint, json(c)?],
             )?,
@@ -349,14 +391,16 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         DeleteCertificate { fingerprint } => one(
             "certificate",
             fingerprint,
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM certificates WHERE fingerprint = ?1",
                 params![fingerprint],
             )?,
         )?,
 
         CreateToken(t) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO tokens (secret, data) VALUES (?1, ?2)",
                 params![t.secret, json(t)?],
             )?;
@@ -364,7 +408,7 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         DeleteToken { secret } => one(
             "token",
             "(secret)",
-            tx.execute("DELETE FROM tokens WHERE secret = ?1", params![secret])?,
+            exec(tx, "DELETE FROM tokens WHERE secret = ?1", params![secret])?,
         )?,
 
         AddMember(_) | UpdateMember(_) | RenameMember { .. } | RemoveMember { .. } => {

@@ -65,6 +65,8 @@ impl Db {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )?;
         schema::migrate(&mut conn)?;
+        // Room for every statement the commands use (the default 16 would evict them).
+        conn.set_prepared_statement_cache_capacity(256);
         Ok(Db {
             conn: Mutex::new(conn),
         })
@@ -73,6 +75,8 @@ impl Db {
     pub fn open_in_memory() -> Result<Db, DbError> {
         let mut conn = Connection::open_in_memory()?;
         schema::migrate(&mut conn)?;
+        // Room for every statement the commands use (the default 16 would evict them).
+        conn.set_prepared_statement_cache_capacity(256);
         Ok(Db {
             conn: Mutex::new(conn),
         })

@@ -93,18 +93,17 @@ fn rejected(cmds: &[Command], e: DbError) -> Result<RequestOutcome, DbError> {
 
 fn position(conn: &rusqlite::Connection) -> Result<Option<AppliedPosition>, DbError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT log_index, log_id, membership, applied_requests FROM raft_applied WHERE id = 1",
-            [],
-            |r| {
-                Ok(AppliedPosition {
-                    index: r.get::<_, i64>(0)? as u64,
-                    log_id: r.get(1)?,
-                    membership: r.get(2)?,
-                    applied_requests: r.get::<_, i64>(3)? as u64,
-                })
-            },
-        )
+        )?
+        .query_row([], |r| {
+            Ok(AppliedPosition {
+                index: r.get::<_, i64>(0)? as u64,
+                log_id: r.get(1)?,
+                membership: r.get(2)?,
+                applied_requests: r.get::<_, i64>(3)? as u64,
+            })
+        })
         .optional()?)
 }
 
@@ -208,27 +207,25 @@ impl Db {
                 applied_requests: before + took_effect,
             });
             if entry.index % PRUNE_EVERY == 0 && entry.index > DEDUP_WINDOW {
-                tx.execute(
-                    "DELETE FROM raft_requests WHERE log_index < ?1",
-                    params![(entry.index - DEDUP_WINDOW) as i64],
-                )?;
+                tx.prepare_cached("DELETE FROM raft_requests WHERE log_index < ?1")?
+                    .execute(params![(entry.index - DEDUP_WINDOW) as i64])?;
             }
             out.push(EntryOutcome::Applied(outcomes));
         }
         if let Some(p) = &pos {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO raft_applied (id, log_index, log_id, membership, applied_requests)
                  VALUES (1, ?1, ?2, ?3, ?4)
                  ON CONFLICT(id) DO UPDATE SET log_index = excluded.log_index,
                    log_id = excluded.log_id, membership = excluded.membership,
                    applied_requests = excluded.applied_requests",
-                params![
-                    p.index as i64,
-                    p.log_id,
-                    p.membership,
-                    p.applied_requests as i64
-                ],
-            )?;
+            )?
+            .execute(params![
+                p.index as i64,
+                p.log_id,
+                p.membership,
+                p.applied_requests as i64
+            ])?;
         }
         tx.commit()?;
         Ok(out)
