@@ -90,6 +90,44 @@ pub fn resolv_conf(dir: &Path, ifaces: &[String]) -> String {
     out
 }
 
+/// Keeps resolv.conf in step with the leases: dhcpcd runs without hook scripts, so when a
+/// renewal (or a lease on another network) brings other DNS servers, nothing else would
+/// notice. Checked on PID 1's loop; a lease file is a few hundred bytes.
+pub struct DnsFollower {
+    ifaces: Vec<String>,
+    written: String,
+    next: std::time::Instant,
+}
+
+impl DnsFollower {
+    /// How often the leases are read again.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// `written`: what resolv.conf holds now.
+    pub fn new(ifaces: Vec<String>, written: String) -> DnsFollower {
+        DnsFollower {
+            ifaces,
+            written,
+            next: std::time::Instant::now() + Self::EVERY,
+        }
+    }
+
+    /// The new resolv.conf text when it is due and the leases changed it. A lease without
+    /// DNS (or none at all, while dhcpcd renews) keeps what was written.
+    pub fn poll(&mut self, dir: &Path, now: std::time::Instant) -> Option<String> {
+        if self.ifaces.is_empty() || now < self.next {
+            return None;
+        }
+        self.next = now + Self::EVERY;
+        let text = resolv_conf(dir, &self.ifaces);
+        if text.is_empty() || text == self.written {
+            return None;
+        }
+        self.written = text.clone();
+        Some(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +186,33 @@ mod tests {
         let text = resolv_conf(dir.path(), &["eth0".into(), "eth1".into(), "eth2".into()]);
         assert_eq!(text, "search lab\nnameserver 10.0.2.3\n");
         assert_eq!(resolv_conf(dir.path(), &["eth9".into()]), "");
+    }
+
+    #[test]
+    fn follows_a_renewal_that_changes_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = dir.path().join("eth0.lease");
+        std::fs::write(&lease, reply(&[6, 4, 10, 0, 2, 3, 255])).unwrap();
+        let first = resolv_conf(dir.path(), &["eth0".into()]);
+        let mut f = DnsFollower::new(vec!["eth0".into()], first);
+        let t0 = std::time::Instant::now();
+        let later = |n: u32| t0 + DnsFollower::EVERY * n;
+        assert_eq!(f.poll(dir.path(), later(1)), None, "unchanged");
+        std::fs::write(&lease, reply(&[6, 4, 10, 0, 2, 53, 255])).unwrap();
+        assert_eq!(f.poll(dir.path(), t0), None, "not due yet");
+        assert_eq!(
+            f.poll(dir.path(), later(2)).as_deref(),
+            Some("nameserver 10.0.2.53\n")
+        );
+        std::fs::remove_file(&lease).unwrap();
+        assert_eq!(
+            f.poll(dir.path(), later(3)),
+            None,
+            "no lease: keep the last"
+        );
+        assert_eq!(
+            DnsFollower::new(vec![], String::new()).poll(dir.path(), later(9)),
+            None
+        );
     }
 }

@@ -316,6 +316,7 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
     // Memory is reported once the API is ready, or 10 s after the services started.
     let mut mem_due = (!api_probe).then(|| Instant::now() + Duration::from_secs(10));
     let mut addresses_logged = false;
+    let mut dns: Option<crate::lease::DnsFollower> = None;
     let started = Instant::now();
     loop {
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -347,9 +348,20 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
                         &boot.dns_from_dhcp,
                     );
                     if !resolv.is_empty() {
-                        let _ = std::fs::write("/run/cairn/resolv.conf", resolv);
+                        write_resolv_conf(&resolv);
                     }
+                    dns = Some(crate::lease::DnsFollower::new(
+                        boot.dns_from_dhcp.clone(),
+                        resolv,
+                    ));
                 }
+            }
+            let renewed = dns
+                .as_mut()
+                .and_then(|f| f.poll(Path::new(crate::lease::LEASE_DIR), Instant::now()));
+            if let Some(text) = renewed {
+                info!("DNS servers changed with a lease: resolv.conf rewritten");
+                write_resolv_conf(&text);
             }
             // "API ready" means reachable: the management address is up too.
             if api_probe && addresses_logged && api_answers() && https_listening() {
@@ -389,6 +401,14 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+}
+
+/// Replaces resolv.conf in one step (/etc/resolv.conf links to it): a resolver never
+/// reads a half-written file.
+fn write_resolv_conf(text: &str) {
+    if let Err(e) = crate::write_durably(Path::new("/run/cairn/resolv.conf"), text.as_bytes()) {
+        info!("writing resolv.conf: {e}");
     }
 }
 
