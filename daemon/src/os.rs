@@ -169,12 +169,23 @@ pub fn kernel_log() -> Result<String, OsError> {
         if n == 0 {
             break;
         }
-        let rec = String::from_utf8_lossy(&buf[..n]);
-        let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or(&rec);
-        out.push_str(msg.lines().next().unwrap_or(""));
+        out.push_str(&kmsg_line(&String::from_utf8_lossy(&buf[..n])));
         out.push('\n');
     }
     Ok(out)
+}
+
+/// One /dev/kmsg record (`prio,seq,usec,flags;message` then continuation lines) as dmesg
+/// prints it: `[   12.345678] message`, so a slow boot step shows where the time went.
+fn kmsg_line(rec: &str) -> String {
+    let Some((head, body)) = rec.split_once(';') else {
+        return rec.lines().next().unwrap_or("").to_string();
+    };
+    let msg = body.lines().next().unwrap_or("");
+    match head.split(',').nth(2).and_then(|u| u.parse::<u64>().ok()) {
+        Some(us) => format!("[{:5}.{:06}] {msg}", us / 1_000_000, us % 1_000_000),
+        None => msg.to_string(),
+    }
 }
 
 fn on_appliance() -> bool {

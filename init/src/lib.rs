@@ -11,6 +11,7 @@
 //! goes on. The main loop is synchronous; only the D-Bus interface for cairnd ([`control`])
 //! runs on an async runtime, in a thread of its own that is restarted if it fails.
 
+pub mod api_watch;
 pub mod backoff;
 pub mod bootcount;
 pub mod cgroup;

@@ -1,18 +1,18 @@
 //! PID 1: bring the system up in stages, then supervise until asked to shut down.
 
+use crate::api_watch::{self, Watchdog};
 use crate::services::{self, ServiceSpec};
 use crate::shutdown::{self, Action};
 use crate::supervisor::Supervisor;
 use crate::{cgroup, console, control, data, info, kmod, mount, net, power, seedsource};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const API_SOCKET: &str = "/var/lib/cairn/unix.socket";
 const LOG_DIR: &str = "/var/log/cairn";
 
 pub fn run() -> ! {
@@ -268,32 +268,6 @@ fn record_boot(machine_id: &str) {
     }
 }
 
-/// Whether cairnd answers `GET /1.0` on its unix socket with 200.
-fn api_answers() -> bool {
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(API_SOCKET) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /1.0 HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")
-}
-
-fn https_listening() -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], 8443)),
-        Duration::from_millis(300),
-    )
-    .is_ok()
-}
-
 /// Memory in use (MemTotal - MemAvailable), in MiB.
 fn mem_used_mib() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -318,6 +292,7 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
     let mut addresses_logged = false;
     let mut dns: Option<crate::lease::DnsFollower> = None;
     let started = Instant::now();
+    let mut watchdog = Watchdog::new(started);
     loop {
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let now = Instant::now();
@@ -364,7 +339,12 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
                 write_resolv_conf(&text);
             }
             // "API ready" means reachable: the management address is up too.
-            if api_probe && addresses_logged && api_answers() && https_listening() {
+            if api_probe
+                && addresses_logged
+                && api_watch::answers(Path::new(api_watch::API_SOCKET))
+                && api_watch::https_listening()
+            {
+                watchdog.answered(Instant::now());
                 console::stage("api-ready");
                 console::line("API ready");
                 api_probe = false;
@@ -380,6 +360,14 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
                     }
                 });
                 mem_due = Some(Instant::now());
+            }
+            if boot.api_probe {
+                let hung = watchdog.poll(Instant::now(), sup.pid_of("cairnd"), || {
+                    api_watch::answers(Path::new(api_watch::API_SOCKET))
+                });
+                if let Some(pid) = hung {
+                    api_watch::restart_hung(pid);
+                }
             }
             if mem_due.is_some_and(|t| Instant::now() >= t) {
                 if let Some(m) = mem_used_mib() {

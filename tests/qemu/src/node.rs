@@ -317,16 +317,16 @@ impl Node {
             if !self.running() {
                 self.poll_console();
                 return Err(LabError::Other(format!(
-                    "node {}: QEMU exited while waiting for {needle:?}; last console lines:\n{}",
+                    "node {}: QEMU exited while waiting for {needle:?}; {}",
                     self.name(),
-                    self.tail(15)
+                    self.diagnosis()
                 )));
             }
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout {
                     node: self.name().into(),
                     secs: timeout.as_secs(),
-                    what: format!("{needle:?}; last console lines:\n{}", self.tail(15)),
+                    what: format!("{needle:?}; {}", self.diagnosis()),
                 });
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -341,6 +341,23 @@ impl Node {
             .map(|l| format!("  [{:7.2}] {}", l.t, l.text))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// What a failed wait reports: cairn-init's and cairnd's own lines of this run (the
+    /// boot's story, without the chatter of other services) and the last console lines.
+    fn diagnosis(&self) -> String {
+        let own: Vec<String> = self
+            .lines
+            .iter()
+            .filter(|l| l.text.starts_with("cairn: ") || l.text.starts_with("[cairnd]"))
+            .map(|l| format!("  [{:7.2}] {}", l.t, l.text))
+            .collect();
+        let start = own.len().saturating_sub(60);
+        format!(
+            "cairn-init and cairnd lines:\n{}\nlast console lines:\n{}",
+            own[start..].join("\n"),
+            self.tail(15)
+        )
     }
 
     /// Whether a line containing `needle` has been seen in this run.
