@@ -100,12 +100,45 @@ fn init_logging(debug: bool) {
         .try_init();
 }
 
+/// How long each start-up step took, for the ready line: on a slow machine (an appliance
+/// under emulation, a loaded host) it says where the time to the first answer went.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((step, now - self.last));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        self.done
+            .iter()
+            .map(|(s, d)| format!("{s} {} ms", d.as_millis()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 async fn run(opts: Options) -> Result<(), String> {
+    let mut steps = Steps::new();
     let d = Daemon::open(&opts.state_dir).map_err(|e| e.to_string())?;
+    steps.mark("state");
     crate::trust::restore_tokens(&d)
         .await
         .map_err(|e| e.to_string())?;
     let preseed = crate::preseed::apply(&d).await.map_err(|e| e.to_string())?;
+    steps.mark("preseed");
     let router = crate::api::router(d.clone());
     d.https.set_router(router.clone());
     let unix = crate::listener::bind_unix(&d.paths.unix_socket)
@@ -116,9 +149,11 @@ async fn run(opts: Options) -> Result<(), String> {
             tracing::error!("core.https_address: {e}");
         }
     }
+    steps.mark("listeners");
     if let Err(e) = crate::cluster::lifecycle::resume(&d).await {
         tracing::error!("resuming cluster membership: {e}");
     }
+    steps.mark("cluster");
     if let Some(p) = preseed {
         if let Some(seed) = p.cluster {
             let member = d
@@ -130,8 +165,9 @@ async fn run(opts: Options) -> Result<(), String> {
         }
     }
     tracing::info!(
-        "cairnd ready in {} ms: unix socket {}{}",
+        "cairnd ready in {} ms ({}): unix socket {}{}",
         STARTED.get().map_or(0, |t| t.elapsed().as_millis()),
+        steps.summary(),
         d.paths.unix_socket.display(),
         d.https
             .address()

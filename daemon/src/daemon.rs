@@ -114,10 +114,22 @@ impl Daemon {
         make_dir(&paths.logs, 0o700)?;
         make_dir(&paths.images, 0o700)?;
         make_dir(&paths.pools, 0o711)?;
+        let hostname = hostname();
+        // The certificate (made at the first start: key generation, two durable writes)
+        // and the database (made or migrated) do not depend on each other: on a slow
+        // first boot they take their time side by side.
+        let cert = {
+            let (dir, host) = (state.to_path_buf(), hostname.clone());
+            std::thread::Builder::new()
+                .name("server-cert".into())
+                .spawn(move || ServerCert::load_or_generate(&dir, &host))
+                .map_err(|e| StartError::StateDir(state.to_path_buf(), e))?
+        };
         let db = Arc::new(Db::open(&state.join("cairn.db"))?);
         let local = LocalConfig::open(&state.join("local.json"), &db)?;
-        let hostname = hostname();
-        let cert = ServerCert::load_or_generate(state, &hostname)?;
+        let cert = cert
+            .join()
+            .map_err(|_| StartError::Local("the certificate thread panicked".into()))??;
         let events = EventHub::new();
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let d = Daemon {
@@ -147,6 +159,8 @@ impl Daemon {
     /// First start: a `default` profile with a root disk on the `default` dir pool and a p2p
     /// NIC, as `incus admin init --auto` would give (minus a managed bridge, which comes later).
     fn seed_defaults(&self) -> Result<(), StartError> {
+        // One transaction for both: one commit on the first start.
+        let mut first = Vec::new();
         if self.db.profile("default")?.is_none() {
             let mut devices = BTreeMap::new();
             devices.insert(
@@ -163,21 +177,24 @@ impl Daemon {
                     .map(|(a, b)| (a.to_string(), b.to_string()))
                     .collect(),
             );
-            self.db.apply(&Command::CreateProfile(ProfileRecord {
+            first.push(Command::CreateProfile(ProfileRecord {
                 name: "default".into(),
                 description: "Default Cairn profile".into(),
                 config: BTreeMap::new(),
                 devices,
-            }))?;
+            }));
         }
         if self.db.pools()?.is_empty() {
             let source = self.paths.pools.join("default");
-            self.db.apply(&Command::CreatePool(PoolRecord {
+            first.push(Command::CreatePool(PoolRecord {
                 name: "default".into(),
                 driver: "dir".into(),
                 description: String::new(),
                 config: [("source".to_string(), source.display().to_string())].into(),
-            }))?;
+            }));
+        }
+        if !first.is_empty() {
+            self.db.apply_all(&first)?;
         }
         Ok(())
     }

@@ -45,12 +45,18 @@ pub fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     if have > want {
         return Err(DbError::TooNew { have, want });
     }
+    if have == want {
+        return Ok(());
+    }
+    // All pending steps in one transaction: a new database is made with one commit (one
+    // fsync, where the first boot of an appliance under emulation paid for each), and a
+    // failing step leaves the database as it was.
+    let tx = conn.transaction()?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
-        let tx = conn.transaction()?;
         tx.execute_batch(sql)
             .map_err(|e| DbError::Migration(i as u32 + 1, e.to_string()))?;
-        tx.pragma_update(None, "user_version", i as u32 + 1)?;
-        tx.commit()?;
     }
+    tx.pragma_update(None, "user_version", want)?;
+    tx.commit()?;
     Ok(())
 }
