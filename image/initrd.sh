@@ -10,10 +10,12 @@ mdir=$ktree/usr/lib/modules/$kver
 # libcrc32c (erofs) needs a crc32c implementation at init: its softdep, loaded first.
 # The root's needs, then what PID 1 needs before udev and modprobe are worth starting: the
 # data filesystem (ext4, and loop for its first-boot creation), the seed's sources
-# (qemu_fw_cfg, vfat), lxcfs's fuse and a virtual NIC. Loaded here with finit_module, each
-# costs milliseconds; an exec of modprobe in the root costs most of a second under TCG.
+# (qemu_fw_cfg, vfat), lxcfs's fuse, a virtual NIC and the ACPI power button (button,
+# evdev: a power-off asked for right after boot must not be lost while the host modules
+# load). Loaded here with finit_module, each costs milliseconds; an exec of modprobe in the
+# root costs most of a second under TCG.
 want=(nvme virtio_blk virtio_pci crc32c_generic crc32c_intel dm_verity erofs
-      ext4 loop qemu_fw_cfg vfat fuse virtio_net)
+      ext4 loop qemu_fw_cfg vfat fuse virtio_net button evdev)
 # Debian's package ships no modules.dep: make it (the host's depmod reads trixie's modules).
 if [ ! -s "$mdir/modules.dep" ]; then
   depmod -b "$ktree/usr" "$kver" 2>/dev/null || depmod -b "$ktree" "$kver"

@@ -1,20 +1,11 @@
-//! DNS settings from dhcpcd's leases. dhcpcd runs without its hook scripts (forking a
-//! shell for each of its events cost about a second of every boot under TCG), so the one
-//! thing a hook did for us, writing resolv.conf, is done here from the lease it saves: the
-//! server's BOOTP reply, as sent.
+//! resolv.conf from the DHCP leases: the client (`dhcp`) keeps each NIC's last ACK as
+//! sent, and the DNS servers and domain come from there.
 
+use crate::dhcp::message::Message;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-/// Where dhcpcd keeps its leases (one `IFACE.lease` file per interface).
-pub const LEASE_DIR: &str = "/var/lib/dhcpcd";
-
-const MAGIC: [u8; 4] = [99, 130, 83, 99];
-const OPTIONS_AT: usize = 240;
-const PAD: u8 = 0;
-const END: u8 = 255;
-const DNS_SERVERS: u8 = 6;
-const DOMAIN_NAME: u8 = 15;
+pub use crate::dhcp::LEASE_DIR;
 
 /// What a lease says about name resolution.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -25,45 +16,11 @@ pub struct Dns {
 
 /// Reads the DNS options of a BOOTP/DHCP message; `None` if it is not one.
 pub fn parse(msg: &[u8]) -> Option<Dns> {
-    if msg.len() < OPTIONS_AT || msg[236..240] != MAGIC {
-        return None;
-    }
-    let mut dns = Dns::default();
-    let mut at = OPTIONS_AT;
-    while at < msg.len() {
-        let code = msg[at];
-        if code == PAD {
-            at += 1;
-            continue;
-        }
-        if code == END {
-            break;
-        }
-        let len = *msg.get(at + 1)? as usize;
-        let body = msg.get(at + 2..at + 2 + len)?;
-        match code {
-            DNS_SERVERS => dns.servers.extend(
-                body.chunks_exact(4)
-                    .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3])),
-            ),
-            DOMAIN_NAME => {
-                let name = String::from_utf8_lossy(body)
-                    .trim_end_matches('\0')
-                    .to_string();
-                // Only what resolv.conf can carry: one word of name characters.
-                if !name.is_empty()
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-                {
-                    dns.domain = Some(name);
-                }
-            }
-            _ => {}
-        }
-        at += 2 + len;
-    }
-    Some(dns)
+    let m = Message::decode(msg)?;
+    Some(Dns {
+        servers: m.dns_servers(),
+        domain: m.domain(),
+    })
 }
 
 /// resolv.conf's text for the leases of `ifaces` (in that order); empty if none has DNS.
@@ -90,9 +47,8 @@ pub fn resolv_conf(dir: &Path, ifaces: &[String]) -> String {
     out
 }
 
-/// Keeps resolv.conf in step with the leases: dhcpcd runs without hook scripts, so when a
-/// renewal (or a lease on another network) brings other DNS servers, nothing else would
-/// notice. Checked on PID 1's loop; a lease file is a few hundred bytes.
+/// Keeps resolv.conf in step with the leases: when a renewal (or a lease on another
+/// network) brings other DNS servers, resolv.conf follows. Checked on PID 1's loop; a lease file is a few hundred bytes.
 pub struct DnsFollower {
     ifaces: Vec<String>,
     written: String,
@@ -113,7 +69,7 @@ impl DnsFollower {
     }
 
     /// The new resolv.conf text when it is due and the leases changed it. A lease without
-    /// DNS (or none at all, while dhcpcd renews) keeps what was written.
+    /// DNS (or none at all, between two leases) keeps what was written.
     pub fn poll(&mut self, dir: &Path, now: std::time::Instant) -> Option<String> {
         if self.ifaces.is_empty() || now < self.next {
             return None;
@@ -132,10 +88,14 @@ impl DnsFollower {
 mod tests {
     use super::*;
 
+    const OPTIONS_AT: usize = 240;
+
     fn reply(options: &[u8]) -> Vec<u8> {
         let mut m = vec![0u8; OPTIONS_AT];
         m[0] = 2; // BOOTREPLY
-        m[236..240].copy_from_slice(&MAGIC);
+        m[1] = 1; // Ethernet
+        m[2] = 6;
+        m[236..240].copy_from_slice(&[99, 130, 83, 99]);
         m.extend_from_slice(options);
         m
     }

@@ -12,6 +12,10 @@ struct Mount {
     data: Option<&'static str>,
     /// A missing filesystem (e.g. bpf on a kernel without it) is logged, not fatal.
     optional: bool,
+    /// Mounted once the host modules are loaded ([`late_filesystems`]) rather than at the
+    /// start: nothing on the way to the API needs it, and mounting bpffs costs most of a
+    /// second under TCG.
+    late: bool,
 }
 
 fn table() -> Vec<Mount> {
@@ -24,6 +28,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: None,
             optional: false,
+            late: false,
         },
         Mount {
             source: "sysfs",
@@ -32,6 +37,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: None,
             optional: false,
+            late: false,
         },
         Mount {
             source: "devtmpfs",
@@ -40,6 +46,7 @@ fn table() -> Vec<Mount> {
             flags: MsFlags::MS_NOSUID,
             data: Some("mode=0755"),
             optional: false,
+            late: false,
         },
         Mount {
             source: "devpts",
@@ -48,6 +55,7 @@ fn table() -> Vec<Mount> {
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             data: Some("gid=5,mode=0620,ptmxmode=0666"),
             optional: false,
+            late: false,
         },
         Mount {
             source: "tmpfs",
@@ -56,6 +64,7 @@ fn table() -> Vec<Mount> {
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             data: Some("mode=1777"),
             optional: false,
+            late: false,
         },
         Mount {
             source: "tmpfs",
@@ -64,6 +73,7 @@ fn table() -> Vec<Mount> {
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             data: Some("mode=0755,size=20%"),
             optional: false,
+            late: false,
         },
         Mount {
             source: "tmpfs",
@@ -72,6 +82,7 @@ fn table() -> Vec<Mount> {
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             data: Some("mode=1777,size=20%"),
             optional: false,
+            late: false,
         },
         Mount {
             source: "cgroup2",
@@ -80,6 +91,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: Some("nsdelegate,memory_recursiveprot"),
             optional: false,
+            late: false,
         },
         Mount {
             source: "securityfs",
@@ -88,6 +100,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: None,
             optional: true,
+            late: false,
         },
         Mount {
             source: "bpf",
@@ -96,6 +109,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: Some("mode=0700"),
             optional: true,
+            late: true,
         },
         Mount {
             source: "debugfs",
@@ -104,6 +118,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: None,
             optional: true,
+            late: false,
         },
         Mount {
             source: "tracefs",
@@ -112,6 +127,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: None,
             optional: true,
+            late: false,
         },
         Mount {
             source: "fusectl",
@@ -120,6 +136,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: None,
             optional: true,
+            late: false,
         },
         Mount {
             source: "configfs",
@@ -128,6 +145,7 @@ fn table() -> Vec<Mount> {
             flags: nosuid_nodev_noexec,
             data: None,
             optional: true,
+            late: false,
         },
     ]
 }
@@ -149,18 +167,7 @@ pub fn mountinfo_has(mountinfo: &str, path: &str) -> bool {
 
 /// Mounts the API filesystems that are not mounted yet (the initrd moved /proc, /sys, /dev).
 pub fn api_filesystems() {
-    for m in table() {
-        // /proc must be up before is_mountpoint can answer.
-        if Path::new("/proc/self/mountinfo").exists() && is_mountpoint(m.target) {
-            continue;
-        }
-        let _ = std::fs::create_dir_all(m.target);
-        if let Err(e) = mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
-            if !m.optional {
-                info!("mounting {} on {}: {e}", m.fstype, m.target);
-            }
-        }
-    }
+    mount_all(table().into_iter().filter(|m| !m.late));
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
@@ -168,6 +175,32 @@ pub fn api_filesystems() {
         ("/dev/stderr", "/proc/self/fd/2"),
     ] {
         let _ = std::os::unix::fs::symlink(target, link);
+    }
+}
+
+/// Mounts the API filesystems that wait for the host modules (bpffs).
+pub fn late_filesystems() {
+    mount_all(table().into_iter().filter(|m| m.late));
+}
+
+fn mount_all(mounts: impl Iterator<Item = Mount>) {
+    for m in mounts {
+        // /proc must be up before is_mountpoint can answer.
+        if Path::new("/proc/self/mountinfo").exists() && is_mountpoint(m.target) {
+            continue;
+        }
+        let _ = std::fs::create_dir_all(m.target);
+        let t = std::time::Instant::now();
+        let r = mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data);
+        // A slow mount shows in the boot stages; say which one it was.
+        if t.elapsed() > std::time::Duration::from_millis(100) {
+            info!("mounting {} took {} ms", m.target, t.elapsed().as_millis());
+        }
+        if let Err(e) = r {
+            if !m.optional {
+                info!("mounting {} on {}: {e}", m.fstype, m.target);
+            }
+        }
     }
 }
 

@@ -1,13 +1,9 @@
-//! Networking at boot: loopback, and each NIC the seed names (DHCP through a supervised
-//! dhcpcd, or static addresses set with iproute2). NICs are matched by MAC, then by name,
-//! then in order among the ethernet NICs no other entry matched.
+//! Networking at boot: loopback, and each NIC the seed names (DHCP through cairn-init's
+//! own client, `dhcp`, or static addresses set through rtnetlink). NICs are matched by MAC, then by
+//! name, then in order among the ethernet NICs no other entry matched.
 
-use crate::info;
-use crate::services::{self, ServiceSpec};
+use crate::{info, netlink};
 use cairn_seed::{Cidr, Interface, Seed};
-use std::path::Path;
-
-const IP: &str = "/usr/sbin/ip";
 
 /// An ethernet NIC found in sysfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,16 +62,18 @@ pub fn assign<'a>(wanted: &'a [Interface], nics: &[Nic]) -> Vec<(&'a Interface, 
         .collect()
 }
 
-fn ip(args: &[&str]) -> bool {
-    let mut argv = vec![IP];
-    argv.extend_from_slice(args);
-    services::run_once("ip", &argv)
+/// Logs a configuration step that failed; the boot goes on with what works.
+fn logged(r: std::io::Result<()>) {
+    if let Err(e) = r {
+        info!("network: {e}");
+    }
 }
 
 /// What [`setup`] configured.
 pub struct Configured {
-    /// The DHCP clients to supervise.
-    pub dhcp: Vec<ServiceSpec>,
+    /// The NICs to run the DHCP client on (once the services that do not wait for an
+    /// address are started).
+    pub dhcp: Vec<String>,
     /// How many NICs were configured (each should end up with an address).
     pub nics: usize,
     /// The NICs given static addresses, in the seed's order: the management network.
@@ -86,7 +84,7 @@ pub struct Configured {
 
 /// Brings up loopback and the seed's NICs.
 pub fn setup(seed: &Seed) -> Configured {
-    ip(&["link", "set", "lo", "up"]);
+    logged(netlink::link_up("lo"));
     // NIC drivers load early (virtio_net) or through udev's coldplug. The kernel command
     // line has net.ifnames=0, so udev never renames a NIC: one is usable as soon as its
     // driver made it, and nothing waits for udev here (a second or two under TCG).
@@ -112,38 +110,27 @@ pub fn setup(seed: &Seed) -> Configured {
     let configured = assigned.len();
     let mut static_nics = Vec::new();
     for (want, nic) in assigned {
-        ip(&["link", "set", &nic.name, "up"]);
+        logged(netlink::link_up(&nic.name));
         if want.dhcp {
-            if Path::new("/usr/sbin/dhcpcd").exists() {
-                services::write_dhcpcd_conf();
-                dhcp.push(services::dhcp(&nic.name));
-                dhcp_nics.push(nic.name.clone());
-            } else {
-                info!(
-                    "network: {} wants DHCP but dhcpcd is not in the image",
-                    nic.name
-                );
-            }
+            dhcp.push(nic.name.clone());
+            dhcp_nics.push(nic.name.clone());
             continue;
         }
         for a in &want.addresses {
-            if Cidr::parse(a).is_ok() {
-                ip(&["addr", "replace", a, "dev", &nic.name]);
+            if let Ok(c) = Cidr::parse(a) {
+                logged(netlink::replace_address(
+                    &nic.name,
+                    c.address.into(),
+                    c.prefix,
+                    None,
+                ));
             }
         }
         if !want.addresses.is_empty() {
             static_nics.push(nic.name.clone());
         }
         if let Some(gw) = want.gateway {
-            ip(&[
-                "route",
-                "replace",
-                "default",
-                "via",
-                &gw.to_string(),
-                "dev",
-                &nic.name,
-            ]);
+            logged(netlink::replace_default_route(&nic.name, gw.into()));
             resolv.push_str(&format!("nameserver {gw}\n"));
         }
         info!("network: {} static {}", nic.name, want.addresses.join(","));
@@ -164,20 +151,10 @@ pub fn setup(seed: &Seed) -> Configured {
 
 /// The IPv4 addresses on the NICs, as "name=a.b.c.d/n" (what `ip -4 -o addr` says).
 pub fn addresses() -> Vec<String> {
-    let Ok(out) = crate::supervisor::command(IP)
-        .args(["-4", "-o", "addr", "show", "scope", "global"])
-        .output()
-    else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "inet")?;
-            Some(format!("{}={}", w.get(1)?, w.get(i + 1)?))
-        })
-        .collect()
+    netlink::global_ipv4().unwrap_or_else(|e| {
+        info!("network: listing addresses: {e}");
+        Vec::new()
+    })
 }
 
 #[cfg(test)]

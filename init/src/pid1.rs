@@ -1,6 +1,7 @@
 //! PID 1: bring the system up in stages, then supervise until asked to shut down.
 
 use crate::api_watch::{self, Watchdog};
+use crate::late::{self, Late};
 use crate::services::{self, ServiceSpec};
 use crate::shutdown::{self, Action};
 use crate::supervisor::Supervisor;
@@ -42,8 +43,10 @@ pub fn run() -> ! {
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
 
     mount::api_filesystems();
+    console::stage("api-filesystems");
     cgroup::setup();
     console::stage("mounts");
+    services::prefetch();
 
     let mut sup = Supervisor::new(PathBuf::from(LOG_DIR));
     let boot = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bring_up(&mut sup)));
@@ -53,6 +56,7 @@ pub fn run() -> ! {
             info!("bring-up panicked; supervising what was started");
             BringUp {
                 api_probe: true,
+                udev_started: false,
                 modules_pending: true,
                 nics: 1,
                 dns_from_dhcp: Vec::new(),
@@ -122,41 +126,11 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     console::line(&format!("root read-only={}", u8::from(root_is_read_only())));
     console::stage("data-mounted");
 
-    // Hardware drivers come from udev's coldplug; the host's software modules (bridge,
-    // OVS, nf_tables, ZFS…) load in a background job meanwhile, at the lowest priority:
-    // ZFS alone is seconds of CPU under TCG, and nothing on the way to the API needs it.
-    let mut modprobe = vec!["/usr/sbin/modprobe", "-a", "-b", "-q"];
-    modprobe.extend_from_slice(kmod::HOST_MODULES);
-    let mut job = ServiceSpec::job("modprobe", &modprobe);
-    job.nice = 19;
-    sup.add(job);
     power::listen();
-
-    sup.add(services::udevd());
     // The seed may come through QEMU fw_cfg or the ESP; lxcfs needs fuse; a virtual NIC's
-    // driver is loaded here rather than waiting for coldplug (real NICs' come from udev
-    // or the job above).
+    // driver is loaded here rather than waiting for coldplug (all four come with the
+    // initrd, so this normally finds them loaded).
     kmod::ensure(&["qemu_fw_cfg", "vfat", "fuse", "virtio_net"]);
-    // Coldplug runs in the background; device links (/dev/disk/by-*) settle there and
-    // nothing at boot waits on them. udevd must be listening first, or the events the
-    // trigger makes are lost.
-    if services::udevd().binary_exists()
-        && !crate::wait_for_path(Path::new("/run/udev/control"), Duration::from_secs(5))
-    {
-        info!("udevd is not listening after 5 s: coldplug may miss devices");
-    }
-    let mut trigger = ServiceSpec::job(
-        "udev-settle",
-        &[
-            "/usr/bin/udevadm",
-            "trigger",
-            "--type=all",
-            "--action=add",
-            "--settle",
-        ],
-    );
-    trigger.nice = 5;
-    sup.add(trigger);
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;
@@ -170,6 +144,14 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     if !Path::new("/run/cairn/resolv.conf").exists() {
         let _ = std::fs::write("/run/cairn/resolv.conf", "");
     }
+    // The API comes first: cairnd starts as soon as the network it is told about is set
+    // up, and udev's coldplug and the host modules come once it answers (`late`). Only
+    // NICs whose drivers are not loaded yet (real hardware) need coldplug first.
+    let mut udev_started = false;
+    if net::nics().len() < seed.network.interfaces.len().max(1) {
+        late::start_udev_now(sup);
+        udev_started = true;
+    }
     let net = net::setup(&seed);
     // After the network: a cluster seed without an interface announces on the management
     // network, the first NIC the seed gives a static address.
@@ -182,11 +164,6 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
             info!("writing {}: {e}", preseed.display());
         }
     }
-    for spec in net.dhcp {
-        sup.add(spec);
-    }
-    console::stage("network");
-
     let debug = std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()
@@ -201,8 +178,14 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     if !has_cairnd {
         info!("no cairnd in this image: the API will not come up");
     }
+    for iface in net.dhcp {
+        crate::dhcp::spawn(iface, Some(hostname.clone()), crate::dhcp::LEASE_DIR.into());
+    }
+    console::stage("network");
+
     BringUp {
         api_probe: has_cairnd,
+        udev_started,
         modules_pending: true,
         nics: net.nics,
         dns_from_dhcp: net.dns_from_dhcp,
@@ -212,6 +195,8 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
 /// What the main loop still has to finish after [`bring_up`].
 struct BringUp {
     api_probe: bool,
+    /// Whether bring-up started udev already (else `late` does, once the API answers).
+    udev_started: bool,
     /// The services that need modules start when the `modprobe` job is done.
     modules_pending: bool,
     /// How many NICs were configured: the addresses are recorded once each has one.
@@ -233,6 +218,7 @@ fn finish_modules(sup: &mut Supervisor, pending: &mut bool) {
         info!("some host modules did not load (modprobe {result})");
     }
     console::stage("modules");
+    mount::late_filesystems();
     services::prepare();
     for spec in services::after_modules() {
         sup.add(spec);
@@ -293,6 +279,7 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
     let mut dns: Option<crate::lease::DnsFollower> = None;
     let started = Instant::now();
     let mut watchdog = Watchdog::new(started);
+    let mut late = Late::new(boot.udev_started, started);
     loop {
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let now = Instant::now();
@@ -300,11 +287,15 @@ fn main_loop(sup: &mut Supervisor, sfd: Option<SignalFd>, boot: BringUp) -> ! {
             if let Some(t) = sup.next_wakeup() {
                 timeout = timeout.min(t.saturating_duration_since(now));
             }
-            if api_probe || !addresses_logged || mem_due.is_some() || modules {
+            if api_probe || late.busy() {
+                // The API's first answer is the boot's end: notice it soon.
+                timeout = timeout.min(Duration::from_millis(50));
+            } else if !addresses_logged || mem_due.is_some() || modules {
                 timeout = timeout.min(Duration::from_millis(250));
             }
             let action = wait_signals(sfd.as_ref(), timeout);
             shutdown::reap_for(sup, Duration::ZERO);
+            late.poll(sup, !api_probe, Instant::now());
             finish_modules(sup, &mut modules);
             if settle_pending && sup.job_result("udev-settle").is_some() {
                 settle_pending = false;

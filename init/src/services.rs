@@ -65,37 +65,36 @@ pub fn udevd() -> ServiceSpec {
     s
 }
 
-/// dhcpcd's configuration: its defaults, but no random 1-2 s delay before the first
-/// DISCOVER (RFC 2131 asks for one to spread a power-cut's reboot storm; an appliance
-/// wants its API reachable first).
-pub const DHCPCD_CONF: &str = "/run/cairn/dhcpcd.conf";
+/// Files read at the first start of the services on the way to the API: read ahead in a
+/// thread of their own while PID 1 mounts /var and sets up the network, so that cairnd's
+/// start does not wait on the root's reads (each block also checked by dm-verity, a
+/// second of CPU under TCG for cairnd alone).
+const PREFETCH: &[&str] = &[
+    CAIRND,
+    "/usr/lib/x86_64-linux-gnu/liblxc.so.1",
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    "/usr/lib/x86_64-linux-gnu/libm.so.6",
+    "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+    "/usr/lib/x86_64-linux-gnu/libseccomp.so.2",
+    "/usr/lib/x86_64-linux-gnu/libapparmor.so.1",
+    "/usr/lib/x86_64-linux-gnu/libcap.so.2",
+    "/usr/lib/x86_64-linux-gnu/libselinux.so.1",
+    "/usr/lib/x86_64-linux-gnu/libpcre2-8.so.0",
+    "/usr/bin/lxcfs",
+];
 
-pub fn write_dhcpcd_conf() {
-    let conf = "# written by cairn-init\nnodelay\nnoarp\nipv4only\n";
-    if let Err(e) = std::fs::write(DHCPCD_CONF, conf) {
-        info!("writing {DHCPCD_CONF}: {e}");
-    }
-}
-
-pub fn dhcp(iface: &str) -> ServiceSpec {
-    ServiceSpec::new(
-        &format!("dhcp-{iface}"),
-        &[
-            "/usr/sbin/dhcpcd",
-            "--nobackground",
-            "--ipv4only",
-            "--noarp",
-            // No hook scripts (a shell per event); resolv.conf comes from the lease
-            // (see lease.rs).
-            "--script",
-            "",
-            "--timeout",
-            "0",
-            "--config",
-            DHCPCD_CONF,
-            iface,
-        ],
-    )
+pub fn prefetch() {
+    let _ = std::thread::Builder::new()
+        .name("prefetch".into())
+        .spawn(|| {
+            let mut buf = vec![0u8; 1 << 20];
+            for path in PREFETCH {
+                if let Ok(mut f) = std::fs::File::open(path) {
+                    use std::io::Read;
+                    while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+                }
+            }
+        });
 }
 
 /// Services that need no extra kernel modules: started as soon as the network is up
