@@ -139,6 +139,17 @@ async fn run(opts: Options) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let preseed = crate::preseed::apply(&d).await.map_err(|e| e.to_string())?;
     steps.mark("preseed");
+    if let Some(ms) = preseed
+        .as_ref()
+        .and_then(|p| p.cluster.as_ref())
+        .and_then(|c| c.heartbeat_ms)
+    {
+        let ms = ms.clamp(
+            *cairn_seed::HEARTBEAT_MS.start(),
+            *cairn_seed::HEARTBEAT_MS.end(),
+        );
+        let _ = d.raft_heartbeat.set(Duration::from_millis(ms));
+    }
     let router = crate::api::router(d.clone());
     d.https.set_router(router.clone());
     let unix = crate::listener::bind_unix(&d.paths.unix_socket)

@@ -73,6 +73,9 @@ pub struct Daemon {
     pub local: LocalConfig,
     /// Keys from the cluster seed, to check join proofs (zero-touch formation).
     pub seed_keys: std::sync::OnceLock<Arc<crate::cluster::autojoin::SeedKeys>>,
+    /// The Raft heartbeat from the cluster seed, read at each start before membership
+    /// resumes (else the default of `cluster::node::Config`).
+    pub raft_heartbeat: std::sync::OnceLock<std::time::Duration>,
     /// The cluster this member belongs to, once enabled or joined.
     cluster: RwLock<Option<Arc<crate::cluster::runtime::Runtime>>>,
     pub events: EventHub,
@@ -139,6 +142,7 @@ impl Daemon {
             local,
             cluster: RwLock::new(None),
             seed_keys: std::sync::OnceLock::new(),
+            raft_heartbeat: std::sync::OnceLock::new(),
             pools: RwLock::new(BTreeMap::new()),
             cert: RwLock::new(Arc::new(cert)),
             host: HostCaps::detect(),

@@ -25,6 +25,7 @@
 //!   interface: enp0s3              # optional; default: the first non-loopback NIC that is up
 //!   port: 8444                     # optional; UDP port of the discovery announcements
 //!   formation_timeout: 30          # optional, seconds; then a majority of founders suffices
+//!   heartbeat_ms: 100              # optional; Raft heartbeat, raise it on slow links/machines
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -131,7 +132,16 @@ pub struct Cluster {
     /// Seconds to wait for all founders before a strict majority of them may form the cluster.
     #[serde(default = "default_formation_timeout")]
     pub formation_timeout: u64,
+    /// This member's Raft heartbeat in milliseconds (cairnd's default when absent: 100).
+    /// Its election timeouts are 2.5 to 5 times as long, so a leader is replaced about
+    /// 8 heartbeats after it dies; members that answer slowly (emulated machines, a
+    /// congested link) need a longer one, or they depose healthy leaders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
+
+/// The accepted range of `cluster.heartbeat_ms`.
+pub const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 20..=10_000;
 
 /// The default UDP port for discovery: next to the API's 8443.
 pub const DEFAULT_DISCOVERY_PORT: u16 = 8444;
@@ -160,6 +170,7 @@ impl std::fmt::Debug for Cluster {
             .field("interface", &self.interface)
             .field("port", &self.port)
             .field("formation_timeout", &self.formation_timeout)
+            .field("heartbeat_ms", &self.heartbeat_ms)
             .finish()
     }
 }
@@ -200,6 +211,15 @@ impl Cluster {
         }
         if self.formation_timeout == 0 {
             return bad("formation_timeout must be at least 1 second".into());
+        }
+        if let Some(h) = self.heartbeat_ms {
+            if !HEARTBEAT_MS.contains(&h) {
+                return bad(format!(
+                    "heartbeat_ms {h} is outside {}..={} milliseconds",
+                    HEARTBEAT_MS.start(),
+                    HEARTBEAT_MS.end()
+                ));
+            }
         }
         Ok(())
     }
@@ -376,13 +396,17 @@ mod tests {
         assert_eq!(c.interface, None);
         assert_eq!(c.port, DEFAULT_DISCOVERY_PORT);
         assert_eq!(c.formation_timeout, DEFAULT_FORMATION_TIMEOUT);
+        assert_eq!(c.heartbeat_ms, None);
         assert_eq!(Seed::parse(&s.to_yaml().unwrap()).unwrap(), s);
     }
 
     #[test]
     fn cluster_section_full() {
-        let yaml = format!("{CLUSTER}  interface: enp0s3\n  port: 9000\n  formation_timeout: 5\n");
+        let yaml = format!(
+            "{CLUSTER}  interface: enp0s3\n  port: 9000\n  formation_timeout: 5\n  heartbeat_ms: 400\n"
+        );
         let c = Seed::parse(&yaml).unwrap().cluster.unwrap();
+        assert_eq!(c.heartbeat_ms, Some(400));
         assert_eq!(c.interface.as_deref(), Some("enp0s3"));
         assert_eq!(c.port, 9000);
         assert_eq!(c.formation_timeout, 5);
@@ -412,6 +436,9 @@ mod tests {
         assert!(with("  interface: averyveryverylongname\n").is_err());
         assert!(with("  port: 0\n").is_err());
         assert!(with("  formation_timeout: 0\n").is_err());
+        assert!(with("  heartbeat_ms: 19\n").is_err());
+        assert!(with("  heartbeat_ms: 10001\n").is_err());
+        assert!(with("  heartbeat_ms: 20\n").is_ok());
         assert!(with("  unknown: 1\n").is_err(), "deny_unknown_fields");
     }
 

@@ -128,8 +128,10 @@ async fn start_runtime(
     let liveness = Arc::new(Liveness::default());
     let peer = peer_client(d)?;
     let transport = HttpTransport::new(peer.clone(), liveness.clone());
+    let config =
+        super::runtime::member_config(&d.paths.state, identity.id, d.raft_heartbeat.get().copied());
     let rt = Runtime::start(
-        &d.paths.state,
+        config,
         identity,
         d.db.clone(),
         transport.clone(),

@@ -69,6 +69,17 @@ impl Config {
         }
     }
 
+    /// A heartbeat other than the default (the seed's `cluster.heartbeat_ms`), with the
+    /// election timeouts in the default's proportions: 2.5 and 5 heartbeats. openraft also
+    /// uses the heartbeat as the timeout of each AppendEntries call, so it must exceed the
+    /// slowest round trip members see, or leaders are deposed while healthy.
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Config {
+        self.heartbeat = heartbeat;
+        self.election_timeout_min = heartbeat * 5 / 2;
+        self.election_timeout_max = heartbeat * 5;
+        self
+    }
+
     fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
         let ms = |d: Duration| d.as_millis() as u64;
         openraft::Config {
@@ -578,5 +589,21 @@ async fn propose(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn a_longer_heartbeat_keeps_the_election_timeouts_in_proportion() {
+        let c = Config::new(1, PathBuf::from("/nonexistent"))
+            .with_heartbeat(Duration::from_millis(500));
+        assert_eq!(c.election_timeout_min, Duration::from_millis(1250));
+        assert_eq!(c.election_timeout_max, Duration::from_millis(2500));
+        let raft = c.raft_config().expect("a valid openraft configuration");
+        assert_eq!(raft.heartbeat_interval, 500);
+        assert!(raft.election_timeout_min > raft.heartbeat_interval);
     }
 }

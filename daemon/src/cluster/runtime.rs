@@ -171,11 +171,21 @@ fn db_error(e: ClusterError) -> DbError {
     }
 }
 
+/// The Raft configuration of member `id`: its log and snapshots in `<state>/cluster/raft`,
+/// the default timing unless the seed asked for another heartbeat.
+pub fn member_config(state: &Path, id: NodeId, heartbeat: Option<Duration>) -> Config {
+    let config = Config::new(id, cluster_dir(state).join("raft"));
+    match heartbeat {
+        Some(h) => config.with_heartbeat(h),
+        None => config,
+    }
+}
+
 impl Runtime {
     /// Starts this member's Raft node over `db` (the daemon's database), resuming from
-    /// `<state>/cluster/raft` if it ran before.
+    /// its log (`config.dir`) if it ran before.
     pub async fn start(
-        state: &Path,
+        config: Config,
         identity: Identity,
         db: Arc<Db>,
         transport: Arc<dyn Transport>,
@@ -187,7 +197,6 @@ impl Runtime {
             id: identity.id,
             detail: e.to_string(),
         })?;
-        let config = Config::new(identity.id, cluster_dir(state).join("raft"));
         let node = Node::start(config, db, transport).await?;
         let rt = Arc::new(Runtime {
             name: Mutex::new(identity.name.clone()),

@@ -23,6 +23,18 @@ impl Accel {
             ],
         }
     }
+
+    /// The Raft heartbeat a lab cluster's seed asks for. Under TCG, several emulated
+    /// nodes share the host's cores and a member's answer can take several hundred
+    /// milliseconds while another boots, loads ZFS or runs coldplug: with the default
+    /// 100 ms heartbeat (also openraft's AppendEntries timeout) they depose each other's
+    /// leaders and writes time out.
+    pub fn raft_heartbeat_ms(self) -> Option<u64> {
+        match self {
+            Accel::Kvm => None,
+            Accel::Tcg => Some(500),
+        }
+    }
 }
 
 /// `CAIRN_LAB_ACCEL=kvm|tcg` overrides the probe.

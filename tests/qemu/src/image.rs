@@ -1,5 +1,6 @@
 //! Finding (or building) the appliance image, and the client credentials the lab uses.
 
+use crate::accel::Accel;
 use crate::{io_err, progress, LabError, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,8 +143,13 @@ pub fn seed_for_node(cfg: &crate::node::NodeConfig, cert: &ClientCert) -> Result
 
 /// Adds a zero-touch cluster to a node's seed: every node of the lab gets the same section
 /// and the nodes form the cluster by themselves on the management network.
-pub fn with_cluster(seed: &str, secret: &str, founders: usize) -> String {
-    format!("{seed}cluster:\n  name: lab\n  secret: \"{secret}\"\n  founders: {founders}\n")
+pub fn with_cluster(seed: &str, secret: &str, founders: usize, accel: Accel) -> String {
+    let heartbeat = accel
+        .raft_heartbeat_ms()
+        .map_or(String::new(), |ms| format!("  heartbeat_ms: {ms}\n"));
+    format!(
+        "{seed}cluster:\n  name: lab\n  secret: \"{secret}\"\n  founders: {founders}\n{heartbeat}"
+    )
 }
 
 /// A fresh random join secret for a lab cluster.

@@ -82,7 +82,7 @@ fn up(args: &[String]) -> Result<()> {
         cfg.mgmt_hub = Some(hub.clone());
         cfg.seed = image::seed_for_node(&cfg, &cert)?;
         if let Some(s) = &secret {
-            cfg.seed = image::with_cluster(&cfg.seed, s, n);
+            cfg.seed = image::with_cluster(&cfg.seed, s, n, accel);
         }
         let mut node = Node::create(cfg, &lab)?;
         node.start()?;

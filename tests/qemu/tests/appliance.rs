@@ -440,6 +440,7 @@ fn three_nodes_with_one_seed_form_a_cluster() {
                 &image::seed_for_node(&cfg, &lab.cert).expect("seed"),
                 &secret,
                 3,
+                cfg.accel,
             );
             Node::create(cfg, &lab.dir).expect("create node")
         })
