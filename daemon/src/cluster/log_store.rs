@@ -6,7 +6,8 @@
 //! tail (a record cut short or failing its checksum, i.e. one that was never acknowledged)
 //! is cut off. One writer thread does all file I/O: it takes every write queued since its
 //! last fsync, writes them at once and fsyncs once (group commit), then acknowledges them
-//! all. Each time the file grew by a threshold (64 MiB by default) it is rewritten with only
+//! all; a group that nobody waits for (only committed hints and purges) is written without
+//! an fsync, which the next acknowledged group's covers. Each time the file grew by a threshold (64 MiB by default) it is rewritten with only
 //! the live state (write to a temporary file, fsync, rename, fsync the directory).
 //!
 //! The file is kept zero-filled ahead of the last record (in steps of a sixteenth of the
@@ -294,7 +295,11 @@ impl Writer {
             while let Ok(op) = rx.try_recv() {
                 ops.push(op);
             }
-            let result = self.write(&mut ops);
+            // Records nobody waits for (the committed hint, purges) are written but not
+            // fsync'd on their own: the next acknowledged write's fsync covers them, and a
+            // crash before it loses only hints that are re-derived.
+            let sync = ops.iter().any(|o| o.ack.is_some());
+            let result = self.write(&mut ops, sync);
             for op in ops {
                 if let Some(ack) = op.ack {
                     ack(match &result {
@@ -312,7 +317,7 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, ops: &mut [Op]) -> io::Result<()> {
+    fn write(&mut self, ops: &mut [Op], sync: bool) -> io::Result<()> {
         if let Some(why) = &self.broken {
             return Err(io::Error::other(format!("raft log unusable: {why}")));
         }
@@ -320,7 +325,7 @@ impl Writer {
         for op in ops.iter_mut() {
             buf.append(&mut op.bytes);
         }
-        let result = self.write_at_end(&buf);
+        let result = self.write_at_end(&buf, sync);
         match &result {
             Ok(()) => self.size += buf.len() as u64,
             Err(e) => self.broken = Some(e.to_string()),
@@ -328,9 +333,10 @@ impl Writer {
         result
     }
 
-    /// Writes `buf` after the last record and makes it durable; grows the zero-filled space
-    /// first when it does not fit.
-    fn write_at_end(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Writes `buf` after the last record, and makes it durable with everything before it
+    /// when `sync`; grows the zero-filled space first when it does not fit (durably, even
+    /// without `sync`: the file's length must never lag behind records written in it).
+    fn write_at_end(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         let end = self.size + buf.len() as u64;
         let grown = end > self.allocated;
         if grown {
@@ -341,8 +347,10 @@ impl Writer {
         self.file.write_all_at(buf, self.size)?;
         if grown {
             self.file.sync_all()
-        } else {
+        } else if sync {
             self.file.sync_data()
+        } else {
+            Ok(())
         }
     }
 

@@ -11,7 +11,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::raft::{ClientWriteResponse, SnapshotResponse};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, SnapshotPolicy};
 use tokio::io::AsyncRead;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::log_store::{LogStore, DEFAULT_COMPACT_BYTES};
@@ -113,6 +113,8 @@ struct Inner {
     config: Config,
     proposals: mpsc::UnboundedSender<Proposal>,
     proposer: Mutex<Option<JoinHandle<()>>>,
+    /// The state machine's applied index.
+    applied: watch::Receiver<u64>,
 }
 
 /// A running cluster member. Cheap to clone.
@@ -159,6 +161,7 @@ impl Node {
             .map_err(|e| start_err("opening the raft log", &e))?;
         let sm = StateMachine::open(db.clone(), &config.dir.join("snapshots"))
             .map_err(|e| start_err("opening the state machine", &e))?;
+        let applied = sm.applied_index();
         let network = NetworkFactory {
             from: id,
             transport: transport.clone(),
@@ -184,6 +187,7 @@ impl Node {
                 config,
                 proposals: tx,
                 proposer: Mutex::new(Some(proposer)),
+                applied,
             }),
         })
     }
@@ -373,14 +377,17 @@ impl Node {
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
+        let mut applied = self.inner.applied.clone();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        self.inner
-            .raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(index), "applied")
-            .await
-            .map(|_| ())
-            .map_err(|e| no_quorum(self.inner.config.write_timeout, format!("catching up: {e}")))
+        let reached = async { applied.wait_for(|i| *i >= index).await.map(drop) };
+        match tokio::time::timeout(remaining, reached).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ClusterError::Stopped(self.id())),
+            Err(_) => Err(no_quorum(
+                self.inner.config.write_timeout,
+                format!("catching up: entry {index} not applied here yet"),
+            )),
+        }
     }
 
     /// Sends `rpc` to member `target` (never to this member itself).

@@ -124,12 +124,6 @@ impl Db {
             &[name],
         )
     }
-    /// Switches a standalone database to the cluster's durability rule: the Raft log is the
-    /// record, SQLite need not fsync each commit (see `Db::open_replicated`).
-    pub fn set_replicated(&self) -> Result<(), DbError> {
-        self.lock().execute_batch("PRAGMA synchronous = NORMAL;")?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

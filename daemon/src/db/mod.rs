@@ -4,6 +4,7 @@
 //! reads go through the query functions here. In a cluster, the Raft state machine
 //! (`crate::cluster`) applies the same commands through [`Db::apply_entries`].
 
+mod checkpoint;
 mod command;
 mod members;
 pub mod records;
@@ -11,7 +12,7 @@ mod replicated;
 mod schema;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
@@ -48,7 +49,13 @@ pub enum DbError {
 }
 
 pub struct Db {
-    conn: Mutex<Connection>,
+    /// Shared with the background checkpointer, which briefly holds it to finish a
+    /// checkpoint (see `checkpoint.rs`).
+    conn: Arc<Mutex<Connection>>,
+    /// Serializes checkpoints between `conn` and the background checkpointer.
+    checkpoint_lock: Arc<checkpoint::CheckpointLock>,
+    /// Runs while the database is a cluster member's (see `Db::set_replicated`).
+    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -67,9 +74,7 @@ impl Db {
         schema::migrate(&mut conn)?;
         // Room for every statement the commands use (the default 16 would evict them).
         conn.set_prepared_statement_cache_capacity(256);
-        Ok(Db {
-            conn: Mutex::new(conn),
-        })
+        Ok(Db::with(conn))
     }
 
     pub fn open_in_memory() -> Result<Db, DbError> {
@@ -77,9 +82,15 @@ impl Db {
         schema::migrate(&mut conn)?;
         // Room for every statement the commands use (the default 16 would evict them).
         conn.set_prepared_statement_cache_capacity(256);
-        Ok(Db {
-            conn: Mutex::new(conn),
-        })
+        Ok(Db::with(conn))
+    }
+
+    fn with(conn: Connection) -> Db {
+        Db {
+            conn: Arc::new(Mutex::new(conn)),
+            checkpoint_lock: Arc::default(),
+            checkpointer: Mutex::new(None),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -8,11 +8,13 @@
 //! request id already seen returns its first outcome without running again (a client retry
 //! after a leader change), so no write is applied twice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::{durable_checkpoint, Checkpointer, CHECKPOINT_EVERY};
 use super::{command, is_unique_violation, schema, Command, Db, DbError};
 
 /// How many log entries a request id is remembered for. A retry arriving later than this
@@ -159,15 +161,37 @@ fn apply_request(
 }
 
 impl Db {
-    /// Opens the database of a cluster member. Commits are not fsync'd one by one
-    /// (`synchronous = NORMAL`): the Raft log is the durable record, and what SQLite loses
-    /// in a crash is applied again from the log, since the applied position is stored in
-    /// the same transactions. [`Db::write_snapshot`] makes everything durable before the
-    /// log behind a snapshot may be purged.
+    /// Opens the database of a cluster member (see [`Db::set_replicated`]).
     pub fn open_replicated(path: &Path) -> Result<Db, DbError> {
         let db = Db::open(path)?;
-        db.lock().execute_batch("PRAGMA synchronous = NORMAL;")?;
+        db.set_replicated()?;
         Ok(db)
+    }
+
+    /// Switches the database to a cluster member's rules. Commits are not fsync'd one by
+    /// one (`synchronous = NORMAL`): the Raft log is the durable record, and what SQLite
+    /// loses in a crash is applied again from the log, since the applied position is
+    /// stored in the same transactions. [`Db::write_snapshot`] makes everything durable
+    /// before the log behind a snapshot may be purged. WAL checkpoints run in the
+    /// background (`checkpoint.rs`), never inside an apply.
+    pub fn set_replicated(&self) -> Result<(), DbError> {
+        let conn = self.lock();
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        // An in-memory database has no WAL to checkpoint.
+        let Some(path) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+            return Ok(());
+        };
+        let mut checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+        if checkpointer.is_none() {
+            *checkpointer = Some(Checkpointer::start(
+                &path,
+                Arc::downgrade(&self.conn),
+                self.checkpoint_lock.clone(),
+                CHECKPOINT_EVERY,
+            )?);
+            conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        }
+        Ok(())
     }
 
     /// The last log entry applied, or `None` for a database that never applied one.
@@ -243,7 +267,7 @@ impl Db {
         conn.execute("VACUUM INTO ?1", params![target])?;
         // Copies the WAL into the database file and fsyncs both: what the snapshot holds is
         // now durable in the live database too, so the log behind it can go.
-        conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        durable_checkpoint(&conn, &self.checkpoint_lock)?;
         drop(conn);
         let f = std::fs::File::open(path)
             .map_err(|e| DbError::Encode(format!("opening snapshot {path:?}: {e}")))?;
@@ -269,7 +293,7 @@ impl Db {
             }
         }
         schema::migrate(&mut conn)?;
-        conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        durable_checkpoint(&conn, &self.checkpoint_lock)?;
         position(&conn)
     }
 }
