@@ -7,11 +7,12 @@
 //! only once it is committed and applied. Reads are local, or linearizable through a
 //! read-index barrier ([`Node::linearizable_barrier`]). Members talk through a
 //! [`network::Transport`] trait object: in-process for tests and benchmarks
-//! ([`network::LocalRouter`]). Over HTTPS members call each other with [`peer::PeerClient`],
-//! presenting the shared cluster certificate and pinning it on the other side (the Raft
-//! transport over it comes next). A client's API request can be [`forward::forward`]ed to
-//! another member, and [`events_relay`] shows every member's events on each member's
-//! `/1.0/events`.
+//! ([`network::LocalRouter`]), and between daemons [`transport::HttpTransport`] — JSON over
+//! HTTPS under `/internal/cluster/…` on the API port, where members call each other with
+//! [`peer::PeerClient`], presenting the shared cluster certificate and pinning it on the
+//! other side. A client's API request can be [`forward::forward`]ed to another member, and
+//! [`events_relay`] shows every member's events on each member's `/1.0/events`; members
+//! find each other with no API call through [`discovery`] and [`autojoin`].
 //!
 //! # Why openraft 0.9 (storage-v2)
 //! openraft 0.9.25 is the newest stable release; the 0.10 line is still alpha (0.10.0-alpha.37
