@@ -51,11 +51,7 @@ pub fn replace_address(
     prefix: u8,
     lifetime_s: Option<u32>,
 ) -> io::Result<()> {
-    let mut msg = AddressMessage::default();
-    msg.header.family = family(addr);
-    msg.header.prefix_len = prefix;
-    msg.header.index = index(name)?;
-    msg.attributes.push(AddressAttribute::Local(addr));
+    let mut msg = address_message(name, addr, prefix)?;
     msg.attributes.push(AddressAttribute::Address(addr));
     match addr {
         // /31 and /32 have no broadcast address (RFC 3021).
@@ -80,14 +76,20 @@ pub fn replace_address(
 
 /// Removes `addr/prefix` from interface `name` (a lease that ended).
 pub fn delete_address(name: &str, addr: IpAddr, prefix: u8) -> io::Result<()> {
+    let msg = address_message(name, addr, prefix)?;
+    request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("removing {addr}/{prefix} from {name}")))
+}
+
+/// The part of an address message that names `addr/prefix` on `name`.
+fn address_message(name: &str, addr: IpAddr, prefix: u8) -> io::Result<AddressMessage> {
     let mut msg = AddressMessage::default();
     msg.header.family = family(addr);
     msg.header.prefix_len = prefix;
     msg.header.index = index(name)?;
     msg.attributes.push(AddressAttribute::Local(addr));
-    request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK)
-        .map(drop)
-        .map_err(|e| context(e, &format!("removing {addr}/{prefix} from {name}")))
+    Ok(msg)
 }
 
 /// Makes `gateway` on `name` the default route (`ip route replace default via …`).

@@ -110,12 +110,7 @@ impl Sockets {
         // SAFETY: one pollfd on a descriptor we own.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+            return nothing_unless_other_than(io::ErrorKind::Interrupted);
         }
         if n == 0 {
             return Ok(None);
@@ -131,12 +126,7 @@ impl Sockets {
             )
         };
         if len < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+            return nothing_unless_other_than(io::ErrorKind::WouldBlock);
         }
         Ok(udp_payload(&buf[..len as usize]).and_then(Message::decode))
     }
@@ -163,6 +153,17 @@ pub fn udp_payload(ip: &[u8]) -> Option<&[u8]> {
         return None;
     }
     Some(&udp[8..ulen])
+}
+
+/// After a failed syscall: nothing received if it failed with `benign` (a signal, no
+/// packet after all), else the error.
+fn nothing_unless_other_than<T>(benign: io::ErrorKind) -> io::Result<Option<T>> {
+    let e = io::Error::last_os_error();
+    if e.kind() == benign {
+        Ok(None)
+    } else {
+        Err(e)
+    }
 }
 
 #[cfg(test)]
