@@ -212,6 +212,9 @@ struct RouterState {
     members: HashMap<NodeId, WeakNode>,
     /// Members in different groups cannot talk; members not listed are in group 0.
     groups: HashMap<NodeId, u32>,
+    /// Whether a call across a partition hangs (packets dropped on a real link) instead of
+    /// failing at once (refused).
+    drop_silently: bool,
 }
 
 impl RouterState {
@@ -276,6 +279,16 @@ impl LocalRouter {
         self.lock().groups.clear();
     }
 
+    /// From now on a call across a partition never answers, as on a cut link where packets
+    /// are dropped, rather than failing at once as on a refused connection.
+    pub fn drop_silently(&self) {
+        self.lock().drop_silently = true;
+    }
+
+    fn silent(&self) -> bool {
+        self.lock().drop_silently
+    }
+
     fn check_reply(&self, from: NodeId, target: NodeId) -> Result<(), TransportError> {
         // A reply crossing a partition made while the call was in flight is lost too.
         if self.lock().reachable(from, target) {
@@ -297,8 +310,15 @@ impl Transport for LocalRouter {
         rpc: Rpc,
     ) -> BoxFuture<'_, Result<Reply, TransportError>> {
         Box::pin(async move {
-            let node = self.lock().target(from, target)?;
+            let target_node = self.lock().target(from, target);
+            let node = match target_node {
+                Err(_) if self.silent() => return std::future::pending().await,
+                other => other?,
+            };
             let reply = node.handle(rpc).await;
+            if self.check_reply(from, target).is_err() && self.silent() {
+                return std::future::pending().await;
+            }
             self.check_reply(from, target)?;
             Ok(reply)
         })

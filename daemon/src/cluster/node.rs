@@ -299,26 +299,70 @@ impl Node {
 
     /// [`Node::write`] with the caller's request id, to retry a request whose outcome is
     /// unknown: it takes effect at most once.
+    ///
+    /// The request rides out a leader change: a forward to a leader this member stops
+    /// believing in is abandoned and the same request (same id: the state machine applies
+    /// it once) goes to the next leader as soon as this member learns of one. A leader that
+    /// has not heard from a majority for its lease refuses at once instead of holding the
+    /// write: the others may already have elected a leader of their own.
     pub async fn write_request(&self, request: Request) -> Result<Receipt, ClusterError> {
         let started = Instant::now();
         let deadline = started + self.inner.config.write_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = match self.leader() {
-                Some(l) if l == self.id() => {
-                    bounded(remaining, self.submit(request.clone()), started).await
-                }
-                Some(l) => match bounded(
-                    remaining,
-                    self.forward(l, Rpc::Write(request.clone())),
-                    started,
-                )
-                .await
-                {
-                    Ok(Reply::Write(r)) => r,
-                    Ok(other) => Err(unexpected(l, &other)),
-                    Err(e) => Err(e),
+            let leader = self.leader();
+            let attempt = match leader {
+                Some(l) if l == self.id() => match self.check_quorum().await {
+                    Err(e) => return Err(e),
+                    Ok(()) => {
+                        let lost = async {
+                            self.quorum_lost_or_leader_changed(l).await;
+                            Err(ClusterError::NotLeader {
+                                this: self.id(),
+                                leader: None,
+                            })
+                        };
+                        let submitted = bounded(remaining, self.submit(request.clone()), started);
+                        tokio::select! {
+                            r = submitted => r,
+                            r = lost => match self.check_quorum().await {
+                                // Leadership moved on: retry through the new leader.
+                                Ok(()) => r,
+                                // Cut off with the write in flight: its fate is unknown
+                                // (it commits only if a majority holds it), say so.
+                                Err(e) => return Err(e),
+                            },
+                        }
+                    }
                 },
+                Some(l) => {
+                    let forwarded = async {
+                        match bounded(
+                            remaining,
+                            self.forward(l, Rpc::Write(request.clone())),
+                            started,
+                        )
+                        .await
+                        {
+                            Ok(Reply::Write(r)) => r,
+                            Ok(other) => Err(unexpected(l, &other)),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    tokio::select! {
+                        r = forwarded => r,
+                        r = self.leader_changed(Some(l)) => {
+                            r?;
+                            tracing::debug!(
+                                "member {}: leader {l} replaced while a write was forwarded to \
+                                 it; sending request {} again",
+                                self.id(),
+                                request.id
+                            );
+                            continue;
+                        }
+                    }
+                }
                 None => Err(ClusterError::NotLeader {
                     this: self.id(),
                     leader: None,
@@ -336,7 +380,7 @@ impl Node {
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(self.retry_pause().min(remaining)).await;
+            self.pause_for_leader(leader, deadline).await?;
         }
     }
 
@@ -347,14 +391,28 @@ impl Node {
         let deadline = started + self.inner.config.write_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = match self.leader() {
-                Some(l) if l == self.id() => bounded(remaining, self.read_index(), started).await,
-                Some(l) => match bounded(remaining, self.forward(l, Rpc::ReadIndex), started).await
-                {
-                    Ok(Reply::ReadIndex(r)) => r,
-                    Ok(other) => Err(unexpected(l, &other)),
-                    Err(e) => Err(e),
+            let leader = self.leader();
+            let attempt = match leader {
+                Some(l) if l == self.id() => match self.check_quorum().await {
+                    Err(e) => return Err(e),
+                    Ok(()) => bounded(remaining, self.read_index(), started).await,
                 },
+                Some(l) => {
+                    let forwarded = async {
+                        match bounded(remaining, self.forward(l, Rpc::ReadIndex), started).await {
+                            Ok(Reply::ReadIndex(r)) => r,
+                            Ok(other) => Err(unexpected(l, &other)),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    tokio::select! {
+                        r = forwarded => r,
+                        r = self.leader_changed(Some(l)) => {
+                            r?;
+                            continue;
+                        }
+                    }
+                }
                 None => Err(ClusterError::NotLeader {
                     this: self.id(),
                     leader: None,
@@ -368,8 +426,84 @@ impl Node {
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(self.retry_pause().min(remaining)).await;
+            self.pause_for_leader(leader, deadline).await?;
         }
+    }
+
+    /// Between two attempts: until this member's idea of the leader changes from `leader`,
+    /// a short pause at most (a refused connection to a leader that is still believed in is
+    /// tried again), never past `deadline`.
+    async fn pause_for_leader(
+        &self,
+        leader: Option<NodeId>,
+        deadline: Instant,
+    ) -> Result<(), ClusterError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let pause = if leader.is_none() {
+            // Nobody to try: wait for an election to end rather than poll.
+            remaining
+        } else {
+            self.retry_pause().min(remaining)
+        };
+        match tokio::time::timeout(pause, self.leader_changed(leader)).await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Resolves once this member's view of the leader is no longer `leader`.
+    async fn leader_changed(&self, leader: Option<NodeId>) -> Result<(), ClusterError> {
+        let mut metrics = self.inner.raft.metrics();
+        metrics
+            .wait_for(|m| m.current_leader != leader)
+            .await
+            .map(drop)
+            .map_err(stopped(self.id()))
+    }
+
+    /// How long a leader may go without hearing from a majority before it stops taking
+    /// writes: openraft's leader lease (`election_timeout_max`), after which the followers
+    /// are free to elect another leader.
+    fn lease(&self) -> Duration {
+        self.inner.config.election_timeout_max
+    }
+
+    /// Whether this member leads but has not heard from a majority within its lease.
+    fn quorum_stale(&self, m: &RaftMetrics<NodeId, BasicNode>) -> bool {
+        let lease = self.lease().as_millis() as u64;
+        m.current_leader == Some(self.id()) && m.millis_since_quorum_ack.is_some_and(|a| a > lease)
+    }
+
+    /// On a leader whose majority went silent: one more lease for it to come back (a slow
+    /// round trip on a busy machine), then [`ClusterError::NoQuorum`]: a leader cut off
+    /// from the others refuses writes within two leases instead of holding them.
+    async fn check_quorum(&self) -> Result<(), ClusterError> {
+        if !self.quorum_stale(&self.metrics()) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut metrics = self.inner.raft.metrics();
+        let back = async { metrics.wait_for(|m| !self.quorum_stale(m)).await.map(drop) };
+        match tokio::time::timeout(self.lease(), back).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ClusterError::Stopped(self.id())),
+            Err(_) => {
+                let since = self.metrics().millis_since_quorum_ack.unwrap_or_default();
+                Err(no_quorum(
+                    started.elapsed(),
+                    format!("this member leads but has not heard from a majority for {since} ms"),
+                ))
+            }
+        }
+    }
+
+    /// Resolves when this member, leading as `leader`, loses its majority's acks for a
+    /// lease or stops leading.
+    async fn quorum_lost_or_leader_changed(&self, leader: NodeId) {
+        let mut metrics = self.inner.raft.metrics();
+        let _ = metrics
+            .wait_for(|m| m.current_leader != Some(leader) || self.quorum_stale(m))
+            .await;
     }
 
     fn retry_pause(&self) -> Duration {
@@ -445,7 +579,15 @@ impl Node {
         match rpc {
             Rpc::AppendEntries(r) => Reply::AppendEntries(self.inner.raft.append_entries(r).await),
             Rpc::Vote(r) => Reply::Vote(self.inner.raft.vote(r).await),
-            Rpc::Write(req) => Reply::Write(bounded(limit, self.submit(req), started).await),
+            Rpc::Write(req) => Reply::Write(match self.check_quorum().await {
+                // The forwarder tries again once it knows a leader that has a majority.
+                Err(ClusterError::NoQuorum { .. }) => Err(ClusterError::NotLeader {
+                    this: self.id(),
+                    leader: None,
+                }),
+                Err(e) => Err(e),
+                Ok(()) => bounded(limit, self.submit(req), started).await,
+            }),
             Rpc::ReadIndex => Reply::ReadIndex(bounded(limit, self.read_index(), started).await),
             // Liveness is the daemon's knowledge (cluster::runtime); a bare node has none.
             Rpc::Liveness => Reply::Liveness(BTreeMap::new()),

@@ -392,6 +392,10 @@ impl tower::Service<Uri> for PinnedTlsConnector {
                 let port = uri.port_u16().unwrap_or(8443);
                 let tcp = TcpStream::connect((host, port)).await?;
                 tcp.set_nodelay(true)?;
+                // Closing resets the connection and drops what is still unsent: a request
+                // abandoned on a dead link (a write given up on, then refused to its client)
+                // must not reach the member once the link heals and take effect after all.
+                socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO))?;
                 let name = ServerName::try_from(host.to_string())
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 let stream = tls.connect(name, tcp).await.map_err(explain_pin_failure)?;

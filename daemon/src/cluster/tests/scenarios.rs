@@ -115,6 +115,57 @@ async fn a_minority_refuses_writes_and_catches_up_when_healed() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_follower_rides_out_a_silently_cut_leader() {
+    // A write must not wait out its whole timeout on a leader whose link went dead.
+    let c = TestCluster::with(3, |cfg| cfg.write_timeout = Duration::from_secs(10)).await;
+    c.router.drop_silently();
+    let mut worst = Duration::ZERO;
+    for round in 0..3 {
+        let old = c.wait_leader(&[1, 2, 3]).await;
+        let majority: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+        c.router.isolate(old);
+        let cut = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let key = format!("after-cut-{round}");
+        c.node(majority[0])
+            .write(vec![set(&key, "1")])
+            .await
+            .unwrap();
+        worst = worst.max(cut.elapsed());
+
+        // The old leader, alone, refuses at once rather than holding the write.
+        let t = Instant::now();
+        let err = c
+            .node(old)
+            .write(vec![set(&format!("refused-{round}"), "x")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClusterError::NoQuorum { .. }), "{err:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "held {:?}",
+            t.elapsed()
+        );
+
+        c.router.heal();
+        c.wait_converged().await;
+        for id in 1..=3 {
+            let rows = c.rows(id);
+            assert_eq!(rows.get(&key).map(String::as_str), Some("1"), "member {id}");
+            assert!(
+                !rows.contains_key(&format!("refused-{round}")),
+                "member {id}"
+            );
+        }
+    }
+    // A heartbeat of 40 ms and elections at 200-400 ms: the new leader comes within about
+    // a second; the margin is for a loaded 2-core machine.
+    eprintln!("worst first write after a silent leader cut: {worst:?}");
+    c.assert_same_state();
+    c.shutdown().await;
+}
+
 fn snapshot_often(cfg: &mut Config) {
     cfg.snapshot_every = 50;
     cfg.keep_after_snapshot = 0;
