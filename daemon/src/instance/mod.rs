@@ -2,6 +2,7 @@
 //! snapshots, state and exec. Nothing here knows about HTTP; the API calls these functions
 //! with typed arguments and maps [`InstanceError`] to statuses.
 
+pub mod cloud_init;
 pub mod copy;
 pub mod exec;
 pub mod idmap;
