@@ -604,3 +604,129 @@ mod tests {
     }
 }
 
+/// Generated hostile keys and values against the validators.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BREAKING: &[&str] = &[
+        "\n", "\r", "\0", "\t", "\u{b}", "\u{c}", "\u{1b}", "\u{7f}", "\u{85}", "\u{2028}",
+        "\u{2029}",
+    ];
+
+    fn breaking() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(BREAKING)
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[A-Za-z0-9_.=:/ \n-]{0,40}",
+            "[A-Za-z0-9_]{200,600}",
+        ]
+    }
+
+    fn prefix() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "environment.",
+            "user.",
+            "image.",
+            "volatile.",
+            "cloud-init.",
+            "limits.cpu",
+            "",
+        ])
+    }
+
+    fn one_device(name: &str, key: &str, value: &str) -> DeviceMap {
+        let conf = BTreeMap::from([
+            ("type".to_string(), "none".to_string()),
+            (key.to_string(), value.to_string()),
+        ]);
+        DeviceMap::from([(name.to_string(), conf)])
+    }
+
+    /// Errors name the key with its control characters escaped, so they stay on one line.
+    fn one_line(e: &ValidationError) -> Result<(), TestCaseError> {
+        let msg = e.to_string();
+        prop_assert!(!msg.chars().any(breaks_line), "{:?}", msg);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn keys_with_control_characters_are_always_refused(
+            p in prefix(),
+            a in any_text(),
+            brk in breaking(),
+            b in any_text(),
+            value in any_text(),
+        ) {
+            let key = format!("{p}{a}{brk}{b}");
+            for allow_volatile in [false, true] {
+                let e = instance_key(&key, &value, allow_volatile);
+                prop_assert!(matches!(e, Err(ValidationError::KeyName(..))), "{:?}", e);
+                one_line(&e.unwrap_err())?;
+            }
+            let config = ConfigMap::from([(key.clone(), value.clone())]);
+            prop_assert!(instance_config(&config, true).is_err());
+            let clean = value.replace(breaks_line, "");
+            let e = devices(&one_device(&key, "user.x", "y"));
+            prop_assert!(e.is_err(), "device name {:?}", key);
+            one_line(&e.unwrap_err())?;
+            let e = devices(&one_device("d", &key, &clean));
+            prop_assert!(e.is_err(), "device key {:?}", key);
+            one_line(&e.unwrap_err())?;
+        }
+
+        #[test]
+        fn device_values_with_control_characters_are_refused(
+            a in any_text(),
+            brk in breaking(),
+            b in any_text(),
+        ) {
+            let value = format!("{a}{brk}{b}");
+            prop_assert!(devices(&one_device("d", "user.x", &value)).is_err());
+        }
+
+        /// Whatever passes the grammar is plain ASCII of the key set, within the limit, and an
+        /// environment key names exactly one shell variable.
+        #[test]
+        fn accepted_keys_are_in_the_grammar(p in prefix(), rest in any_text(), value in any_text()) {
+            let key = format!("{p}{rest}");
+            if config_key_name(&key).is_ok() {
+                prop_assert!(key.len() <= MAX_KEY_LEN);
+                prop_assert!(key.chars().all(key_char), "{:?}", key);
+                if let Some(var) = key.strip_prefix("environment.") {
+                    prop_assert!(!var.is_empty() && !var.contains(['=', ' ', '.']));
+                }
+            }
+            if instance_key(&key, &value, true).is_ok() && !multi_line_value(&key) {
+                prop_assert!(!value.chars().any(breaks_line), "{:?} = {:?}", key, value);
+            }
+        }
+
+        /// No input makes a validator panic.
+        #[test]
+        fn validators_never_panic(
+            name in any_text(),
+            key in any_text(),
+            value in any_text(),
+            kind in prop::sample::select(vec!["disk", "nic", "none", "", "x\n"]),
+        ) {
+            let _ = instance_key(&key, &value, true);
+            let _ = instance_name(&name);
+            let _ = object_name(&name);
+            let conf = BTreeMap::from([
+                ("type".to_string(), kind.to_string()),
+                (key.clone(), value.clone()),
+            ]);
+            let _ = devices(&DeviceMap::from([(name, conf)]));
+            let _ = parse_size(&value);
+        }
+    }
+}

@@ -483,3 +483,239 @@ mod tests {
     }
 }
 
+/// Hostile configurations against the renderer, with and without validation in front.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::validate;
+
+    /// Line breaks, separators and look-alikes, glued into keys and values.
+    fn hostile(max_pieces: usize) -> impl Strategy<Value = String> {
+        let breaking = prop::sample::select(vec![
+            "\n", "\r", "\r\n", "\0", "\u{b}", "\u{c}", "\u{85}", "\u{2028}", "\u{2029}", "\t",
+        ]);
+        let other = prop::sample::select(vec![
+            " ",
+            "=",
+            " = ",
+            "#",
+            "\"",
+            "a",
+            "Z",
+            "_",
+            "1",
+            ".",
+            "-",
+            "/",
+            ":",
+            "é",
+            "eth0",
+            "lxc.hook.pre-start",
+            "/bin/sh -c \"id > /tmp/m\"",
+        ]);
+        let piece = prop_oneof![1 => breaking, 3 => other];
+        prop_oneof![
+            4 => prop::collection::vec(piece, 0..max_pieces).prop_map(|v| v.concat()),
+            1 => any::<String>(),
+            1 => "[A-Za-z_=\n]{250,400}",
+        ]
+    }
+
+    fn config_key() -> impl Strategy<Value = String> {
+        let prefix = prop::sample::select(vec![
+            "environment.",
+            "user.",
+            "volatile.eth0.",
+            "cloud-init.",
+            "image.",
+            "",
+        ]);
+        prop_oneof![
+            (prefix, hostile(6)).prop_map(|(p, s)| format!("{p}{s}")),
+            prop::sample::select(vec![
+                "environment.PATH",
+                "volatile.eth0.hwaddr",
+                "volatile.eth0.host_name",
+                "limits.cpu",
+                "limits.memory",
+                "limits.processes",
+                "image.os",
+                "cloud-init.user-data",
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    fn config() -> impl Strategy<Value = ConfigMap> {
+        prop::collection::btree_map(config_key(), hostile(8), 0..6)
+    }
+
+    fn devices() -> impl Strategy<Value = DeviceMap> {
+        let key = prop_oneof![
+            prop::sample::select(vec![
+                "name",
+                "hwaddr",
+                "mtu",
+                "host_name",
+                "parent",
+                "path",
+                "source",
+                "readonly",
+                "required",
+            ])
+            .prop_map(String::from),
+            hostile(4),
+        ];
+        let kind = prop::sample::select(vec!["nic", "disk", "none"]);
+        let nictype = prop::sample::select(vec!["p2p", "bridged"]);
+        let device = (
+            kind,
+            nictype,
+            prop::collection::btree_map(key, hostile(6), 0..5),
+        )
+            .prop_map(|(kind, nictype, mut d)| {
+                d.insert("type".into(), kind.into());
+                if kind == "nic" {
+                    d.insert("nictype".into(), nictype.into());
+                }
+                d
+            });
+        let name = prop_oneof![Just("eth0".to_string()), hostile(4)];
+        prop::collection::btree_map(name, device, 0..3)
+    }
+
+    /// The keys the renderer writes on its own account.
+    fn intended_key(k: &str) -> bool {
+        const FIXED: &[&str] = &[
+            "lxc.uts.name",
+            "lxc.rootfs.path",
+            "lxc.include",
+            "lxc.idmap",
+            "lxc.mount.auto",
+            "lxc.autodev",
+            "lxc.tty.max",
+            "lxc.pty.max",
+            "lxc.apparmor.profile",
+            "lxc.apparmor.allow_nesting",
+            "lxc.log.file",
+            "lxc.log.level",
+            "lxc.console.logfile",
+            "lxc.console.size",
+            "lxc.signal.halt",
+            "lxc.environment",
+            "lxc.cgroup2.cpuset.cpus",
+            "lxc.cgroup2.memory.max",
+            "lxc.cgroup2.pids.max",
+            "lxc.mount.entry",
+        ];
+        if FIXED.contains(&k) {
+            return true;
+        }
+        let Some(rest) = k.strip_prefix("lxc.net.") else {
+            return false;
+        };
+        let Some((i, item)) = rest.split_once('.') else {
+            return false;
+        };
+        i.parse::<u32>().is_ok()
+            && [
+                "type",
+                "name",
+                "flags",
+                "veth.pair",
+                "hwaddr",
+                "mtu",
+                "link",
+            ]
+            .contains(&item)
+    }
+
+    /// One `key = value` line per item, only intended keys, one `lxc.environment` line per
+    /// `environment.*` key naming exactly that variable.
+    fn check(out: &str, config: &ConfigMap) -> Result<(), TestCaseError> {
+        prop_assert!(
+            !out.chars().any(|c| c != '\n' && breaks_line(c)),
+            "stray control character in {out:?}"
+        );
+        let mut lines = out.split('\n');
+        prop_assert_eq!(
+            lines.next(),
+            Some("# Generated by cairnd; rewritten at every start.")
+        );
+        let mut env = Vec::new();
+        for line in lines.filter(|l| !l.is_empty()) {
+            let (k, v) = line.split_once(" = ").unwrap_or((line, ""));
+            prop_assert!(
+                intended_key(k),
+                "unexpected liblxc key {:?} in {:?}",
+                k,
+                out
+            );
+            if k == "lxc.environment" {
+                let var = v.split_once('=').map(|(var, _)| var).unwrap_or(v);
+                prop_assert!(validate::environment_name(var), "{:?}", v);
+                env.push(format!("environment.{var}"));
+            }
+        }
+        let wanted: Vec<&String> = config
+            .keys()
+            .filter(|k| k.starts_with("environment."))
+            .collect();
+        prop_assert_eq!(env.iter().collect::<Vec<_>>(), wanted);
+        Ok(())
+    }
+
+    fn render_hostile(config: &ConfigMap, devices: &DeviceMap) -> Result<String, RenderError> {
+        let host = HostCaps {
+            cgroup2_only: true,
+            cpus: 2,
+            total_memory: 1 << 30,
+            ..Default::default()
+        };
+        render(
+            &RenderInput {
+                name: "c1",
+                rootfs: Path::new("/var/lib/cairn/c1/rootfs"),
+                log_dir: Path::new("/var/log/cairn/c1"),
+                config,
+                devices,
+                shift: IdShift::from_subid("", ""),
+            },
+            &host,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Defense in depth: unvalidated input never adds a liblxc key.
+        #[test]
+        fn rendering_never_writes_a_foreign_line(config in config(), devices in devices()) {
+            if let Ok(out) = render_hostile(&config, &devices) {
+                check(&out, &config)?;
+            }
+        }
+
+        /// What validation accepts renders to the intended lines (a disk path with
+        /// whitespace is the one thing only the renderer refuses).
+        #[test]
+        fn validated_input_renders_to_intended_lines(
+            mut config in config(),
+            mut devices in devices(),
+        ) {
+            // Keep what validation accepts, entry by entry (whole hostile maps rarely pass).
+            config.retain(|k, v| validate::instance_key(k, v, true).is_ok());
+            devices.retain(|n, d| {
+                validate::devices(&DeviceMap::from([(n.clone(), d.clone())])).is_ok()
+            });
+            prop_assert!(validate::instance_config(&config, true).is_ok());
+            prop_assert!(validate::devices(&devices).is_ok());
+            match render_hostile(&config, &devices) {
+                Ok(out) => check(&out, &config)?,
+                Err(e) => prop_assert!(e.message.contains("unsafe path"), "{}", e),
+            }
+        }
+    }
+}
