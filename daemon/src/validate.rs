@@ -130,10 +130,15 @@ fn cloud_init_user_data(key: &str, v: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// Incus's `IsYAML`. Every document of a stream is parsed: cloud-init accepts multi-document
+/// data, which serde_yaml's `from_str` would refuse.
 fn yaml(key: &str, v: &str) -> Result<(), ValidationError> {
-    serde_yaml::from_str::<serde_yaml::Value>(v)
-        .map(|_| ())
-        .map_err(|e| ValidationError::Value(key.into(), format!("not valid YAML: {e}")))
+    use serde::Deserialize;
+    for doc in serde_yaml::Deserializer::from_str(v) {
+        serde_yaml::Value::deserialize(doc)
+            .map_err(|e| ValidationError::Value(key.into(), format!("not valid YAML: {e}")))?;
+    }
+    Ok(())
 }
 
 fn boolean(key: &str, v: &str) -> Result<(), ValidationError> {
@@ -530,6 +535,12 @@ mod tests {
         assert!(instance_key("cloud-init.user-data", "#!/bin/sh\necho hi\n", false).is_ok());
         assert!(instance_key("cloud-init.user-data", "#cloud-config\nfoo: [bar\n", false).is_err());
         assert!(instance_key("cloud-init.network-config", "version: 2\n", false).is_ok());
+        assert!(instance_key(
+            "cloud-init.vendor-data",
+            "#cloud-config\na: 1\n---\nb: 2\n",
+            false
+        )
+        .is_ok());
         assert!(instance_key("cloud-init.network-config", "{{{", false).is_err());
         assert!(instance_key("cloud-init.network-config", "", false).is_ok());
     }
