@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use super::cloud_init;
 use super::idmap::IdShift;
 use super::lxc::{self, LxcState};
 use super::lxc_config::{self, RenderInput};
+use super::rootfs_access::RootfsAccess;
 use super::{expand, expand_with, get, root_pool, InstanceError, Result};
 use crate::daemon::Daemon;
 use crate::db::records::{ConfigMap, DeviceMap, InstanceRecord};
@@ -251,6 +253,16 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
         &d.host,
     )
     .map_err(|e| InstanceError::Invalid(e.to_string()))?;
+    if let Some(seed) = cloud_init::Seed::for_instance(name, &ec) {
+        let rootfs = pool.rootfs_path(name);
+        blocking(move || {
+            RootfsAccess::open(&rootfs, want)
+                .and_then(|root| seed.write(&root))
+                .map_err(|e| InstanceError::Failed(format!("writing the cloud-init seed: {e}")))
+        })
+        .await?;
+        tracing::debug!(instance = name, "wrote the cloud-init seed");
+    }
     let dir = d.paths.lxc.join(name);
     std::fs::create_dir_all(&dir)
         .and_then(|_| std::fs::write(dir.join("config"), rendered))

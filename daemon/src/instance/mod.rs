@@ -2,6 +2,7 @@
 //! snapshots, state and exec. Nothing here knows about HTTP; the API calls these functions
 //! with typed arguments and maps [`InstanceError`] to statuses.
 
+pub mod cloud_init;
 pub mod copy;
 pub mod exec;
 pub mod idmap;
@@ -309,8 +310,10 @@ pub fn keep_volatile(old: &ConfigMap, new: &mut ConfigMap) {
 pub fn config_from_image(props: &BTreeMap<String, String>) -> ConfigMap {
     props
         .iter()
-        .filter(|(k, _)| !k.contains(char::is_whitespace))
         .map(|(k, v)| (format!("image.{k}"), v.clone()))
+        // A property name outside the key grammar would make the instance's config
+        // impossible to PUT back.
+        .filter(|(k, _)| crate::validate::config_key_name(k).is_ok())
         .collect()
 }
 
