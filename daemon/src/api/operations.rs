@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use super::response::{empty, sync};
 use super::{ApiError, ApiResult, AppState, RecursionQuery};
+use crate::operations::OpClass;
+use crate::trust;
 
 pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let full = q.recursive();
@@ -36,11 +38,23 @@ pub async fn get_op(State(d): State<AppState>, Path(id): Path<String>) -> ApiRes
     sync(op.view())
 }
 
+/// Cancelling a token operation revokes the token: its record goes first (replicated), so
+/// a cancel that cannot be written fails and leaves the operation running. A token whose
+/// operation is on no reachable member (the member that issued it is down) is still named
+/// by its operation id in the record, and revoked here.
 pub async fn cancel(State(d): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let op = d
-        .ops
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found("Operation not found"))?;
+    let Some(op) = d.ops.get(&id) else {
+        if trust::revoke_operation(&d, &id).await? {
+            return empty();
+        }
+        return Err(ApiError::not_found("Operation not found"));
+    };
+    if !op.may_cancel() {
+        return Err(ApiError::bad_request("This operation can't be cancelled"));
+    }
+    if op.class() == OpClass::Token {
+        trust::revoke_operation(&d, &id).await?;
+    }
     if !op.cancel() {
         return Err(ApiError::bad_request("This operation can't be cancelled"));
     }
