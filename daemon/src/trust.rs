@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::daemon::Daemon;
 use crate::db::records::{CertificateRecord, TokenRecord};
 use crate::db::{Command, DbError};
-use crate::operations::{NewOp, OpClass, Operation, Resources};
+use crate::operations::{NewOp, OpClass, OpStatus, Operation, OperationView, Resources};
 use crate::tls::{self, TrustToken};
 
 /// How long a trust token stays valid. Incus defaults to no expiry; a day bounds how long a
@@ -121,7 +121,8 @@ pub fn check_period(der: &[u8]) -> Result<(), TrustError> {
     }
 }
 
-fn token_op(d: &Daemon, t: &TokenRecord, request: serde_json::Value) -> std::sync::Arc<Operation> {
+/// What `incus config trust add` builds the printed token from.
+fn token_metadata(d: &Daemon, t: &TokenRecord) -> serde_json::Value {
     let addresses: Vec<String> = d
         .https
         .address()
@@ -129,7 +130,7 @@ fn token_op(d: &Daemon, t: &TokenRecord, request: serde_json::Value) -> std::syn
         .map(|a| advertised(&a))
         .collect();
     let mut metadata = json!({
-        "request": request,
+        "request": request_json(t),
         "secret": t.secret,
         "fingerprint": d.cert().fingerprint(),
         "addresses": addresses,
@@ -137,16 +138,112 @@ fn token_op(d: &Daemon, t: &TokenRecord, request: serde_json::Value) -> std::syn
     if let Some(exp) = t.expires_at {
         metadata["expiresAt"] = json!(exp.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
     }
+    metadata
+}
+
+const TOKEN_OP_DESCRIPTION: &str = "Executing operation";
+const JOIN_TOKEN_OP_DESCRIPTION: &str = "Requesting a join token";
+
+fn token_op(d: &Daemon, t: &TokenRecord) -> std::sync::Arc<Operation> {
     d.ops.create_with_id(
         t.operation_id.clone(),
         NewOp {
             class: OpClass::Token,
-            description: "Executing operation".into(),
+            description: TOKEN_OP_DESCRIPTION.into(),
             resources: Resources::new(),
-            metadata,
+            metadata: token_metadata(d, t),
             may_cancel: true,
         },
     )
+}
+
+/// A running token operation as the API shows it, for a token whose operation another
+/// member holds.
+fn pending_view(
+    id: &str,
+    description: &str,
+    created_at: chrono::DateTime<Utc>,
+    resources: Resources,
+    metadata: serde_json::Value,
+) -> OperationView {
+    let status = OpStatus::Running;
+    OperationView {
+        id: id.to_string(),
+        class: "token".into(),
+        description: description.into(),
+        created_at,
+        updated_at: created_at,
+        status: status.name().into(),
+        status_code: status.code(),
+        resources,
+        metadata,
+        may_cancel: true,
+        err: String::new(),
+        location: "none".into(),
+    }
+}
+
+/// The pending tokens (certificate add and cluster join) whose operation is not on this
+/// member: in a cluster, the member that issued a token holds its operation, yet
+/// `incus config trust list-tokens|revoke-token` and `incus cluster list-tokens|revoke-token`
+/// may ask any member. Shown from the replicated records; cancelling one revokes the record
+/// ([`revoke_operation`]).
+pub fn tokens_held_elsewhere(d: &Daemon) -> Result<Vec<OperationView>, TrustError> {
+    let now = Utc::now();
+    let here = |id: &str| d.ops.get(id).is_some();
+    let mut views = Vec::new();
+    for t in d.db.tokens()? {
+        if here(&t.operation_id) || t.expires_at.is_some_and(|e| e <= now) {
+            continue;
+        }
+        views.push(pending_view(
+            &t.operation_id,
+            TOKEN_OP_DESCRIPTION,
+            t.created_at,
+            Resources::new(),
+            token_metadata(d, &t),
+        ));
+    }
+    if d.cluster().is_some() {
+        let addresses: Vec<String> = d.db.members()?.into_iter().map(|m| m.address).collect();
+        for t in d.db.join_tokens()? {
+            if here(&t.operation_id) || t.expires_at <= now {
+                continue;
+            }
+            let metadata = json!({
+                "serverName": t.name,
+                "secret": t.secret,
+                "fingerprint": d.cert().fingerprint(),
+                "addresses": addresses,
+                "expiresAt": t.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            });
+            views.push(pending_view(
+                &t.operation_id,
+                JOIN_TOKEN_OP_DESCRIPTION,
+                now,
+                crate::operations::resources("cluster", &["/1.0/cluster".to_string()]),
+                metadata,
+            ));
+        }
+    }
+    Ok(views)
+}
+
+/// Cancels this member's token operations whose token is gone: redeemed or revoked on
+/// another member, which deleted the record but could not reach the operation.
+pub fn forget_spent_tokens(d: &Daemon) -> Result<(), TrustError> {
+    let mut live: std::collections::HashSet<String> =
+        d.db.tokens()?.into_iter().map(|t| t.operation_id).collect();
+    live.extend(d.db.join_tokens()?.into_iter().map(|t| t.operation_id));
+    for op in d.ops.all() {
+        if op.class() == OpClass::Token
+            && op.status() == OpStatus::Running
+            && !live.contains(&op.id)
+        {
+            op.cancel();
+        }
+    }
+    Ok(())
 }
 
 /// A wildcard listen address is no use to a client: name loopback instead.
@@ -180,7 +277,7 @@ pub async fn create_token(
         projects,
     };
     d.write(vec![Command::CreateToken(t.clone())]).await?;
-    Ok(token_op(d, &t, request_json(&t)))
+    Ok(token_op(d, &t))
 }
 
 fn request_json(t: &TokenRecord) -> serde_json::Value {
@@ -200,7 +297,7 @@ pub fn restore_tokens(d: &Daemon) -> Result<(), TrustError> {
         if t.expires_at.is_some_and(|e| e <= now) {
             continue;
         }
-        token_op(d, &t, request_json(&t));
+        token_op(d, &t);
     }
     Ok(())
 }
@@ -357,11 +454,32 @@ mod tests {
             .await
             .unwrap();
         assert!(d.ops.get(&t.operation_id).is_none());
+        // Listed here all the same, so revoke-token can find it on any member.
+        let views = tokens_held_elsewhere(&d).unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].id, t.operation_id);
+        assert_eq!(views[0].metadata["request"]["name"], "remote");
         assert!(revoke_operation(&d, &t.operation_id).await.unwrap());
+        assert!(tokens_held_elsewhere(&d).unwrap().is_empty());
         assert!(matches!(
             redeem(&d, &t.secret).await,
             Err(TrustError::BadToken)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_operation_whose_token_was_spent_elsewhere_stops_running() {
+        let (_dir, d) = daemon();
+        let op = create_token(&d, "laptop", false, vec![]).await.unwrap();
+        let secret = op.view().metadata["secret"].as_str().unwrap().to_string();
+        // As a redeem or revoke on another member leaves it: the record gone, the
+        // operation here untouched.
+        d.write(vec![Command::DeleteToken { secret }])
+            .await
+            .unwrap();
+        assert_eq!(op.status(), OpStatus::Running);
+        forget_spent_tokens(&d).unwrap();
+        assert_eq!(op.status(), OpStatus::Cancelled);
     }
 
     #[tokio::test]

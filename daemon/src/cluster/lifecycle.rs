@@ -349,9 +349,13 @@ pub async fn accept(
         groups: vec!["default".into()],
         evacuated: false,
     }));
-    d.write(cmds)
-        .await
-        .map_err(|e| Unavailable(format!("recording member {}: {e}", req.name)))?;
+    d.write(cmds).await.map_err(|e| match e {
+        // The token was redeemed or revoked (on any member) after it was read here.
+        crate::db::DbError::NotFound(_) if token.is_some() => {
+            Forbidden(format!("No valid join token for member {:?}", req.name))
+        }
+        e => Unavailable(format!("recording member {}: {e}", req.name)),
+    })?;
     if let Err(e) = rt.add_learner(id, &req.address).await {
         // The role keeper adds members missing from raft; the join still stands.
         tracing::warn!("adding member {} to raft: {e}", req.name);
