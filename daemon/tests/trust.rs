@@ -265,6 +265,7 @@ fn certificates_outside_their_validity_period_are_refused() {
     let dir = TempDir::new("cairn-trust-period");
     let (ecrt, ekey, eb64) = client_cert(dir.path(), "old", ymd(2020), ymd(2021));
     let (fcrt, fkey, fb64) = client_cert(dir.path(), "future", ymd(2035), ymd(2036));
+    let (rcrt, rkey, _) = client_cert(dir.path(), "restricted", ymd(2024), ymd(2040));
 
     // Adding them is refused, as Incus's certificatesPost does.
     for (b64, why) in [(&eb64, "is expired"), (&fb64, "isn't valid yet")] {
@@ -285,11 +286,15 @@ fn certificates_outside_their_validity_period_are_refused() {
     let tokens = d.incus_ok(&["config", "trust", "list-tokens", "--format", "csv"]);
     assert!(tokens.contains("old"), "{tokens}");
 
-    // Already in the trust store (from before this check, or put there by hand): refused
+    // Already in the trust store (from before these checks, or put there by hand): refused
     // per request, with the reason, but still shown the public /1.0.
     d.kill9();
     let db = rusqlite::Connection::open(d.state.join("cairn.db")).unwrap();
-    for (name, crt) in [("old", &ecrt), ("future", &fcrt)] {
+    for (name, crt, restricted) in [
+        ("old", &ecrt, false),
+        ("future", &fcrt, false),
+        ("restricted", &rcrt, true),
+    ] {
         let pem = std::fs::read_to_string(crt).unwrap();
         let der = rustls_pemfile::certs(&mut pem.as_bytes())
             .next()
@@ -298,7 +303,7 @@ fn certificates_outside_their_validity_period_are_refused() {
         let fp = cairnd::tls::cert_fingerprint(&der);
         let rec = serde_json::json!({
             "fingerprint": fp, "name": name, "cert_type": "client", "certificate": pem,
-            "restricted": false, "projects": [], "description": "",
+            "restricted": restricted, "projects": ["default"], "description": "",
         });
         db.execute(
             "INSERT INTO certificates (fingerprint, data) VALUES (?1, ?2)",
@@ -312,6 +317,9 @@ fn certificates_outside_their_validity_period_are_refused() {
     for (cert, why) in [
         ((ecrt, ekey), "Certificate is expired"),
         ((fcrt, fkey), "Certificate is not valid yet"),
+        // Stored restricted before restrictions were refused: no admin until projects
+        // exist to restrict it to.
+        ((rcrt, rkey), "Restricted certificates need projects"),
     ] {
         let (code, resp) = curl_tls(&instances, &cert, "GET", None);
         assert_eq!(code, 403, "{resp}");
