@@ -424,7 +424,7 @@ fn cluster_port() -> u16 {
 #[test]
 fn revoked_tokens_are_refused_on_every_member_of_a_cluster() {
     let port = cluster_port();
-    let m: Vec<Member> = (1..=3)
+    let mut m: Vec<Member> = (1..=3)
         .map(|i| Member {
             name: format!("node{i}"),
             address: format!("127.0.0.{i}:{port}"),
@@ -502,4 +502,62 @@ fn revoked_tokens_are_refused_on_every_member_of_a_cluster() {
         text(&out.stderr),
         tail(&n1.d.log(), 30)
     );
+
+    // The member that issued a token is gone: the others still revoke it, from its record.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = n1.ok(&["cluster", "list", "--format", "json"]);
+        let v: Value = serde_json::from_str(&list).unwrap();
+        let voters = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                m["roles"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r == "database"))
+            })
+            .count();
+        if voters == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node3 never became a voter: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let token = last_line(&n1.ok(&["config", "trust", "add", "late"]));
+    m[0].d.kill9();
+    let (n2, n3) = (&m[1], &m[2]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Until the two left elect a leader, the revoke cannot be written.
+        let out = n2.run(&["config", "trust", "revoke-token", "late"]);
+        if out.status.success() {
+            assert!(
+                text(&out.stdout).contains("deleted"),
+                "{}",
+                text(&out.stdout)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revoke-token with node1 down: {}\n{}",
+            text(&out.stderr),
+            tail(&n2.d.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for x in [n2, n3] {
+        let r = Client::new().remote_add(&x.address, &token);
+        assert!(
+            !r.status.success(),
+            "a token revoked while its issuer was down let a client in through {}",
+            x.name
+        );
+        let listed = x.ok(&["config", "trust", "list-tokens", "--format", "csv"]);
+        assert!(!listed.contains("late"), "{}: {listed}", x.name);
+    }
 }
