@@ -116,7 +116,7 @@ pub async fn apply(d: &Daemon) -> Result<Option<Preseed>, PreseedError> {
             Ok(_) | Err(crate::trust::TrustError::Exists) => {}
             // Not a reason to refuse the whole preseed (and so the daemon's start): the
             // certificate could not be used anyway.
-            Err(crate::trust::TrustError::OutOfPeriod(e)) => {
+            Err(crate::trust::TrustError::Unusable(e)) => {
                 tracing::warn!("preseed certificate {} not trusted: {e}", c.name)
             }
             Err(e) => return Err(PreseedError::Invalid(e.to_string())),

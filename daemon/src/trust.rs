@@ -37,9 +37,9 @@ pub enum TrustError {
     BadToken,
     #[error("Token has expired")]
     Expired,
-    /// The certificate is expired or not valid yet (HTTP 400, as Incus).
+    /// The certificate is expired, not valid yet or has a weak RSA key (HTTP 400, as Incus).
     #[error("{0}")]
-    OutOfPeriod(String),
+    Unusable(String),
     #[error("{RESTRICTED_UNSUPPORTED}")]
     RestrictedUnsupported,
     #[error("Certificate already in trust store")]
@@ -80,7 +80,7 @@ pub async fn add_certificate(
     if restricted {
         return Err(TrustError::RestrictedUnsupported);
     }
-    check_period(der)?;
+    check_certificate(der)?;
     let fingerprint = tls::cert_fingerprint(der);
     if d.db.certificate(&fingerprint)?.is_some() {
         return Err(TrustError::Exists);
@@ -103,21 +103,36 @@ pub async fn add_certificate(
     Ok(rec)
 }
 
-/// Refuses a certificate outside its validity period, in Incus's words
-/// (`certificateValidate`): a client could not use it anyway.
-pub fn check_period(der: &[u8]) -> Result<(), TrustError> {
+/// Smallest RSA key a client may use (Incus's `certificateValidate`).
+const MIN_RSA_BITS: usize = 2048;
+
+/// Refuses, in Incus's words (`certificateValidate`), a certificate outside its validity
+/// period (a client could not use it anyway) or with an RSA key under 2048 bits.
+pub fn check_certificate(der: &[u8]) -> Result<(), TrustError> {
     use tls::ValidityError::*;
     match tls::validity::check_now(der) {
-        Ok(()) => Ok(()),
-        Err(Expired(at)) => Err(TrustError::OutOfPeriod(format!(
-            "The provided certificate is expired (valid until {})",
-            at.to_rfc3339()
-        ))),
-        Err(NotYetValid(at)) => Err(TrustError::OutOfPeriod(format!(
-            "The provided certificate isn't valid yet (valid from {})",
-            at.to_rfc3339()
-        ))),
-        Err(e @ Unreadable(_)) => Err(TrustError::Invalid(e.to_string())),
+        Ok(()) => {}
+        Err(Expired(at)) => {
+            return Err(TrustError::Unusable(format!(
+                "The provided certificate is expired (valid until {})",
+                at.to_rfc3339()
+            )))
+        }
+        Err(NotYetValid(at)) => {
+            return Err(TrustError::Unusable(format!(
+                "The provided certificate isn't valid yet (valid from {})",
+                at.to_rfc3339()
+            )))
+        }
+        Err(e @ Unreadable(_)) => return Err(TrustError::Invalid(e.to_string())),
+    }
+    // Go's check is on whole bytes of modulus: a 2047-bit key passes there, so here too.
+    match tls::validity::rsa_key_bits(der) {
+        Ok(Some(bits)) if bits.div_ceil(8) * 8 < MIN_RSA_BITS => Err(TrustError::Unusable(
+            format!("RSA key is too weak (minimum of {MIN_RSA_BITS}bit, this one has {bits})"),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(TrustError::Invalid(e.to_string())),
     }
 }
 
@@ -559,8 +574,19 @@ mod tests {
         let err = add_certificate(&d, &der, "old", false, vec![], "")
             .await
             .unwrap_err();
-        assert!(matches!(err, TrustError::OutOfPeriod(_)), "{err}");
+        assert!(matches!(err, TrustError::Unusable(_)), "{err}");
         assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn weak_rsa_keys_are_refused_as_incus_does() {
+        let pem = crate::tls::validity::tests::RSA_1024;
+        let der = parse_certificate(pem).unwrap();
+        let err = check_certificate(&der).unwrap_err();
+        assert!(matches!(err, TrustError::Unusable(_)), "{err}");
+        assert!(err.to_string().contains("RSA key is too weak"), "{err}");
+        let (ec, _) = tls::generate_client_cert("ec").unwrap();
+        check_certificate(&parse_certificate(&ec).unwrap()).unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::trust::{self, TrustError};
 impl From<TrustError> for ApiError {
     fn from(e: TrustError) -> Self {
         match e {
-            TrustError::Invalid(m) | TrustError::OutOfPeriod(m) => ApiError::bad_request(m),
+            TrustError::Invalid(m) | TrustError::Unusable(m) => ApiError::bad_request(m),
             TrustError::RestrictedUnsupported => ApiError::bad_request(e.to_string()),
             TrustError::BadToken | TrustError::Expired => {
                 ApiError::new(axum::http::StatusCode::FORBIDDEN, e.to_string())
@@ -148,7 +148,7 @@ pub async fn create(
             return Err(ApiError::forbidden());
         }
         // Before the token is spent: a certificate that cannot be used should not cost it.
-        trust::check_period(&der)?;
+        trust::check_certificate(&der)?;
         // As Incus: the token's holder gets what the admin issued it for, whatever it asks.
         let token = trust::redeem(&d, &req.trust_token).await?;
         name = token.client_name;

@@ -1,13 +1,25 @@
-//! A client certificate's validity period (X.509 `notBefore`/`notAfter`).
+//! A client certificate's validity period (X.509 `notBefore`/`notAfter`) and the size of
+//! its RSA key, if it has one.
 //!
 //! The TLS layer accepts any well-formed client certificate (see [`super::verifier`]), so
 //! that a client whose certificate is out of date still connects and is told why it is
 //! refused; the daemon checks the period per request, as Incus's `CheckTrustState` does,
-//! and when a certificate is added to the trust store (Incus's `certificateValidate`).
+//! and both when a certificate is added to the trust store (Incus's `certificateValidate`).
 
 use chrono::{DateTime, Utc};
+use yasna::models::ObjectIdentifier;
 use yasna::tags::{TAG_GENERALIZEDTIME, TAG_UTCTIME};
 use yasna::{ASN1Error, ASN1ErrorKind, BERReader, Tag};
+
+/// `rsaEncryption` (RFC 8017), the SubjectPublicKeyInfo algorithm of RSA keys.
+const RSA_ENCRYPTION: &[u64] = &[1, 2, 840, 113549, 1, 1, 1];
+
+/// What is read from a certificate.
+struct Facts {
+    validity: Validity,
+    /// Bits of the RSA modulus; `None` for other key types.
+    rsa_bits: Option<usize>,
+}
 
 /// When a certificate may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,30 +42,7 @@ pub enum ValidityError {
 impl Validity {
     /// Reads the validity period from a DER certificate.
     pub fn of(der: &[u8]) -> Result<Validity, ValidityError> {
-        yasna::parse_der(der, |r| {
-            r.read_sequence(|cert| {
-                let validity = cert.next().read_sequence(|tbs| {
-                    // version [0] EXPLICIT, optional (absent in v1 certificates).
-                    tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
-                    tbs.next().read_der()?; // serialNumber
-                    tbs.next().read_der()?; // signature AlgorithmIdentifier
-                    tbs.next().read_der()?; // issuer
-                    let validity = tbs.next().read_sequence(|v| {
-                        let not_before = read_time(v.next())?;
-                        let not_after = read_time(v.next())?;
-                        Ok(Validity {
-                            not_before,
-                            not_after,
-                        })
-                    })?;
-                    skip_rest(tbs)?;
-                    Ok(validity)
-                })?;
-                skip_rest(cert)?;
-                Ok(validity)
-            })
-        })
-        .map_err(|e| ValidityError::Unreadable(e.to_string()))
+        Ok(read_facts(der)?.validity)
     }
 
     /// Whether the certificate may be used at `now` (both ends inclusive, as Go's checks).
@@ -71,6 +60,67 @@ impl Validity {
 /// Checks a DER certificate's validity period against the current time.
 pub fn check_now(der: &[u8]) -> Result<(), ValidityError> {
     Validity::of(der)?.check(Utc::now())
+}
+
+/// The size in bits of a DER certificate's RSA key; `None` when it is not an RSA key.
+pub fn rsa_key_bits(der: &[u8]) -> Result<Option<usize>, ValidityError> {
+    Ok(read_facts(der)?.rsa_bits)
+}
+
+fn read_facts(der: &[u8]) -> Result<Facts, ValidityError> {
+    yasna::parse_der(der, |r| {
+        r.read_sequence(|cert| {
+            let facts = cert.next().read_sequence(|tbs| {
+                // version [0] EXPLICIT, optional (absent in v1 certificates).
+                tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                tbs.next().read_der()?; // serialNumber
+                tbs.next().read_der()?; // signature AlgorithmIdentifier
+                tbs.next().read_der()?; // issuer
+                let validity = tbs.next().read_sequence(|v| {
+                    let not_before = read_time(v.next())?;
+                    let not_after = read_time(v.next())?;
+                    Ok(Validity {
+                        not_before,
+                        not_after,
+                    })
+                })?;
+                tbs.next().read_der()?; // subject
+                let rsa_bits = tbs.next().read_sequence(read_rsa_bits)?;
+                skip_rest(tbs)?;
+                Ok(Facts { validity, rsa_bits })
+            })?;
+            skip_rest(cert)?;
+            Ok(facts)
+        })
+    })
+    .map_err(|e| ValidityError::Unreadable(e.to_string()))
+}
+
+/// `SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey
+/// BIT STRING }`; for RSA the bit string holds `RSAPublicKey ::= SEQUENCE { modulus
+/// INTEGER, publicExponent INTEGER }`.
+fn read_rsa_bits(spki: &mut yasna::BERReaderSeq<'_, '_>) -> Result<Option<usize>, ASN1Error> {
+    let oid = spki.next().read_sequence(|alg| {
+        let oid = alg.next().read_oid()?;
+        skip_rest(alg)?;
+        Ok(oid)
+    })?;
+    let (key, _) = spki.next().read_bitvec_bytes()?;
+    if oid != ObjectIdentifier::from_slice(RSA_ENCRYPTION) {
+        return Ok(None);
+    }
+    let modulus = yasna::parse_der(&key, |r| {
+        r.read_sequence(|k| {
+            let (modulus, _) = k.next().read_bigint_bytes()?;
+            skip_rest(k)?;
+            Ok(modulus)
+        })
+    })?;
+    let significant: Vec<u8> = modulus.into_iter().skip_while(|b| *b == 0).collect();
+    Ok(Some(match significant.first() {
+        None => 0,
+        Some(top) => (significant.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
+    }))
 }
 
 /// `Time ::= CHOICE { utcTime UTCTime, generalTime GeneralizedTime }`.
@@ -93,7 +143,7 @@ fn skip_rest(seq: &mut yasna::BERReaderSeq<'_, '_>) -> Result<(), ASN1Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
 
@@ -143,6 +193,56 @@ mod tests {
         let (pem, _) = super::super::generate_client_cert("me").unwrap();
         let der = super::super::parse_cert_pem(&pem, "test").unwrap();
         check_now(&der).unwrap();
+    }
+
+    // `openssl req -x509 -newkey rsa:1024 -days 36500 -subj /CN=weak`
+    pub(crate) const RSA_1024: &str = "-----BEGIN CERTIFICATE-----
+MIIB/DCCAWWgAwIBAgIUAau3yogUc6bm8xs3yotB8j/asgMwDQYJKoZIhvcNAQEL
+BQAwDzENMAsGA1UEAwwEd2VhazAgFw0yNjEyMDMwODIzNDhaGA8yMTI2MTEwOTA4
+MjM0OFowDzENMAsGA1UEAwwEd2VhazCBnzANBgkqhkiG9w0BAQEFAAOBjQAwgYkC
+gYEAwW8pm1y+V50dkcoYNrodM28zAmv7HCSiRrbHfvog7LADa9JPoz6zowU6dQVi
+0YWVq0qZxzEFo92gi1aNthwhQdUcMl+O/UxIl/ypSmuEH5MCpLi35NyJsTWVhoLt
+K+9Q1l2g4kK6+TIz2/5/QmqNyBeFOQw0IAK9xqJmOuckjH0CAwEAAaNTMFEwHQYD
+VR0OBBYEFJ1rhryPKywOxQ87NW9Z9AEjQcEIMB8GA1UdIwQYMBaAFJ1rhryPKywO
+xQ87NW9Z9AEjQcEIMA8GA1UdEwEB/wQFMAMBAf8wDQYJKoZIhvcNAQELBQADgYEA
+r+ThY9CtrwqqX0Yb/D3+vySJbv4Wl1ZzPYbr01ktQm1MfdNiOYCfnod/v4LISeiJ
+i83fAnoDnw5+c1zE7t3zHadBsPgzkr4b6flDjbh9NxLhZTmA93F4Cd8Z8TCIE+UM
+IbD7oSPg178ZutOWBGtt6Kp13jL9RkP8+DZ9igZVDU4=
+-----END CERTIFICATE-----";
+
+    // `openssl req -x509 -newkey rsa:2048 -days 36500 -subj /CN=strong`
+    const RSA_2048: &str = "-----BEGIN CERTIFICATE-----
+MIIDBTCCAe2gAwIBAgIULXTpBsBxQt9FlQBYVQ31m1ZTCbswDQYJKoZIhvcNAQEL
+BQAwETEPMA0GA1UEAwwGc3Ryb25nMCAXDTI2MTIwMzA4MjQwNFoYDzIxMjYxMTA5
+MDgyNDA0WjARMQ8wDQYDVQQDDAZzdHJvbmcwggEiMA0GCSqGSIb3DQEBAQUAA4IB
+DwAwggEKAoIBAQCm/Jhd4Yfc9aLAVXxXrScbWIjvo/KMdLMqHf+n1Q+EzKz6v2EJ
+UgRqs77SnhXsKfKY9a5mf6waeWnrx+Y6GFinn0/uFj/y4vy45jGBslbvzxU0iayR
+mz4bSR/fnvYJmLPPG1nMbBygzXP/nnwPh5pqi7Gx6X7d2Ds5qKldD9qAJX0LACsu
+TQBTQemku90FvDRk7ovLCaxIVufBUuKi/GxoKem9HX3uZrz069b3PjKTyu1ttLBN
+5xBKasynpXxJZo3TZfvcHQ2nXBcz108fkw10m9+hhHqDcuUAK49VYB2cgRb316hC
+iKUriGQLLcF0SV2kaN2YzuLA5LLb4UXZ5uT5AgMBAAGjUzBRMB0GA1UdDgQWBBR0
+PH9z1zQ6CudhAneaZKwbI+r8dTAfBgNVHSMEGDAWgBR0PH9z1zQ6CudhAneaZKwb
+I+r8dTAPBgNVHRMBAf8EBTADAQH/MA0GCSqGSIb3DQEBCwUAA4IBAQBb+baZn4P+
+8nB/xh+nVlDrlmb2lqYOPn2IESB/PzKHenSbvG/mRyseqd6L6SoQtVpsC4kzxxDS
+M6h2a1ZhMamaiMP65I2Nc7XjVeJXlCTMDiTJbBlTt7ad55GZzh/9NS4/harIIa0m
+uBfyhigdrC07440RXX4lSkQfxyZnrOapib0tp04I4C5K2btcJuJH2ke6B/buN0o3
+WfZSDBF/vKF2rJLHUzW4apFwd/HUADIW+iYGiEvD1wgqrMYy0xHsAxBsciU299DD
+k6Smwug2bzRfAunx/us6P5GN90yMwNNf3zt9lgxkYu+KvSFT6ldwR9mb8g5Ailk1
+p3K1O9xUK/0h
+-----END CERTIFICATE-----";
+
+    #[test]
+    fn rsa_key_sizes_are_read_and_other_keys_are_not_rsa() {
+        let weak = super::super::parse_cert_pem(RSA_1024, "test").unwrap();
+        assert_eq!(rsa_key_bits(&weak).unwrap(), Some(1024));
+        // Its period (2026..2126) is read past the RSA key too.
+        check_now(&weak).unwrap();
+        let strong = super::super::parse_cert_pem(RSA_2048, "test").unwrap();
+        assert_eq!(rsa_key_bits(&strong).unwrap(), Some(2048));
+        assert_eq!(
+            rsa_key_bits(&cert_valid((2020, 1, 1), (2040, 1, 1))).unwrap(),
+            None
+        );
     }
 
     #[test]
