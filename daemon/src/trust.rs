@@ -204,11 +204,13 @@ fn pending_view(
 /// may ask any member. Shown from the replicated records; cancelling one revokes the record
 /// ([`revoke_operation`]).
 pub fn tokens_held_elsewhere(d: &Daemon) -> Result<Vec<OperationView>, TrustError> {
+    // Expired ones too, as their operations would be: listed (with their expiry) until
+    // revoked, and refused if presented.
     let now = Utc::now();
     let here = |id: &str| d.ops.get(id).is_some();
     let mut views = Vec::new();
     for t in d.db.tokens()? {
-        if here(&t.operation_id) || t.expires_at.is_some_and(|e| e <= now) {
+        if here(&t.operation_id) {
             continue;
         }
         views.push(pending_view(
@@ -222,7 +224,7 @@ pub fn tokens_held_elsewhere(d: &Daemon) -> Result<Vec<OperationView>, TrustErro
     if d.cluster().is_some() {
         let addresses: Vec<String> = d.db.members()?.into_iter().map(|m| m.address).collect();
         for t in d.db.join_tokens()? {
-            if here(&t.operation_id) || t.expires_at <= now {
+            if here(&t.operation_id) {
                 continue;
             }
             let metadata = json!({
@@ -292,7 +294,32 @@ pub async fn create_token(
         projects,
     };
     d.write(vec![Command::CreateToken(t.clone())]).await?;
+    purge_expired(d).await;
     Ok(token_op(d, &t))
+}
+
+/// Drops expired certificate add tokens, best effort: they are refused anyway, and
+/// nothing else deletes a token nobody presents or revokes.
+async fn purge_expired(d: &Daemon) {
+    let now = Utc::now();
+    let expired: Vec<Command> = match d.db.tokens() {
+        Ok(tokens) => tokens
+            .into_iter()
+            .filter(|t| t.expires_at.is_some_and(|e| e <= now))
+            .map(|t| Command::DeleteToken { secret: t.secret })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("listing trust tokens: {e}");
+            return;
+        }
+    };
+    if expired.is_empty() {
+        return;
+    }
+    // A failure (one of them redeemed or revoked meanwhile) is retried at the next token.
+    if let Err(e) = d.write(expired).await {
+        tracing::debug!("dropping expired trust tokens: {e}");
+    }
 }
 
 fn request_json(t: &TokenRecord) -> serde_json::Value {
@@ -524,6 +551,20 @@ mod tests {
             redeem(&d, &t.secret).await,
             Err(TrustError::BadToken)
         ));
+
+        // One nobody presents is dropped when the next token is issued.
+        let t = TokenRecord {
+            secret: tls::new_secret(),
+            operation_id: uuid::Uuid::new_v4().to_string(),
+            ..t
+        };
+        d.write(vec![Command::CreateToken(t.clone())])
+            .await
+            .unwrap();
+        let op = create_token(&d, "next", false, vec![]).await.unwrap();
+        let left: Vec<_> = d.db.tokens().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].operation_id, op.id);
     }
 
     #[tokio::test]

@@ -236,10 +236,19 @@ pub async fn issue_token(
             "The cluster already has a member with name: {name}"
         )));
     }
-    if d.db.join_token(name).map_err(db_err)?.is_some() {
-        return Err(Invalid(format!(
-            "A join token for member {name:?} already exists"
-        )));
+    let mut cmds = Vec::new();
+    match d.db.join_token(name).map_err(db_err)? {
+        // An expired token is worth nothing: a new one replaces it rather than the name
+        // staying blocked until someone revokes the old one.
+        Some(old) if old.expires_at <= Utc::now() => {
+            cmds.push(Command::DeleteJoinToken { name: old.name })
+        }
+        Some(_) => {
+            return Err(Invalid(format!(
+                "A join token for member {name:?} already exists"
+            )))
+        }
+        None => {}
     }
     let rec = JoinTokenRecord {
         name: name.to_string(),
@@ -247,7 +256,8 @@ pub async fn issue_token(
         operation_id: operation_id.to_string(),
         expires_at: Utc::now() + TOKEN_LIFETIME,
     };
-    d.write(vec![Command::CreateJoinToken(rec.clone())])
+    cmds.push(Command::CreateJoinToken(rec.clone()));
+    d.write(cmds)
         .await
         .map_err(|e| Unavailable(e.to_string()))?;
     let mut addresses = vec![rt.address().to_string()];
