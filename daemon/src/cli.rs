@@ -134,9 +134,7 @@ async fn run(opts: Options) -> Result<(), String> {
     let mut steps = Steps::new();
     let d = Daemon::open(&opts.state_dir).map_err(|e| e.to_string())?;
     steps.mark("state");
-    crate::trust::restore_tokens(&d)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::trust::restore_tokens(&d).map_err(|e| e.to_string())?;
     let preseed = crate::preseed::apply(&d).await.map_err(|e| e.to_string())?;
     steps.mark("preseed");
     if let Some(ms) = preseed

@@ -127,6 +127,16 @@ impl Operation {
         self.lock().status
     }
 
+    pub fn class(&self) -> OpClass {
+        self.lock().class
+    }
+
+    /// Whether [`cancel`](Self::cancel) would cancel it now.
+    pub fn may_cancel(&self) -> bool {
+        let s = self.lock();
+        s.may_cancel && !s.status.is_final()
+    }
+
     fn publish(&self) {
         let v = self.view();
         if let Ok(m) = serde_json::to_value(v) {

@@ -114,6 +114,11 @@ pub async fn apply(d: &Daemon) -> Result<Option<Preseed>, PreseedError> {
             .map_err(|e| PreseedError::Invalid(format!("certificate {}: {e}", c.name)))?;
         match crate::trust::add_certificate(d, &der, &c.name, false, vec![], &c.description).await {
             Ok(_) | Err(crate::trust::TrustError::Exists) => {}
+            // Not a reason to refuse the whole preseed (and so the daemon's start): the
+            // certificate could not be used anyway.
+            Err(crate::trust::TrustError::Unusable(e)) => {
+                tracing::warn!("preseed certificate {} not trusted: {e}", c.name)
+            }
             Err(e) => return Err(PreseedError::Invalid(e.to_string())),
         }
     }

@@ -1,13 +1,16 @@
 //! Who may do what: the unix socket is fully trusted; over HTTPS a request is trusted when
 //! its TLS client certificate is in the trust store, or is this daemon's own certificate —
 //! in a cluster the certificate all members share, which one member presents when it calls
-//! another (a forwarded request, an event relay). Untrusted clients reach only what Incus
-//! shows them: the API root, `/1.0` (reduced) and `POST /1.0/certificates` to present a
-//! trust token. `/internal/*` is for the unix socket, and `/internal/cluster/*` for the other members
-//! of the cluster (and a joining server's `/internal/cluster/join`).
+//! another (a forwarded request, an event relay). A client certificate in the trust store
+//! is still refused, with the reason, outside its validity period, and while it is
+//! `restricted` (projects do not exist yet, so a restriction could not be enforced).
+//! Untrusted clients reach only what Incus shows them: the API root, `/1.0` (reduced) and
+//! `POST /1.0/certificates` to present a trust token. `/internal/*` is for the unix socket,
+//! and `/internal/cluster/*` for the other members of the cluster (and a joining server's
+//! `/internal/cluster/join`).
 
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -41,12 +44,67 @@ pub fn is_cluster_peer(peer: &Peer, own_cert: &ServerCert) -> bool {
     matches!(peer, Peer::Tls { cert_der: Some(der), .. } if der.as_slice() == own_cert.der().as_ref())
 }
 
+/// Why a TLS client is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Untrusted {
+    /// No certificate, or one not in the trust store: Incus's plain "not authorized".
+    Unknown,
+    /// In the trust store, but outside its validity period (Incus's `CheckTrustState`
+    /// refuses it too); the client is told which end it is past.
+    OutOfPeriod(String),
+    /// Restricted to projects, which cairnd does not have yet: trusting it would make it a
+    /// full admin, so it is refused until projects exist.
+    Restricted,
+}
+
+impl Untrusted {
+    fn into_error(self) -> ApiError {
+        match self {
+            Untrusted::Unknown => ApiError::forbidden(),
+            Untrusted::OutOfPeriod(m) => ApiError::new(StatusCode::FORBIDDEN, m),
+            Untrusted::Restricted => {
+                ApiError::new(StatusCode::FORBIDDEN, crate::trust::RESTRICTED_UNSUPPORTED)
+            }
+        }
+    }
+}
+
+/// Whether a client certificate (not the cluster's) is trusted now.
+fn client_trust(
+    d: &AppState,
+    fingerprint: Option<&str>,
+    cert_der: Option<&Vec<u8>>,
+) -> Result<(), Untrusted> {
+    let (Some(fp), Some(der)) = (fingerprint, cert_der) else {
+        return Err(Untrusted::Unknown);
+    };
+    let rec = match d.db.certificate(fp) {
+        Ok(Some(c)) if c.cert_type == "client" => c,
+        Ok(_) => return Err(Untrusted::Unknown),
+        Err(e) => {
+            tracing::warn!("looking up client certificate {fp}: {e}");
+            return Err(Untrusted::Unknown);
+        }
+    };
+    if let Err(e) = crate::tls::validity::check_now(der) {
+        tracing::info!("refusing trusted certificate {fp} ({}): {e}", rec.name);
+        return Err(Untrusted::OutOfPeriod(e.to_string()));
+    }
+    if rec.restricted {
+        tracing::info!("refusing restricted certificate {fp} ({})", rec.name);
+        return Err(Untrusted::Restricted);
+    }
+    Ok(())
+}
+
 pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<Peer>()
         .cloned()
         .unwrap_or(Peer::Unix);
+    // What an untrusted caller is told when it asks for more than the public part.
+    let mut refusal = Untrusted::Unknown;
     let caller = match &peer {
         Peer::Unix => Caller {
             trusted: true,
@@ -59,15 +117,16 @@ pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Nex
             cert_der,
             ..
         } => {
-            let trusted = is_cluster_peer(&peer, &d.cert())
-                || match fingerprint {
-                    Some(fp) => {
-                        matches!(d.db.certificate(fp), Ok(Some(c)) if c.cert_type == "client")
-                    }
-                    None => false,
-                };
+            let trusted = if is_cluster_peer(&peer, &d.cert()) {
+                Ok(())
+            } else {
+                client_trust(&d, fingerprint.as_deref(), cert_der.as_deref())
+            };
+            if let Err(why) = &trusted {
+                refusal = why.clone();
+            }
             Caller {
-                trusted,
+                trusted: trusted.is_ok(),
                 method: "tls",
                 fingerprint: fingerprint.clone(),
                 cert_der: cert_der.clone(),
@@ -94,7 +153,7 @@ pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Nex
         return next.run(req).await;
     }
     if !caller.trusted && !open_to_untrusted(req.method(), &path) {
-        return ApiError::forbidden().into_response();
+        return refusal.into_error().into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await

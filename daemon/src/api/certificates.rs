@@ -16,8 +16,11 @@ use crate::trust::{self, TrustError};
 impl From<TrustError> for ApiError {
     fn from(e: TrustError) -> Self {
         match e {
-            TrustError::Invalid(m) => ApiError::bad_request(m),
-            TrustError::BadToken => ApiError::forbidden(),
+            TrustError::Invalid(m) | TrustError::Unusable(m) => ApiError::bad_request(m),
+            TrustError::RestrictedUnsupported => ApiError::bad_request(e.to_string()),
+            TrustError::BadToken | TrustError::Expired => {
+                ApiError::new(axum::http::StatusCode::FORBIDDEN, e.to_string())
+            }
             TrustError::Exists => ApiError::conflict(e.to_string()),
             TrustError::Db(e) => e.into(),
         }
@@ -119,7 +122,13 @@ pub async fn create(
         if !caller.trusted {
             return Err(ApiError::forbidden());
         }
-        let op = trust::create_token(&d, &req.name).await?;
+        let op = trust::create_token(
+            &d,
+            &req.name,
+            req.restricted,
+            req.projects.unwrap_or_default(),
+        )
+        .await?;
         return async_op(op.view());
     }
     // The certificate to trust: the one in the body, else the one the client connected with.
@@ -133,14 +142,17 @@ pub async fn create(
             .ok_or_else(|| ApiError::bad_request("No client certificate provided"))?
     };
     let mut name = req.name.clone();
+    let (mut restricted, mut projects) = (req.restricted, req.projects.unwrap_or_default());
     if !caller.trusted {
         if req.trust_token.is_empty() {
             return Err(ApiError::forbidden());
         }
-        let client_name = trust::redeem(&d, &req.trust_token).await?;
-        if name.is_empty() {
-            name = client_name;
-        }
+        // Before the token is spent: a certificate that cannot be used should not cost it.
+        trust::check_certificate(&der)?;
+        // As Incus: the token's holder gets what the admin issued it for, whatever it asks.
+        let token = trust::redeem(&d, &req.trust_token).await?;
+        name = token.client_name;
+        (restricted, projects) = (token.restricted, token.projects);
     }
     if name.is_empty() {
         name = "client".into();
@@ -148,15 +160,7 @@ pub async fn create(
     crate::validate::object_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let fp = crate::tls::cert_fingerprint(&der);
     if caller.trusted || d.db.certificate(&fp)?.is_none() {
-        trust::add_certificate(
-            &d,
-            &der,
-            &name,
-            req.restricted,
-            req.projects.unwrap_or_default(),
-            &req.description,
-        )
-        .await?;
+        trust::add_certificate(&d, &der, &name, restricted, projects, &req.description).await?;
     }
     let mut r = empty()?;
     *r.status_mut() = axum::http::StatusCode::CREATED;
@@ -210,12 +214,26 @@ pub struct CertificatePut {
 
 pub async fn put(
     State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(fp): Path<String>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CertificatePut>,
 ) -> ApiResult {
     let mut c = find(&d, &fp)?;
     check_if_match(&headers, &etag(&c))?;
+    // Restrictions bind a client only if it cannot lift them itself.
+    let own = caller.fingerprint.as_deref() == Some(c.fingerprint.as_str());
+    let changes_restrictions = req.restricted.is_some_and(|r| r != c.restricted)
+        || req.projects.as_ref().is_some_and(|p| *p != c.projects);
+    if own && changes_restrictions {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "A certificate cannot change its own restrictions",
+        ));
+    }
+    if req.restricted == Some(true) {
+        return Err(TrustError::RestrictedUnsupported.into());
+    }
     if req.kind.as_deref().is_some_and(|k| k != "client") {
         return Err(ApiError::bad_request(
             "Only client certificates are supported",

@@ -11,12 +11,15 @@ use serde::Deserialize;
 
 use super::response::{empty, sync};
 use super::{ApiError, ApiResult, AppState, RecursionQuery};
+use crate::operations::OpClass;
+use crate::trust;
 
 pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
     let full = q.recursive();
     let mut by_status: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    for op in d.ops.all() {
-        let v = op.view();
+    trust::forget_spent_tokens(&d)?;
+    let views = d.ops.all().iter().map(|op| op.view()).collect::<Vec<_>>();
+    for v in views.into_iter().chain(trust::tokens_held_elsewhere(&d)?) {
         let key = v.status.to_lowercase();
         let item = if full {
             serde_json::to_value(&v).map_err(ApiError::internal)?
@@ -29,18 +32,34 @@ pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) ->
 }
 
 pub async fn get_op(State(d): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let op = d
-        .ops
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found("Operation not found"))?;
-    sync(op.view())
+    trust::forget_spent_tokens(&d)?;
+    if let Some(op) = d.ops.get(&id) {
+        return sync(op.view());
+    }
+    let elsewhere = trust::tokens_held_elsewhere(&d)?;
+    match elsewhere.into_iter().find(|v| v.id == id) {
+        Some(v) => sync(v),
+        None => Err(ApiError::not_found("Operation not found")),
+    }
 }
 
+/// Cancelling a token operation revokes the token: its record goes first (replicated), so
+/// a cancel that cannot be written fails and leaves the operation running. A token whose
+/// operation is on no reachable member (the member that issued it is down) is still named
+/// by its operation id in the record, and revoked here.
 pub async fn cancel(State(d): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let op = d
-        .ops
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found("Operation not found"))?;
+    let Some(op) = d.ops.get(&id) else {
+        if trust::revoke_operation(&d, &id).await? {
+            return empty();
+        }
+        return Err(ApiError::not_found("Operation not found"));
+    };
+    if !op.may_cancel() {
+        return Err(ApiError::bad_request("This operation can't be cancelled"));
+    }
+    if op.class() == OpClass::Token {
+        trust::revoke_operation(&d, &id).await?;
+    }
     if !op.cancel() {
         return Err(ApiError::bad_request("This operation can't be cancelled"));
     }

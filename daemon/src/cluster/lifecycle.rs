@@ -236,10 +236,19 @@ pub async fn issue_token(
             "The cluster already has a member with name: {name}"
         )));
     }
-    if d.db.join_token(name).map_err(db_err)?.is_some() {
-        return Err(Invalid(format!(
-            "A join token for member {name:?} already exists"
-        )));
+    let mut cmds = Vec::new();
+    match d.db.join_token(name).map_err(db_err)? {
+        // An expired token is worth nothing: a new one replaces it rather than the name
+        // staying blocked until someone revokes the old one.
+        Some(old) if old.expires_at <= Utc::now() => {
+            cmds.push(Command::DeleteJoinToken { name: old.name })
+        }
+        Some(_) => {
+            return Err(Invalid(format!(
+                "A join token for member {name:?} already exists"
+            )))
+        }
+        None => {}
     }
     let rec = JoinTokenRecord {
         name: name.to_string(),
@@ -247,7 +256,8 @@ pub async fn issue_token(
         operation_id: operation_id.to_string(),
         expires_at: Utc::now() + TOKEN_LIFETIME,
     };
-    d.write(vec![Command::CreateJoinToken(rec.clone())])
+    cmds.push(Command::CreateJoinToken(rec.clone()));
+    d.write(cmds)
         .await
         .map_err(|e| Unavailable(e.to_string()))?;
     let mut addresses = vec![rt.address().to_string()];
@@ -349,9 +359,13 @@ pub async fn accept(
         groups: vec!["default".into()],
         evacuated: false,
     }));
-    d.write(cmds)
-        .await
-        .map_err(|e| Unavailable(format!("recording member {}: {e}", req.name)))?;
+    d.write(cmds).await.map_err(|e| match e {
+        // The token was redeemed or revoked (on any member) after it was read here.
+        crate::db::DbError::NotFound(_) if token.is_some() => {
+            Forbidden(format!("No valid join token for member {:?}", req.name))
+        }
+        e => Unavailable(format!("recording member {}: {e}", req.name)),
+    })?;
     if let Err(e) = rt.add_learner(id, &req.address).await {
         // The role keeper adds members missing from raft; the join still stands.
         tracing::warn!("adding member {} to raft: {e}", req.name);

@@ -104,6 +104,13 @@ pub struct TokenRecord {
     pub operation_id: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The restrictions the admin gave the token; the redeeming client cannot choose its
+    /// own. Absent from records written before they existed (no migration: records are
+    /// JSON), which were issued unrestricted.
+    #[serde(default)]
+    pub restricted: bool,
+    #[serde(default)]
+    pub projects: Vec<String>,
 }
 
 /// A cluster member. `id` is its Raft node id.

@@ -8,6 +8,7 @@
 
 pub mod cert;
 pub mod token;
+pub mod validity;
 pub mod verifier;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ pub use cert::{
     cert_fingerprint, cert_fingerprint_from_pem, generate_client_cert, parse_cert_pem, ServerCert,
 };
 pub use token::{new_secret, secrets_equal, TrustToken};
+pub use validity::{Validity, ValidityError};
 pub use verifier::AnyClientCert;
 
 /// Why a TLS setup step failed, naming the step and the file or value.

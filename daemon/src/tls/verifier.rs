@@ -55,7 +55,10 @@ impl ClientCertVerifier for AnyClientCert {
 
     /// No chain, expiry or usage check (Incus requests client certificates
     /// without verifying them either); only that it parses as X.509, so a
-    /// fingerprint names a real certificate.
+    /// fingerprint names a real certificate. The validity period is checked per
+    /// request by the daemon (`api/auth.rs`, [`super::validity`]), so that an
+    /// out-of-date client is told why it is refused instead of failing the
+    /// handshake.
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
