@@ -135,7 +135,7 @@ async fn run(opts: Options) -> Result<(), String> {
     let d = Daemon::open(&opts.state_dir).map_err(|e| e.to_string())?;
     steps.mark("state");
     crate::trust::restore_tokens(&d).map_err(|e| e.to_string())?;
-    let preseed = crate::preseed::apply(&d).await.map_err(|e| e.to_string())?;
+    let preseed = crate::preseed::apply_local(&d).map_err(|e| e.to_string())?;
     steps.mark("preseed");
     if let Some(ms) = preseed
         .as_ref()
@@ -163,6 +163,16 @@ async fn run(opts: Options) -> Result<(), String> {
         tracing::error!("resuming cluster membership: {e}");
     }
     steps.mark("cluster");
+    if let Some(p) = &preseed {
+        if let Err(e) = crate::preseed::apply_shared(&d, p).await {
+            // A member that cannot reach a majority right now must still come up (and
+            // answer, and rejoin); a standalone server refuses a broken preseed as before.
+            if d.cluster().is_none() {
+                return Err(e.to_string());
+            }
+            tracing::error!("applying the preseed through the cluster: {e}");
+        }
+    }
     if let Some(p) = preseed {
         if let Some(seed) = p.cluster {
             let member = d

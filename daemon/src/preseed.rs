@@ -66,6 +66,7 @@ pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
     let p: Preseed = serde_yaml::from_str(&text)
         .map_err(|e| PreseedError::Parse(path.display().to_string(), e))?;
     for k in p.config.keys() {
+        crate::validate::config_key_name(k).map_err(|e| PreseedError::Invalid(e.to_string()))?;
         if !KNOWN_KEYS.contains(&k.as_str()) && !k.starts_with("user.") {
             return Err(PreseedError::Invalid(format!(
                 "unknown configuration key {k}"
@@ -79,22 +80,32 @@ pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
     Ok(Some(p))
 }
 
-/// Applies the preseed; returns it (its cluster section is acted on once the daemon runs).
-pub async fn apply(d: &Daemon) -> Result<Option<Preseed>, PreseedError> {
+/// Applies the node-local half of the preseed (`core.https_address`…, kept in
+/// `local.json`) and returns the preseed: its replicated half ([`apply_shared`]) waits until
+/// cluster membership resumed, and its cluster section is acted on once the daemon runs.
+pub fn apply_local(d: &Daemon) -> Result<Option<Preseed>, PreseedError> {
     let Some(p) = load(&d.paths.state.join("preseed.yaml"))? else {
         return Ok(None);
     };
+    for (k, v) in &p.config {
+        if crate::local_config::is_local_key(k) && d.local.get(k).as_ref() != Some(v) {
+            d.local
+                .set(k, Some(v))
+                .map_err(|e| PreseedError::Invalid(format!("setting {k}: {e}")))?;
+        }
+    }
+    Ok(Some(p))
+}
+
+/// Applies the replicated half of the preseed (server keys, trusted certificates) through
+/// [`Daemon::write`]: run after membership resumed, so that on a cluster member it goes
+/// through the Raft log like any other write instead of into this member's replica alone.
+pub async fn apply_shared(d: &Daemon, p: &Preseed) -> Result<(), PreseedError> {
     let current =
         d.db.server_config()
             .map_err(|e| PreseedError::Invalid(e.to_string()))?;
     for (k, v) in &p.config {
-        if crate::local_config::is_local_key(k) {
-            if d.local.get(k).as_ref() != Some(v) {
-                d.local
-                    .set(k, Some(v))
-                    .map_err(|e| PreseedError::Invalid(format!("setting {k}: {e}")))?;
-            }
-        } else if current.get(k) != Some(v) {
+        if !crate::local_config::is_local_key(k) && current.get(k) != Some(v) {
             d.write(vec![Command::SetServerConfig {
                 key: k.clone(),
                 value: Some(v.clone()),
@@ -122,7 +133,7 @@ pub async fn apply(d: &Daemon) -> Result<Option<Preseed>, PreseedError> {
             Err(e) => return Err(PreseedError::Invalid(e.to_string())),
         }
     }
-    Ok(Some(p))
+    Ok(())
 }
 
 #[cfg(test)]
