@@ -198,7 +198,7 @@ impl Daemon {
             }));
         }
         if !first.is_empty() {
-            self.db.apply_all(&first)?;
+            self.db.apply_unreplicated(&first)?;
         }
         Ok(())
     }
@@ -208,7 +208,7 @@ impl Daemon {
     /// applied here.
     pub async fn write(&self, cmds: Vec<Command>) -> Result<(), DbError> {
         match self.cluster() {
-            None => self.db.apply_all(&cmds),
+            None => self.db.apply_unreplicated(&cmds),
             Some(c) => c.write(cmds).await,
         }
     }
@@ -216,7 +216,7 @@ impl Daemon {
     /// [`Daemon::write`] for code running on a blocking thread (`spawn_blocking`).
     pub fn write_blocking(&self, cmds: Vec<Command>) -> Result<(), DbError> {
         match self.cluster() {
-            None => self.db.apply_all(&cmds),
+            None => self.db.apply_unreplicated(&cmds),
             Some(c) => tokio::runtime::Handle::try_current()
                 .map_err(|e| DbError::Unavailable(format!("no runtime for a cluster write: {e}")))?
                 .block_on(c.write(cmds)),

@@ -207,9 +207,11 @@ fn as_string(v: &serde_json::Value) -> String {
 }
 
 /// The server's configuration as the API shows it: the (possibly replicated) database's
-/// keys and this member's node-local ones.
+/// keys and this member's node-local ones. A node-local key still in the database (left
+/// by an older cairnd, see `LocalConfig::open`) is ignored: `local.json` owns it.
 pub fn server_config(d: &AppState) -> Result<BTreeMap<String, String>, ApiError> {
     let mut config = d.db.server_config()?;
+    config.retain(|k, _| !crate::local_config::is_local_key(k));
     config.extend(d.local.all());
     Ok(config)
 }

@@ -1,8 +1,9 @@
 //! The daemon's state: one SQLite database in the state dir.
 //!
-//! Invariant: nothing writes to the database except [`Db::apply`] with a typed [`Command`];
-//! reads go through the query functions here. In a cluster, the Raft state machine
-//! (`crate::cluster`) applies the same commands through [`Db::apply_entries`].
+//! Invariant: nothing writes to the database but a typed [`Command`] sent through
+//! `Daemon::write`. Standalone that ends in [`Db::apply_unreplicated`]; in a cluster the Raft
+//! state machine (`crate::cluster`) applies the committed commands through
+//! [`Db::apply_entries`]. Reads go through the query functions here.
 
 mod checkpoint;
 mod command;
@@ -99,13 +100,13 @@ impl Db {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one command atomically.
-    pub fn apply(&self, cmd: &Command) -> Result<(), DbError> {
-        self.apply_all(std::slice::from_ref(cmd))
-    }
-
-    /// Applies several commands in one transaction: all or none.
-    pub fn apply_all(&self, cmds: &[Command]) -> Result<(), DbError> {
+    /// Applies several commands in one transaction: all or none, on this database only.
+    ///
+    /// Named for what it skips: in a cluster this database is the Raft state machine, and a
+    /// command applied here never reaches the other members. Everything else writes through
+    /// `Daemon::write`; the only callers are `Daemon::write` itself when standalone, the
+    /// first-start seeding in `daemon.rs`, and tests (`tests/layering.rs` checks this).
+    pub(crate) fn apply_unreplicated(&self, cmds: &[Command]) -> Result<(), DbError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         for cmd in cmds {
