@@ -163,6 +163,13 @@ impl Daemon {
     /// First start: a `default` profile with a root disk on the `default` dir pool and a p2p
     /// NIC, as `incus admin init --auto` would give (minus a managed bridge, which comes later).
     fn seed_defaults(&self) -> Result<(), StartError> {
+        // A cluster member's database is the cluster's replica, written only through the
+        // Raft log: its defaults came with the founder's snapshot, and a default pool the
+        // cluster deleted must not come back in one member's copy at its next start.
+        let identity = crate::cluster::runtime::Identity::load(&self.paths.state);
+        if !matches!(identity, Ok(None)) {
+            return Ok(());
+        }
         // One transaction for both: one commit on the first start.
         let mut first = Vec::new();
         if self.db.profile("default")?.is_none() {
