@@ -6,8 +6,8 @@
 //! each member's SQLite by the deterministic [`state_machine`]. A write is acknowledged
 //! only once it is committed and applied. Reads are local, or linearizable through a
 //! read-index barrier ([`Node::linearizable_barrier`]). Members talk through a
-//! [`network::Transport`] trait object: in-process for tests and benchmarks
-//! ([`network::LocalRouter`]), and between daemons [`transport::HttpTransport`] — JSON over
+//! [`raft_net::Transport`] trait object: in-process for tests and benchmarks
+//! ([`raft_net::LocalRouter`]), and between daemons [`transport::HttpTransport`] — JSON over
 //! HTTPS under `/internal/cluster/…` on the API port, where members call each other with
 //! [`peer::PeerClient`], presenting the shared cluster certificate and pinning it on the
 //! other side. A client's API request can be [`forward::forward`]ed to another member, and
@@ -36,17 +36,17 @@ pub mod images;
 pub mod lifecycle;
 pub mod log_store;
 pub mod member_api;
-pub mod network;
 pub mod node;
 pub mod peer;
+pub mod raft_net;
 pub mod runtime;
 pub mod state_machine;
 pub mod transport;
 pub mod types;
 
-pub use network::{LocalRouter, Reply, Rpc, Transport, TransportError};
 pub use node::{Config, Node};
 pub use peer::{PeerClient, PeerError};
+pub use raft_net::{LocalRouter, Reply, Rpc, Transport, TransportError};
 pub use types::{Batch, BatchOutcome, ClusterError, NodeId, Receipt, Request};
 
 #[cfg(test)]

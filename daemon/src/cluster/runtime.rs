@@ -16,8 +16,8 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::network::{Reply, Rpc, Transport};
 use super::node::{Config, Node};
+use super::raft_net::{Reply, Rpc, Transport};
 use super::types::{ClusterError, NodeId};
 use crate::db::records::MemberRecord;
 use crate::db::{Command, Db, DbError, RejectKind};

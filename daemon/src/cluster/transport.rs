@@ -16,9 +16,9 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use futures::TryStreamExt;
 use openraft::raft::SnapshotResponse;
 
-use super::network::{BoxFuture, Reply, Rpc, Transport, TransportError};
 use super::node::WeakNode;
 use super::peer::PeerClient;
+use super::raft_net::{BoxFuture, Reply, Rpc, Transport, TransportError};
 use super::runtime::{Liveness, Runtime};
 use super::types::{NodeId, Snapshot, SnapshotMeta, Vote};
 
