@@ -77,7 +77,7 @@ pub struct Daemon {
     /// resumes (else the default of `cluster::node::Config`).
     pub raft_heartbeat: std::sync::OnceLock<std::time::Duration>,
     /// The cluster this member belongs to, once enabled or joined.
-    cluster: RwLock<Option<Arc<crate::cluster::runtime::Runtime>>>,
+    cluster: RwLock<Option<Arc<crate::cluster::member::Member>>>,
     pub events: EventHub,
     pub ops: Operations,
     pub pools: RwLock<BTreeMap<String, Arc<dyn StorageDriver>>>,
@@ -166,7 +166,7 @@ impl Daemon {
         // A cluster member's database is the cluster's replica, written only through the
         // Raft log: its defaults came with the founder's snapshot, and a default pool the
         // cluster deleted must not come back in one member's copy at its next start.
-        let identity = crate::cluster::runtime::Identity::load(&self.paths.state);
+        let identity = crate::cluster::member::Identity::load(&self.paths.state);
         if !matches!(identity, Ok(None)) {
             return Ok(());
         }
@@ -230,14 +230,14 @@ impl Daemon {
         }
     }
 
-    pub fn cluster(&self) -> Option<Arc<crate::cluster::runtime::Runtime>> {
+    pub fn cluster(&self) -> Option<Arc<crate::cluster::member::Member>> {
         self.cluster
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn set_cluster(&self, c: Option<Arc<crate::cluster::runtime::Runtime>>) {
+    pub fn set_cluster(&self, c: Option<Arc<crate::cluster::member::Member>>) {
         *self.cluster.write().unwrap_or_else(|p| p.into_inner()) = c;
     }
 

@@ -27,7 +27,7 @@ impl From<LifecycleError> for ApiError {
     }
 }
 
-fn clustered(d: &AppState) -> Result<std::sync::Arc<crate::cluster::runtime::Runtime>, ApiError> {
+fn clustered(d: &AppState) -> Result<std::sync::Arc<crate::cluster::member::Member>, ApiError> {
     d.cluster()
         .ok_or_else(|| ApiError::bad_request("Server isn't part of a cluster"))
 }
@@ -155,7 +155,7 @@ async fn views(d: &AppState, members: &[MemberRecord]) -> Result<Vec<serde_json:
             let v = info
                 .get(&m.id)
                 .cloned()
-                .unwrap_or(crate::cluster::runtime::MemberView {
+                .unwrap_or(crate::cluster::member::MemberView {
                     roles: vec![],
                     database: false,
                     status: "Offline",

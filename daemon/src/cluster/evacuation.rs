@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use super::member::Member;
 use super::member_api;
-use super::runtime::Runtime;
 use crate::daemon::Daemon;
 use crate::db::Command;
 use crate::instance::lxc::LxcState;
@@ -46,7 +46,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(660);
 
 /// Sends an API request to member `addr` and, if it starts an operation, waits for it.
 pub async fn call_member(
-    rt: &Runtime,
+    rt: &Member,
     addr: &str,
     method: axum::http::Method,
     path: &str,
@@ -80,12 +80,12 @@ pub async fn call_member(
 }
 
 /// The online, not evacuated member (other than `not`) with the fewest instances.
-async fn pick_target(d: &Daemon, rt: &Runtime, not: &str) -> Result<String, String> {
+async fn pick_target(d: &Daemon, rt: &Member, not: &str) -> Result<String, String> {
     let members = d.db.members().map_err(|e| e.to_string())?;
     let instances = d.db.instances().map_err(|e| e.to_string())?;
     // The leader hears from every member; a follower only from the leader.
     let live = rt.liveness_view().await;
-    let threshold = super::runtime::RoleSettings::of(&d.db).offline_threshold;
+    let threshold = super::member::RoleSettings::of(&d.db).offline_threshold;
     let online = |id| {
         live.get(&id)
             .is_some_and(|ms| *ms < threshold.as_millis() as u64)

@@ -27,7 +27,7 @@ pub fn part_path(d: &Daemon, fp: &str, part: &str) -> Option<std::path::PathBuf>
 }
 
 async fn fetch_part(
-    rt: &crate::cluster::runtime::Runtime,
+    rt: &crate::cluster::member::Member,
     addr: &str,
     fp: &str,
     part: &str,

@@ -14,8 +14,8 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::member::{Identity, Liveness, Member};
 use super::peer::PeerClient;
-use super::runtime::{Identity, Liveness, Runtime};
 use super::transport::HttpTransport;
 use super::types::NodeId;
 use crate::daemon::Daemon;
@@ -121,16 +121,13 @@ fn peer_client(d: &Daemon) -> Result<PeerClient, LifecycleError> {
     PeerClient::from_cert(&d.cert()).map_err(|e| Unavailable(format!("cluster client: {e}")))
 }
 
-async fn start_runtime(
-    d: &Arc<Daemon>,
-    identity: Identity,
-) -> Result<Arc<Runtime>, LifecycleError> {
+async fn start_member(d: &Arc<Daemon>, identity: Identity) -> Result<Arc<Member>, LifecycleError> {
     let liveness = Arc::new(Liveness::default());
     let peer = peer_client(d)?;
     let transport = HttpTransport::new(peer.clone(), liveness.clone());
     let config =
-        super::runtime::member_config(&d.paths.state, identity.id, d.raft_heartbeat.get().copied());
-    let rt = Runtime::start(
+        super::member::member_config(&d.paths.state, identity.id, d.raft_heartbeat.get().copied());
+    let rt = Member::start(
         config,
         identity,
         d.db.clone(),
@@ -158,7 +155,7 @@ pub async fn resume(d: &Arc<Daemon>) -> Result<(), LifecycleError> {
         identity.id,
         identity.address
     );
-    let rt = start_runtime(d, identity).await?;
+    let rt = start_member(d, identity).await?;
     d.set_cluster(Some(rt));
     Ok(())
 }
@@ -179,7 +176,7 @@ pub async fn enable(d: &Arc<Daemon>, name: &str) -> Result<(), LifecycleError> {
         name: name.to_string(),
         address: address.clone(),
     };
-    let rt = start_runtime(d, identity.clone()).await?;
+    let rt = start_member(d, identity.clone()).await?;
     let bootstrapped = async {
         rt.bootstrap()
             .await
@@ -206,7 +203,7 @@ pub async fn enable(d: &Arc<Daemon>, name: &str) -> Result<(), LifecycleError> {
     };
     if let Err(e) = bootstrapped.await {
         rt.shutdown().await;
-        let _ = std::fs::remove_dir_all(super::runtime::cluster_dir(&d.paths.state));
+        let _ = std::fs::remove_dir_all(super::member::cluster_dir(&d.paths.state));
         return Err(e);
     }
     identity
@@ -491,9 +488,9 @@ pub async fn complete_join(
     identity
         .save(&d.paths.state)
         .map_err(|e| Unavailable(format!("saving the cluster identity: {e}")))?;
-    let rt = start_runtime(d, identity).await?;
+    let rt = start_member(d, identity).await?;
     // Before the wait: the snapshot arrives through this member's API, which hands Raft
-    // messages only to a member whose runtime is set.
+    // messages only once its `Member` is set.
     d.set_cluster(Some(rt));
     // The leader sends the cluster's database as a snapshot first; wait until it is here.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

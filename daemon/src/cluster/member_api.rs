@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
-use super::runtime::Runtime;
+use super::member::Member;
 
 /// Marks a request one member sent another; it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
@@ -16,7 +16,7 @@ pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
 /// Sends `method path` (with a JSON `body`) to the member at `addr` and returns the status
 /// and the whole answer, within `timeout`.
 pub async fn call(
-    rt: &Runtime,
+    rt: &Member,
     addr: &str,
     method: Method,
     path: &str,
@@ -56,7 +56,7 @@ pub async fn call(
 
 /// [`call`] for an Incus JSON answer: a non-2xx status becomes its `error` text.
 pub async fn call_json(
-    rt: &Runtime,
+    rt: &Member,
     addr: &str,
     method: Method,
     path: &str,

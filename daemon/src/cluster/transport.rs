@@ -16,10 +16,10 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use futures::TryStreamExt;
 use openraft::raft::SnapshotResponse;
 
+use super::member::{Liveness, Member};
 use super::node::WeakNode;
 use super::peer::PeerClient;
 use super::raft_net::{BoxFuture, Reply, Rpc, Transport, TransportError};
-use super::runtime::{Liveness, Runtime};
 use super::types::{NodeId, Snapshot, SnapshotMeta, Vote};
 
 /// Raft messages.
@@ -188,7 +188,7 @@ fn sender(query: Option<&str>) -> Option<NodeId> {
 }
 
 /// Refuses a message meant for another member id (this address used to be that member's).
-fn misdirected(rt: &Runtime, query: Option<&str>) -> Option<axum::response::Response> {
+fn misdirected(rt: &Member, query: Option<&str>) -> Option<axum::response::Response> {
     match param(query, "to") {
         Some(to) if to != rt.id() => Some(plain(
             StatusCode::MISDIRECTED_REQUEST,
@@ -200,7 +200,7 @@ fn misdirected(rt: &Runtime, query: Option<&str>) -> Option<axum::response::Resp
 
 /// `POST /internal/cluster/raft`: one message from another member.
 pub async fn serve_rpc(
-    rt: Arc<Runtime>,
+    rt: Arc<Member>,
     query: Option<&str>,
     body: bytes::Bytes,
 ) -> axum::response::Response {
@@ -224,7 +224,7 @@ pub async fn serve_rpc(
 /// `POST /internal/cluster/snapshot`: a whole snapshot from the leader, streamed to disk
 /// and installed.
 pub async fn serve_snapshot(
-    rt: Arc<Runtime>,
+    rt: Arc<Member>,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
