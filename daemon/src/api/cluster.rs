@@ -12,17 +12,17 @@ use serde_json::json;
 
 use super::response::{async_op, check_if_match, empty, sync, sync_etag};
 use super::{nullable, ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
-use crate::cluster::lifecycle::{self, JoinParams, JoinRequest, LifecycleError};
+use crate::cluster::membership::{self, JoinParams, JoinRequest, MembershipError};
 use crate::db::records::{ConfigMap, MemberRecord};
 use crate::db::Command;
 use crate::operations::{resources, NewOp, OpClass};
 
-impl From<LifecycleError> for ApiError {
-    fn from(e: LifecycleError) -> Self {
+impl From<MembershipError> for ApiError {
+    fn from(e: MembershipError) -> Self {
         match e {
-            LifecycleError::Invalid(m) => ApiError::bad_request(m),
-            LifecycleError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
-            LifecycleError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            MembershipError::Invalid(m) => ApiError::bad_request(m),
+            MembershipError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
+            MembershipError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
         }
     }
 }
@@ -87,7 +87,7 @@ pub async fn put_cluster(
     };
     if !joining {
         // Fail fast on what the client can fix; the rest happens in the operation.
-        lifecycle::member_address(&d)?;
+        membership::member_address(&d)?;
     }
     let d2 = d.clone();
     let op = d.ops.spawn_task(
@@ -99,7 +99,7 @@ pub async fn put_cluster(
         resources("cluster", &["/1.0/cluster".to_string()]),
         async move {
             let r = if joining {
-                lifecycle::join(
+                membership::join(
                     &d2,
                     JoinParams {
                         server_name: name,
@@ -110,7 +110,7 @@ pub async fn put_cluster(
                 )
                 .await
             } else {
-                lifecycle::enable(&d2, &name).await
+                membership::enable(&d2, &name).await
             };
             r.map_err(|e| e.to_string())
         },
@@ -233,7 +233,7 @@ pub async fn create_token(
 ) -> ApiResult {
     clustered(&d)?;
     let op_id = uuid::Uuid::new_v4().to_string();
-    let token = lifecycle::issue_token(&d, &req.server_name, &op_id).await?;
+    let token = membership::issue_token(&d, &req.server_name, &op_id).await?;
     let op = d.ops.create_with_id(
         op_id,
         NewOp {
@@ -364,7 +364,7 @@ pub async fn rename_member(
     }])
     .await?;
     if rt.name() == name {
-        lifecycle::renamed_self(&d, &req.server_name)?;
+        membership::renamed_self(&d, &req.server_name)?;
     }
     empty()
 }
@@ -507,7 +507,7 @@ pub async fn internal_join(
         ),
         crate::listener::Peer::Unix => (None, false),
     };
-    match lifecycle::accept(&d, req, caller.as_deref(), from_member).await {
+    match membership::accept(&d, req, caller.as_deref(), from_member).await {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
