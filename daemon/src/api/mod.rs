@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod files;
 mod filter;
+mod forward;
 mod images;
 mod instances;
 mod instances_list;

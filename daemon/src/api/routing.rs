@@ -161,7 +161,7 @@ pub async fn route(State(d): State<AppState>, mut req: Request, next: Next) -> R
     };
     req.headers_mut()
         .insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
-    let resp = crate::cluster::forward::forward(rt.peer(), &addr, req).await;
+    let resp = super::forward::forward(rt.peer(), &addr, req).await;
     if resp.status() == StatusCode::ACCEPTED {
         return note_operation(&rt, &addr, resp).await;
     }

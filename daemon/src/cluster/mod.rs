@@ -10,7 +10,7 @@
 //! ([`raft_net::LocalRouter`]), and between daemons [`transport::HttpTransport`] — JSON over
 //! HTTPS under `/internal/cluster/…` on the API port, where members call each other with
 //! [`peer::PeerClient`], presenting the shared cluster certificate and pinning it on the
-//! other side. A client's API request can be [`forward::forward`]ed to another member, and
+//! other side. A client's API request can be forwarded to another member (`api::forward`), and
 //! [`events_relay`] shows every member's events on each member's `/1.0/events`; members
 //! find each other with no API call through [`discovery`] and [`autojoin`].
 //!
@@ -31,7 +31,6 @@ pub mod autojoin;
 pub mod discovery;
 pub mod evacuation;
 pub mod events_relay;
-pub mod forward;
 pub mod images;
 pub mod log_store;
 pub mod member;
@@ -50,6 +49,6 @@ pub use raft_net::{LocalRouter, Reply, Rpc, Transport, TransportError};
 pub use types::{Batch, BatchOutcome, ClusterError, NodeId, Receipt, Request};
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
