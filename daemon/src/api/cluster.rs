@@ -567,3 +567,18 @@ pub async fn internal_image_part(
         Err(_) => ApiError::not_found("Image file not found here").into_response(),
     }
 }
+
+/// `GET /internal/cluster/events`: this member's own events, as they happen, one JSON
+/// object per line (an empty line as keep-alive), until the peer hangs up or the daemon
+/// shuts down. Only cluster members are let in (`auth.rs`).
+pub async fn internal_events(State(d): State<AppState>) -> Response {
+    let lines = crate::cluster::events_relay::local_event_lines(&d.events, d.shutdown.subscribe());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(futures::StreamExt::map(
+            lines,
+            Ok::<_, std::convert::Infallible>,
+        )),
+    )
+        .into_response()
+}

@@ -248,7 +248,7 @@ pub fn router(d: AppState) -> Router {
         .route("/internal/cluster/join", post(cluster::internal_join))
         .route(
             crate::cluster::events_relay::EVENTS_PATH,
-            get(crate::cluster::events_relay::cluster_events),
+            get(cluster::internal_events),
         )
         .route(
             "/internal/cluster/images/{fp}/{part}",
