@@ -48,7 +48,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(660);
 pub async fn call_member(
     rt: &Member,
     addr: &str,
-    method: axum::http::Method,
+    method: http::Method,
     path: &str,
     body: serde_json::Value,
 ) -> Result<(), String> {
@@ -63,7 +63,7 @@ pub async fn call_member(
     let done = member_api::call_json(
         rt,
         addr,
-        axum::http::Method::GET,
+        http::Method::GET,
         &format!("/1.0/operations/{id}/wait?timeout=600"),
         None,
         OPERATION_TIMEOUT,
@@ -135,7 +135,7 @@ pub async fn evacuate(d: Arc<Daemon>, mode: &str) -> Result<(), String> {
             call_member(
                 &rt,
                 &addr,
-                axum::http::Method::PUT,
+                http::Method::PUT,
                 &format!("/1.0/instances/{name}/state"),
                 serde_json::json!({"action": "start"}),
             )
@@ -173,7 +173,7 @@ pub async fn restore(d: Arc<Daemon>) -> Result<(), String> {
                 call_member(
                     &rt,
                     &addr,
-                    axum::http::Method::PUT,
+                    http::Method::PUT,
                     &format!("/1.0/instances/{name}/state"),
                     serde_json::json!({"action": "stop", "timeout": STOP_TIMEOUT}),
                 )
@@ -183,7 +183,7 @@ pub async fn restore(d: Arc<Daemon>) -> Result<(), String> {
             call_member(
                 &rt,
                 &addr,
-                axum::http::Method::POST,
+                http::Method::POST,
                 &format!("/1.0/instances/{name}?target={me}"),
                 serde_json::json!({"name": name, "migration": true}),
             )

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
 use super::member::Member;
+use super::peer::{empty_body, full_body};
 
 /// Marks a request one member sent another; it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
@@ -24,10 +25,10 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), String> {
     let body = match body {
-        Some(v) => Body::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
-        None => Body::empty(),
+        Some(v) => full_body(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+        None => empty_body(),
     };
-    let req = axum::http::Request::builder()
+    let req = http::Request::builder()
         .method(method)
         .uri(path)
         .header(FORWARDED_HEADER, "1")
