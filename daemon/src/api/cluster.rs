@@ -513,40 +513,94 @@ pub async fn internal_join(
     }
 }
 
+fn json_answer<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap_or_default(),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Raft transport answers are plain text, not Incus envelopes: only members read them.
+fn plain(status: StatusCode, msg: String) -> Response {
+    let mut r = Response::new(Body::from(msg));
+    *r.status_mut() = status;
+    r
+}
+
+/// `POST /internal/cluster/raft`: one Raft message from another member.
 pub async fn internal_raft(
     State(d): State<AppState>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    match d.cluster() {
-        Some(rt) => crate::cluster::transport::serve_rpc(rt, q.as_deref(), body).await,
-        None => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member").into_response()
-        }
+    use crate::cluster::transport;
+    let Some(rt) = d.cluster() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member")
+            .into_response();
+    };
+    if let Err(e) = transport::admit(&rt, transport::Envelope::from_query(q.as_deref())) {
+        return plain(StatusCode::MISDIRECTED_REQUEST, e.to_string());
     }
+    let rpc: crate::cluster::Rpc = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("decoding message: {e}")),
+    };
+    json_answer(StatusCode::OK, &transport::handle_rpc(&rt, rpc).await)
 }
 
+/// `POST /internal/cluster/snapshot`: a whole snapshot from the leader, streamed to disk
+/// and installed.
 pub async fn internal_snapshot(
     State(d): State<AppState>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match d.cluster() {
-        Some(rt) => {
-            let r =
-                crate::cluster::transport::serve_snapshot(rt, q.as_deref(), &headers, body).await;
+    use crate::cluster::transport;
+    let Some(rt) = d.cluster() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member")
+            .into_response();
+    };
+    if let Err(e) = transport::admit(&rt, transport::Envelope::from_query(q.as_deref())) {
+        return plain(StatusCode::MISDIRECTED_REQUEST, e.to_string());
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (Some(vote), Some(meta)) = (
+        header(transport::VOTE_HEADER),
+        header(transport::META_HEADER),
+    ) else {
+        return plain(StatusCode::BAD_REQUEST, "missing snapshot headers".into());
+    };
+    let vote: crate::cluster::types::Vote = match serde_json::from_str(&vote) {
+        Ok(v) => v,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("vote: {e}")),
+    };
+    let meta: crate::cluster::types::SnapshotMeta = match serde_json::from_str(&meta) {
+        Ok(v) => v,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("snapshot meta: {e}")),
+    };
+    let stream = futures::TryStreamExt::map_err(body.into_data_stream(), |e| {
+        std::io::Error::other(e.to_string())
+    });
+    let reader = tokio_util::io::StreamReader::new(stream);
+    match rt.node().receive_snapshot(vote, meta, reader).await {
+        Ok(r) => {
             // The database was replaced: its pools may be others now.
-            if r.status().is_success() {
-                if let Err(e) = d.reopen_pools() {
-                    tracing::warn!("reopening storage pools after a snapshot: {e}");
-                }
+            if let Err(e) = d.reopen_pools() {
+                tracing::warn!("reopening storage pools after a snapshot: {e}");
             }
-            r
+            json_answer(StatusCode::OK, &r)
         }
-        None => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member").into_response()
-        }
+        Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
