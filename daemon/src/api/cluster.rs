@@ -489,7 +489,11 @@ pub async fn internal_receive_instance(
     body: Body,
 ) -> ApiResult {
     let pool = q.get("pool").cloned().unwrap_or_else(|| "default".into());
-    crate::instance::migrate::receive(d.clone(), &name, &pool, body).await?;
+    let stream = futures::TryStreamExt::map_err(body.into_data_stream(), |e| {
+        std::io::Error::other(e.to_string())
+    });
+    let reader = tokio_util::io::StreamReader::new(stream);
+    crate::instance::migrate::receive(d.clone(), &name, &pool, reader).await?;
     empty()
 }
 

@@ -74,3 +74,34 @@ pub async fn call_json(
     }
     Ok(v)
 }
+
+/// POSTs the bytes `reader` yields, streamed, to `path` on the member at `addr` (an
+/// instance's files moving there) and returns the status and the whole answer. No time
+/// bound: a large volume takes as long as it takes, and a dead member fails the stream.
+pub async fn post_stream(
+    rt: &Member,
+    addr: &str,
+    path: &str,
+    reader: impl tokio::io::AsyncRead + Send + 'static,
+) -> Result<(StatusCode, Bytes), super::peer::PeerError> {
+    let req = http::Request::post(path)
+        .body(super::peer::reader_body(reader))
+        .map_err(|source| super::peer::PeerError::Address {
+            call: super::peer::Call {
+                method: Method::POST,
+                addr: addr.to_string(),
+                path: path.split('?').next().unwrap_or(path).to_string(),
+            },
+            source,
+        })?;
+    let resp = rt.peer().request(addr, req).await?;
+    let status = resp.status();
+    // An answer that cannot be read is an empty one: the status says what happened.
+    let answer = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Ok((status, answer))
+}
