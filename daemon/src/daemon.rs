@@ -56,14 +56,6 @@ impl Paths {
     }
 }
 
-/// Something a websocket operation's clients connect to (`/operations/{id}/websocket`).
-pub trait WebsocketTarget: Send + Sync {
-    /// Whether `secret` names one of the operation's streams.
-    fn check_secret(&self, secret: &str) -> Result<(), String>;
-    /// Hands over a connected websocket if `secret` names one of the operation's streams.
-    fn connect(&self, secret: &str, ws: axum::extract::ws::WebSocket) -> Result<(), String>;
-}
-
 pub struct Daemon {
     pub paths: Paths,
     /// Reads go here directly. Writes go through [`Daemon::write`]: in a cluster this
@@ -89,7 +81,6 @@ pub struct Daemon {
     pub started_at: DateTime<Utc>,
     /// One async lock per instance: state changes of one instance never interleave.
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub websockets: Mutex<HashMap<String, Arc<dyn WebsocketTarget>>>,
     pub https: crate::listener::HttpsSlot,
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -150,7 +141,6 @@ impl Daemon {
             hostname,
             started_at: Utc::now(),
             instance_locks: Mutex::new(HashMap::new()),
-            websockets: Mutex::new(HashMap::new()),
             https: Default::default(),
             shutdown,
             paths,
@@ -308,28 +298,6 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         locks.entry(name.to_string()).or_default().clone()
-    }
-
-    pub fn register_websocket(&self, op_id: &str, target: Arc<dyn WebsocketTarget>) {
-        self.websockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(op_id.to_string(), target);
-    }
-
-    pub fn unregister_websocket(&self, op_id: &str) {
-        self.websockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(op_id);
-    }
-
-    pub fn websocket_target(&self, op_id: &str) -> Option<Arc<dyn WebsocketTarget>> {
-        self.websockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(op_id)
-            .cloned()
     }
 
     pub fn instance_log_dir(&self, name: &str) -> PathBuf {

@@ -100,7 +100,7 @@ pub async fn put_cluster(
         async move {
             let r = if joining {
                 membership::join(
-                    &d2,
+                    &d2.daemon,
                     JoinParams {
                         server_name: name,
                         server_address: req.server_address,
@@ -110,7 +110,7 @@ pub async fn put_cluster(
                 )
                 .await
             } else {
-                membership::enable(&d2, &name).await
+                membership::enable(&d2.daemon, &name).await
             };
             r.map_err(|e| e.to_string())
         },
@@ -233,7 +233,7 @@ pub async fn create_token(
 ) -> ApiResult {
     clustered(&d)?;
     let op_id = uuid::Uuid::new_v4().to_string();
-    let token = membership::issue_token(&d, &req.server_name, &op_id).await?;
+    let token = membership::issue_token(&d.daemon, &req.server_name, &op_id).await?;
     let op = d.ops.create_with_id(
         op_id,
         NewOp {
@@ -462,7 +462,7 @@ pub async fn post_member_state(
             "Unsupported evacuation mode {mode:?}"
         )));
     }
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let op = match req.action.as_str() {
         "evacuate" => d.ops.spawn_task(
             "Evacuating cluster member",
@@ -493,7 +493,7 @@ pub async fn internal_receive_instance(
         std::io::Error::other(e.to_string())
     });
     let reader = tokio_util::io::StreamReader::new(stream);
-    crate::instance::migrate::receive(d.clone(), &name, &pool, reader).await?;
+    crate::instance::migrate::receive(d.daemon.clone(), &name, &pool, reader).await?;
     empty()
 }
 
@@ -511,7 +511,7 @@ pub async fn internal_join(
         ),
         crate::listener::Peer::Unix => (None, false),
     };
-    match membership::accept(&d, req, caller.as_deref(), from_member).await {
+    match membership::accept(&d.daemon, req, caller.as_deref(), from_member).await {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -22,6 +22,7 @@ pub mod routing;
 mod server;
 mod snapshots;
 mod storage;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -33,7 +34,30 @@ use serde::de::DeserializeOwned;
 use crate::daemon::Daemon;
 pub use response::{ApiError, ApiResult};
 
-pub type AppState = Arc<Daemon>;
+/// What every handler holds: the daemon, and the API layer's own state (the websocket
+/// streams of running operations). It derefs to [`Daemon`], so handlers write `d.db`,
+/// `d.write(…)`; services that keep the daemon take `d.daemon.clone()`.
+#[derive(Clone)]
+pub struct AppState {
+    pub daemon: Arc<Daemon>,
+    pub websockets: Arc<websocket::Websockets>,
+}
+
+impl AppState {
+    pub fn new(daemon: Arc<Daemon>) -> AppState {
+        AppState {
+            daemon,
+            websockets: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
 
 /// The most a JSON request body may hold; image uploads have their own streaming limit.
 pub const JSON_BODY_LIMIT: usize = 4 << 20;
@@ -96,7 +120,8 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-pub fn router(d: AppState) -> Router {
+pub fn router(d: Arc<Daemon>) -> Router {
+    let d = AppState::new(d);
     let json_routes = Router::new()
         .route("/", get(server::root))
         .route(

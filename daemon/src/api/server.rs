@@ -250,7 +250,7 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
                 .cloned()
                 .or_else(|| old.get("core.https_address").cloned())
         };
-        crate::listener::apply_https_address(d, want.as_deref())
+        crate::listener::apply_https_address(&d.daemon, want.as_deref())
             .await
             .map_err(ApiError::bad_request)?;
     }
@@ -325,7 +325,7 @@ pub async fn ready() -> ApiResult {
 /// `incus admin shutdown`: stops the containers, answers, then the daemon exits. The client
 /// waits for this answer as the sign that the daemon is done.
 pub async fn shutdown(State(d): State<AppState>) -> ApiResult {
-    crate::cli::stop_all(&d).await;
+    crate::cli::stop_all(&d.daemon).await;
     d.shutdown.send_replace(true);
     empty()
 }
