@@ -97,3 +97,63 @@ fn the_apply_check_sees_what_it_must() {
         "d.write(vec![Command::UpdateImage(r)]).await"
     ));
 }
+
+/// Whether `path` (relative to `src/`) may serve HTTP: the handlers and the listeners.
+fn serves_http(rel: &str) -> bool {
+    rel.starts_with("api/") || rel == "listener.rs"
+}
+
+/// Server-side HTTP types: axum (all of it) and hyper's server, service and upgrade parts.
+/// The member-to-member client (`cluster/peer.rs`) may use `http`, `http_body_util` and
+/// hyper's client types.
+const SERVER_HTTP: &[&str] = &[
+    "axum",
+    "hyper::server",
+    "hyper::service",
+    "hyper::upgrade",
+    "hyper_util::server",
+    "hyper_util::service",
+];
+
+#[test]
+fn http_server_types_stay_in_api_and_the_listener() {
+    let mut bad = Vec::new();
+    for (rel, text) in sources() {
+        if serves_http(&rel) {
+            continue;
+        }
+        for (n, line) in non_test_lines(&rel, &text) {
+            if let Some(t) = SERVER_HTTP.iter().find(|t| line.contains(*t)) {
+                bad.push(format!("src/{rel}:{n}: {t}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "services and the cluster core never see the HTTP server's types (give them a \
+         byte stream, a typed request or an error enum, and convert in api/):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn only_the_wiring_imports_the_api() {
+    let mut bad = Vec::new();
+    for (rel, text) in sources() {
+        if rel.starts_with("api/") || rel == "cli.rs" || rel == "main.rs" {
+            continue;
+        }
+        for (n, line) in non_test_lines(&rel, &text) {
+            let imports_api = line.contains("crate::api")
+                || (line.contains("use crate::{") && line.contains("api"));
+            if imports_api {
+                bad.push(format!("src/{rel}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the API layer depends on the services, never the other way round:\n{}",
+        bad.join("\n")
+    );
+}
