@@ -2,8 +2,8 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::command::{json, one};
 use super::records::{JoinTokenRecord, MemberRecord};
+use super::sql::{json, one};
 use super::{Command, Db, DbError};
 
 const NEXT_ID: &str = "next_member_id";

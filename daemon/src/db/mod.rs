@@ -11,6 +11,7 @@ mod members;
 pub mod records;
 mod replicated;
 mod schema;
+mod sql;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
