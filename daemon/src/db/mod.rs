@@ -7,11 +7,18 @@
 
 mod checkpoint;
 mod command;
+mod images;
+mod instances;
 mod members;
+mod pools;
+mod profiles;
 pub mod records;
 mod replicated;
 mod schema;
+mod server_config;
+mod snapshots;
 mod sql;
+mod trust;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 
-pub use command::Command;
+pub use command::{Command, Resource};
 use records::*;
 pub use replicated::{
     AppliedPosition, EntryOutcome, RejectKind, ReplicatedEntry, ReplicatedRequest, RequestOutcome,

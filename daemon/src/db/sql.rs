@@ -3,7 +3,7 @@
 use rusqlite::{params, Transaction};
 use serde::Serialize;
 
-use super::DbError;
+use super::{Command, DbError};
 
 pub(super) fn json<T: Serialize>(v: &T) -> Result<String, DbError> {
     serde_json::to_string(v).map_err(|e| DbError::Encode(e.to_string()))
@@ -60,4 +60,10 @@ pub(super) fn all<T: serde::de::DeserializeOwned>(
         );
     }
     Ok(out)
+}
+
+/// A command handed to another resource's applier: a bug in `Command::resource`, refused
+/// the same way on every member.
+pub(super) fn misrouted(applier: &str, cmd: &Command) -> DbError {
+    DbError::Encode(format!("not a {applier} command: {cmd:?}"))
 }

@@ -1,0 +1,39 @@
+//! Storage pools: their commands and queries.
+
+use rusqlite::{params, Transaction};
+
+use super::sql::{exec, json, one};
+use super::{Command, DbError};
+
+pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
+    use Command::*;
+    match cmd {
+        CreatePool(p) => {
+            exec(
+                tx,
+                "INSERT INTO storage_pools (name, data) VALUES (?1, ?2)",
+                params![p.name, json(p)?],
+            )?;
+        }
+        UpdatePool(p) => one(
+            "storage pool",
+            &p.name,
+            exec(
+                tx,
+                "UPDATE storage_pools SET data = ?2 WHERE name = ?1",
+                params![p.name, json(p)?],
+            )?,
+        )?,
+        DeletePool { name } => one(
+            "storage pool",
+            name,
+            exec(
+                tx,
+                "DELETE FROM storage_pools WHERE name = ?1",
+                params![name],
+            )?,
+        )?,
+        other => return Err(super::sql::misrouted("storage pool", other)),
+    }
+    Ok(())
+}
