@@ -5,7 +5,7 @@ use rusqlite::{params, Transaction};
 use super::records::*;
 use super::snapshots::snapshots_of;
 use super::sql::{exec, json, load, one};
-use super::{Command, DbError};
+use super::{Command, Db, DbError};
 
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
     use Command::*;
@@ -69,4 +69,13 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         other => return Err(super::sql::misrouted("instance", other)),
     }
     Ok(())
+}
+
+impl Db {
+    pub fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, DbError> {
+        self.get("SELECT data FROM instances WHERE name = ?1", &[name])
+    }
+    pub fn instances(&self) -> Result<Vec<InstanceRecord>, DbError> {
+        self.list("SELECT data FROM instances ORDER BY name", &[])
+    }
 }

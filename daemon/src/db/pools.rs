@@ -2,8 +2,9 @@
 
 use rusqlite::{params, Transaction};
 
+use super::records::PoolRecord;
 use super::sql::{exec, json, one};
-use super::{Command, DbError};
+use super::{Command, Db, DbError};
 
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
     use Command::*;
@@ -36,4 +37,13 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         other => return Err(super::sql::misrouted("storage pool", other)),
     }
     Ok(())
+}
+
+impl Db {
+    pub fn pool(&self, name: &str) -> Result<Option<PoolRecord>, DbError> {
+        self.get("SELECT data FROM storage_pools WHERE name = ?1", &[name])
+    }
+    pub fn pools(&self) -> Result<Vec<PoolRecord>, DbError> {
+        self.list("SELECT data FROM storage_pools ORDER BY name", &[])
+    }
 }

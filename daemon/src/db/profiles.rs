@@ -4,7 +4,7 @@ use rusqlite::{params, Transaction};
 
 use super::records::*;
 use super::sql::{all, exec, json, load, one};
-use super::{Command, DbError};
+use super::{Command, Db, DbError};
 
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
     use Command::*;
@@ -59,4 +59,13 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         other => return Err(super::sql::misrouted("profile", other)),
     }
     Ok(())
+}
+
+impl Db {
+    pub fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, DbError> {
+        self.get("SELECT data FROM profiles WHERE name = ?1", &[name])
+    }
+    pub fn profiles(&self) -> Result<Vec<ProfileRecord>, DbError> {
+        self.list("SELECT data FROM profiles ORDER BY name", &[])
+    }
 }

@@ -3,8 +3,9 @@
 
 use rusqlite::{params, Transaction};
 
+use super::records::ConfigMap;
 use super::sql::exec;
-use super::{Command, DbError};
+use super::{Command, Db, DbError};
 
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
     use Command::*;
@@ -23,4 +24,13 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         other => return Err(super::sql::misrouted("server config", other)),
     }
     Ok(())
+}
+
+impl Db {
+    pub fn server_config(&self) -> Result<ConfigMap, DbError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT key, value FROM config")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }

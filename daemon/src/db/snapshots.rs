@@ -4,7 +4,7 @@ use rusqlite::{params, Transaction};
 
 use super::records::*;
 use super::sql::{exec, json, one};
-use super::{Command, DbError};
+use super::{Command, Db, DbError};
 
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
     use Command::*;
@@ -64,4 +64,19 @@ pub(super) fn snapshots_of(
         );
     }
     Ok(out)
+}
+
+impl Db {
+    pub fn snapshots(&self, instance: &str) -> Result<Vec<SnapshotRecord>, DbError> {
+        self.list(
+            "SELECT data FROM snapshots WHERE instance = ?1 ORDER BY rowid",
+            &[instance],
+        )
+    }
+    pub fn snapshot(&self, instance: &str, name: &str) -> Result<Option<SnapshotRecord>, DbError> {
+        self.get(
+            "SELECT data FROM snapshots WHERE instance = ?1 AND name = ?2",
+            &[instance, name],
+        )
+    }
 }

@@ -1,3 +1,4 @@
+use super::records::*;
 use super::*;
 use chrono::{TimeZone, Utc};
 

@@ -2,8 +2,9 @@
 
 use rusqlite::{params, Transaction};
 
+use super::records::{CertificateRecord, TokenRecord};
 use super::sql::{exec, json, one};
-use super::{Command, DbError};
+use super::{Command, Db, DbError};
 
 pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> {
     use Command::*;
@@ -48,4 +49,22 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         other => return Err(super::sql::misrouted("trust", other)),
     }
     Ok(())
+}
+
+impl Db {
+    pub fn certificate(&self, fingerprint: &str) -> Result<Option<CertificateRecord>, DbError> {
+        self.get(
+            "SELECT data FROM certificates WHERE fingerprint = ?1",
+            &[fingerprint],
+        )
+    }
+    pub fn certificates(&self) -> Result<Vec<CertificateRecord>, DbError> {
+        self.list("SELECT data FROM certificates ORDER BY fingerprint", &[])
+    }
+    pub fn token(&self, secret: &str) -> Result<Option<TokenRecord>, DbError> {
+        self.get("SELECT data FROM tokens WHERE secret = ?1", &[secret])
+    }
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, DbError> {
+        self.list("SELECT data FROM tokens", &[])
+    }
 }
