@@ -324,6 +324,7 @@ async fn update(
         resources("instances", &[instance::url(&name)]),
         async move {
             lifecycle::update(&d2, &n, config, devices, profiles, description, ephemeral)
+                .await
                 .map_err(err_string)
         },
     );
