@@ -159,7 +159,7 @@ async fn run(opts: Options) -> Result<(), String> {
         }
     }
     steps.mark("listeners");
-    if let Err(e) = crate::cluster::lifecycle::resume(&d).await {
+    if let Err(e) = crate::cluster::membership::resume(&d).await {
         tracing::error!("resuming cluster membership: {e}");
     }
     steps.mark("cluster");

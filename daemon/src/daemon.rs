@@ -56,14 +56,6 @@ impl Paths {
     }
 }
 
-/// Something a websocket operation's clients connect to (`/operations/{id}/websocket`).
-pub trait WebsocketTarget: Send + Sync {
-    /// Whether `secret` names one of the operation's streams.
-    fn check_secret(&self, secret: &str) -> Result<(), String>;
-    /// Hands over a connected websocket if `secret` names one of the operation's streams.
-    fn connect(&self, secret: &str, ws: axum::extract::ws::WebSocket) -> Result<(), String>;
-}
-
 pub struct Daemon {
     pub paths: Paths,
     /// Reads go here directly. Writes go through [`Daemon::write`]: in a cluster this
@@ -77,7 +69,7 @@ pub struct Daemon {
     /// resumes (else the default of `cluster::node::Config`).
     pub raft_heartbeat: std::sync::OnceLock<std::time::Duration>,
     /// The cluster this member belongs to, once enabled or joined.
-    cluster: RwLock<Option<Arc<crate::cluster::runtime::Runtime>>>,
+    cluster: RwLock<Option<Arc<crate::cluster::member::Member>>>,
     pub events: EventHub,
     pub ops: Operations,
     pub pools: RwLock<BTreeMap<String, Arc<dyn StorageDriver>>>,
@@ -89,7 +81,6 @@ pub struct Daemon {
     pub started_at: DateTime<Utc>,
     /// One async lock per instance: state changes of one instance never interleave.
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub websockets: Mutex<HashMap<String, Arc<dyn WebsocketTarget>>>,
     pub https: crate::listener::HttpsSlot,
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -150,7 +141,6 @@ impl Daemon {
             hostname,
             started_at: Utc::now(),
             instance_locks: Mutex::new(HashMap::new()),
-            websockets: Mutex::new(HashMap::new()),
             https: Default::default(),
             shutdown,
             paths,
@@ -163,6 +153,13 @@ impl Daemon {
     /// First start: a `default` profile with a root disk on the `default` dir pool and a p2p
     /// NIC, as `incus admin init --auto` would give (minus a managed bridge, which comes later).
     fn seed_defaults(&self) -> Result<(), StartError> {
+        // A cluster member's database is the cluster's replica, written only through the
+        // Raft log: its defaults came with the founder's snapshot, and a default pool the
+        // cluster deleted must not come back in one member's copy at its next start.
+        let identity = crate::cluster::member::Identity::load(&self.paths.state);
+        if !matches!(identity, Ok(None)) {
+            return Ok(());
+        }
         // One transaction for both: one commit on the first start.
         let mut first = Vec::new();
         if self.db.profile("default")?.is_none() {
@@ -198,7 +195,7 @@ impl Daemon {
             }));
         }
         if !first.is_empty() {
-            self.db.apply_all(&first)?;
+            self.db.apply_unreplicated(&first)?;
         }
         Ok(())
     }
@@ -208,7 +205,7 @@ impl Daemon {
     /// applied here.
     pub async fn write(&self, cmds: Vec<Command>) -> Result<(), DbError> {
         match self.cluster() {
-            None => self.db.apply_all(&cmds),
+            None => self.db.apply_unreplicated(&cmds),
             Some(c) => c.write(cmds).await,
         }
     }
@@ -216,21 +213,21 @@ impl Daemon {
     /// [`Daemon::write`] for code running on a blocking thread (`spawn_blocking`).
     pub fn write_blocking(&self, cmds: Vec<Command>) -> Result<(), DbError> {
         match self.cluster() {
-            None => self.db.apply_all(&cmds),
+            None => self.db.apply_unreplicated(&cmds),
             Some(c) => tokio::runtime::Handle::try_current()
                 .map_err(|e| DbError::Unavailable(format!("no runtime for a cluster write: {e}")))?
                 .block_on(c.write(cmds)),
         }
     }
 
-    pub fn cluster(&self) -> Option<Arc<crate::cluster::runtime::Runtime>> {
+    pub fn cluster(&self) -> Option<Arc<crate::cluster::member::Member>> {
         self.cluster
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn set_cluster(&self, c: Option<Arc<crate::cluster::runtime::Runtime>>) {
+    pub fn set_cluster(&self, c: Option<Arc<crate::cluster::member::Member>>) {
         *self.cluster.write().unwrap_or_else(|p| p.into_inner()) = c;
     }
 
@@ -301,28 +298,6 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         locks.entry(name.to_string()).or_default().clone()
-    }
-
-    pub fn register_websocket(&self, op_id: &str, target: Arc<dyn WebsocketTarget>) {
-        self.websockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(op_id.to_string(), target);
-    }
-
-    pub fn unregister_websocket(&self, op_id: &str) {
-        self.websockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(op_id);
-    }
-
-    pub fn websocket_target(&self, op_id: &str) -> Option<Arc<dyn WebsocketTarget>> {
-        self.websockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(op_id)
-            .cloned()
     }
 
     pub fn instance_log_dir(&self, name: &str) -> PathBuf {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use crate::daemon::StartError;
-use crate::db::{Command, Db};
+use crate::db::Db;
 
 /// The keys that are per member.
 pub const LOCAL_KEYS: &[&str] = &["core.https_address", "cluster.https_address"];
@@ -24,7 +24,13 @@ pub struct LocalConfig {
 
 impl LocalConfig {
     /// Loads the file, or creates it from the node-local keys a database of an older
-    /// cairnd still holds (moving them out of the database).
+    /// cairnd still holds (copying them out of the database).
+    ///
+    /// The rows stay in the database and every reader ignores them (`is_local_key`): this
+    /// runs before cluster membership resumes, and deleting them here would change a
+    /// cluster member's replicated database outside the Raft log. Replaying the deletes
+    /// through `Daemon::write` later would need a queue kept across restarts for rows that
+    /// do no harm, so they are left in place.
     pub fn open(path: &Path, db: &Db) -> Result<LocalConfig, StartError> {
         let err = |what: &str, e: &dyn std::fmt::Display| {
             StartError::Local(format!("{what} {}: {e}", path.display()))
@@ -42,14 +48,6 @@ impl LocalConfig {
                     values: RwLock::new(moved.clone()),
                 };
                 c.save(&moved).map_err(|e| err("writing", &e))?;
-                let cmds: Vec<Command> = moved
-                    .keys()
-                    .map(|k| Command::SetServerConfig {
-                        key: k.clone(),
-                        value: None,
-                    })
-                    .collect();
-                db.apply_all(&cmds)?;
                 return Ok(c);
             }
             Err(e) => return Err(err("reading", &e)),
@@ -105,11 +103,13 @@ impl LocalConfig {
 mod tests {
     use super::*;
 
+    use crate::db::Command;
+
     #[test]
-    fn moves_local_keys_out_of_the_database_once() {
+    fn copies_local_keys_out_of_the_database_once() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open_in_memory().unwrap();
-        db.apply_all(&[
+        db.apply_unreplicated(&[
             Command::SetServerConfig {
                 key: "core.https_address".into(),
                 value: Some("127.0.0.1:8443".into()),
@@ -126,8 +126,9 @@ mod tests {
             c.get("core.https_address").as_deref(),
             Some("127.0.0.1:8443")
         );
+        // The database is not written (it may be a cluster member's replica).
         let left = db.server_config().unwrap();
-        assert!(!left.contains_key("core.https_address"));
+        assert!(left.contains_key("core.https_address"));
         assert_eq!(left.get("user.x").map(String::as_str), Some("y"));
         c.set("cluster.https_address", Some("127.0.0.1:8443"))
             .unwrap();

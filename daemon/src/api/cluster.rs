@@ -12,22 +12,22 @@ use serde_json::json;
 
 use super::response::{async_op, check_if_match, empty, sync, sync_etag};
 use super::{nullable, ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
-use crate::cluster::lifecycle::{self, JoinParams, JoinRequest, LifecycleError};
+use crate::cluster::membership::{self, JoinParams, JoinRequest, MembershipError};
 use crate::db::records::{ConfigMap, MemberRecord};
 use crate::db::Command;
 use crate::operations::{resources, NewOp, OpClass};
 
-impl From<LifecycleError> for ApiError {
-    fn from(e: LifecycleError) -> Self {
+impl From<MembershipError> for ApiError {
+    fn from(e: MembershipError) -> Self {
         match e {
-            LifecycleError::Invalid(m) => ApiError::bad_request(m),
-            LifecycleError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
-            LifecycleError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            MembershipError::Invalid(m) => ApiError::bad_request(m),
+            MembershipError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
+            MembershipError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
         }
     }
 }
 
-fn clustered(d: &AppState) -> Result<std::sync::Arc<crate::cluster::runtime::Runtime>, ApiError> {
+fn clustered(d: &AppState) -> Result<std::sync::Arc<crate::cluster::member::Member>, ApiError> {
     d.cluster()
         .ok_or_else(|| ApiError::bad_request("Server isn't part of a cluster"))
 }
@@ -87,7 +87,7 @@ pub async fn put_cluster(
     };
     if !joining {
         // Fail fast on what the client can fix; the rest happens in the operation.
-        lifecycle::member_address(&d)?;
+        membership::member_address(&d)?;
     }
     let d2 = d.clone();
     let op = d.ops.spawn_task(
@@ -99,8 +99,8 @@ pub async fn put_cluster(
         resources("cluster", &["/1.0/cluster".to_string()]),
         async move {
             let r = if joining {
-                lifecycle::join(
-                    &d2,
+                membership::join(
+                    &d2.daemon,
                     JoinParams {
                         server_name: name,
                         server_address: req.server_address,
@@ -110,7 +110,7 @@ pub async fn put_cluster(
                 )
                 .await
             } else {
-                lifecycle::enable(&d2, &name).await
+                membership::enable(&d2.daemon, &name).await
             };
             r.map_err(|e| e.to_string())
         },
@@ -155,7 +155,7 @@ async fn views(d: &AppState, members: &[MemberRecord]) -> Result<Vec<serde_json:
             let v = info
                 .get(&m.id)
                 .cloned()
-                .unwrap_or(crate::cluster::runtime::MemberView {
+                .unwrap_or(crate::cluster::member::MemberView {
                     roles: vec![],
                     database: false,
                     status: "Offline",
@@ -233,7 +233,7 @@ pub async fn create_token(
 ) -> ApiResult {
     clustered(&d)?;
     let op_id = uuid::Uuid::new_v4().to_string();
-    let token = lifecycle::issue_token(&d, &req.server_name, &op_id).await?;
+    let token = membership::issue_token(&d.daemon, &req.server_name, &op_id).await?;
     let op = d.ops.create_with_id(
         op_id,
         NewOp {
@@ -364,7 +364,7 @@ pub async fn rename_member(
     }])
     .await?;
     if rt.name() == name {
-        lifecycle::renamed_self(&d, &req.server_name)?;
+        membership::renamed_self(&d, &req.server_name)?;
     }
     empty()
 }
@@ -462,7 +462,7 @@ pub async fn post_member_state(
             "Unsupported evacuation mode {mode:?}"
         )));
     }
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let op = match req.action.as_str() {
         "evacuate" => d.ops.spawn_task(
             "Evacuating cluster member",
@@ -489,7 +489,11 @@ pub async fn internal_receive_instance(
     body: Body,
 ) -> ApiResult {
     let pool = q.get("pool").cloned().unwrap_or_else(|| "default".into());
-    crate::instance::migrate::receive(d.clone(), &name, &pool, body).await?;
+    let stream = futures::TryStreamExt::map_err(body.into_data_stream(), |e| {
+        std::io::Error::other(e.to_string())
+    });
+    let reader = tokio_util::io::StreamReader::new(stream);
+    crate::instance::migrate::receive(d.daemon.clone(), &name, &pool, reader).await?;
     empty()
 }
 
@@ -507,46 +511,100 @@ pub async fn internal_join(
         ),
         crate::listener::Peer::Unix => (None, false),
     };
-    match lifecycle::accept(&d, req, caller.as_deref(), from_member).await {
+    match membership::accept(&d.daemon, req, caller.as_deref(), from_member).await {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
+fn json_answer<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap_or_default(),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Raft transport answers are plain text, not Incus envelopes: only members read them.
+fn plain(status: StatusCode, msg: String) -> Response {
+    let mut r = Response::new(Body::from(msg));
+    *r.status_mut() = status;
+    r
+}
+
+/// `POST /internal/cluster/raft`: one Raft message from another member.
 pub async fn internal_raft(
     State(d): State<AppState>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    match d.cluster() {
-        Some(rt) => crate::cluster::transport::serve_rpc(rt, q.as_deref(), body).await,
-        None => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member").into_response()
-        }
+    use crate::cluster::transport;
+    let Some(rt) = d.cluster() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member")
+            .into_response();
+    };
+    if let Err(e) = transport::admit(&rt, transport::Envelope::from_query(q.as_deref())) {
+        return plain(StatusCode::MISDIRECTED_REQUEST, e.to_string());
     }
+    let rpc: crate::cluster::Rpc = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("decoding message: {e}")),
+    };
+    json_answer(StatusCode::OK, &transport::handle_rpc(&rt, rpc).await)
 }
 
+/// `POST /internal/cluster/snapshot`: a whole snapshot from the leader, streamed to disk
+/// and installed.
 pub async fn internal_snapshot(
     State(d): State<AppState>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match d.cluster() {
-        Some(rt) => {
-            let r =
-                crate::cluster::transport::serve_snapshot(rt, q.as_deref(), &headers, body).await;
+    use crate::cluster::transport;
+    let Some(rt) = d.cluster() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member")
+            .into_response();
+    };
+    if let Err(e) = transport::admit(&rt, transport::Envelope::from_query(q.as_deref())) {
+        return plain(StatusCode::MISDIRECTED_REQUEST, e.to_string());
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (Some(vote), Some(meta)) = (
+        header(transport::VOTE_HEADER),
+        header(transport::META_HEADER),
+    ) else {
+        return plain(StatusCode::BAD_REQUEST, "missing snapshot headers".into());
+    };
+    let vote: crate::cluster::types::Vote = match serde_json::from_str(&vote) {
+        Ok(v) => v,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("vote: {e}")),
+    };
+    let meta: crate::cluster::types::SnapshotMeta = match serde_json::from_str(&meta) {
+        Ok(v) => v,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("snapshot meta: {e}")),
+    };
+    let stream = futures::TryStreamExt::map_err(body.into_data_stream(), |e| {
+        std::io::Error::other(e.to_string())
+    });
+    let reader = tokio_util::io::StreamReader::new(stream);
+    match rt.node().receive_snapshot(vote, meta, reader).await {
+        Ok(r) => {
             // The database was replaced: its pools may be others now.
-            if r.status().is_success() {
-                if let Err(e) = d.reopen_pools() {
-                    tracing::warn!("reopening storage pools after a snapshot: {e}");
-                }
+            if let Err(e) = d.reopen_pools() {
+                tracing::warn!("reopening storage pools after a snapshot: {e}");
             }
-            r
+            json_answer(StatusCode::OK, &r)
         }
-        None => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a cluster member").into_response()
-        }
+        Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -566,4 +624,19 @@ pub async fn internal_image_part(
         Ok(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)).into_response(),
         Err(_) => ApiError::not_found("Image file not found here").into_response(),
     }
+}
+
+/// `GET /internal/cluster/events`: this member's own events, as they happen, one JSON
+/// object per line (an empty line as keep-alive), until the peer hangs up or the daemon
+/// shuts down. Only cluster members are let in (`auth.rs`).
+pub async fn internal_events(State(d): State<AppState>) -> Response {
+    let lines = crate::cluster::events_relay::local_event_lines(&d.events, d.shutdown.subscribe());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(futures::StreamExt::map(
+            lines,
+            Ok::<_, std::convert::Infallible>,
+        )),
+    )
+        .into_response()
 }

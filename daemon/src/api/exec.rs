@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use super::response::async_op;
+use super::websocket::WebsocketTarget;
 use super::{ApiError, ApiJson, ApiResult, AppState};
-use crate::daemon::WebsocketTarget;
 use crate::instance::exec::{self, ExecRequest};
 use crate::operations::{resources, NewOp, OpClass, Operation};
 

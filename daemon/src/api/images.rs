@@ -288,8 +288,10 @@ pub async fn import(State(d): State<AppState>, req: Request) -> ApiResult {
             if !properties.is_empty() {
                 let mut r = rec.clone();
                 r.properties.extend(properties);
-                d2.db
-                    .apply(&Command::UpdateImage(r))
+                // Through the write path like every change: applied to this member's
+                // database alone, the properties would never reach the others.
+                d2.write(vec![Command::UpdateImage(r)])
+                    .await
                     .map_err(|e| e.to_string())?;
             }
             Ok(())

@@ -154,7 +154,7 @@ pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<InstancesPo
                 start: req.start,
             };
             crate::instance::copy::precheck(&d, &creq)?;
-            let d2 = d.clone();
+            let d2 = d.daemon.clone();
             let op = d.ops.spawn_task(
                 "Creating instance",
                 resources("instances", &[instance::url(&req.name)]),
@@ -188,7 +188,7 @@ pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<InstancesPo
         start: req.start,
     };
     lifecycle::precheck_create(&d, &creq)?;
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let op = d.ops.spawn_task(
         "Creating instance",
         resources("instances", &[instance::url(&req.name)]),
@@ -264,7 +264,7 @@ async fn update(
     let rec = instance::get(&d, &name)?;
     check_if_match(&headers, &instance::etag_of(&rec))?;
     if !req.restore.is_empty() {
-        let d2 = d.clone();
+        let d2 = d.daemon.clone();
         // The CLI sends "instance/snapshot"; a bare snapshot name is accepted too.
         let snap = match req.restore.split_once('/') {
             Some((inst, snap)) if inst == name => snap.to_string(),
@@ -324,6 +324,7 @@ async fn update(
         resources("instances", &[instance::url(&name)]),
         async move {
             lifecycle::update(&d2, &n, config, devices, profiles, description, ephemeral)
+                .await
                 .map_err(err_string)
         },
     );
@@ -355,7 +356,7 @@ pub async fn delete(State(d): State<AppState>, Path(name): Path<String>) -> ApiR
             "Instance is running: stop it first or use --force",
         ));
     }
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let n = name.clone();
     let op = d.ops.spawn_task(
         "Deleting instance",
@@ -417,7 +418,7 @@ pub async fn rename(
             ));
         }
         instance::get(&d, &name)?;
-        let d2 = d.clone();
+        let d2 = d.daemon.clone();
         let op = d.ops.spawn_task(
             "Migrating instance",
             resources("instances", &[instance::url(&name)]),
@@ -440,7 +441,7 @@ pub async fn rename(
             req.name
         )));
     }
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let to = req.name.clone();
     let op = d.ops.spawn_task(
         "Renaming instance",
@@ -452,7 +453,7 @@ pub async fn rename(
 
 pub async fn get_state(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let rec = instance::get(&d, &name)?;
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let v = tokio::task::spawn_blocking(move || {
         let ls = instance::lxc_state(&d2, &rec.name);
         crate::instance::state::view(&d2, &rec, ls)
@@ -490,7 +491,7 @@ fn state_op(d: &AppState, name: &str, req: &StatePut) -> ApiResult {
             "unfreeze" => "Unfreezing instance",
             other => return Err(ApiError::bad_request(format!("Unknown action {other:?}"))),
         },
-        d.clone(),
+        d.daemon.clone(),
         name.to_string(),
         req.force,
         req.timeout,
@@ -530,7 +531,7 @@ pub struct BulkState {
 /// `PUT /1.0/instances`: the same state change for every instance (`incus stop --all`).
 pub async fn bulk_state(State(d): State<AppState>, ApiJson(req): ApiJson<BulkState>) -> ApiResult {
     let names: Vec<String> = d.db.instances()?.into_iter().map(|r| r.name).collect();
-    let d2: Arc<crate::daemon::Daemon> = d.clone();
+    let d2: Arc<crate::daemon::Daemon> = d.daemon.clone();
     let action = req.state.action.clone();
     let (force, timeout) = (req.state.force, req.state.timeout);
     if !["start", "stop", "restart", "freeze", "unfreeze"].contains(&action.as_str()) {

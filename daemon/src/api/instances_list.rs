@@ -151,7 +151,7 @@ pub async fn list(State(d): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
 
 /// Asks the member at `addr` for the views of the instances it runs.
 async fn member_views(
-    rt: &crate::cluster::runtime::Runtime,
+    rt: &crate::cluster::member::Member,
     addr: &str,
     level: u8,
 ) -> Result<BTreeMap<String, serde_json::Value>, String> {

@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod files;
 mod filter;
+mod forward;
 mod images;
 mod instances;
 mod instances_list;
@@ -21,6 +22,7 @@ pub mod routing;
 mod server;
 mod snapshots;
 mod storage;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -32,7 +34,30 @@ use serde::de::DeserializeOwned;
 use crate::daemon::Daemon;
 pub use response::{ApiError, ApiResult};
 
-pub type AppState = Arc<Daemon>;
+/// What every handler holds: the daemon, and the API layer's own state (the websocket
+/// streams of running operations). It derefs to [`Daemon`], so handlers write `d.db`,
+/// `d.write(…)`; services that keep the daemon take `d.daemon.clone()`.
+#[derive(Clone)]
+pub struct AppState {
+    pub daemon: Arc<Daemon>,
+    pub websockets: Arc<websocket::Websockets>,
+}
+
+impl AppState {
+    pub fn new(daemon: Arc<Daemon>) -> AppState {
+        AppState {
+            daemon,
+            websockets: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
 
 /// The most a JSON request body may hold; image uploads have their own streaming limit.
 pub const JSON_BODY_LIMIT: usize = 4 << 20;
@@ -95,7 +120,8 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-pub fn router(d: AppState) -> Router {
+pub fn router(d: Arc<Daemon>) -> Router {
+    let d = AppState::new(d);
     let json_routes = Router::new()
         .route("/", get(server::root))
         .route(
@@ -247,7 +273,7 @@ pub fn router(d: AppState) -> Router {
         .route("/internal/cluster/join", post(cluster::internal_join))
         .route(
             crate::cluster::events_relay::EVENTS_PATH,
-            get(crate::cluster::events_relay::cluster_events),
+            get(cluster::internal_events),
         )
         .route(
             "/internal/cluster/images/{fp}/{part}",

@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::AppState;
+use crate::cluster::member::Member;
 use crate::cluster::member_api;
-use crate::cluster::runtime::Runtime;
 
 /// How long a member may take to say whether it runs an operation.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,7 +60,7 @@ enum Destination {
 
 fn destination(
     d: &AppState,
-    rt: &Runtime,
+    rt: &Member,
     method: &Method,
     path: &str,
     query: Option<&str>,
@@ -119,7 +119,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Finds which other member runs operation `id`.
-async fn find_operation(rt: &Runtime, id: &str) -> Option<String> {
+async fn find_operation(rt: &Member, id: &str) -> Option<String> {
     let members = rt.node().db().members().ok()?;
     for m in members.into_iter().filter(|m| m.name != rt.name()) {
         let path = format!("/1.0/operations/{id}");
@@ -161,7 +161,7 @@ pub async fn route(State(d): State<AppState>, mut req: Request, next: Next) -> R
     };
     req.headers_mut()
         .insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
-    let resp = crate::cluster::forward::forward(rt.peer(), &addr, req).await;
+    let resp = super::forward::forward(rt.peer(), &addr, req).await;
     if resp.status() == StatusCode::ACCEPTED {
         return note_operation(&rt, &addr, resp).await;
     }
@@ -169,7 +169,7 @@ pub async fn route(State(d): State<AppState>, mut req: Request, next: Next) -> R
 }
 
 /// Records which member runs the operation an async answer names, and passes it on.
-async fn note_operation(rt: &Arc<Runtime>, addr: &str, resp: Response) -> Response {
+async fn note_operation(rt: &Arc<Member>, addr: &str, resp: Response) -> Response {
     let (parts, body) = resp.into_parts();
     let bytes = match http_body_util::Limited::new(body, OP_ANSWER_LIMIT)
         .collect()

@@ -207,9 +207,11 @@ fn as_string(v: &serde_json::Value) -> String {
 }
 
 /// The server's configuration as the API shows it: the (possibly replicated) database's
-/// keys and this member's node-local ones.
+/// keys and this member's node-local ones. A node-local key still in the database (left
+/// by an older cairnd, see `LocalConfig::open`) is ignored: `local.json` owns it.
 pub fn server_config(d: &AppState) -> Result<BTreeMap<String, String>, ApiError> {
     let mut config = d.db.server_config()?;
+    config.retain(|k, _| !crate::local_config::is_local_key(k));
     config.extend(d.local.all());
     Ok(config)
 }
@@ -248,7 +250,7 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
                 .cloned()
                 .or_else(|| old.get("core.https_address").cloned())
         };
-        crate::listener::apply_https_address(d, want.as_deref())
+        crate::listener::apply_https_address(&d.daemon, want.as_deref())
             .await
             .map_err(ApiError::bad_request)?;
     }
@@ -323,7 +325,7 @@ pub async fn ready() -> ApiResult {
 /// `incus admin shutdown`: stops the containers, answers, then the daemon exits. The client
 /// waits for this answer as the sign that the daemon is done.
 pub async fn shutdown(State(d): State<AppState>) -> ApiResult {
-    crate::cli::stop_all(&d).await;
+    crate::cli::stop_all(&d.daemon).await;
     d.shutdown.send_replace(true);
     empty()
 }

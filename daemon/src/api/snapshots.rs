@@ -70,7 +70,7 @@ pub async fn create(
         req.name.clone()
     };
     snapshot::precheck_create(&d, &name, &snap, req.stateful)?;
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let (n, s) = (name.clone(), snap.clone());
     let expires = req.expires_at;
     let op = d.ops.spawn_task(
@@ -106,7 +106,7 @@ pub async fn rename(
         return Err(ApiError::bad_request("Snapshot migration is not supported"));
     }
     snapshot::get_snapshot(&d, &name, &snap)?;
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let (n, from, to) = (name.clone(), snap.clone(), req.name.clone());
     let op = d.ops.spawn_task(
         "Renaming snapshot",
@@ -125,7 +125,7 @@ pub async fn delete(
     Path((name, snap)): Path<(String, String)>,
 ) -> ApiResult {
     snapshot::get_snapshot(&d, &name, &snap)?;
-    let d2 = d.clone();
+    let d2 = d.daemon.clone();
     let (n, s) = (name.clone(), snap.clone());
     let op = d.ops.spawn_task(
         "Deleting snapshot",

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::discovery::{self, ClusterKeys, Decision, Discovery, DiscoveryConfig, NonceCache};
-use super::lifecycle::{self, JoinRequest, SeedProof};
+use super::membership::{self, JoinRequest, SeedProof};
 use super::peer::PeerClient;
 use crate::daemon::Daemon;
 
@@ -56,7 +56,7 @@ fn interface_address(interface: &str) -> Option<std::net::Ipv4Addr> {
 
 /// This member's API address as other members must reach it.
 fn api_address(d: &Daemon, interface: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(a) = lifecycle::member_address(d) {
+    if let Ok(a) = membership::member_address(d) {
         if let Ok(sa) = a.parse() {
             return Ok(sa);
         }
@@ -125,7 +125,7 @@ async fn run(d: Arc<Daemon>, seed: cairn_seed::Cluster, member: String) -> Resul
             Decision::Wait => {}
             Decision::Founder(f) if f == member => {
                 tracing::info!("cluster {}: founding it as {member}", seed.name);
-                match lifecycle::enable(&d, &member).await {
+                match membership::enable(&d, &member).await {
                     Ok(()) => {}
                     Err(e) => {
                         tracing::warn!("founding the cluster: {e}");
@@ -166,7 +166,7 @@ async fn join(
     let nonce = discovery::new_join_nonce();
     let fingerprint = own.fingerprint().to_string();
     let proof = discovery::join_proof(disc.keys(), member, &fingerprint, &nonce);
-    let address = lifecycle::member_address(d).map_err(|e| e.to_string())?;
+    let address = membership::member_address(d).map_err(|e| e.to_string())?;
     let req = JoinRequest {
         name: member.to_string(),
         address,
@@ -178,7 +178,7 @@ async fn join(
         }),
         architecture: crate::instance::host_architecture(),
     };
-    lifecycle::complete_join(d, client, &[founder.api_address.to_string()], req)
+    membership::complete_join(d, client, &[founder.api_address.to_string()], req)
         .await
         .map_err(|e| e.to_string())
 }

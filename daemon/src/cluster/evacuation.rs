@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use super::member::Member;
 use super::member_api;
-use super::runtime::Runtime;
 use crate::daemon::Daemon;
 use crate::db::Command;
 use crate::instance::lxc::LxcState;
@@ -46,9 +46,9 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(660);
 
 /// Sends an API request to member `addr` and, if it starts an operation, waits for it.
 pub async fn call_member(
-    rt: &Runtime,
+    rt: &Member,
     addr: &str,
-    method: axum::http::Method,
+    method: http::Method,
     path: &str,
     body: serde_json::Value,
 ) -> Result<(), String> {
@@ -63,7 +63,7 @@ pub async fn call_member(
     let done = member_api::call_json(
         rt,
         addr,
-        axum::http::Method::GET,
+        http::Method::GET,
         &format!("/1.0/operations/{id}/wait?timeout=600"),
         None,
         OPERATION_TIMEOUT,
@@ -80,12 +80,12 @@ pub async fn call_member(
 }
 
 /// The online, not evacuated member (other than `not`) with the fewest instances.
-async fn pick_target(d: &Daemon, rt: &Runtime, not: &str) -> Result<String, String> {
+async fn pick_target(d: &Daemon, rt: &Member, not: &str) -> Result<String, String> {
     let members = d.db.members().map_err(|e| e.to_string())?;
     let instances = d.db.instances().map_err(|e| e.to_string())?;
     // The leader hears from every member; a follower only from the leader.
     let live = rt.liveness_view().await;
-    let threshold = super::runtime::RoleSettings::of(&d.db).offline_threshold;
+    let threshold = super::member::RoleSettings::of(&d.db).offline_threshold;
     let online = |id| {
         live.get(&id)
             .is_some_and(|ms| *ms < threshold.as_millis() as u64)
@@ -135,7 +135,7 @@ pub async fn evacuate(d: Arc<Daemon>, mode: &str) -> Result<(), String> {
             call_member(
                 &rt,
                 &addr,
-                axum::http::Method::PUT,
+                http::Method::PUT,
                 &format!("/1.0/instances/{name}/state"),
                 serde_json::json!({"action": "start"}),
             )
@@ -173,7 +173,7 @@ pub async fn restore(d: Arc<Daemon>) -> Result<(), String> {
                 call_member(
                     &rt,
                     &addr,
-                    axum::http::Method::PUT,
+                    http::Method::PUT,
                     &format!("/1.0/instances/{name}/state"),
                     serde_json::json!({"action": "stop", "timeout": STOP_TIMEOUT}),
                 )
@@ -183,7 +183,7 @@ pub async fn restore(d: Arc<Daemon>) -> Result<(), String> {
             call_member(
                 &rt,
                 &addr,
-                axum::http::Method::POST,
+                http::Method::POST,
                 &format!("/1.0/instances/{name}?target={me}"),
                 serde_json::json!({"name": name, "migration": true}),
             )

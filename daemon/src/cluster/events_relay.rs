@@ -12,18 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, Request, StatusCode};
-use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::peer::{PeerClient, PeerError};
-use crate::api::AppState;
 use crate::events::{Event, EventHub, STANDALONE_LOCATION};
 
 /// Where a member serves its local events to its peers.
@@ -37,14 +33,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// No event comes near this; a longer line means the stream is not what we think it is.
 const MAX_LINE: usize = 16 << 20;
 
-/// `GET /internal/cluster/events`: this member's own events, as they happen, until the
-/// peer hangs up or the daemon shuts down. Only cluster members may be let in.
-pub async fn cluster_events(State(d): State<AppState>) -> Response {
-    local_events_response(&d.events, d.shutdown.subscribe())
-}
-
-/// The streaming answer behind [`cluster_events`].
-pub fn local_events_response(hub: &EventHub, shutdown: watch::Receiver<bool>) -> Response {
+/// This member's own events as the lines of the stream served at [`EVENTS_PATH`], as they
+/// happen, until the daemon shuts down (`shutdown` turns true or its sender is dropped).
+/// The HTTP answer around it is `api/cluster.rs`'s.
+pub fn local_event_lines(
+    hub: &EventHub,
+    shutdown: watch::Receiver<bool>,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
     let stream = LocalStream {
         // Subscribed now, before the answer is sent, so nothing between is missed.
         rx: hub.subscribe_local(),
@@ -62,16 +57,9 @@ pub fn local_events_response(hub: &EventHub, shutdown: watch::Receiver<bool>) ->
             tick
         },
     };
-    let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_line()
-            .await
-            .map(|line| (Ok::<_, std::convert::Infallible>(line), s))
-    });
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(body),
-    )
-        .into_response()
+    futures::stream::unfold(stream, |mut s| async move {
+        s.next_line().await.map(|line| (line, s))
+    })
 }
 
 struct LocalStream {
@@ -295,7 +283,11 @@ mod tests {
         Router::new().route(
             EVENTS_PATH,
             get(move || {
-                let response = local_events_response(&hub, stop.subscribe());
+                let lines = local_event_lines(&hub, stop.subscribe());
+                let response = axum::body::Body::from_stream(futures::StreamExt::map(
+                    lines,
+                    Ok::<_, std::convert::Infallible>,
+                ));
                 async move { response }
             }),
         )

@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::body::Body;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -27,22 +26,22 @@ pub fn part_path(d: &Daemon, fp: &str, part: &str) -> Option<std::path::PathBuf>
 }
 
 async fn fetch_part(
-    rt: &crate::cluster::runtime::Runtime,
+    rt: &crate::cluster::member::Member,
     addr: &str,
     fp: &str,
     part: &str,
     dst: &Path,
     hash: &mut Sha256,
 ) -> Result<bool, String> {
-    let req = axum::http::Request::get(format!("{IMAGE_PATH}/{fp}/{part}"))
-        .body(Body::empty())
+    let req = http::Request::get(format!("{IMAGE_PATH}/{fp}/{part}"))
+        .body(super::peer::empty_body())
         .map_err(|e| e.to_string())?;
     let resp = rt
         .peer()
         .request(addr, req)
         .await
         .map_err(|e| e.to_string())?;
-    if resp.status() == axum::http::StatusCode::NOT_FOUND {
+    if resp.status() == http::StatusCode::NOT_FOUND {
         return Ok(false);
     }
     if !resp.status().is_success() {

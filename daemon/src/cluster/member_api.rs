@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
-use super::runtime::Runtime;
+use super::member::Member;
+use super::peer::{empty_body, full_body};
 
 /// Marks a request one member sent another; it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
@@ -16,7 +17,7 @@ pub const FORWARDED_HEADER: &str = "x-cairn-forwarded";
 /// Sends `method path` (with a JSON `body`) to the member at `addr` and returns the status
 /// and the whole answer, within `timeout`.
 pub async fn call(
-    rt: &Runtime,
+    rt: &Member,
     addr: &str,
     method: Method,
     path: &str,
@@ -24,10 +25,10 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), String> {
     let body = match body {
-        Some(v) => Body::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
-        None => Body::empty(),
+        Some(v) => full_body(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+        None => empty_body(),
     };
-    let req = axum::http::Request::builder()
+    let req = http::Request::builder()
         .method(method)
         .uri(path)
         .header(FORWARDED_HEADER, "1")
@@ -56,7 +57,7 @@ pub async fn call(
 
 /// [`call`] for an Incus JSON answer: a non-2xx status becomes its `error` text.
 pub async fn call_json(
-    rt: &Runtime,
+    rt: &Member,
     addr: &str,
     method: Method,
     path: &str,
@@ -72,4 +73,35 @@ pub async fn call_json(
             .unwrap_or_else(|| format!("answered {status}")));
     }
     Ok(v)
+}
+
+/// POSTs the bytes `reader` yields, streamed, to `path` on the member at `addr` (an
+/// instance's files moving there) and returns the status and the whole answer. No time
+/// bound: a large volume takes as long as it takes, and a dead member fails the stream.
+pub async fn post_stream(
+    rt: &Member,
+    addr: &str,
+    path: &str,
+    reader: impl tokio::io::AsyncRead + Send + 'static,
+) -> Result<(StatusCode, Bytes), super::peer::PeerError> {
+    let req = http::Request::post(path)
+        .body(super::peer::reader_body(reader))
+        .map_err(|source| super::peer::PeerError::Address {
+            call: super::peer::Call {
+                method: Method::POST,
+                addr: addr.to_string(),
+                path: path.split('?').next().unwrap_or(path).to_string(),
+            },
+            source,
+        })?;
+    let resp = rt.peer().request(addr, req).await?;
+    let status = resp.status();
+    // An answer that cannot be read is an empty one: the status says what happened.
+    let answer = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Ok((status, answer))
 }

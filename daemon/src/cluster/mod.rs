@@ -6,11 +6,11 @@
 //! each member's SQLite by the deterministic [`state_machine`]. A write is acknowledged
 //! only once it is committed and applied. Reads are local, or linearizable through a
 //! read-index barrier ([`Node::linearizable_barrier`]). Members talk through a
-//! [`network::Transport`] trait object: in-process for tests and benchmarks
-//! ([`network::LocalRouter`]), and between daemons [`transport::HttpTransport`] — JSON over
+//! [`raft_net::Transport`] trait object: in-process for tests and benchmarks
+//! ([`raft_net::LocalRouter`]), and between daemons [`transport::HttpTransport`] — JSON over
 //! HTTPS under `/internal/cluster/…` on the API port, where members call each other with
 //! [`peer::PeerClient`], presenting the shared cluster certificate and pinning it on the
-//! other side. A client's API request can be [`forward::forward`]ed to another member, and
+//! other side. A client's API request can be forwarded to another member (`api::forward`), and
 //! [`events_relay`] shows every member's events on each member's `/1.0/events`; members
 //! find each other with no API call through [`discovery`] and [`autojoin`].
 //!
@@ -31,25 +31,24 @@ pub mod autojoin;
 pub mod discovery;
 pub mod evacuation;
 pub mod events_relay;
-pub mod forward;
 pub mod images;
-pub mod lifecycle;
 pub mod log_store;
+pub mod member;
 pub mod member_api;
-pub mod network;
+pub mod membership;
 pub mod node;
 pub mod peer;
-pub mod runtime;
+pub mod raft_net;
 pub mod state_machine;
 pub mod transport;
 pub mod types;
 
-pub use network::{LocalRouter, Reply, Rpc, Transport, TransportError};
 pub use node::{Config, Node};
 pub use peer::{PeerClient, PeerError};
+pub use raft_net::{LocalRouter, Reply, Rpc, Transport, TransportError};
 pub use types::{Batch, BatchOutcome, ClusterError, NodeId, Receipt, Request};
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;

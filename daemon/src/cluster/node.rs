@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::log_store::{LogStore, DEFAULT_COMPACT_BYTES};
-use super::network::{NetworkFactory, Reply, Rpc, Transport};
+use super::raft_net::{NetworkFactory, Reply, Rpc, Transport};
 use super::state_machine::StateMachine;
 use super::types::{
     Batch, ClusterError, NodeId, Raft, Receipt, Request, Snapshot, SnapshotFile, SnapshotMeta,

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, Response, StatusCode, Uri, Version};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use futures::TryStreamExt;
+use http::{header, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
@@ -46,6 +47,32 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const ERROR_BODY_LIMIT: usize = 4096;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the client sends: any body, boxed (whole JSON, a streamed file or tar, a client's
+/// request being forwarded).
+pub type PeerBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A body that streams `reader` (a snapshot file, a tar pipe) as it is read.
+pub fn reader_body(reader: impl AsyncRead + Send + 'static) -> PeerBody {
+    let frames = tokio_util::io::ReaderStream::new(reader)
+        .map_ok(hyper::body::Frame::data)
+        .map_err(BoxError::from);
+    StreamBody::new(frames).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty_body() -> PeerBody {
+    Full::new(Bytes::new())
+        .map_err(BoxError::from)
+        .boxed_unsync()
+}
+
+/// A whole body.
+pub fn full_body(bytes: impl Into<Bytes>) -> PeerBody {
+    Full::new(bytes.into())
+        .map_err(BoxError::from)
+        .boxed_unsync()
+}
 
 /// Which call failed: method, member address and path (never the query, which may hold
 /// an operation secret).
@@ -82,7 +109,7 @@ pub enum PeerError {
     Address {
         call: Call,
         #[source]
-        source: axum::http::Error,
+        source: http::Error,
     },
     #[error("{call}: {}", error_chain(.source))]
     Unreachable {
@@ -139,7 +166,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 /// The member-to-member client. Cloning is cheap and shares the connection pool.
 #[derive(Clone)]
 pub struct PeerClient {
-    client: Client<PinnedTlsConnector, Body>,
+    client: Client<PinnedTlsConnector, PeerBody>,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -231,7 +258,10 @@ impl PeerClient {
             })?;
         parts.version = Version::HTTP_11;
         self.client
-            .request(Request::from_parts(parts, Body::new(body)))
+            .request(Request::from_parts(
+                parts,
+                body.map_err(Into::into).boxed_unsync(),
+            ))
             .await
             .map_err(|source| PeerError::Unreachable {
                 call,

@@ -3,24 +3,23 @@
 //!
 //! Client side: [`HttpTransport`] implements [`Transport`] with the pooled, keep-alive
 //! [`PeerClient`] (one TLS connection per peer is reused; messages are pipelined by the
-//! pool opening more connections when calls overlap). Server side: [`serve_rpc`] and
-//! [`serve_snapshot`] hand what arrives to the local node. A member never calls itself
+//! pool opening more connections when calls overlap). Server side: `api/cluster.rs` parses
+//! what arrives (the same paths, query and headers as here), checks it with [`admit`] and
+//! hands it to [`handle_rpc`] or the node's snapshot install. A member never calls itself
 //! through the network: Raft does not send to itself, and the write path submits locally
 //! when this member leads.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
-use futures::TryStreamExt;
+use http::Request;
 use openraft::raft::SnapshotResponse;
 
-use super::network::{BoxFuture, Reply, Rpc, Transport, TransportError};
+use super::member::{Liveness, Member};
 use super::node::WeakNode;
 use super::peer::PeerClient;
-use super::runtime::{Liveness, Runtime};
-use super::types::{NodeId, Snapshot, SnapshotMeta, Vote};
+use super::raft_net::{BoxFuture, Reply, Rpc, Transport, TransportError};
+use super::types::{NodeId, Snapshot, Vote};
 
 /// Raft messages.
 pub const RPC_PATH: &str = "/internal/cluster/raft";
@@ -29,8 +28,9 @@ pub const SNAPSHOT_PATH: &str = "/internal/cluster/snapshot";
 /// Who sends: the sender's member id (liveness bookkeeping only; authentication is the
 /// cluster certificate).
 pub const FROM_HEADER: &str = "x-cairn-from";
-const VOTE_HEADER: &str = "x-cairn-vote";
-const META_HEADER: &str = "x-cairn-snapshot-meta";
+/// A snapshot's vote and metadata (JSON) travel in these headers, its file as the body.
+pub const VOTE_HEADER: &str = "x-cairn-vote";
+pub const META_HEADER: &str = "x-cairn-snapshot-meta";
 
 /// A single message may wait this long (a forwarded write waits for its commit).
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,11 +122,10 @@ impl Transport for HttpTransport {
             file.seek(std::io::SeekFrom::Start(0))
                 .await
                 .map_err(|e| err(format!("rewinding snapshot: {e}")))?;
-            let stream = tokio_util::io::ReaderStream::new(file);
             let req = Request::post(format!("{SNAPSHOT_PATH}?from={from}&to={target}"))
                 .header(VOTE_HEADER, vote_json)
                 .header(META_HEADER, meta_json)
-                .body(Body::from_stream(stream))
+                .body(super::peer::reader_body(file))
                 .map_err(|e| err(e.to_string()))?;
             let exchange = async {
                 let resp = self
@@ -159,23 +158,6 @@ impl Transport for HttpTransport {
     }
 }
 
-fn json_answer<T: serde::Serialize>(status: StatusCode, v: &T) -> axum::response::Response {
-    match serde_json::to_vec(v) {
-        Ok(body) => axum::response::Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap_or_default(),
-        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-fn plain(status: StatusCode, msg: String) -> axum::response::Response {
-    let mut r = axum::response::Response::new(Body::from(msg));
-    *r.status_mut() = status;
-    r
-}
-
 fn param(query: Option<&str>, key: &str) -> Option<NodeId> {
     query?
         .split('&')
@@ -183,82 +165,48 @@ fn param(query: Option<&str>, key: &str) -> Option<NodeId> {
         .and_then(|v| v.parse().ok())
 }
 
-fn sender(query: Option<&str>) -> Option<NodeId> {
-    param(query, "from")
+/// Who a message is from and for, as the sender put them in the query (`?from=1&to=2`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Envelope {
+    pub from: Option<NodeId>,
+    pub to: Option<NodeId>,
 }
 
-/// Refuses a message meant for another member id (this address used to be that member's).
-fn misdirected(rt: &Runtime, query: Option<&str>) -> Option<axum::response::Response> {
-    match param(query, "to") {
-        Some(to) if to != rt.id() => Some(plain(
-            StatusCode::MISDIRECTED_REQUEST,
-            format!("message for member {to} reached member {}", rt.id()),
-        )),
-        _ => None,
+impl Envelope {
+    pub fn from_query(query: Option<&str>) -> Envelope {
+        Envelope {
+            from: param(query, "from"),
+            to: param(query, "to"),
+        }
     }
 }
 
-/// `POST /internal/cluster/raft`: one message from another member.
-pub async fn serve_rpc(
-    rt: Arc<Runtime>,
-    query: Option<&str>,
-    body: bytes::Bytes,
-) -> axum::response::Response {
-    if let Some(r) = misdirected(&rt, query) {
-        return r;
+/// A message meant for another member id reached this one (this address used to be that
+/// member's).
+#[derive(Debug, thiserror::Error)]
+#[error("message for member {to} reached member {this}")]
+pub struct Misdirected {
+    pub to: NodeId,
+    pub this: NodeId,
+}
+
+/// Checks that a message is for this member and notes that its sender is alive; done
+/// before anything else about the message is looked at.
+pub fn admit(rt: &Member, envelope: Envelope) -> Result<(), Misdirected> {
+    if let Some(to) = envelope.to.filter(|to| *to != rt.id()) {
+        return Err(Misdirected { to, this: rt.id() });
     }
-    if let Some(from) = sender(query) {
+    if let Some(from) = envelope.from {
         rt.liveness().touch(from);
     }
-    let rpc: Rpc = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("decoding message: {e}")),
-    };
-    let reply = match rpc {
+    Ok(())
+}
+
+/// One Raft message from another member, once [`admit`]ted.
+pub async fn handle_rpc(rt: &Member, rpc: Rpc) -> Reply {
+    match rpc {
         Rpc::Liveness => Reply::Liveness(rt.liveness().view()),
         rpc => rt.node().handle(rpc).await,
-    };
-    json_answer(StatusCode::OK, &reply)
-}
-
-/// `POST /internal/cluster/snapshot`: a whole snapshot from the leader, streamed to disk
-/// and installed.
-pub async fn serve_snapshot(
-    rt: Arc<Runtime>,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
-) -> axum::response::Response {
-    if let Some(r) = misdirected(&rt, query) {
-        return r;
-    }
-    if let Some(from) = sender(query) {
-        rt.liveness().touch(from);
-    }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (Some(vote), Some(meta)) = (header(VOTE_HEADER), header(META_HEADER)) else {
-        return plain(StatusCode::BAD_REQUEST, "missing snapshot headers".into());
-    };
-    let vote: Vote = match serde_json::from_str(&vote) {
-        Ok(v) => v,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("vote: {e}")),
-    };
-    let meta: SnapshotMeta = match serde_json::from_str(&meta) {
-        Ok(v) => v,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("snapshot meta: {e}")),
-    };
-    let stream = body
-        .into_data_stream()
-        .map_err(|e| std::io::Error::other(e.to_string()));
-    let reader = tokio_util::io::StreamReader::new(stream);
-    match rt.node().receive_snapshot(vote, meta, reader).await {
-        Ok(r) => json_answer(StatusCode::OK, &r),
-        Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

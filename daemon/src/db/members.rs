@@ -2,8 +2,8 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::command::{json, one};
 use super::records::{JoinTokenRecord, MemberRecord};
+use super::sql::{json, one};
 use super::{Command, Db, DbError};
 
 const NEXT_ID: &str = "next_member_id";
@@ -148,20 +148,23 @@ mod tests {
     fn member_ids_are_never_reused() {
         let db = Db::open_in_memory().unwrap();
         assert_eq!(db.next_member_id().unwrap(), 1);
-        db.apply(&Command::AddMember(member(1, "a"))).unwrap();
-        db.apply(&Command::AddMember(member(2, "b"))).unwrap();
-        db.apply(&Command::RemoveMember { name: "b".into() })
+        db.apply_unreplicated(&[Command::AddMember(member(1, "a"))])
+            .unwrap();
+        db.apply_unreplicated(&[Command::AddMember(member(2, "b"))])
+            .unwrap();
+        db.apply_unreplicated(&[Command::RemoveMember { name: "b".into() }])
             .unwrap();
         assert_eq!(db.next_member_id().unwrap(), 3);
         assert!(matches!(
-            db.apply(&Command::AddMember(member(2, "c"))),
+            db.apply_unreplicated(&[Command::AddMember(member(2, "c"))]),
             Err(DbError::Exists(_))
         ));
-        db.apply(&Command::AddMember(member(3, "c"))).unwrap();
-        db.apply(&Command::RenameMember {
+        db.apply_unreplicated(&[Command::AddMember(member(3, "c"))])
+            .unwrap();
+        db.apply_unreplicated(&[Command::RenameMember {
             from: "c".into(),
             to: "d".into(),
-        })
+        }])
         .unwrap();
         let names: Vec<_> = db.members().unwrap().into_iter().map(|m| m.name).collect();
         assert_eq!(names, ["a", "d"]);

@@ -1,24 +1,32 @@
 //! The daemon's state: one SQLite database in the state dir.
 //!
-//! Invariant: nothing writes to the database except [`Db::apply`] with a typed [`Command`];
-//! reads go through the query functions here. In a cluster, the Raft state machine
-//! (`crate::cluster`) applies the same commands through [`Db::apply_entries`].
+//! Invariant: nothing writes to the database but a typed [`Command`] sent through
+//! `Daemon::write`. Standalone that ends in [`Db::apply_unreplicated`]; in a cluster the Raft
+//! state machine (`crate::cluster`) applies the committed commands through
+//! [`Db::apply_entries`]. Reads go through the query functions here.
 
 mod checkpoint;
 mod command;
+mod images;
+mod instances;
 mod members;
+mod pools;
+mod profiles;
 pub mod records;
 mod replicated;
 mod schema;
+mod server_config;
+mod snapshots;
+mod sql;
+mod trust;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 
-pub use command::Command;
-use records::*;
+pub use command::{Command, Resource};
 pub use replicated::{
     AppliedPosition, EntryOutcome, RejectKind, ReplicatedEntry, ReplicatedRequest, RequestOutcome,
 };
@@ -99,13 +107,13 @@ impl Db {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one command atomically.
-    pub fn apply(&self, cmd: &Command) -> Result<(), DbError> {
-        self.apply_all(std::slice::from_ref(cmd))
-    }
-
-    /// Applies several commands in one transaction: all or none.
-    pub fn apply_all(&self, cmds: &[Command]) -> Result<(), DbError> {
+    /// Applies several commands in one transaction: all or none, on this database only.
+    ///
+    /// Named for what it skips: in a cluster this database is the Raft state machine, and a
+    /// command applied here never reaches the other members. Everything else writes through
+    /// `Daemon::write`; the only callers are `Daemon::write` itself when standalone, the
+    /// first-start seeding in `daemon.rs`, and tests (`tests/layering.rs` checks this).
+    pub(crate) fn apply_unreplicated(&self, cmds: &[Command]) -> Result<(), DbError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         for cmd in cmds {
@@ -140,105 +148,6 @@ impl Db {
             out.push(serde_json::from_str(&row?).map_err(|e| DbError::Decode(e.to_string()))?);
         }
         Ok(out)
-    }
-
-    pub fn server_config(&self) -> Result<ConfigMap, DbError> {
-        let conn = self.lock();
-        let mut st = conn.prepare("SELECT key, value FROM config")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    pub fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, DbError> {
-        self.get("SELECT data FROM instances WHERE name = ?1", &[name])
-    }
-    pub fn instances(&self) -> Result<Vec<InstanceRecord>, DbError> {
-        self.list("SELECT data FROM instances ORDER BY name", &[])
-    }
-    pub fn snapshots(&self, instance: &str) -> Result<Vec<SnapshotRecord>, DbError> {
-        self.list(
-            "SELECT data FROM snapshots WHERE instance = ?1 ORDER BY rowid",
-            &[instance],
-        )
-    }
-    pub fn snapshot(&self, instance: &str, name: &str) -> Result<Option<SnapshotRecord>, DbError> {
-        self.get(
-            "SELECT data FROM snapshots WHERE instance = ?1 AND name = ?2",
-            &[instance, name],
-        )
-    }
-    pub fn image(&self, fingerprint: &str) -> Result<Option<ImageRecord>, DbError> {
-        self.get(
-            "SELECT data FROM images WHERE fingerprint = ?1",
-            &[fingerprint],
-        )
-    }
-    pub fn images(&self) -> Result<Vec<ImageRecord>, DbError> {
-        self.list("SELECT data FROM images ORDER BY fingerprint", &[])
-    }
-    /// Finds images whose fingerprint starts with `prefix` (Incus accepts unique prefixes).
-    pub fn images_by_prefix(&self, prefix: &str) -> Result<Vec<ImageRecord>, DbError> {
-        let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
-        self.list(
-            "SELECT data FROM images WHERE fingerprint LIKE ?1",
-            &[&pattern],
-        )
-    }
-    pub fn alias(&self, name: &str) -> Result<Option<AliasRecord>, DbError> {
-        let conn = self.lock();
-        Ok(conn
-            .query_row(
-                "SELECT name, target, description FROM image_aliases WHERE name = ?1",
-                params![name],
-                |r| {
-                    Ok(AliasRecord {
-                        name: r.get(0)?,
-                        target: r.get(1)?,
-                        description: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
-    }
-    pub fn aliases(&self) -> Result<Vec<AliasRecord>, DbError> {
-        let conn = self.lock();
-        let mut st =
-            conn.prepare("SELECT name, target, description FROM image_aliases ORDER BY name")?;
-        let rows = st.query_map([], |r| {
-            Ok(AliasRecord {
-                name: r.get(0)?,
-                target: r.get(1)?,
-                description: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-    pub fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, DbError> {
-        self.get("SELECT data FROM profiles WHERE name = ?1", &[name])
-    }
-    pub fn profiles(&self) -> Result<Vec<ProfileRecord>, DbError> {
-        self.list("SELECT data FROM profiles ORDER BY name", &[])
-    }
-    pub fn pool(&self, name: &str) -> Result<Option<PoolRecord>, DbError> {
-        self.get("SELECT data FROM storage_pools WHERE name = ?1", &[name])
-    }
-    pub fn pools(&self) -> Result<Vec<PoolRecord>, DbError> {
-        self.list("SELECT data FROM storage_pools ORDER BY name", &[])
-    }
-    pub fn certificate(&self, fingerprint: &str) -> Result<Option<CertificateRecord>, DbError> {
-        self.get(
-            "SELECT data FROM certificates WHERE fingerprint = ?1",
-            &[fingerprint],
-        )
-    }
-    pub fn certificates(&self) -> Result<Vec<CertificateRecord>, DbError> {
-        self.list("SELECT data FROM certificates ORDER BY fingerprint", &[])
-    }
-    pub fn token(&self, secret: &str) -> Result<Option<TokenRecord>, DbError> {
-        self.get("SELECT data FROM tokens WHERE secret = ?1", &[secret])
-    }
-    pub fn tokens(&self) -> Result<Vec<TokenRecord>, DbError> {
-        self.list("SELECT data FROM tokens", &[])
     }
 }
 

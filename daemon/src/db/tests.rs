@@ -1,3 +1,4 @@
+use super::records::*;
 use super::*;
 use chrono::{TimeZone, Utc};
 
@@ -31,7 +32,8 @@ fn profile(name: &str) -> ProfileRecord {
 #[test]
 fn create_read_update_delete_instance() {
     let db = Db::open_in_memory().unwrap();
-    db.apply(&Command::CreateInstance(instance("c1"))).unwrap();
+    db.apply_unreplicated(&[Command::CreateInstance(instance("c1"))])
+        .unwrap();
     assert_eq!(
         db.instance("c1").unwrap().unwrap().config["limits.cpu"],
         "1"
@@ -39,10 +41,11 @@ fn create_read_update_delete_instance() {
 
     let mut i = instance("c1");
     i.description = "web".into();
-    db.apply(&Command::UpdateInstance(i)).unwrap();
+    db.apply_unreplicated(&[Command::UpdateInstance(i)])
+        .unwrap();
     assert_eq!(db.instance("c1").unwrap().unwrap().description, "web");
 
-    db.apply(&Command::DeleteInstance { name: "c1".into() })
+    db.apply_unreplicated(&[Command::DeleteInstance { name: "c1".into() }])
         .unwrap();
     assert!(db.instance("c1").unwrap().is_none());
 }
@@ -50,13 +53,14 @@ fn create_read_update_delete_instance() {
 #[test]
 fn duplicate_create_is_exists_and_missing_update_is_not_found() {
     let db = Db::open_in_memory().unwrap();
-    db.apply(&Command::CreateInstance(instance("c1"))).unwrap();
+    db.apply_unreplicated(&[Command::CreateInstance(instance("c1"))])
+        .unwrap();
     assert!(matches!(
-        db.apply(&Command::CreateInstance(instance("c1"))),
+        db.apply_unreplicated(&[Command::CreateInstance(instance("c1"))]),
         Err(DbError::Exists(_))
     ));
     assert!(matches!(
-        db.apply(&Command::UpdateInstance(instance("nope"))),
+        db.apply_unreplicated(&[Command::UpdateInstance(instance("nope"))]),
         Err(DbError::NotFound(_))
     ));
 }
@@ -64,7 +68,7 @@ fn duplicate_create_is_exists_and_missing_update_is_not_found() {
 #[test]
 fn apply_all_is_atomic() {
     let db = Db::open_in_memory().unwrap();
-    let r = db.apply_all(&[
+    let r = db.apply_unreplicated(&[
         Command::CreateInstance(instance("a")),
         Command::DeleteInstance {
             name: "missing".into(),
@@ -80,9 +84,10 @@ fn apply_all_is_atomic() {
 #[test]
 fn rename_instance_moves_its_snapshots() {
     let db = Db::open_in_memory().unwrap();
-    db.apply(&Command::CreateInstance(instance("c1"))).unwrap();
+    db.apply_unreplicated(&[Command::CreateInstance(instance("c1"))])
+        .unwrap();
     let i = instance("c1");
-    db.apply(&Command::CreateSnapshot(SnapshotRecord {
+    db.apply_unreplicated(&[Command::CreateSnapshot(SnapshotRecord {
         instance: "c1".into(),
         name: "snap0".into(),
         architecture: i.architecture,
@@ -94,12 +99,12 @@ fn rename_instance_moves_its_snapshots() {
         description: String::new(),
         created_at: i.created_at,
         expires_at: None,
-    }))
+    })])
     .unwrap();
-    db.apply(&Command::RenameInstance {
+    db.apply_unreplicated(&[Command::RenameInstance {
         from: "c1".into(),
         to: "c2".into(),
-    })
+    }])
     .unwrap();
     assert!(db.instance("c1").unwrap().is_none());
     assert_eq!(db.instance("c2").unwrap().unwrap().name, "c2");
@@ -111,13 +116,14 @@ fn rename_instance_moves_its_snapshots() {
 #[test]
 fn rename_profile_updates_instances_that_use_it() {
     let db = Db::open_in_memory().unwrap();
-    db.apply(&Command::CreateProfile(profile("default")))
+    db.apply_unreplicated(&[Command::CreateProfile(profile("default"))])
         .unwrap();
-    db.apply(&Command::CreateInstance(instance("c1"))).unwrap();
-    db.apply(&Command::RenameProfile {
+    db.apply_unreplicated(&[Command::CreateInstance(instance("c1"))])
+        .unwrap();
+    db.apply_unreplicated(&[Command::RenameProfile {
         from: "default".into(),
         to: "base".into(),
-    })
+    }])
     .unwrap();
     assert_eq!(db.instance("c1").unwrap().unwrap().profiles, vec!["base"]);
     assert!(db.profile("base").unwrap().is_some());
@@ -126,12 +132,13 @@ fn rename_profile_updates_instances_that_use_it() {
 #[test]
 fn volatile_keys_change_alone() {
     let db = Db::open_in_memory().unwrap();
-    db.apply(&Command::CreateInstance(instance("c1"))).unwrap();
-    db.apply(&Command::SetInstanceVolatile {
+    db.apply_unreplicated(&[Command::CreateInstance(instance("c1"))])
+        .unwrap();
+    db.apply_unreplicated(&[Command::SetInstanceVolatile {
         name: "c1".into(),
         key: "volatile.last_state.power".into(),
         value: Some("RUNNING".into()),
-    })
+    }])
     .unwrap();
     let i = db.instance("c1").unwrap().unwrap();
     assert_eq!(i.config["volatile.last_state.power"], "RUNNING");
@@ -144,10 +151,10 @@ fn state_survives_reopen_and_newer_schema_is_refused() {
     let path = dir.path().join("cairn.db");
     {
         let db = Db::open(&path).unwrap();
-        db.apply(&Command::SetServerConfig {
+        db.apply_unreplicated(&[Command::SetServerConfig {
             key: "core.https_address".into(),
             value: Some("127.0.0.1:8443".into()),
-        })
+        }])
         .unwrap();
     }
     let db = Db::open(&path).unwrap();
@@ -176,7 +183,7 @@ fn commands_round_trip_through_json() {
 fn deleting_an_image_drops_its_aliases() {
     let db = Db::open_in_memory().unwrap();
     let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    db.apply(&Command::CreateImage(ImageRecord {
+    db.apply_unreplicated(&[Command::CreateImage(ImageRecord {
         fingerprint: "abc".into(),
         filename: "x.tar.gz".into(),
         size: 1,
@@ -191,18 +198,18 @@ fn deleting_an_image_drops_its_aliases() {
         uploaded_at: t,
         expires_at: None,
         last_used_at: None,
-    }))
+    })])
     .unwrap();
-    db.apply(&Command::CreateAlias(AliasRecord {
+    db.apply_unreplicated(&[Command::CreateAlias(AliasRecord {
         name: "bb".into(),
         target: "abc".into(),
         description: String::new(),
-    }))
+    })])
     .unwrap();
     assert_eq!(db.images_by_prefix("ab").unwrap().len(), 1);
-    db.apply(&Command::DeleteImage {
+    db.apply_unreplicated(&[Command::DeleteImage {
         fingerprint: "abc".into(),
-    })
+    }])
     .unwrap();
     assert!(db.alias("bb").unwrap().is_none());
 }

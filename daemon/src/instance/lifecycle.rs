@@ -481,7 +481,9 @@ pub async fn rename(d: Arc<Daemon>, from: &str, to: &str) -> Result<()> {
 }
 
 /// Replaces the writable part of an instance (PUT), keeping the daemon's volatile keys.
-pub fn update(
+///
+/// Async for its write: it runs on the runtime, where a cluster write cannot block.
+pub async fn update(
     d: &Daemon,
     name: &str,
     mut config: ConfigMap,
@@ -501,14 +503,15 @@ pub fn update(
             "Changing the root disk's pool is not supported".into(),
         ));
     }
-    d.write_blocking(vec![Command::UpdateInstance(InstanceRecord {
+    d.write(vec![Command::UpdateInstance(InstanceRecord {
         config,
         devices,
         profiles,
         description,
         ephemeral,
         ..rec
-    })])?;
+    })])
+    .await?;
     d.events
         .lifecycle("instance-updated", &super::url(name), serde_json::json!({}));
     Ok(())

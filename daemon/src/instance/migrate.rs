@@ -14,10 +14,6 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Body;
-use futures::TryStreamExt;
-use http_body_util::BodyExt;
-
 use super::lxc::LxcState;
 use super::{expand, get, root_pool, InstanceError, Result};
 use crate::daemon::Daemon;
@@ -129,22 +125,11 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
         let out = tokio_util::io::SyncIoBridge::new(writer);
         write_tar(&v, &s, out)
     });
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
-    let req = axum::http::Request::post(format!("{RECEIVE_PATH}/{name}?pool={pool_name}"))
-        .body(body)
-        .map_err(|e| failed("building the transfer", e))?;
-    let resp = rt
-        .peer()
-        .request(&member.address, req)
-        .await
-        .map_err(|e| failed(&format!("sending {name} to {target}"), e))?;
-    let status = resp.status();
-    let answer = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let path = format!("{RECEIVE_PATH}/{name}?pool={pool_name}");
+    let (status, answer) =
+        crate::cluster::member_api::post_stream(&rt, &member.address, &path, reader)
+            .await
+            .map_err(|e| failed(&format!("sending {name} to {target}"), e))?;
     producer
         .await
         .map_err(|e| failed("writing the transfer", e))?
@@ -173,7 +158,12 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
 }
 
 /// `POST /internal/cluster/instances/{name}?pool=P` on the target: unpacks the stream.
-pub async fn receive(d: Arc<Daemon>, name: &str, pool_name: &str, body: Body) -> Result<()> {
+pub async fn receive(
+    d: Arc<Daemon>,
+    name: &str,
+    pool_name: &str,
+    reader: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+) -> Result<()> {
     crate::validate::instance_name(name).map_err(|e| InstanceError::Invalid(e.to_string()))?;
     let pool = d
         .pool(pool_name)
@@ -183,10 +173,6 @@ pub async fn receive(d: Arc<Daemon>, name: &str, pool_name: &str, body: Body) ->
     if let Some(p) = volume.parent() {
         std::fs::create_dir_all(p).map_err(|e| failed("creating the pool directory", e))?;
     }
-    let stream = TryStreamExt::map_err(body.into_data_stream(), |e| {
-        std::io::Error::other(e.to_string())
-    });
-    let reader = tokio_util::io::StreamReader::new(stream);
     tokio::task::spawn_blocking(move || {
         receive_tar(
             tokio_util::io::SyncIoBridge::new(reader),

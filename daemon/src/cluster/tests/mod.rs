@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use openraft::BasicNode;
 
-use super::network::LocalRouter;
 use super::node::{Config, Node};
+use super::raft_net::LocalRouter;
 use super::types::NodeId;
 use crate::db::{Command, Db};
 

@@ -1,4 +1,4 @@
-//! A member's cluster runtime inside the daemon: its identity on disk, its Raft [`Node`]
+//! This member of a cluster, inside the daemon: its identity on disk, its Raft [`Node`]
 //! over the daemon's database, what it knows of the other members' liveness, and — while it
 //! leads — the keeping of database roles (voters, standbys) as Incus does with
 //! `cluster.max_voters` and `cluster.max_standby`.
@@ -16,8 +16,8 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::network::{Reply, Rpc, Transport};
 use super::node::{Config, Node};
+use super::raft_net::{Reply, Rpc, Transport};
 use super::types::{ClusterError, NodeId};
 use crate::db::records::MemberRecord;
 use crate::db::{Command, Db, DbError, RejectKind};
@@ -133,7 +133,7 @@ impl Liveness {
     }
 }
 
-pub struct Runtime {
+pub struct Member {
     identity: Identity,
     /// The member's name; renaming it changes this and the identity file.
     name: Mutex<String>,
@@ -181,7 +181,7 @@ pub fn member_config(state: &Path, id: NodeId, heartbeat: Option<Duration>) -> C
     }
 }
 
-impl Runtime {
+impl Member {
     /// Starts this member's Raft node over `db` (the daemon's database), resuming from
     /// its log (`config.dir`) if it ran before.
     pub async fn start(
@@ -192,13 +192,13 @@ impl Runtime {
         liveness: Arc<Liveness>,
         peer: super::peer::PeerClient,
         events: crate::events::EventHub,
-    ) -> Result<Arc<Runtime>, ClusterError> {
+    ) -> Result<Arc<Member>, ClusterError> {
         db.set_replicated().map_err(|e| ClusterError::Start {
             id: identity.id,
             detail: e.to_string(),
         })?;
         let node = Node::start(config, db, transport).await?;
-        let rt = Arc::new(Runtime {
+        let rt = Arc::new(Member {
             name: Mutex::new(identity.name.clone()),
             identity,
             node,
@@ -570,7 +570,7 @@ impl Runtime {
     }
 }
 
-async fn keep_roles(rt: std::sync::Weak<Runtime>) {
+async fn keep_roles(rt: std::sync::Weak<Member>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(rt) = rt.upgrade() else { return };

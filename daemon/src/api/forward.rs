@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::peer::PeerClient;
-use crate::api::ApiError;
+use super::ApiError;
+use crate::cluster::peer::PeerClient;
 
 /// Headers that describe one connection rather than the message (RFC 9110 §7.6.1), plus
 /// `Expect`, which this member's server has already answered.

@@ -14,8 +14,8 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::member::{Identity, Liveness, Member};
 use super::peer::PeerClient;
-use super::runtime::{Identity, Liveness, Runtime};
 use super::transport::HttpTransport;
 use super::types::NodeId;
 use crate::daemon::Daemon;
@@ -27,7 +27,7 @@ const TOKEN_LIFETIME: chrono::Duration = chrono::Duration::hours(3);
 pub const JOIN_PATH: &str = "/internal/cluster/join";
 
 #[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
+pub enum MembershipError {
     /// The request cannot be done as asked (HTTP 400).
     #[error("{0}")]
     Invalid(String),
@@ -39,7 +39,7 @@ pub enum LifecycleError {
     Unavailable(String),
 }
 
-use LifecycleError::{Forbidden, Invalid, Unavailable};
+use MembershipError::{Forbidden, Invalid, Unavailable};
 
 /// Incus's join token: base64 of this JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,7 +57,7 @@ impl JoinToken {
             .encode(serde_json::to_vec(self).unwrap_or_default())
     }
 
-    pub fn decode(s: &str) -> Result<JoinToken, LifecycleError> {
+    pub fn decode(s: &str) -> Result<JoinToken, MembershipError> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .map_err(|e| Invalid(format!("Invalid cluster join token: {e}")))?;
@@ -100,7 +100,7 @@ pub struct JoinAnswer {
 
 /// The address other members reach this one at: `cluster.https_address`, else
 /// `core.https_address`; it must name a host, not a wildcard.
-pub fn member_address(d: &Daemon) -> Result<String, LifecycleError> {
+pub fn member_address(d: &Daemon) -> Result<String, MembershipError> {
     let addr = d
         .local
         .get("cluster.https_address")
@@ -117,20 +117,17 @@ pub fn member_address(d: &Daemon) -> Result<String, LifecycleError> {
     Ok(addr)
 }
 
-fn peer_client(d: &Daemon) -> Result<PeerClient, LifecycleError> {
+fn peer_client(d: &Daemon) -> Result<PeerClient, MembershipError> {
     PeerClient::from_cert(&d.cert()).map_err(|e| Unavailable(format!("cluster client: {e}")))
 }
 
-async fn start_runtime(
-    d: &Arc<Daemon>,
-    identity: Identity,
-) -> Result<Arc<Runtime>, LifecycleError> {
+async fn start_member(d: &Arc<Daemon>, identity: Identity) -> Result<Arc<Member>, MembershipError> {
     let liveness = Arc::new(Liveness::default());
     let peer = peer_client(d)?;
     let transport = HttpTransport::new(peer.clone(), liveness.clone());
     let config =
-        super::runtime::member_config(&d.paths.state, identity.id, d.raft_heartbeat.get().copied());
-    let rt = Runtime::start(
+        super::member::member_config(&d.paths.state, identity.id, d.raft_heartbeat.get().copied());
+    let rt = Member::start(
         config,
         identity,
         d.db.clone(),
@@ -146,7 +143,7 @@ async fn start_runtime(
 }
 
 /// At daemon start: resumes cluster membership if this member has one.
-pub async fn resume(d: &Arc<Daemon>) -> Result<(), LifecycleError> {
+pub async fn resume(d: &Arc<Daemon>) -> Result<(), MembershipError> {
     let identity = Identity::load(&d.paths.state)
         .map_err(|e| Unavailable(format!("reading the cluster identity: {e}")))?;
     let Some(identity) = identity else {
@@ -158,14 +155,14 @@ pub async fn resume(d: &Arc<Daemon>) -> Result<(), LifecycleError> {
         identity.id,
         identity.address
     );
-    let rt = start_runtime(d, identity).await?;
+    let rt = start_member(d, identity).await?;
     d.set_cluster(Some(rt));
     Ok(())
 }
 
 /// `PUT /1.0/cluster` with `enabled` on a standalone server: it becomes a cluster of one,
 /// named `name`.
-pub async fn enable(d: &Arc<Daemon>, name: &str) -> Result<(), LifecycleError> {
+pub async fn enable(d: &Arc<Daemon>, name: &str) -> Result<(), MembershipError> {
     if d.cluster().is_some() {
         return Err(Invalid("This server is already clustered".into()));
     }
@@ -179,7 +176,7 @@ pub async fn enable(d: &Arc<Daemon>, name: &str) -> Result<(), LifecycleError> {
         name: name.to_string(),
         address: address.clone(),
     };
-    let rt = start_runtime(d, identity.clone()).await?;
+    let rt = start_member(d, identity.clone()).await?;
     let bootstrapped = async {
         rt.bootstrap()
             .await
@@ -206,7 +203,7 @@ pub async fn enable(d: &Arc<Daemon>, name: &str) -> Result<(), LifecycleError> {
     };
     if let Err(e) = bootstrapped.await {
         rt.shutdown().await;
-        let _ = std::fs::remove_dir_all(super::runtime::cluster_dir(&d.paths.state));
+        let _ = std::fs::remove_dir_all(super::member::cluster_dir(&d.paths.state));
         return Err(e);
     }
     identity
@@ -225,7 +222,7 @@ pub async fn issue_token(
     d: &Arc<Daemon>,
     name: &str,
     operation_id: &str,
-) -> Result<JoinToken, LifecycleError> {
+) -> Result<JoinToken, MembershipError> {
     let rt = d
         .cluster()
         .ok_or_else(|| Invalid("This server is not clustered".into()))?;
@@ -284,7 +281,7 @@ pub async fn accept(
     req: JoinRequest,
     caller: Option<&str>,
     from_member: bool,
-) -> Result<JoinAnswer, LifecycleError> {
+) -> Result<JoinAnswer, MembershipError> {
     let rt = d
         .cluster()
         .ok_or_else(|| Invalid("This server is not clustered".into()))?;
@@ -395,7 +392,7 @@ pub struct JoinParams {
 }
 
 /// `PUT /1.0/cluster` with a join token, on the joining server.
-pub async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<(), LifecycleError> {
+pub async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<(), MembershipError> {
     if d.cluster().is_some() {
         return Err(Invalid("This server is already clustered".into()));
     }
@@ -468,7 +465,7 @@ pub async fn complete_join(
     client: PeerClient,
     addresses: &[String],
     req: JoinRequest,
-) -> Result<(), LifecycleError> {
+) -> Result<(), MembershipError> {
     let (name, address) = (req.name.clone(), req.address.clone());
     let mut last = String::from("no address to join at");
     let mut answer = None;
@@ -505,9 +502,9 @@ pub async fn complete_join(
     identity
         .save(&d.paths.state)
         .map_err(|e| Unavailable(format!("saving the cluster identity: {e}")))?;
-    let rt = start_runtime(d, identity).await?;
+    let rt = start_member(d, identity).await?;
     // Before the wait: the snapshot arrives through this member's API, which hands Raft
-    // messages only to a member whose runtime is set.
+    // messages only once its `Member` is set.
     d.set_cluster(Some(rt));
     // The leader sends the cluster's database as a snapshot first; wait until it is here.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -530,7 +527,7 @@ pub async fn complete_join(
 }
 
 /// After this member was renamed: its identity file follows.
-pub fn renamed_self(d: &Daemon, to: &str) -> Result<(), LifecycleError> {
+pub fn renamed_self(d: &Daemon, to: &str) -> Result<(), MembershipError> {
     let rt = d
         .cluster()
         .ok_or_else(|| Invalid("This server is not clustered".into()))?;
