@@ -295,3 +295,17 @@ fn every_resource_applier_takes_its_commands() {
     assert!(db.tokens().unwrap().is_empty());
     assert!(db.aliases().unwrap().is_empty());
 }
+
+#[test]
+fn a_misrouted_command_is_refused() {
+    let db = Db::open_in_memory().unwrap();
+    let mut conn = db.lock();
+    let tx = conn.transaction().unwrap();
+    let r = super::members::apply(
+        &tx,
+        &Command::DeleteProfile {
+            name: "default".into(),
+        },
+    );
+    assert!(matches!(r, Err(DbError::Misrouted(_))), "{r:?}");
+}
