@@ -1,9 +1,10 @@
 //! cairnd: an Incus-compatible container daemon over liblxc.
 //!
-//! The HTTP layer (`api`) only parses and validates requests, builds typed commands and calls
-//! services; services (`instance`, `image`, `storage`) never see HTTP types; every change to
-//! persistent state is a typed [`db::Command`] applied in one place, so a later step can
-//! replicate the same commands through Raft.
+//! The HTTP layer (`api`, with `listener`) only parses and validates requests, builds typed
+//! commands and calls services; services (`instance`, `image`, `storage`, `cluster`, `trust`,
+//! `os`) never see HTTP server types and never import `api` (`tests/layering.rs` checks
+//! both). Every change to persistent state is a typed [`db::Command`] sent through
+//! `Daemon::write`, which in a cluster replicates it through Raft.
 
 pub mod api;
 pub mod cli;

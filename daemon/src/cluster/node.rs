@@ -589,7 +589,7 @@ impl Node {
                 Ok(()) => bounded(limit, self.submit(req), started).await,
             }),
             Rpc::ReadIndex => Reply::ReadIndex(bounded(limit, self.read_index(), started).await),
-            // Liveness is the daemon's knowledge (cluster::runtime); a bare node has none.
+            // Liveness is the daemon's knowledge (cluster::member); a bare node has none.
             Rpc::Liveness => Reply::Liveness(BTreeMap::new()),
         }
     }

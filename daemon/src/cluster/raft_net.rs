@@ -1,7 +1,7 @@
-//! Member-to-member messages behind one trait object, [`Transport`], so the Raft core does
-//! not know how they travel. The daemon's transport (HTTPS with mutual TLS under
-//! `/internal/…`) comes next; [`LocalRouter`] delivers them in-process, with partitions and
-//! stopped members under the test's control, for tests and the benchmark.
+//! Raft's member-to-member messages behind one trait object, [`Transport`], so the Raft
+//! core does not know how they travel. The daemon's transport is `transport.rs` (HTTPS with
+//! mutual TLS under `/internal/cluster/…`); [`LocalRouter`] delivers them in-process, with
+//! partitions and stopped members under the test's control, for tests and the benchmark.
 //!
 //! Every message is serde-serializable as it is; snapshots travel separately as a whole
 //! SQLite file.

@@ -98,7 +98,7 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
                 params![name],
             )?,
         )?,
-        other => return Err(DbError::Encode(format!("not a cluster command: {other:?}"))),
+        other => return Err(super::sql::misrouted("cluster member", other)),
     }
     Ok(())
 }

@@ -41,6 +41,10 @@ pub enum DbError {
     Exists(String),
     #[error("encoding a record: {0}")]
     Encode(String),
+    /// A command handed to another resource's applier (a bug in `Command::resource`):
+    /// refused the same way on every member.
+    #[error("{0}")]
+    Misrouted(String),
     #[error("decoding a stored record: {0}")]
     Decode(String),
     #[error("applying schema migration {0}: {1}")]

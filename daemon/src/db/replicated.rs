@@ -86,7 +86,7 @@ fn rejected(cmds: &[Command], e: DbError) -> Result<RequestOutcome, DbError> {
         DbError::Sqlite(ref s) if is_unique_violation(s) => {
             (RejectKind::Exists, format!("already exists: {}", what()))
         }
-        DbError::Encode(m) | DbError::Decode(m) => (RejectKind::Invalid, m),
+        DbError::Encode(m) | DbError::Decode(m) | DbError::Misrouted(m) => (RejectKind::Invalid, m),
         // Anything else (I/O, a full disk) is not a property of the command: fail the batch.
         e => return Err(e),
     };

@@ -65,5 +65,5 @@ pub(super) fn all<T: serde::de::DeserializeOwned>(
 /// A command handed to another resource's applier: a bug in `Command::resource`, refused
 /// the same way on every member.
 pub(super) fn misrouted(applier: &str, cmd: &Command) -> DbError {
-    DbError::Encode(format!("not a {applier} command: {cmd:?}"))
+    DbError::Misrouted(format!("not a {applier} command: {cmd:?}"))
 }
