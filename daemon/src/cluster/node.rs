@@ -335,34 +335,23 @@ impl Node {
                         }
                     }
                 },
-                Some(l) => {
-                    let forwarded = async {
-                        match bounded(
-                            remaining,
-                            self.forward(l, Rpc::Write(request.clone())),
-                            started,
-                        )
-                        .await
-                        {
-                            Ok(Reply::Write(r)) => r,
-                            Ok(other) => Err(unexpected(l, &other)),
-                            Err(e) => Err(e),
-                        }
-                    };
-                    tokio::select! {
-                        r = forwarded => r,
-                        r = self.leader_changed(Some(l)) => {
-                            r?;
-                            tracing::debug!(
-                                "member {}: leader {l} replaced while a write was forwarded to \
-                                 it; sending request {} again",
-                                self.id(),
-                                request.id
-                            );
-                            continue;
-                        }
+                Some(l) => match self
+                    .forward_to_leader(l, Rpc::Write(request.clone()), remaining, started)
+                    .await
+                {
+                    Ok(Some(Reply::Write(r))) => r,
+                    Ok(Some(other)) => Err(unexpected(l, &other)),
+                    Ok(None) => {
+                        tracing::debug!(
+                            "member {}: leader {l} replaced while a write was forwarded to \
+                             it; sending request {} again",
+                            self.id(),
+                            request.id
+                        );
+                        continue;
                     }
-                }
+                    Err(e) => Err(e),
+                },
                 None => Err(ClusterError::NotLeader {
                     this: self.id(),
                     leader: None,
@@ -397,22 +386,15 @@ impl Node {
                     Err(e) => return Err(e),
                     Ok(()) => bounded(remaining, self.read_index(), started).await,
                 },
-                Some(l) => {
-                    let forwarded = async {
-                        match bounded(remaining, self.forward(l, Rpc::ReadIndex), started).await {
-                            Ok(Reply::ReadIndex(r)) => r,
-                            Ok(other) => Err(unexpected(l, &other)),
-                            Err(e) => Err(e),
-                        }
-                    };
-                    tokio::select! {
-                        r = forwarded => r,
-                        r = self.leader_changed(Some(l)) => {
-                            r?;
-                            continue;
-                        }
-                    }
-                }
+                Some(l) => match self
+                    .forward_to_leader(l, Rpc::ReadIndex, remaining, started)
+                    .await
+                {
+                    Ok(Some(Reply::ReadIndex(r))) => r,
+                    Ok(Some(other)) => Err(unexpected(l, &other)),
+                    Ok(None) => continue,
+                    Err(e) => Err(e),
+                },
                 None => Err(ClusterError::NotLeader {
                     this: self.id(),
                     leader: None,
@@ -427,6 +409,21 @@ impl Node {
                 Err(_) => {}
             }
             self.pause_for_leader(leader, deadline).await?;
+        }
+    }
+
+    /// Sends `rpc` to `leader`, abandoned as soon as this member's view of the leader changes
+    /// (`Ok(None)`: try again with the leader it knows now).
+    async fn forward_to_leader(
+        &self,
+        leader: NodeId,
+        rpc: Rpc,
+        remaining: Duration,
+        started: Instant,
+    ) -> Result<Option<Reply>, ClusterError> {
+        tokio::select! {
+            r = bounded(remaining, self.forward(leader, rpc), started) => r.map(Some),
+            r = self.leader_changed(Some(leader)) => r.map(|()| None),
         }
     }
 
