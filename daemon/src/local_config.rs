@@ -93,7 +93,17 @@ impl LocalConfig {
         let tmp = self.path.with_extension("json.tmp");
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            // A temporary left by a crash is replaced, so the new file gets its own mode.
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&data)?;
             f.sync_all()?;
         }

@@ -26,14 +26,25 @@ impl LogFile {
     }
 
     fn open(&mut self) {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         if let Some(dir) = self.path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir);
         }
+        // Owner-only: services log what they are told (addresses, names, errors quoting
+        // requests), which is no one else's to read.
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)
             .ok();
+        // A log an older cairn-init made readable to others is fixed as it is reopened.
+        if let Some(f) = &self.file {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         self.written = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
     }
 
