@@ -10,8 +10,13 @@ use std::sync::RwLock;
 use crate::daemon::StartError;
 use crate::db::{Command, Db};
 
-/// The keys that are per member.
-pub const LOCAL_KEYS: &[&str] = &["core.https_address", "cluster.https_address"];
+/// The keys that are per member. `core.https_tls12` describes this member's listener, so
+/// it is set per member like the address it listens on.
+pub const LOCAL_KEYS: &[&str] = &[
+    "core.https_address",
+    "cluster.https_address",
+    "core.https_tls12",
+];
 
 pub fn is_local_key(key: &str) -> bool {
     LOCAL_KEYS.contains(&key)

@@ -7,9 +7,13 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{free_port, TestDaemon};
@@ -207,4 +211,361 @@ fn state_files_are_not_readable_by_other_users() {
         assert_eq!(mode(&d.state.join(name)), 0o600, "{name} after a restart");
     }
     assert_nothing_readable_by_nobody(&d, &secrets);
+}
+
+// ---------------------------------------------------------------------------------------
+// Untrusted connections.
+
+/// A self-signed client certificate made by openssl, and its key.
+fn client_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    require_tool("openssl");
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec"])
+        .args(["-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes"])
+        .args(["-subj", &format!("/CN={name}"), "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (crt, key)
+}
+
+/// A rustls client pinning the daemon's certificate, optionally presenting a client one.
+fn tls_client(state: &Path, client: Option<&(PathBuf, PathBuf)>) -> Arc<rustls::ClientConfig> {
+    let server_pem = std::fs::read(state.join("server.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut server_pem.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((crt, key)) => {
+            let crt = std::fs::read(crt).unwrap();
+            let key = std::fs::read(key).unwrap();
+            let chain = rustls_pemfile::certs(&mut crt.as_slice())
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls_pemfile::private_key(&mut key.as_slice())
+                .unwrap()
+                .unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_connect(addr: &str, config: &Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn =
+        rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // Drives the handshake to its end.
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Whether the server closed the connection, waiting up to `wait` for it (answers read
+/// meanwhile are skipped: a closing server may send an error first).
+fn closed_within(tls: &mut Tls, wait: Duration) -> bool {
+    let until = Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+    }
+}
+
+/// A client that sends a request's headers one line every 2 s, as a slow-loris attack
+/// does. Returns when the server closed it, or None if it is still open after `give_up`.
+fn slow_headers(
+    addr: &str,
+    config: &Arc<rustls::ClientConfig>,
+    give_up: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let Ok(mut tls) = tls_connect(addr, config) else {
+        return Some(start.elapsed());
+    };
+    if tls
+        .write_all(b"GET /1.0 HTTP/1.1\r\nHost: cairn\r\n")
+        .and_then(|_| tls.flush())
+        .is_err()
+    {
+        return Some(start.elapsed());
+    }
+    let mut line = 0;
+    while start.elapsed() < give_up {
+        if closed_within(&mut tls, Duration::from_secs(2)) {
+            return Some(start.elapsed());
+        }
+        line += 1;
+        let header = format!("X-Slow-{line}: 1\r\n");
+        if tls
+            .write_all(header.as_bytes())
+            .and_then(|_| tls.flush())
+            .is_err()
+        {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
+/// `curl` over HTTPS with the given client certificate: (status, body).
+fn curl_https(
+    addr: &str,
+    cert: Option<&(PathBuf, PathBuf)>,
+    args: &[&str],
+    path: &str,
+) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sk", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"]);
+    if let Some((crt, key)) = cert {
+        c.arg("--cert").arg(crt).arg("--key").arg(key);
+    }
+    let out = c
+        .args(args)
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn slow_untrusted_connections_are_closed_while_trusted_clients_keep_working() {
+    require_tool("curl");
+    let (d, addr) = https_daemon();
+    let trusted = client_certificate(d.root.path(), "trusted");
+    d.incus_ok(&[
+        "config",
+        "trust",
+        "add-certificate",
+        trusted.0.to_str().unwrap(),
+    ]);
+    let (code, body) = curl_https(&addr, Some(&trusted), &[], "/1.0");
+    assert!(
+        code == 200 && body.contains("\"auth\":\"trusted\""),
+        "{code} {body}"
+    );
+
+    let anonymous = tls_client(&d.state, None);
+    let with_cert = tls_client(&d.state, Some(&trusted));
+    let started = Instant::now();
+    let give_up = Duration::from_secs(30);
+    let untrusted: Vec<_> = (0..50)
+        .map(|_| {
+            let (addr, config) = (addr.clone(), anonymous.clone());
+            std::thread::spawn(move || slow_headers(&addr, &config, give_up))
+        })
+        .collect();
+    // A trusted client sending slow headers is given far longer than untrusted ones.
+    let trusted_slow = {
+        let (addr, config) = (addr.clone(), with_cert.clone());
+        std::thread::spawn(move || slow_headers(&addr, &config, Duration::from_secs(16)))
+    };
+    // Meanwhile a trusted client keeps working, every request answered.
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(14) {
+        let (code, body) = curl_https(&addr, Some(&trusted), &[], "/1.0/instances");
+        assert_eq!(code, 200, "trusted request during the attack: {body}");
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let closed: Vec<Option<Duration>> = untrusted.into_iter().map(|t| t.join().unwrap()).collect();
+    let still_open = closed.iter().filter(|c| c.is_none()).count();
+    let late = closed
+        .iter()
+        .flatten()
+        .filter(|t| **t >= Duration::from_secs(5))
+        .count();
+    let slowest = closed.iter().flatten().max().copied().unwrap_or_default();
+    eprintln!(
+        "untrusted slow-header connections: {still_open} still open after {give_up:?}, \
+         {late} closed by the header timeout, the others refused at once (limit per \
+         address); slowest closed after {slowest:?}; {answered} trusted requests answered"
+    );
+    assert_eq!(still_open, 0, "untrusted slow-header connections left open");
+    assert!(
+        slowest < Duration::from_secs(20),
+        "an untrusted slow-header connection lived {slowest:?} (header timeout 10 s)"
+    );
+    assert!(
+        (1..=8).contains(&late),
+        "{late} untrusted connections were served (at most 8 per address)"
+    );
+    assert_eq!(
+        trusted_slow.join().unwrap(),
+        None,
+        "the trusted slow connection was closed like an untrusted one"
+    );
+
+    // A 4 MiB body to the one write untrusted clients reach is refused unread, announced
+    // (Content-Length) or not (chunked: cut off past 64 KiB).
+    let big = d.root.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 4 << 20]).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-X", "POST", "-H", "Content-Type: application/json"])
+        .arg("--data-binary")
+        .arg(format!("@{}", big.display()))
+        .arg(format!("https://{addr}/1.0/certificates"))
+        .output()
+        .expect("running curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "413",
+        "a 4 MiB untrusted body: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut tls = tls_connect(&addr, &anonymous).unwrap();
+    tls.write_all(
+        b"POST /1.0/certificates HTTP/1.1\r\nHost: cairn\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    let chunk = vec![b' '; 16 << 10];
+    let mut sent = 0;
+    let mut reply = Vec::new();
+    // Until the server answers; it must before 4 MiB are sent.
+    while sent < 4 << 20 {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if tls.write_all(&framed).and_then(|_| tls.flush()).is_err() {
+            break;
+        }
+        sent += chunk.len();
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = tls.read(&mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+            if n == 0 || !reply.is_empty() {
+                break;
+            }
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    eprintln!("chunked untrusted body: answered after {} KiB sent", sent >> 10);
+    assert!(
+        sent < 1 << 20,
+        "the server took {sent} bytes of an untrusted chunked body (limit 64 KiB)"
+    );
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 4"),
+        "answer to an oversized chunked body: {reply}"
+    );
+
+    // An untrusted body that never arrives whole is answered and the connection closed.
+    let mut tls = tls_connect(&addr, &anonymous).unwrap();
+    tls.write_all(
+        b"POST /1.0/certificates HTTP/1.1\r\nHost: cairn\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{\"trust_token\":",
+    )
+    .unwrap();
+    tls.flush().unwrap();
+    let t = Instant::now();
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(25)),
+        "an unfinished untrusted body held its connection"
+    );
+    eprintln!(
+        "unfinished untrusted body: connection closed after {:?}",
+        t.elapsed()
+    );
+
+    // Trusted clients still work after all that.
+    let (code, _) = curl_https(&addr, Some(&trusted), &[], "/1.0/instances");
+    assert_eq!(code, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS versions.
+
+/// Whether `openssl s_client` completes a handshake with only `version` (-tls1_2, -tls1_3).
+fn handshake_with(addr: &str, version: &str) -> bool {
+    let out = Command::new("timeout")
+        .args([
+            "10", "openssl", "s_client", "-brief", "-connect", addr, version,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl s_client");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.contains("CONNECTION ESTABLISHED")
+}
+
+#[test]
+fn tls13_only_unless_tls12_is_enabled() {
+    require_tool("openssl");
+    let (d, addr) = https_daemon();
+    assert!(handshake_with(&addr, "-tls1_3"), "TLS 1.3 refused");
+    assert!(
+        !handshake_with(&addr, "-tls1_2"),
+        "TLS 1.2 accepted by default"
+    );
+
+    d.incus_ok(&["config", "set", "core.https_tls12", "true"]);
+    assert!(
+        handshake_with(&addr, "-tls1_2"),
+        "TLS 1.2 refused with core.https_tls12"
+    );
+    assert!(
+        handshake_with(&addr, "-tls1_3"),
+        "TLS 1.3 refused with core.https_tls12"
+    );
+    let err = d.incus_err(&["config", "set", "core.https_tls12", "maybe"]);
+    assert!(err.contains("core.https_tls12"), "{err}");
+
+    d.incus_ok(&["config", "set", "core.https_tls12", "false"]);
+    assert!(
+        !handshake_with(&addr, "-tls1_2"),
+        "TLS 1.2 accepted after core.https_tls12=false"
+    );
+    d.incus_ok(&["config", "set", "core.https_tls12", "true"]);
+    d.incus_ok(&["config", "unset", "core.https_tls12"]);
+    assert!(
+        !handshake_with(&addr, "-tls1_2"),
+        "TLS 1.2 accepted after unsetting the key"
+    );
 }

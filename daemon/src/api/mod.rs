@@ -30,6 +30,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 use crate::daemon::Daemon;
+pub use auth::peer_is_trusted;
 pub use response::{ApiError, ApiResult};
 
 pub type AppState = Arc<Daemon>;
