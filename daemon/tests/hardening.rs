@@ -569,3 +569,114 @@ fn tls13_only_unless_tls12_is_enabled() {
         "TLS 1.2 accepted after unsetting the key"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// File push.
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resets the daemon's peak RSS (VmHWM) to its current RSS, and returns that.
+fn reset_peak_rss(pid: u32) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("resetting VmHWM");
+    status_kib(pid, "VmRSS:")
+}
+
+/// A 600 MiB sparse file: no disk space, zeros when read.
+fn sparse_file(dir: &Path) -> PathBuf {
+    let p = dir.join("push-600M");
+    std::fs::File::create(&p)
+        .unwrap()
+        .set_len(600 << 20)
+        .unwrap();
+    p
+}
+
+/// POSTs `file` to the files API over the unix socket: (status, bytes curl uploaded).
+fn push_files_api(d: &TestDaemon, instance: &str, file: &Path, path: &str) -> (u16, u64) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}"])
+        .arg("--unix-socket")
+        .arg(d.state.join("unix.socket"))
+        .args(["-X", "POST", "-H", "X-Incus-type: file", "-T"])
+        .arg(file)
+        .arg(format!(
+            "http://cairn/1.0/instances/{instance}/files?path={path}"
+        ))
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = text.split_whitespace();
+    let code = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let sent = it
+        .next()
+        .and_then(|s| s.split('.').next()?.parse().ok())
+        .unwrap_or(u64::MAX);
+    (code, sent)
+}
+
+/// The most a 600 MiB push may add to the daemon's peak RSS.
+const PUSH_RSS_BOUND_KIB: u64 = 64 << 10;
+
+#[test]
+fn a_600_mib_push_streams_and_a_missing_instance_is_refused_unread() {
+    require_root("resetting the daemon's peak RSS (/proc/PID/clear_refs)");
+    require_tool("curl");
+    let d = TestDaemon::start();
+    d.import_busybox("bb");
+    d.incus_ok(&["launch", "bb", "c1"]);
+    let pid = d.pid();
+    let file = sparse_file(d.root.path());
+
+    // A missing instance: refused before the body is read, so curl sends none of it.
+    let base = reset_peak_rss(pid);
+    let (code, sent) = push_files_api(&d, "missing", &file, "/big");
+    let grew = status_kib(pid, "VmHWM:").saturating_sub(base);
+    eprintln!("push to a missing instance: {code}, {sent} bytes sent, peak RSS +{grew} KiB");
+    assert_eq!(code, 404);
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes of the body were taken before the 404"
+    );
+    assert!(grew < PUSH_RSS_BOUND_KIB, "peak RSS grew {grew} KiB");
+
+    // The files API (pylxd, older clients).
+    let base = reset_peak_rss(pid);
+    let (code, sent) = push_files_api(&d, "c1", &file, "/big");
+    let grew = status_kib(pid, "VmHWM:").saturating_sub(base);
+    eprintln!("600 MiB push through the files API: {code}, peak RSS {base} KiB +{grew} KiB");
+    assert_eq!(code, 200);
+    assert_eq!(sent, 600 << 20);
+    assert!(
+        grew < PUSH_RSS_BOUND_KIB,
+        "peak RSS grew {grew} KiB over {base} KiB"
+    );
+    let size = d.incus_ok(&["exec", "c1", "--", "stat", "-c", "%s", "/big"]);
+    assert_eq!(size.trim(), (600u64 << 20).to_string());
+    d.incus_ok(&["exec", "c1", "--", "rm", "/big"]);
+
+    // The incus CLI (SFTP).
+    let base = reset_peak_rss(pid);
+    d.incus_ok(&["file", "push", file.to_str().unwrap(), "c1/big2"]);
+    let grew = status_kib(pid, "VmHWM:").saturating_sub(base);
+    eprintln!("600 MiB `incus file push` (SFTP): peak RSS {base} KiB +{grew} KiB");
+    assert!(
+        grew < PUSH_RSS_BOUND_KIB,
+        "peak RSS grew {grew} KiB over {base} KiB"
+    );
+    let size = d.incus_ok(&["exec", "c1", "--", "stat", "-c", "%s", "/big2"]);
+    assert_eq!(size.trim(), (600u64 << 20).to_string());
+    d.incus_ok(&["delete", "-f", "c1"]);
+}
