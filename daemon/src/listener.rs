@@ -2,6 +2,11 @@
 //! client certificates (trusted when the certificate's fingerprint is in the trust store).
 //! Each connection is served by hyper with upgrades (websockets, SFTP), and every request is
 //! tagged with the [`Peer`] it came from.
+//!
+//! Clients the daemon does not trust cannot hold it: TLS handshakes time out, and once a
+//! handshake tells who the client is, an untrusted connection needs a slot of its own gate
+//! (in all and per source address) and gets a short header/idle timeout. Trusted
+//! connections never wait for those slots.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -485,7 +485,10 @@ fn slow_untrusted_connections_are_closed_while_trusted_clients_keep_working() {
         }
     }
     let reply = String::from_utf8_lossy(&reply).into_owned();
-    eprintln!("chunked untrusted body: answered after {} KiB sent", sent >> 10);
+    eprintln!(
+        "chunked untrusted body: answered after {} KiB sent",
+        sent >> 10
+    );
     assert!(
         sent < 1 << 20,
         "the server took {sent} bytes of an untrusted chunked body (limit 64 KiB)"
