@@ -516,6 +516,32 @@ fn slow_untrusted_connections_are_closed_while_trusted_clients_keep_working() {
         t.elapsed()
     );
 
+    // An untrusted keep-alive connection left idle after its request is closed too.
+    let mut tls = tls_connect(&addr, &anonymous).unwrap();
+    tls.write_all(b"GET /1.0 HTTP/1.1\r\nHost: cairn\r\n\r\n")
+        .unwrap();
+    tls.flush().unwrap();
+    let mut head = [0u8; 12];
+    let t = Instant::now();
+    let mut got = 0;
+    while got < head.len() && t.elapsed() < Duration::from_secs(10) {
+        match tls.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(&head[..got], b"HTTP/1.1 200", "an untrusted GET /1.0");
+    let t = Instant::now();
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(25)),
+        "an idle untrusted keep-alive connection stayed open"
+    );
+    eprintln!(
+        "idle untrusted keep-alive connection: closed after {:?}",
+        t.elapsed()
+    );
+
     // Trusted clients still work after all that.
     let (code, _) = curl_https(&addr, Some(&trusted), &[], "/1.0/instances");
     assert_eq!(code, 200);
