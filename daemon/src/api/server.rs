@@ -242,6 +242,9 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
             });
         }
     }
+    let tls12_changed = cmds
+        .iter()
+        .any(|c| matches!(c, Command::SetServerConfig { key, .. } if key == "core.https_tls12"));
     let https_changed = cmds
         .iter()
         .any(|c| matches!(c, Command::SetServerConfig { key, .. } if key == "core.https_address"));
@@ -271,10 +274,12 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
     if !shared.is_empty() {
         d.write(shared).await?;
     }
-    let tls12 = d.local.get("core.https_tls12").as_deref() == Some("true");
-    d.https
-        .set_tls12(tls12, &d.cert())
-        .map_err(|e| ApiError::internal(format!("applying core.https_tls12: {e}")))?;
+    if tls12_changed {
+        let tls12 = d.local.get("core.https_tls12").as_deref() == Some("true");
+        d.https
+            .set_tls12(tls12, &d.cert())
+            .map_err(|e| ApiError::internal(format!("applying core.https_tls12: {e}")))?;
+    }
     empty()
 }
 
