@@ -118,11 +118,14 @@ const SECRET_FILES: &[&str] = &[
     "cluster/raft/raft.log",
 ];
 
-/// Asserts that `nobody` can read no file under the state dir, and no readable file holds
-/// any of `secrets`; returns how many files were checked.
-fn assert_nothing_readable_by_nobody(d: &TestDaemon, secrets: &[String]) -> usize {
+/// Asserts that `nobody` can read no file under the state dir but a container's own files
+/// (its rootfs, which its unprivileged root must reach, and its LXC config), and that no
+/// readable file holds any of `secrets`; returns (files checked, readable ones).
+fn assert_nothing_readable_by_nobody(d: &TestDaemon, secrets: &[String]) -> (usize, usize) {
     let files = files_under(&d.state);
+    let containers = [d.state.join("storage-pools"), d.state.join("lxc")];
     let mut readable = Vec::new();
+    let mut unexpected = Vec::new();
     for f in &files {
         if let Some(data) = read_as_nobody(f) {
             for s in secrets {
@@ -131,14 +134,17 @@ fn assert_nothing_readable_by_nobody(d: &TestDaemon, secrets: &[String]) -> usiz
                     "{f:?} is readable by nobody and holds a trust token's secret"
                 );
             }
+            if !containers.iter().any(|c| f.starts_with(c)) {
+                unexpected.push(f.clone());
+            }
             readable.push(f.clone());
         }
     }
     assert!(
-        readable.is_empty(),
-        "files under the state dir readable by nobody: {readable:?}"
+        unexpected.is_empty(),
+        "files under the state dir readable by nobody: {unexpected:?}"
     );
-    files.len()
+    (files.len(), readable.len())
 }
 
 #[test]
@@ -156,6 +162,9 @@ fn state_files_are_not_readable_by_other_users() {
         &d.incus_ok(&["config", "trust", "add", "after"]),
     ));
     d.incus_ok(&["profile", "create", "p1"]);
+    // A running container: its files must stay reachable for its unprivileged root.
+    d.import_busybox("bb");
+    d.incus_ok(&["launch", "bb", "c1"]);
 
     // The secret is really on disk as root sees it, so the check below means something.
     let wal = std::fs::read(d.state.join("cairn.db-wal")).unwrap_or_default();
@@ -189,8 +198,11 @@ fn state_files_are_not_readable_by_other_users() {
     for dir in ["", "lxc", "storage-pools"] {
         assert_eq!(mode(&d.state.join(dir)), 0o711, "state dir {dir:?}");
     }
-    let checked = assert_nothing_readable_by_nobody(&d, &secrets);
-    eprintln!("{checked} files under the state dir, none readable by nobody");
+    let (checked, readable) = assert_nothing_readable_by_nobody(&d, &secrets);
+    eprintln!(
+        "{checked} files under the state dir; {readable} readable by nobody, all the \
+         container's own (rootfs, LXC config), none holding a secret"
+    );
 
     // An older cairnd's state: everything readable. The next start fixes it.
     d.kill9();
@@ -207,6 +219,8 @@ fn state_files_are_not_readable_by_other_users() {
     }
     d.spawn();
     d.incus_ok(&["profile", "create", "p2"]);
+    let out = d.incus_ok(&["exec", "c1", "--", "echo", "still-running"]);
+    assert_eq!(out.trim(), "still-running");
     for name in SECRET_FILES {
         assert_eq!(mode(&d.state.join(name)), 0o600, "{name} after a restart");
     }
