@@ -110,6 +110,22 @@ struct Slot {
     addr: IpAddr,
 }
 
+/// What counts as one source address: an IPv4 address (also when it arrives IPv4-mapped
+/// on a dual-stack socket), or an IPv6 /64, the least a site is given, so one host cannot
+/// take every slot by cycling through the addresses of its prefix.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
 impl Gate {
     fn new(max: usize, max_per_address: usize) -> Arc<Gate> {
         Arc::new(Gate {
@@ -119,7 +135,8 @@ impl Gate {
         })
     }
 
-    fn try_enter(self: &Arc<Gate>, addr: IpAddr) -> Option<Slot> {
+    fn try_enter(self: &Arc<Gate>, ip: IpAddr) -> Option<Slot> {
+        let addr = source_of(ip);
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per) = &mut *c;
         let here = per.entry(addr).or_insert(0);
@@ -369,7 +386,34 @@ async fn serve_https(listener: TcpListener, router: Router, tls: SharedTls, d: W
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_address;
+    use super::{normalize_address, source_of, Gate};
+    use std::net::IpAddr;
+
+    #[test]
+    fn a_gate_bounds_connections_in_all_and_per_source() {
+        let gate = Gate::new(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "::ffff:192.0.2.2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let a1 = gate.try_enter(a).unwrap();
+        let _a2 = gate.try_enter(a).unwrap();
+        assert!(gate.try_enter(a).is_none(), "a third from one address");
+        let _b1 = gate.try_enter(b).unwrap();
+        assert!(gate.try_enter(c).is_none(), "a fourth in all");
+        drop(a1);
+        let _c1 = gate.try_enter(c).unwrap();
+        assert!(
+            gate.try_enter("2001:db8:1:2:ffff::1".parse().unwrap())
+                .is_none(),
+            "the total is reached again"
+        );
+        assert_eq!(source_of(b), "192.0.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            source_of("2001:db8:1:2:ffff::1".parse().unwrap()),
+            source_of(c),
+            "one IPv6 /64 is one source"
+        );
+    }
 
     #[test]
     fn https_addresses_like_incus() {
