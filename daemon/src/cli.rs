@@ -153,6 +153,10 @@ async fn run(opts: Options) -> Result<(), String> {
     let unix = crate::listener::bind_unix(&d.paths.unix_socket)
         .map_err(|e| format!("binding {}: {e}", d.paths.unix_socket.display()))?;
     tokio::spawn(crate::listener::serve_unix(unix, router));
+    let tls12 = d.local.get("core.https_tls12").as_deref() == Some("true");
+    if let Err(e) = d.https.set_tls12(tls12, &d.cert()) {
+        tracing::error!("core.https_tls12: {e}");
+    }
     if let Some(addr) = d.local.get("core.https_address") {
         if let Err(e) = crate::listener::apply_https_address(&d, Some(&addr)).await {
             tracing::error!("core.https_address: {e}");

@@ -92,6 +92,78 @@ fn make_dir(p: &Path, mode: u32) -> Result<(), StartError> {
         .map_err(|e| StartError::StateDir(p.to_path_buf(), e))
 }
 
+/// What holds state or secrets directly in the state directory: the database (its WAL and
+/// shared memory take the database file's mode when SQLite creates them), the node-local
+/// settings, the server certificate and key, and the seed and preseed cairn-init keeps
+/// there (both carry the cluster's join secret).
+const PRIVATE_FILES: &[&str] = &[
+    "cairn.db",
+    "cairn.db-wal",
+    "cairn.db-shm",
+    "cairn.db-journal",
+    "local.json",
+    "server.crt",
+    "server.key",
+    "preseed.yaml",
+    "seed.yaml",
+];
+
+/// Makes what an older cairnd (or cairn-init) left readable to others owner-only: the
+/// files in [`PRIVATE_FILES`], and `cluster/` with everything under it (Raft log,
+/// snapshots, membership). New files are created so from the start; this only fixes what
+/// exists.
+fn restrict_existing(state: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &Path, mode: u32| match std::fs::symlink_metadata(p) {
+        Ok(md) if md.permissions().mode() & 0o7777 != mode && !md.file_type().is_symlink() => {
+            tracing::info!("making {} owner-only ({mode:o})", p.display());
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| StartError::StateDir(p.to_path_buf(), e))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StartError::StateDir(p.to_path_buf(), e)),
+    };
+    for name in PRIVATE_FILES {
+        chmod(&state.join(name), 0o600)?;
+    }
+    // Directories first, so nothing below is reachable while its own mode is fixed.
+    let mut dirs = vec![state.join("cluster")];
+    while let Some(dir) = dirs.pop() {
+        if !dir.is_dir() {
+            continue;
+        }
+        chmod(&dir, 0o700)?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| StartError::StateDir(dir.clone(), e))?;
+        for ent in entries {
+            let ent = ent.map_err(|e| StartError::StateDir(dir.clone(), e))?;
+            let ft = ent
+                .file_type()
+                .map_err(|e| StartError::StateDir(ent.path(), e))?;
+            if ft.is_dir() {
+                dirs.push(ent.path());
+            } else if ft.is_file() {
+                chmod(&ent.path(), 0o600)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database file owner-only if it is missing: SQLite then creates its WAL and
+/// shared-memory files with the same mode, so none of them is ever readable by others.
+fn create_private_file(p: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(p)
+        .map(drop)
+        .map_err(|e| StartError::StateDir(p.to_path_buf(), e))
+}
+
 pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -108,6 +180,7 @@ impl Daemon {
         make_dir(&paths.logs, 0o700)?;
         make_dir(&paths.images, 0o700)?;
         make_dir(&paths.pools, 0o711)?;
+        restrict_existing(&paths.state)?;
         let hostname = hostname();
         // The certificate (made at the first start: key generation, two durable writes)
         // and the database (made or migrated) do not depend on each other: on a slow
@@ -119,7 +192,9 @@ impl Daemon {
                 .spawn(move || ServerCert::load_or_generate(&dir, &host))
                 .map_err(|e| StartError::StateDir(state.to_path_buf(), e))?
         };
-        let db = Arc::new(Db::open(&state.join("cairn.db"))?);
+        let db_path = state.join("cairn.db");
+        create_private_file(&db_path)?;
+        let db = Arc::new(Db::open(&db_path)?);
         let local = LocalConfig::open(&state.join("local.json"), &db)?;
         let cert = cert
             .join()

@@ -10,8 +10,13 @@ use std::sync::RwLock;
 use crate::daemon::StartError;
 use crate::db::Db;
 
-/// The keys that are per member.
-pub const LOCAL_KEYS: &[&str] = &["core.https_address", "cluster.https_address"];
+/// The keys that are per member. `core.https_tls12` describes this member's listener, so
+/// it is set per member like the address it listens on.
+pub const LOCAL_KEYS: &[&str] = &[
+    "core.https_address",
+    "cluster.https_address",
+    "core.https_tls12",
+];
 
 pub fn is_local_key(key: &str) -> bool {
     LOCAL_KEYS.contains(&key)
@@ -91,7 +96,17 @@ impl LocalConfig {
         let tmp = self.path.with_extension("json.tmp");
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            // A temporary left by a crash is replaced, so the new file gets its own mode.
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&data)?;
             f.sync_all()?;
         }

@@ -36,11 +36,25 @@ pub fn attach() {
 }
 
 /// Starts copying our log lines to a file too (called once /var is mounted).
+///
+/// The log directory and file are owner-only, made so if an older cairn-init left them
+/// readable: logs quote addresses, names and errors that are no one else's to read.
 pub fn log_to_file(path: &std::path::Path) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
-    if let Ok(f) = OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(f) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+    {
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
         if let Ok(mut g) = FILE_LOG.lock() {
             *g = Some(f);
         }

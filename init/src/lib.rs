@@ -98,7 +98,14 @@ pub fn wait_for_path(path: &Path, limit: std::time::Duration) -> bool {
 /// created file's name but not its blocks when power goes within the commit interval — the
 /// first boot reaches the API in seconds, and a node cut off then lost its seed and identity.
 pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_durably_with_mode(path, contents, 0o644)
+}
+
+/// [`write_durably`] for a file that holds secrets (the seed's join secret): created with
+/// `mode` (e.g. 0600), so it is never readable by others, not even for a moment.
+pub fn write_durably_with_mode(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
@@ -107,7 +114,16 @@ pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     tmp_name.push(name);
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    let mut f = std::fs::File::create(&tmp)?;
+    // A temporary left by a power cut is replaced, so the new file gets `mode`.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
     drop(f);
@@ -118,6 +134,19 @@ pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_file_is_owner_only_even_over_a_stale_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("preseed.yaml");
+        // A temporary left readable by a crash of an older writer.
+        std::fs::write(dir.path().join(".preseed.yaml.tmp"), b"old").unwrap();
+        write_durably_with_mode(&p, b"secret", 0o600).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&p).unwrap(), b"secret");
+    }
 
     #[test]
     fn write_durably_replaces_and_leaves_no_temporary() {

@@ -26,14 +26,25 @@ impl LogFile {
     }
 
     fn open(&mut self) {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         if let Some(dir) = self.path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir);
         }
+        // Owner-only: services log what they are told (addresses, names, errors quoting
+        // requests), which is no one else's to read.
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)
             .ok();
+        // A log an older cairn-init made readable to others is fixed as it is reopened.
+        if let Some(f) = &self.file {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         self.written = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
     }
 
@@ -91,5 +102,29 @@ mod tests {
         assert!(dir.join("svc.log.2").exists());
         assert!(!dir.join("svc.log.3").exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn logs_are_owner_only_and_an_older_readable_one_is_fixed() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("cairn");
+        let mut l = LogFile::new(&logs.join("svc.log"), 100, 2);
+        l.write_line(b"first");
+        assert_eq!(mode(&logs), 0o700);
+        assert_eq!(mode(&logs.join("svc.log")), 0o600);
+        // Rotation renames the file; the new current one is owner-only too.
+        for _ in 0..10 {
+            l.write_line(b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        }
+        assert_eq!(mode(&logs.join("svc.log")), 0o600);
+        assert_eq!(mode(&logs.join("svc.log.1")), 0o600);
+
+        let old = logs.join("old.log");
+        std::fs::write(&old, b"from an older cairn-init\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        LogFile::new(&old, 100, 2).write_line(b"next");
+        assert_eq!(mode(&old), 0o600);
     }
 }

@@ -159,7 +159,12 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
         let preseed = Path::new(services::STATE_DIR).join("preseed.yaml");
         let mgmt = net.static_nics.first().map(String::as_str);
         if let Err(e) =
-            crate::write_durably(&preseed, seedsource::preseed_yaml(&seed, mgmt).as_bytes())
+            // Owner-only: it carries the cluster's join secret.
+            crate::write_durably_with_mode(
+                &preseed,
+                seedsource::preseed_yaml(&seed, mgmt).as_bytes(),
+                0o600,
+            )
         {
             info!("writing {}: {e}", preseed.display());
         }

@@ -71,7 +71,8 @@ pub fn load(boot_disk: Option<&str>) -> Loaded {
     let (seed, from) = found.unwrap_or_else(|| (Seed::default(), "defaults"));
     match seed.to_yaml() {
         Ok(y) => {
-            if let Err(e) = crate::write_durably(Path::new(KEPT), y.as_bytes()) {
+            // Owner-only: the seed carries the cluster's join secret.
+            if let Err(e) = crate::write_durably_with_mode(Path::new(KEPT), y.as_bytes(), 0o600) {
                 info!("keeping the seed in {KEPT}: {e}");
             }
         }

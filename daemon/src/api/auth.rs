@@ -9,12 +9,19 @@
 //! and `/internal/cluster/*` for the other members of the cluster (and a joining server's
 //! `/internal/cluster/join`).
 
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use futures::StreamExt;
+use http_body_util::BodyExt;
+
 use super::{ApiError, AppState};
+use crate::daemon::Daemon;
 use crate::listener::Peer;
 use crate::tls::cert::ServerCert;
 
@@ -71,7 +78,7 @@ impl Untrusted {
 
 /// Whether a client certificate (not the cluster's) is trusted now.
 fn client_trust(
-    d: &AppState,
+    d: &Daemon,
     fingerprint: Option<&str>,
     cert_der: Option<&Vec<u8>>,
 ) -> Result<(), Untrusted> {
@@ -95,6 +102,75 @@ fn client_trust(
         return Err(Untrusted::Restricted);
     }
     Ok(())
+}
+
+/// Whether a connection's client is trusted: the unix socket, a client certificate in the
+/// trust store that [`client_trust`] accepts now, or the cluster certificate.
+pub fn peer_is_trusted(d: &Daemon, peer: &Peer) -> bool {
+    match peer {
+        Peer::Unix => true,
+        Peer::Tls {
+            fingerprint,
+            cert_der,
+            ..
+        } => {
+            is_cluster_peer(peer, &d.cert())
+                || client_trust(d, fingerprint.as_deref(), cert_der.as_deref()).is_ok()
+        }
+    }
+}
+
+/// The most an untrusted client's request body may hold: a trust token redemption or a
+/// join request is a few hundred bytes of JSON.
+pub const UNTRUSTED_BODY_LIMIT: usize = 64 << 10;
+
+/// How long an untrusted client has to send a request's whole body.
+pub const UNTRUSTED_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+struct BodyTimeout(Duration);
+
+/// Refuses an untrusted request whose announced body is over [`UNTRUSTED_BODY_LIMIT`]
+/// before reading any of it: the client, which may be waiting for `100 Continue`, gets the
+/// answer instead of sending the body into a connection about to close.
+fn untrusted_body_too_large(req: &Request) -> Option<Response> {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    (announced > UNTRUSTED_BODY_LIMIT as u64).then(|| {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+        )
+        .into_response()
+    })
+}
+
+/// An untrusted request's body, cut off past [`UNTRUSTED_BODY_LIMIT`] bytes (413 from the
+/// extractors) or when it is not complete within [`UNTRUSTED_BODY_TIMEOUT`], so a client
+/// that never finishes its body holds neither memory nor the handler.
+fn bounded_untrusted_body(body: Body) -> Body {
+    let deadline = tokio::time::Instant::now() + UNTRUSTED_BODY_TIMEOUT;
+    let limited = http_body_util::Limited::new(body, UNTRUSTED_BODY_LIMIT);
+    let frames =
+        futures::stream::unfold(Some(limited.into_data_stream()), move |state| async move {
+            let mut data = state?;
+            match tokio::time::timeout_at(deadline, data.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(data))),
+                Ok(Some(Err(e))) => Some((Err(axum::Error::new(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(axum::Error::new(BodyTimeout(UNTRUSTED_BODY_TIMEOUT))),
+                    None,
+                )),
+            }
+        });
+    Body::from_stream(frames)
 }
 
 pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -149,11 +225,23 @@ pub async fn authenticate(State(d): State<AppState>, mut req: Request, next: Nex
         if !allowed {
             return ApiError::forbidden().into_response();
         }
+        if !caller.trusted {
+            if let Some(refused) = untrusted_body_too_large(&req) {
+                return refused;
+            }
+            req = req.map(bounded_untrusted_body);
+        }
         req.extensions_mut().insert(caller);
         return next.run(req).await;
     }
-    if !caller.trusted && !open_to_untrusted(req.method(), &path) {
-        return refusal.into_error().into_response();
+    if !caller.trusted {
+        if !open_to_untrusted(req.method(), &path) {
+            return refusal.into_error().into_response();
+        }
+        if let Some(refused) = untrusted_body_too_large(&req) {
+            return refused;
+        }
+        req = req.map(bounded_untrusted_body);
     }
     req.extensions_mut().insert(caller);
     next.run(req).await

@@ -6,15 +6,13 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 use super::response::{empty, sync};
 use super::{ApiError, ApiResult, AppState};
 use crate::instance::rootfs_access::{FileHeaders, FsError, Pulled, RootfsAccess};
-
-/// The most a single pushed file may hold through the files API (SFTP has no such limit).
-const MAX_PUSH: usize = 1 << 30;
 
 impl From<FsError> for ApiError {
     fn from(e: FsError) -> Self {
@@ -102,14 +100,15 @@ pub async fn post_file(
 ) -> ApiResult {
     let path = path_of(&q)?;
     let fh = FileHeaders::from_lookup(|n| headers.get(n).map(|v| v.as_bytes()))?;
-    let bytes = axum::body::to_bytes(body, MAX_PUSH).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "File too large for the files API; use SFTP",
-        )
-    })?;
+    // The instance is looked up before a byte of the body is read: a push to a missing
+    // instance is answered at once, and its body never sent (hyper only answers a client's
+    // `Expect: 100-continue` when the body is read).
     let acc = access(&d, &name).await?;
-    tokio::task::spawn_blocking(move || acc.push(&path, &fh, &bytes[..]))
+    // The body goes straight into the file as it arrives, a chunk at a time, so a push costs
+    // a few buffers of memory whatever its size (as Incus copies it into the file).
+    let chunks = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(chunks));
+    tokio::task::spawn_blocking(move || acc.push(&path, &fh, reader))
         .await
         .map_err(ApiError::internal)??;
     empty()

@@ -169,6 +169,12 @@ fn check_server_key(key: &str, value: &str) -> Result<(), ApiError> {
             Ok(())
         }
         k if k.starts_with("user.") => Ok(()),
+        "core.https_tls12" => match value {
+            "" | "true" | "false" => Ok(()),
+            _ => Err(ApiError::bad_request(format!(
+                "Invalid value for core.https_tls12: {value:?} (true or false)"
+            ))),
+        },
         "cluster.max_voters" => match value.parse::<u64>() {
             Ok(v) if v >= 3 && v % 2 == 1 => Ok(()),
             _ => Err(ApiError::bad_request(format!(
@@ -238,6 +244,9 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
             });
         }
     }
+    let tls12_changed = cmds
+        .iter()
+        .any(|c| matches!(c, Command::SetServerConfig { key, .. } if key == "core.https_tls12"));
     let https_changed = cmds
         .iter()
         .any(|c| matches!(c, Command::SetServerConfig { key, .. } if key == "core.https_address"));
@@ -266,6 +275,12 @@ async fn apply_config(d: &AppState, new: BTreeMap<String, String>, replace: bool
     }
     if !shared.is_empty() {
         d.write(shared).await?;
+    }
+    if tls12_changed {
+        let tls12 = d.local.get("core.https_tls12").as_deref() == Some("true");
+        d.https
+            .set_tls12(tls12, &d.cert())
+            .map_err(|e| ApiError::internal(format!("applying core.https_tls12: {e}")))?;
     }
     empty()
 }

@@ -22,7 +22,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::ops::RangeBounds;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -203,13 +203,16 @@ fn lock_exclusive(file: &File, path: &Path) -> io::Result<()> {
 impl LogStore {
     /// Opens (or creates) the log in `dir`, replaying what is on disk.
     pub fn open(dir: &Path, compact_bytes: u64) -> io::Result<LogStore> {
-        std::fs::create_dir_all(dir)?;
+        // Owner-only: the log carries every write, secrets included.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)?;
         let path = dir.join(LOG_FILE);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)?;
         lock_exclusive(&file, &path)?;
         let mut data = Vec::new();
@@ -368,6 +371,7 @@ impl Writer {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&tmp)?;
         lock_exclusive(&f, &tmp)?;
         f.set_len(0)?;

@@ -77,7 +77,9 @@ impl StateMachine {
     /// is ahead of the database (a crash while installing it), the database is restored
     /// from it first.
     pub fn open(db: Arc<Db>, dir: &Path) -> io::Result<StateMachine> {
-        std::fs::create_dir_all(dir)?;
+        // Owner-only: snapshots are whole copies of the database, secrets included.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)?;
         let mut newest: Option<SnapshotMeta> = None;
         for ent in std::fs::read_dir(dir)? {
             let path = ent?.path();
@@ -270,7 +272,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let path = self
             .dir
             .join(format!("receiving-{}.db", uuid::Uuid::new_v4().simple()));
-        let file = File::create(&path).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&path)
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Box::new(SnapshotFile { path, file }))
     }
 

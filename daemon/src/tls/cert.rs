@@ -165,7 +165,7 @@ impl ServerCert {
         Ok(cert)
     }
 
-    /// Writes the key (0600, before the certificate so a crash in between
+    /// Writes the key (before the certificate so a crash in between
     /// leaves "key without certificate", which load refuses loudly) and the
     /// certificate, each through a temporary file renamed into place.
     fn save(&self, dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
@@ -175,7 +175,9 @@ impl ServerCert {
         })?;
         let key_pem = pem_encode("PRIVATE KEY", self.key.secret_der());
         write_atomic(key_path, key_pem.as_bytes(), 0o600)?;
-        write_atomic(cert_path, self.pem.as_bytes(), 0o644)
+        // Owner-only too, as everything in the state directory: only cairnd reads it, and
+        // clients get it from the handshake.
+        write_atomic(cert_path, self.pem.as_bytes(), 0o600)
     }
 }
 

@@ -58,13 +58,26 @@ pub enum TlsError {
     Token(String),
 }
 
-/// The rustls configuration of the HTTPS listener: TLS 1.3 and 1.2 (the
-/// `incus` client insists on 1.3; pylxd's Python may still negotiate 1.2),
-/// the ring provider, client certificates requested but optional, HTTP/1.1.
+/// The rustls configuration of the HTTPS listener: TLS 1.3 only, as Incus offers by
+/// default, the ring provider, client certificates requested but optional, HTTP/1.1.
 pub fn server_config(cert: &ServerCert) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(cert, false)
+}
+
+/// [`server_config`], also offering TLS 1.2 when `allow_tls12` (`core.https_tls12`) is set,
+/// for old clients that cannot speak 1.3.
+pub fn server_config_with(
+    cert: &ServerCert,
+    allow_tls12: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(TlsError::Config)?
         .with_client_cert_verifier(Arc::new(AnyClientCert::new()))
         .with_single_cert(vec![cert.der().clone()], cert.key())
@@ -155,8 +168,9 @@ mod tests {
         name: &str,
         versions: &[&'static rustls::SupportedProtocolVersion],
         client: Option<(&str, &str)>,
+        allow_tls12: bool,
     ) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
-        let server_config = server_config(server_cert).unwrap();
+        let server_config = server_config_with(server_cert, allow_tls12).unwrap();
         let name = ServerName::try_from(name.to_string()).unwrap();
         let mut client = ClientConnection::new(client_config(server_cert, versions, client), name)?;
         let mut server = ServerConnection::new(server_config)?;
@@ -168,7 +182,7 @@ mod tests {
     fn a_pinning_client_connects_by_every_san_without_a_client_cert() {
         let cert = ServerCert::generate("node1").unwrap();
         for name in ["localhost", "node1", "127.0.0.1", "::1"] {
-            let (client, server) = connect(&cert, name, &[&rustls::version::TLS13], None)
+            let (client, server) = connect(&cert, name, &[&rustls::version::TLS13], None, false)
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
             assert_eq!(peer_fingerprint(&server), None);
             assert_eq!(
@@ -184,9 +198,27 @@ mod tests {
     #[test]
     fn a_name_not_in_the_certificate_is_refused_by_the_client() {
         let cert = ServerCert::generate("node1").unwrap();
-        let err =
-            connect(&cert, "elsewhere.example", &[&rustls::version::TLS13], None).unwrap_err();
+        let err = connect(
+            &cert,
+            "elsewhere.example",
+            &[&rustls::version::TLS13],
+            None,
+            false,
+        )
+        .unwrap_err();
         assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err}");
+    }
+
+    #[test]
+    fn tls12_is_refused_unless_allowed() {
+        let cert = ServerCert::generate("node1").unwrap();
+        let tls12 = &[&rustls::version::TLS12];
+        assert!(connect(&cert, "localhost", tls12, None, false).is_err());
+        let (client, _) = connect(&cert, "localhost", tls12, None, true).unwrap();
+        assert_eq!(
+            client.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
     }
 
     #[test]
@@ -200,6 +232,7 @@ mod tests {
                 "localhost",
                 &[version],
                 Some((&client_pem, &client_key)),
+                true,
             )
             .unwrap();
             assert_eq!(

@@ -168,6 +168,14 @@ impl TestDaemon {
         }
     }
 
+    /// The running cairnd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("cairnd is running")
+    }
+
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
