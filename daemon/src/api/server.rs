@@ -168,7 +168,12 @@ fn check_server_key(key: &str, value: &str) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        k if k.starts_with("user.") => Ok(()),
+        // Server `user.*` keys never reach LXC, but they are listed and exported: the
+        // instance keys' grammar keeps control characters out of key names there too
+        // (values may span lines, as in Incus).
+        k if k.starts_with("user.") => {
+            crate::validate::config_key_name(k).map_err(|e| ApiError::bad_request(e.to_string()))
+        }
         "core.https_tls12" => match value {
             "" | "true" | "false" => Ok(()),
             _ => Err(ApiError::bad_request(format!(
@@ -343,4 +348,17 @@ pub async fn shutdown(State(d): State<AppState>) -> ApiResult {
     crate::cli::stop_all(&d.daemon).await;
     d.shutdown.send_replace(true);
     empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_key;
+
+    #[test]
+    fn server_user_keys_follow_the_key_grammar() {
+        assert!(check_server_key("user.note", "two\nlines").is_ok());
+        assert!(check_server_key("user.a\nb", "x").is_err());
+        assert!(check_server_key("user.", "x").is_err());
+        assert!(check_server_key("user.a\u{7f}", "x").is_err());
+    }
 }
