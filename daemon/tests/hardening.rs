@@ -119,11 +119,17 @@ const SECRET_FILES: &[&str] = &[
 ];
 
 /// Asserts that `nobody` can read no file under the state dir but a container's own files
-/// (its rootfs, which its unprivileged root must reach, and its LXC config), and that no
+/// (its rootfs, which its unprivileged root must reach, and its logs), and that no
 /// readable file holds any of `secrets`; returns (files checked, readable ones).
 fn assert_nothing_readable_by_nobody(d: &TestDaemon, secrets: &[String]) -> (usize, usize) {
     let files = files_under(&d.state);
     let containers = [d.state.join("storage-pools"), d.state.join("lxc")];
+    let lxc_config = d.state.join("lxc/c1/config");
+    assert!(lxc_config.is_file(), "the running container's LXC config");
+    assert!(
+        read_as_nobody(&lxc_config).is_none(),
+        "the LXC config holds environment values: owner-only"
+    );
     let mut readable = Vec::new();
     let mut unexpected = Vec::new();
     for f in &files {
@@ -201,7 +207,7 @@ fn state_files_are_not_readable_by_other_users() {
     let (checked, readable) = assert_nothing_readable_by_nobody(&d, &secrets);
     eprintln!(
         "{checked} files under the state dir; {readable} readable by nobody, all the \
-         container's own (rootfs, LXC config), none holding a secret"
+         container's own (rootfs, logs), none holding a secret"
     );
 
     // An older cairnd's state: everything readable. The next start fixes it.

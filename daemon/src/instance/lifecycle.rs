@@ -264,8 +264,10 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
         tracing::debug!(instance = name, "wrote the cloud-init seed");
     }
     let dir = d.paths.lxc.join(name);
+    // Owner-only: `environment.*` values are often credentials, and only root's liblxc
+    // (forkstart) reads this file, never the container's unprivileged root.
     std::fs::create_dir_all(&dir)
-        .and_then(|_| std::fs::write(dir.join("config"), rendered))
+        .and_then(|_| write_owner_only(&dir.join("config"), rendered.as_bytes()))
         .map_err(|e| InstanceError::Failed(format!("writing liblxc config of {name}: {e}")))?;
     let _ = std::fs::write(log_dir.join("lxc.log"), b"");
 
@@ -527,4 +529,18 @@ pub async fn wait_state(d: &Daemon, name: &str, want: LxcState, limit: Duration)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Writes `data` to `path`, created (or truncated, and its mode fixed) as 0600.
+fn write_owner_only(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
 }
