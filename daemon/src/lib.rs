@@ -18,6 +18,7 @@ pub mod listener;
 pub mod local_config;
 pub mod operations;
 pub mod os;
+pub mod peer_trust;
 pub mod preseed;
 pub mod runner;
 pub mod storage;

@@ -362,7 +362,7 @@ async fn serve_https(listener: TcpListener, router: Router, tls: SharedTls, d: W
             let Some(d) = d.upgrade() else {
                 return;
             };
-            let trusted = crate::api::peer_is_trusted(&d, &peer);
+            let trusted = crate::peer_trust::peer_is_trusted(&d, &peer);
             drop(d);
             // Held for as long as the connection is served.
             let _slot = if trusted {

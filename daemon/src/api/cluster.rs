@@ -507,7 +507,7 @@ pub async fn internal_join(
     let (caller, from_member) = match &peer {
         crate::listener::Peer::Tls { fingerprint, .. } => (
             fingerprint.clone(),
-            d.cluster().is_some() && super::auth::is_cluster_peer(&peer, &d.cert()),
+            d.cluster().is_some() && crate::peer_trust::is_cluster_peer(&peer, &d.cert()),
         ),
         crate::listener::Peer::Unix => (None, false),
     };

@@ -32,7 +32,6 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 use crate::daemon::Daemon;
-pub use auth::peer_is_trusted;
 pub use response::{ApiError, ApiResult};
 
 /// What every handler holds: the daemon, and the API layer's own state (the websocket
