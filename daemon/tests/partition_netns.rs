@@ -104,6 +104,28 @@ impl Member {
         names
     }
 
+    /// The members this member counts as Raft voters (role `database`).
+    fn voters(&self) -> Vec<String> {
+        let Some(v) = self.get("/1.0/cluster/members?recursion=1") else {
+            return vec![];
+        };
+        let mut names: Vec<String> = v["metadata"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|m| {
+                        m["roles"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|r| r == "database"))
+                    })
+                    .filter_map(|m| m["server_name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// The member this member names as the database leader.
     fn leader(&self) -> Option<String> {
         let v = self.get("/1.0/cluster/members?recursion=1")?;
@@ -318,6 +340,17 @@ fn writes_ride_out_cut_links_and_nothing_refused_survives() {
         lab.members.iter().all(|m| m.online() == three)
     });
     assert!(formed, "no three-member cluster formed:\n{}", lab.logs());
+    // Online is the liveness heartbeat; a member may answer it while it is still a
+    // learner, and cutting one of two voters leaves no majority. The rounds start
+    // once every member counts all three as voters.
+    let formed = wait_until(Duration::from_secs(60), || {
+        lab.members.iter().all(|m| m.voters() == three)
+    });
+    assert!(
+        formed,
+        "the three members never all became voters:\n{}",
+        lab.logs()
+    );
 
     let mut acked = BTreeSet::new();
     let mut refused = BTreeSet::new();
