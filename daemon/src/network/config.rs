@@ -50,7 +50,11 @@ impl Ipv4Cidr {
     /// Whether the two subnets share an address: one contains the other's network.
     pub fn overlaps(self, other: Ipv4Cidr) -> bool {
         let p = self.prefix.min(other.prefix);
-        let m = Ipv4Cidr { addr: self.addr, prefix: p }.mask();
+        let m = Ipv4Cidr {
+            addr: self.addr,
+            prefix: p,
+        }
+        .mask();
         u32::from(self.addr) & m == u32::from(other.addr) & m
     }
 }
@@ -62,15 +66,20 @@ impl fmt::Display for Ipv4Cidr {
 }
 
 fn bad(key: &str, msg: impl fmt::Display) -> NetworkError {
-    NetworkError::Invalid(format!("Invalid value for network config key {key:?}: {msg}"))
+    NetworkError::Invalid(format!(
+        "Invalid value for network config key {key:?}: {msg}"
+    ))
 }
 
 /// A gateway address for a bridge: `a.b.c.d/n` with n in 8..=30 and a host address (neither
 /// the network nor the broadcast address), as Incus's `IsNetworkAddressCIDRV4` wants.
 pub fn parse_gateway(key: &str, v: &str) -> Result<Ipv4Cidr, NetworkError> {
-    let (a, p) = v
-        .split_once('/')
-        .ok_or_else(|| bad(key, format!("{v:?} is not an address with a prefix (a.b.c.d/n)")))?;
+    let (a, p) = v.split_once('/').ok_or_else(|| {
+        bad(
+            key,
+            format!("{v:?} is not an address with a prefix (a.b.c.d/n)"),
+        )
+    })?;
     let addr: Ipv4Addr = a
         .parse()
         .map_err(|_| bad(key, format!("{a:?} is not an IPv4 address")))?;
@@ -179,7 +188,13 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
             if u32::from(a) > u32::from(b) || !c.contains(a) || !c.contains(b) {
                 return Err(bad(
                     "ipv4.dhcp.ranges",
-                    format!("{r} is not an ascending range inside {}", Ipv4Cidr { addr: c.network(), prefix: c.prefix }),
+                    format!(
+                        "{r} is not an ascending range inside {}",
+                        Ipv4Cidr {
+                            addr: c.network(),
+                            prefix: c.prefix
+                        }
+                    ),
                 ));
             }
             dhcp_ranges.push((a, b));
@@ -203,7 +218,10 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
                 && !l.starts_with('-')
         })
     {
-        return Err(bad("dns.domain", format!("{domain:?} is not a domain name")));
+        return Err(bad(
+            "dns.domain",
+            format!("{domain:?} is not a domain name"),
+        ));
     }
     Ok(BridgeSpec {
         name: name.to_string(),
@@ -256,18 +274,36 @@ mod tests {
 
     fn cidr(s: &str) -> Ipv4Cidr {
         let (a, p) = s.split_once('/').unwrap();
-        Ipv4Cidr { addr: a.parse().unwrap(), prefix: p.parse().unwrap() }
+        Ipv4Cidr {
+            addr: a.parse().unwrap(),
+            prefix: p.parse().unwrap(),
+        }
     }
 
     fn conf(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn gateways_parse_and_refuse_what_is_no_host_address() {
-        assert_eq!(parse_gateway("k", "10.1.2.1/24").unwrap(), cidr("10.1.2.1/24"));
-        for bad in ["10.1.2.0/24", "10.1.2.255/24", "10.1.2.1", "10.1.2/24", "10.1.2.1/31",
-                    "10.1.2.1/7", "300.1.2.1/24", "127.0.0.2/8", "10.1.2.1/x", ""] {
+        assert_eq!(
+            parse_gateway("k", "10.1.2.1/24").unwrap(),
+            cidr("10.1.2.1/24")
+        );
+        for bad in [
+            "10.1.2.0/24",
+            "10.1.2.255/24",
+            "10.1.2.1",
+            "10.1.2/24",
+            "10.1.2.1/31",
+            "10.1.2.1/7",
+            "300.1.2.1/24",
+            "127.0.0.2/8",
+            "10.1.2.1/x",
+            "",
+        ] {
             assert!(parse_gateway("k", bad).is_err(), "{bad}");
         }
     }
@@ -294,23 +330,56 @@ mod tests {
 
     #[test]
     fn spec_defaults_and_ranges() {
-        let s = parse("br1", &conf(&[("ipv4.address", "10.123.0.1/24"), ("ipv4.nat", "true")])).unwrap();
+        let s = parse(
+            "br1",
+            &conf(&[("ipv4.address", "10.123.0.1/24"), ("ipv4.nat", "true")]),
+        )
+        .unwrap();
         assert!(s.nat && s.dhcp);
         assert_eq!(s.domain, "incus");
-        assert_eq!(s.ranges(), vec![("10.123.0.2".parse().unwrap(), "10.123.0.254".parse().unwrap())]);
-        let s = parse("br1", &conf(&[("ipv4.address", "10.123.0.1/24"),
-                                     ("ipv4.dhcp.ranges", "10.123.0.100-10.123.0.150")])).unwrap();
-        assert_eq!(s.ranges(), vec![("10.123.0.100".parse().unwrap(), "10.123.0.150".parse().unwrap())]);
-        let s = parse("br1", &conf(&[("ipv4.address", "none"), ("ipv6.address", "none")])).unwrap();
+        assert_eq!(
+            s.ranges(),
+            vec![(
+                "10.123.0.2".parse().unwrap(),
+                "10.123.0.254".parse().unwrap()
+            )]
+        );
+        let s = parse(
+            "br1",
+            &conf(&[
+                ("ipv4.address", "10.123.0.1/24"),
+                ("ipv4.dhcp.ranges", "10.123.0.100-10.123.0.150"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.ranges(),
+            vec![(
+                "10.123.0.100".parse().unwrap(),
+                "10.123.0.150".parse().unwrap()
+            )]
+        );
+        let s = parse(
+            "br1",
+            &conf(&[("ipv4.address", "none"), ("ipv6.address", "none")]),
+        )
+        .unwrap();
         assert!(s.ipv4.is_none() && !s.wants_dnsmasq());
     }
 
     #[test]
     fn bad_keys_and_values_are_refused_with_the_key_named() {
-        for (k, v) in [("ipv4.firewall", "true"), ("bogus", "1"), ("ipv6.address", "fd00::1/64"),
-                       ("ipv6.address", "auto"), ("ipv4.nat", "maybe"), ("bridge.mtu", "9"),
-                       ("dns.domain", "a..b"), ("ipv4.dhcp.ranges", "10.123.0.9-10.123.0.2"),
-                       ("ipv4.dhcp.ranges", "10.9.0.2-10.9.0.3")] {
+        for (k, v) in [
+            ("ipv4.firewall", "true"),
+            ("bogus", "1"),
+            ("ipv6.address", "fd00::1/64"),
+            ("ipv6.address", "auto"),
+            ("ipv4.nat", "maybe"),
+            ("bridge.mtu", "9"),
+            ("dns.domain", "a..b"),
+            ("ipv4.dhcp.ranges", "10.123.0.9-10.123.0.2"),
+            ("ipv4.dhcp.ranges", "10.9.0.2-10.9.0.3"),
+        ] {
             let mut c = conf(&[("ipv4.address", "10.123.0.1/24")]);
             c.insert(k.into(), v.into());
             let e = parse("br1", &c).unwrap_err().to_string();
@@ -323,7 +392,16 @@ mod tests {
         for ok in ["br1", "cairnbr0", "a.b_c-d", "abcdefghijklmno"] {
             valid_name(ok).unwrap();
         }
-        for bad in ["", "1br", "-x", "abcdefghijklmnop", "a/b", "a b", "none", "br\n"] {
+        for bad in [
+            "",
+            "1br",
+            "-x",
+            "abcdefghijklmnop",
+            "a/b",
+            "a b",
+            "none",
+            "br\n",
+        ] {
             assert!(valid_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -46,8 +46,14 @@ pub fn render(spec: &BridgeSpec, dir: &Path) -> String {
             line("dhcp-authoritative".into());
             line("dhcp-no-override".into());
             line("dhcp-rapid-commit".into());
-            line(format!("dhcp-leasefile={}", dir.join("dnsmasq.leases").display()));
-            line(format!("dhcp-hostsdir={}", dir.join("dnsmasq.hosts").display()));
+            line(format!(
+                "dhcp-leasefile={}",
+                dir.join("dnsmasq.leases").display()
+            ));
+            line(format!(
+                "dhcp-hostsdir={}",
+                dir.join("dnsmasq.hosts").display()
+            ));
             line(format!("dhcp-option=option:router,{}", c.addr));
             line(format!("dhcp-option=option:dns-server,{}", c.addr));
             if let Some(m) = spec.mtu {
@@ -92,8 +98,17 @@ pub fn parse_leases(text: &str, static_macs: &[String]) -> Vec<Lease> {
             }
             let mac = f[1].to_ascii_lowercase();
             Some(Lease {
-                hostname: if f[3] == "*" { String::new() } else { f[3].to_string() },
-                kind: if static_macs.contains(&mac) { "static" } else { "dynamic" }.into(),
+                hostname: if f[3] == "*" {
+                    String::new()
+                } else {
+                    f[3].to_string()
+                },
+                kind: if static_macs.contains(&mac) {
+                    "static"
+                } else {
+                    "dynamic"
+                }
+                .into(),
                 hwaddr: mac,
                 address: f[2].to_string(),
                 location: String::new(),
@@ -237,7 +252,9 @@ fn supervise(shared: &(Mutex<Shared>, Condvar), conf: &Path, log: &Path, name: &
                 let _ = shared.1.wait_timeout(g, Duration::from_millis(250));
             }
             Some(why) => {
-                tracing::warn!("dnsmasq for network {name} exited ({why}); restarting in {pause:?}");
+                tracing::warn!(
+                    "dnsmasq for network {name} exited ({why}); restarting in {pause:?}"
+                );
                 let g = shared.0.lock().unwrap_or_else(|p| p.into_inner());
                 let (g, _) = shared
                     .1
@@ -249,9 +266,7 @@ fn supervise(shared: &(Mutex<Shared>, Condvar), conf: &Path, log: &Path, name: &
                 drop(g);
                 pause = (pause * 2).min(Duration::from_secs(10));
                 match spawn(conf, log) {
-                    Ok(c) => {
-                        shared.0.lock().unwrap_or_else(|p| p.into_inner()).child = Some(c)
-                    }
+                    Ok(c) => shared.0.lock().unwrap_or_else(|p| p.into_inner()).child = Some(c),
                     Err(e) => tracing::error!("restarting dnsmasq for network {name}: {e}"),
                 }
             }
@@ -267,7 +282,10 @@ mod tests {
     fn spec() -> BridgeSpec {
         BridgeSpec {
             name: "br1".into(),
-            ipv4: Some(Ipv4Cidr { addr: Ipv4Addr::new(10, 123, 0, 1), prefix: 24 }),
+            ipv4: Some(Ipv4Cidr {
+                addr: Ipv4Addr::new(10, 123, 0, 1),
+                prefix: 24,
+            }),
             nat: true,
             dhcp: true,
             dhcp_ranges: vec![],
@@ -301,7 +319,10 @@ mod tests {
 
     #[test]
     fn host_lines_and_leases() {
-        assert_eq!(host_line("10:66:6a:00:00:01", None, "c1"), "10:66:6a:00:00:01,c1\n");
+        assert_eq!(
+            host_line("10:66:6a:00:00:01", None, "c1"),
+            "10:66:6a:00:00:01,c1\n"
+        );
         assert_eq!(
             host_line("10:66:6a:00:00:01", Some(Ipv4Addr::new(10, 0, 0, 9)), "c1"),
             "10:66:6a:00:00:01,10.0.0.9,c1\n"
@@ -310,7 +331,10 @@ mod tests {
                     1700000000 10:66:6a:00:00:02 10.123.0.9 * *\nduid 00:01\ngarbage\n";
         let l = parse_leases(text, &["10:66:6a:00:00:02".into()]);
         assert_eq!(l.len(), 2);
-        assert_eq!((l[0].hostname.as_str(), l[0].kind.as_str()), ("c1", "dynamic"));
+        assert_eq!(
+            (l[0].hostname.as_str(), l[0].kind.as_str()),
+            ("c1", "dynamic")
+        );
         assert_eq!((l[1].hostname.as_str(), l[1].kind.as_str()), ("", "static"));
         assert_eq!(l[1].address, "10.123.0.9");
     }

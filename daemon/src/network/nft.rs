@@ -48,15 +48,19 @@ pub fn apply(spec: &BridgeSpec) -> Result<(), NetworkError> {
         .map_err(|e| NetworkError::Io(format!("writing {}: {e}", path.display())))?;
     let r = runner::run("nft", [std::ffi::OsStr::new("-f"), path.as_os_str()]);
     let _ = std::fs::remove_file(&path);
-    r.map(drop)
-        .map_err(|e| NetworkError::Firewall(format!("applying table {}: {e}", table_name(&spec.name))))
+    r.map(drop).map_err(|e| {
+        NetworkError::Firewall(format!("applying table {}: {e}", table_name(&spec.name)))
+    })
 }
 
 /// Deletes the network's table; a table that is not there is not an error.
 pub fn remove(network: &str) -> Result<(), NetworkError> {
     let t = table_name(network);
     let script = format!("table inet {t} {{}}\ndelete table inet {t}\n");
-    let path = std::env::temp_dir().join(format!("cairn-nft-del-{network}-{}.nft", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "cairn-nft-del-{network}-{}.nft",
+        std::process::id()
+    ));
     std::fs::write(&path, script)
         .map_err(|e| NetworkError::Io(format!("writing {}: {e}", path.display())))?;
     let r = runner::run("nft", [std::ffi::OsStr::new("-f"), path.as_os_str()]);
@@ -74,7 +78,10 @@ mod tests {
     fn spec(nat: bool) -> BridgeSpec {
         BridgeSpec {
             name: "br-1".into(),
-            ipv4: Some(Ipv4Cidr { addr: Ipv4Addr::new(10, 123, 0, 1), prefix: 24 }),
+            ipv4: Some(Ipv4Cidr {
+                addr: Ipv4Addr::new(10, 123, 0, 1),
+                prefix: 24,
+            }),
             nat,
             dhcp: true,
             dhcp_ranges: vec![],
@@ -86,12 +93,21 @@ mod tests {
     #[test]
     fn ruleset_is_one_table_of_our_own_redefined_atomically() {
         let r = render(&spec(true));
-        assert!(r.starts_with("table inet cairn_br_1 {}\ndelete table inet cairn_br_1\n"), "{r}");
-        assert!(r.contains("ip saddr 10.123.0.0/24 ip daddr != 10.123.0.0/24 masquerade"), "{r}");
+        assert!(
+            r.starts_with("table inet cairn_br_1 {}\ndelete table inet cairn_br_1\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip saddr 10.123.0.0/24 ip daddr != 10.123.0.0/24 masquerade"),
+            "{r}"
+        );
         assert!(r.contains("iifname \"br-1\" accept"), "{r}");
         // Nothing but our table is named.
         let tables: Vec<&str> = r.lines().filter(|l| l.contains("table ")).collect();
-        assert!(tables.iter().all(|l| l.contains("inet cairn_br_1")), "{tables:?}");
+        assert!(
+            tables.iter().all(|l| l.contains("inet cairn_br_1")),
+            "{tables:?}"
+        );
         assert!(!render(&spec(false)).contains("masquerade"));
     }
 }
