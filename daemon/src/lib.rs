@@ -16,6 +16,7 @@ pub mod image;
 pub mod instance;
 pub mod listener;
 pub mod local_config;
+pub mod network;
 pub mod operations;
 pub mod os;
 pub mod peer_trust;

@@ -1,0 +1,197 @@
+//! The `bridge` network type: a Linux bridge made and addressed over rtnetlink, its own
+//! dnsmasq, and its own nftables table. `apply` makes the host match a spec whether the
+//! bridge is new, already there from before a restart, or being changed live.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::config::{self, BridgeSpec};
+use super::dnsmasq::{self, Dnsmasq, Lease};
+use super::{netlink, nft, NetworkDriver, NetworkError, NetworkState, StateAddress};
+use crate::db::records::ConfigMap;
+
+pub struct Bridge {
+    name: String,
+    /// `<state>/networks/<name>`: dnsmasq's config, leases and hosts dir.
+    dir: PathBuf,
+    running: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    spec: Option<BridgeSpec>,
+    dnsmasq: Option<Dnsmasq>,
+}
+
+impl Bridge {
+    pub fn new(name: &str, dir: &Path) -> Bridge {
+        Bridge {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            running: Mutex::new(Running::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn io(e: std::io::Error) -> NetworkError {
+    NetworkError::Io(e.to_string())
+}
+
+fn read_sys(name: &str, file: &str) -> String {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join(file))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl NetworkDriver for Bridge {
+    fn kind(&self) -> &'static str {
+        "bridge"
+    }
+
+    fn validate(&self, config: &ConfigMap) -> Result<(), NetworkError> {
+        config::parse(&self.name, config).map(drop)
+    }
+
+    fn apply(&self, config: &ConfigMap) -> Result<(), NetworkError> {
+        let spec = config::parse(&self.name, config)?;
+        let mut run = self.lock();
+        let name = &self.name;
+        if !netlink::exists(name) {
+            netlink::create_bridge(name).map_err(io)?;
+        }
+        if let Some(mtu) = spec.mtu {
+            netlink::set_mtu(name, mtu).map_err(io)?;
+        }
+        let index = netlink::index(name).map_err(io)?;
+        for a in netlink::addresses().map_err(io)? {
+            let wanted = spec
+                .ipv4
+                .is_some_and(|c| a.addr == IpAddr::V4(c.addr) && a.prefix == c.prefix);
+            if a.index == index && a.addr.is_ipv4() && !wanted {
+                netlink::delete_address(name, a.addr, a.prefix).map_err(io)?;
+            }
+        }
+        if let Some(c) = spec.ipv4 {
+            netlink::replace_address(name, c.addr, c.prefix).map_err(io)?;
+        }
+        netlink::link_up(name).map_err(io)?;
+        if spec.nat {
+            // Per network namespace: what routing between the bridge and the uplink needs.
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(|e| NetworkError::Io(format!("enabling IPv4 forwarding: {e}")))?;
+        }
+        nft::apply(&spec)?;
+        // dnsmasq reads its config once: a change of address, range or domain restarts it.
+        if run.spec.as_ref() != Some(&spec) || run.dnsmasq.is_none() {
+            if let Some(mut old) = run.dnsmasq.take() {
+                old.stop();
+            }
+            if spec.wants_dnsmasq() {
+                run.dnsmasq = Some(Dnsmasq::start(&spec, &self.dir)?);
+            }
+        }
+        tracing::info!(
+            "network {name}: bridge up, ipv4 {}, nat {}, dhcp {}",
+            spec.ipv4.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+            spec.nat,
+            spec.dhcp
+        );
+        run.spec = Some(spec);
+        Ok(())
+    }
+
+    fn delete(&self) -> Result<(), NetworkError> {
+        let mut run = self.lock();
+        if let Some(mut d) = run.dnsmasq.take() {
+            d.stop();
+        }
+        run.spec = None;
+        nft::remove(&self.name)?;
+        if netlink::exists(&self.name) {
+            netlink::delete_link(&self.name).map_err(io)?;
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetworkError::Io(format!(
+                "removing {}: {e}",
+                self.dir.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn set_host(&self, key: &str, line: Option<String>) -> Result<(), NetworkError> {
+        let hosts = self.dir.join("dnsmasq.hosts");
+        std::fs::create_dir_all(&hosts).map_err(io)?;
+        let p = hosts.join(key);
+        // dnsmasq watches the dir with inotify: a file written whole and renamed into
+        // place is never read half-written.
+        match line {
+            Some(l) => {
+                let tmp = hosts.join(format!(".{key}.tmp"));
+                std::fs::write(&tmp, l).map_err(io)?;
+                std::fs::rename(&tmp, &p).map_err(io)
+            }
+            None => match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, NetworkError> {
+        let text = std::fs::read_to_string(self.dir.join("dnsmasq.leases")).unwrap_or_default();
+        // A reservation's host line has three fields: mac,ip,name.
+        let mut statics = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("dnsmasq.hosts")) {
+            for e in rd.flatten() {
+                let l = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let f: Vec<&str> = l.trim().split(',').collect();
+                if f.len() == 3 {
+                    statics.push(f[0].to_ascii_lowercase());
+                }
+            }
+        }
+        Ok(dnsmasq::parse_leases(&text, &statics))
+    }
+
+    fn state(&self) -> Result<NetworkState, NetworkError> {
+        let name = &self.name;
+        let index = netlink::index(name).map_err(io)?;
+        let addresses = netlink::addresses()
+            .map_err(io)?
+            .into_iter()
+            .filter(|a| a.index == index)
+            .map(|a| StateAddress::from(&a))
+            .collect();
+        let stat = |f: &str| read_sys(name, &format!("statistics/{f}")).parse().unwrap_or(0);
+        Ok(NetworkState {
+            addresses,
+            counters: super::Counters {
+                bytes_received: stat("rx_bytes"),
+                bytes_sent: stat("tx_bytes"),
+                packets_received: stat("rx_packets"),
+                packets_sent: stat("tx_packets"),
+            },
+            hwaddr: read_sys(name, "address"),
+            mtu: read_sys(name, "mtu").parse().unwrap_or(0),
+            state: if read_sys(name, "flags")
+                .trim_start_matches("0x")
+                .chars()
+                .last()
+                .and_then(|c| c.to_digit(16))
+                .is_some_and(|f| f & 1 == 1)
+            {
+                "up".into()
+            } else {
+                "down".into()
+            },
+            kind: "broadcast".into(),
+            dnsmasq_pid: self.lock().dnsmasq.as_ref().and_then(Dnsmasq::pid),
+        })
+    }
+}

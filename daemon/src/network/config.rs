@@ -1,0 +1,408 @@
+//! A bridge network's configuration: Incus's keys, checked and parsed into [`BridgeSpec`]
+//! once, so the drivers never see a string they would have to re-validate. Pure functions;
+//! the one thing that reads the host (which subnets are in use) comes in as an argument.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use super::NetworkError;
+
+/// The keys a bridge network accepts in this step; anything else is refused, so a key
+/// Incus knows and Cairn does not yet is an error rather than silently ignored.
+pub const BRIDGE_KEYS: &[&str] = &[
+    "ipv4.address",
+    "ipv4.nat",
+    "ipv4.dhcp",
+    "ipv4.dhcp.ranges",
+    "ipv6.address",
+    "dns.domain",
+    "bridge.mtu",
+];
+
+/// An IPv4 address with its prefix length (`10.0.0.1/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    fn mask(self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+    pub fn broadcast(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+    pub fn netmask(self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+    /// Whether the two subnets share an address: one contains the other's network.
+    pub fn overlaps(self, other: Ipv4Cidr) -> bool {
+        let p = self.prefix.min(other.prefix);
+        let m = Ipv4Cidr {
+            addr: self.addr,
+            prefix: p,
+        }
+        .mask();
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn bad(key: &str, msg: impl fmt::Display) -> NetworkError {
+    NetworkError::Invalid(format!(
+        "Invalid value for network config key {key:?}: {msg}"
+    ))
+}
+
+/// A gateway address for a bridge: `a.b.c.d/n` with n in 8..=30 and a host address (neither
+/// the network nor the broadcast address), as Incus's `IsNetworkAddressCIDRV4` wants.
+pub fn parse_gateway(key: &str, v: &str) -> Result<Ipv4Cidr, NetworkError> {
+    let (a, p) = v.split_once('/').ok_or_else(|| {
+        bad(
+            key,
+            format!("{v:?} is not an address with a prefix (a.b.c.d/n)"),
+        )
+    })?;
+    let addr: Ipv4Addr = a
+        .parse()
+        .map_err(|_| bad(key, format!("{a:?} is not an IPv4 address")))?;
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or_else(|| bad(key, format!("prefix {p:?} must be 8 to 30")))?;
+    let c = Ipv4Cidr { addr, prefix };
+    if addr == c.network() || addr == c.broadcast() {
+        return Err(bad(
+            key,
+            format!("{v} is the subnet's network or broadcast address, not a host address"),
+        ));
+    }
+    if addr.is_loopback() || addr.is_multicast() || addr.is_unspecified() {
+        return Err(bad(key, format!("{addr} cannot be a bridge address")));
+    }
+    Ok(c)
+}
+
+fn boolean(key: &str, v: Option<&String>, default: bool) -> Result<bool, NetworkError> {
+    match v.map(String::as_str) {
+        None | Some("") => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(o) => Err(bad(key, format!("{o:?} is not a boolean"))),
+    }
+}
+
+/// What a bridge is to be, parsed from its config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub ipv4: Option<Ipv4Cidr>,
+    pub nat: bool,
+    pub dhcp: bool,
+    pub dhcp_ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub domain: String,
+    pub mtu: Option<u32>,
+}
+
+impl BridgeSpec {
+    /// dnsmasq runs when it has something to serve: DHCP, or DNS for the instances' names
+    /// (which also needs the bridge's address to listen on).
+    pub fn wants_dnsmasq(&self) -> bool {
+        self.ipv4.is_some()
+    }
+    /// The DHCP ranges to hand out: the configured ones, or the whole subnet but the
+    /// gateway's neighbour at the start (Incus's default: from .2 to the last host).
+    pub fn ranges(&self) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        let Some(c) = self.ipv4 else { return vec![] };
+        if !self.dhcp_ranges.is_empty() {
+            return self.dhcp_ranges.clone();
+        }
+        let first = Ipv4Addr::from(u32::from(c.network()) + 2);
+        let last = Ipv4Addr::from(u32::from(c.broadcast()) - 1);
+        vec![(first, last)]
+    }
+}
+
+/// Checks `config` (whose `ipv4.address` must already be concrete: `auto` resolved) and
+/// parses it. `name` is the bridge's interface name.
+pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec, NetworkError> {
+    for k in config.keys() {
+        if !BRIDGE_KEYS.contains(&k.as_str()) && !k.starts_with("user.") {
+            return Err(NetworkError::Invalid(format!(
+                "Invalid network configuration key {k:?}"
+            )));
+        }
+    }
+    let get = |k: &str| config.get(k).filter(|v| !v.is_empty());
+    let ipv4 = match get("ipv4.address").map(String::as_str) {
+        None | Some("none") => None,
+        Some("auto") => {
+            return Err(NetworkError::Invalid(
+                "ipv4.address=auto must be resolved before parsing".into(),
+            ))
+        }
+        Some(v) => Some(parse_gateway("ipv4.address", v)?),
+    };
+    match get("ipv6.address").map(String::as_str) {
+        None | Some("none") => {}
+        Some(v) => {
+            return Err(bad(
+                "ipv6.address",
+                format!("{v:?}: IPv6 on bridges is not supported yet; only \"none\" is"),
+            ))
+        }
+    }
+    let mut dhcp_ranges = Vec::new();
+    if let Some(v) = get("ipv4.dhcp.ranges") {
+        let Some(c) = ipv4 else {
+            return Err(bad("ipv4.dhcp.ranges", "needs ipv4.address"));
+        };
+        for r in v.split(',').map(str::trim) {
+            let (a, b) = r
+                .split_once('-')
+                .ok_or_else(|| bad("ipv4.dhcp.ranges", format!("{r:?} is not FIRST-LAST")))?;
+            let ip = |s: &str| {
+                s.trim()
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| bad("ipv4.dhcp.ranges", format!("{s:?} is not an IPv4 address")))
+            };
+            let (a, b) = (ip(a)?, ip(b)?);
+            if u32::from(a) > u32::from(b) || !c.contains(a) || !c.contains(b) {
+                return Err(bad(
+                    "ipv4.dhcp.ranges",
+                    format!(
+                        "{r} is not an ascending range inside {}",
+                        Ipv4Cidr {
+                            addr: c.network(),
+                            prefix: c.prefix
+                        }
+                    ),
+                ));
+            }
+            dhcp_ranges.push((a, b));
+        }
+    }
+    let mtu = match get("bridge.mtu") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u32>()
+                .ok()
+                .filter(|m| (68..=65535).contains(m))
+                .ok_or_else(|| bad("bridge.mtu", format!("{v:?} is not an MTU (68 to 65535)")))?,
+        ),
+    };
+    let domain = get("dns.domain").cloned().unwrap_or_else(|| "incus".into());
+    if domain.len() > 253
+        || !domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+        })
+    {
+        return Err(bad(
+            "dns.domain",
+            format!("{domain:?} is not a domain name"),
+        ));
+    }
+    Ok(BridgeSpec {
+        name: name.to_string(),
+        ipv4,
+        nat: boolean("ipv4.nat", config.get("ipv4.nat"), false)?,
+        dhcp: boolean("ipv4.dhcp", config.get("ipv4.dhcp"), true)?,
+        dhcp_ranges,
+        domain,
+        mtu,
+    })
+}
+
+/// The first `/24` gateway in 10.0.0.0/8, from a starting point `seed` (random, so two hosts
+/// choosing at once rarely pick alike), that overlaps none of the subnets `used`: the
+/// host's routes and addresses, read locally, never probed for on the wire.
+pub fn choose_auto(used: &[Ipv4Cidr], seed: u16) -> Option<Ipv4Cidr> {
+    (0..=u16::MAX).find_map(|i| {
+        let n = seed.wrapping_add(i);
+        let [b, c] = n.to_be_bytes();
+        let cand = Ipv4Cidr {
+            addr: Ipv4Addr::new(10, b, c, 1),
+            prefix: 24,
+        };
+        (!used.iter().any(|u| u.overlaps(cand))).then_some(cand)
+    })
+}
+
+/// A valid network name: an interface name (1 to 15 characters, letters, digits, `-`, `_`,
+/// `.`, not starting with a digit or `-`), as Incus's `ValidNetworkName` and the kernel
+/// require.
+pub fn valid_name(n: &str) -> Result<(), NetworkError> {
+    let ok = !n.is_empty()
+        && n.len() <= 15
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !n.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.')
+        && n != "none";
+    if ok {
+        Ok(())
+    } else {
+        Err(NetworkError::Invalid(format!(
+            "Invalid network name {n:?}: 1 to 15 letters, digits, \"-\", \"_\" or \".\", starting with a letter"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        let (a, p) = s.split_once('/').unwrap();
+        Ipv4Cidr {
+            addr: a.parse().unwrap(),
+            prefix: p.parse().unwrap(),
+        }
+    }
+
+    fn conf(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn gateways_parse_and_refuse_what_is_no_host_address() {
+        assert_eq!(
+            parse_gateway("k", "10.1.2.1/24").unwrap(),
+            cidr("10.1.2.1/24")
+        );
+        for bad in [
+            "10.1.2.0/24",
+            "10.1.2.255/24",
+            "10.1.2.1",
+            "10.1.2/24",
+            "10.1.2.1/31",
+            "10.1.2.1/7",
+            "300.1.2.1/24",
+            "127.0.0.2/8",
+            "10.1.2.1/x",
+            "",
+        ] {
+            assert!(parse_gateway("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overlap_is_symmetric_and_prefix_aware() {
+        assert!(cidr("10.0.0.1/8").overlaps(cidr("10.5.0.1/24")));
+        assert!(cidr("10.5.0.1/24").overlaps(cidr("10.0.0.1/8")));
+        assert!(!cidr("10.5.0.1/24").overlaps(cidr("10.5.1.1/24")));
+        assert!(cidr("192.168.1.7/32").overlaps(cidr("192.168.1.1/24")));
+        assert!(cidr("1.2.3.4/0").overlaps(cidr("9.9.9.9/32")));
+    }
+
+    #[test]
+    fn auto_skips_used_subnets() {
+        let used = [cidr("10.0.0.0/8")];
+        assert_eq!(choose_auto(&used, 0), None);
+        let used = [cidr("10.0.0.0/24"), cidr("10.0.1.5/16")];
+        let got = choose_auto(&used, 0).unwrap();
+        assert_eq!(got, cidr("10.1.0.1/24"));
+        let got = choose_auto(&[cidr("10.7.7.0/24")], 0x0707).unwrap();
+        assert_eq!(got, cidr("10.7.8.1/24"));
+    }
+
+    #[test]
+    fn spec_defaults_and_ranges() {
+        let s = parse(
+            "br1",
+            &conf(&[("ipv4.address", "10.123.0.1/24"), ("ipv4.nat", "true")]),
+        )
+        .unwrap();
+        assert!(s.nat && s.dhcp);
+        assert_eq!(s.domain, "incus");
+        assert_eq!(
+            s.ranges(),
+            vec![(
+                "10.123.0.2".parse().unwrap(),
+                "10.123.0.254".parse().unwrap()
+            )]
+        );
+        let s = parse(
+            "br1",
+            &conf(&[
+                ("ipv4.address", "10.123.0.1/24"),
+                ("ipv4.dhcp.ranges", "10.123.0.100-10.123.0.150"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.ranges(),
+            vec![(
+                "10.123.0.100".parse().unwrap(),
+                "10.123.0.150".parse().unwrap()
+            )]
+        );
+        let s = parse(
+            "br1",
+            &conf(&[("ipv4.address", "none"), ("ipv6.address", "none")]),
+        )
+        .unwrap();
+        assert!(s.ipv4.is_none() && !s.wants_dnsmasq());
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_refused_with_the_key_named() {
+        for (k, v) in [
+            ("ipv4.firewall", "true"),
+            ("bogus", "1"),
+            ("ipv6.address", "fd00::1/64"),
+            ("ipv6.address", "auto"),
+            ("ipv4.nat", "maybe"),
+            ("bridge.mtu", "9"),
+            ("dns.domain", "a..b"),
+            ("ipv4.dhcp.ranges", "10.123.0.9-10.123.0.2"),
+            ("ipv4.dhcp.ranges", "10.9.0.2-10.9.0.3"),
+        ] {
+            let mut c = conf(&[("ipv4.address", "10.123.0.1/24")]);
+            c.insert(k.into(), v.into());
+            let e = parse("br1", &c).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["br1", "cairnbr0", "a.b_c-d", "abcdefghijklmno"] {
+            valid_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "1br",
+            "-x",
+            "abcdefghijklmnop",
+            "a/b",
+            "a b",
+            "none",
+            "br\n",
+        ] {
+            assert!(valid_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Links, addresses and routes through rtnetlink, synchronously: one request per fresh
+//! socket, in the calling thread's network namespace. The same raw shape as
+//! `init/src/netlink.rs` (cairn-init links no async runtime, and the daemon calls these from
+//! blocking threads), plus what a bridge needs: creating and deleting links, and dumps of
+//! addresses and routes to choose a free subnet without sending a packet.
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// One address on one interface, as a dump lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddress {
+    pub index: u32,
+    pub addr: IpAddr,
+    pub prefix: u8,
+    pub scope: &'static str,
+}
+
+/// The kernel's index of interface `name`.
+pub fn index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::other(format!("interface name {name:?}")))?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface {name}"),
+        )),
+        i => Ok(i),
+    }
+}
+
+pub fn exists(name: &str) -> bool {
+    index(name).is_ok()
+}
+
+/// Creates bridge `name`; fails if any link of that name exists.
+pub fn create_bridge(name: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+    request(
+        RouteNetlinkMessage::NewLink(msg),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .map(drop)
+    .map_err(|e| context(e, &format!("creating bridge {name}")))
+}
+
+/// Deletes link `name` (a bridge: its ports are released, not deleted).
+pub fn delete_link(name: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index(name)?;
+    request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("deleting {name}")))
+}
+
+pub fn link_up(name: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index(name)?;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("setting {name} up")))
+}
+
+pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index(name)?;
+    msg.attributes.push(LinkAttribute::Mtu(mtu));
+    request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("setting the MTU of {name} to {mtu}")))
+}
+
+/// Adds `addr/prefix` to `name`, or refreshes it (`ip addr replace … brd +`).
+pub fn replace_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let mut msg = address_message(name, IpAddr::V4(addr), prefix)?;
+    msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+    if prefix <= 30 {
+        msg.attributes
+            .push(AddressAttribute::Broadcast(broadcast(addr, prefix)));
+    }
+    request(
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .map(drop)
+    .map_err(|e| context(e, &format!("setting {addr}/{prefix} on {name}")))
+}
+
+pub fn delete_address(name: &str, addr: IpAddr, prefix: u8) -> io::Result<()> {
+    let msg = address_message(name, addr, prefix)?;
+    request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("removing {addr}/{prefix} from {name}")))
+}
+
+fn address_message(name: &str, addr: IpAddr, prefix: u8) -> io::Result<AddressMessage> {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = prefix;
+    msg.header.index = index(name)?;
+    msg.attributes.push(AddressAttribute::Local(addr));
+    Ok(msg)
+}
+
+/// Every address of every interface (both families).
+pub fn addresses() -> io::Result<Vec<IfAddress>> {
+    let msg = AddressMessage::default();
+    let replies = request(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP)?;
+    let mut out = Vec::new();
+    for r in replies {
+        let RouteNetlinkMessage::NewAddress(a) = r else {
+            continue;
+        };
+        // IPv4 names its own address in Local (Address is the peer's on point-to-point
+        // links); IPv6 has only Address.
+        let local = a.attributes.iter().find_map(|at| match at {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let addr = local.or_else(|| {
+            a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
+        let Some(addr) = addr else { continue };
+        let scope = match a.header.scope {
+            AddressScope::Universe => "global",
+            AddressScope::Link => "link",
+            AddressScope::Host => "local",
+            _ => "other",
+        };
+        out.push(IfAddress {
+            index: a.header.index,
+            addr,
+            prefix: a.header.prefix_len,
+            scope,
+        });
+    }
+    Ok(out)
+}
+
+/// The IPv4 destinations of the main table's routes, as (network, prefix); the default
+/// route is left out (it overlaps everything and says nothing about what is in use).
+pub fn ipv4_routes() -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    let replies = request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
+    let mut out = Vec::new();
+    for r in replies {
+        let RouteNetlinkMessage::NewRoute(m) = r else {
+            continue;
+        };
+        if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.destination_prefix_length == 0
+        {
+            continue;
+        }
+        let dest = m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(*v4),
+            _ => None,
+        });
+        if let Some(d) = dest {
+            out.push((d, m.header.destination_prefix_length));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `f` in the network namespace of process `pid`, on a thread of its own: `setns`
+/// moves only the calling thread, and that thread ends with `f`, so no daemon thread is
+/// ever left in a container's namespace.
+pub fn in_netns_of<T: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::Builder::new()
+        .name("netns-query".into())
+        .spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::other(format!("entering the netns of {pid}: {e}")))?;
+            f()
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the netns query thread panicked"))?
+}
+
+/// The directed broadcast address of `addr/prefix`.
+pub fn broadcast(addr: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let host_bits = 32u32.saturating_sub(u32::from(prefix.min(32)));
+    let mask = if host_bits == 32 {
+        u32::MAX
+    } else {
+        (1u32 << host_bits) - 1
+    };
+    Ipv4Addr::from(u32::from(addr) | mask)
+}
+
+fn context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Sends one request and collects the kernel's answers until its acknowledgement (or the
+/// end of a dump).
+fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut out = Vec::new();
+    let mut rx = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut at = 0;
+        while at < n {
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = reply.header.length as usize;
+            match reply.payload {
+                NetlinkPayload::Error(err) => {
+                    return match err.code {
+                        None => Ok(out),
+                        Some(_) => Err(err.to_io()),
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::InnerMessage(m) => out.push(m),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumps_parse_and_loopback_is_there() {
+        assert_eq!(index("lo").unwrap(), 1);
+        assert!(!exists("cairn-no-such"));
+        let a = addresses().unwrap();
+        assert!(a
+            .iter()
+            .any(|x| x.index == 1 && x.addr == IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        ipv4_routes().unwrap();
+    }
+
+    /// A bridge created, addressed and deleted in a namespace of this thread's own.
+    #[test]
+    fn bridge_in_a_namespace_of_its_own() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root for a network namespace");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            create_bridge("cbtest0").unwrap();
+            assert!(create_bridge("cbtest0").is_err());
+            link_up("cbtest0").unwrap();
+            set_mtu("cbtest0", 1400).unwrap();
+            let ip = Ipv4Addr::new(10, 99, 0, 1);
+            replace_address("cbtest0", ip, 24).unwrap();
+            let i = index("cbtest0").unwrap();
+            assert!(addresses()
+                .unwrap()
+                .iter()
+                .any(|a| a.index == i && a.addr == IpAddr::V4(ip) && a.prefix == 24));
+            assert!(ipv4_routes()
+                .unwrap()
+                .contains(&(Ipv4Addr::new(10, 99, 0, 0), 24)));
+            delete_link("cbtest0").unwrap();
+            assert!(!exists("cbtest0"));
+        })
+        .join()
+        .unwrap();
+    }
+}

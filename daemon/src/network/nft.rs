@@ -1,0 +1,113 @@
+//! NAT and forwarding through nftables, one table of Cairn's own per network
+//! (`inet cairn_<name>`): applied with one `nft -f` (a transaction: the whole table or
+//! nothing), removed by deleting that table, and never touching any other table.
+
+use super::config::BridgeSpec;
+use super::NetworkError;
+use crate::runner;
+
+pub fn table_name(network: &str) -> String {
+    // nft identifiers allow letters, digits, `_` and `.` but not `-`.
+    format!("cairn_{}", network.replace('-', "_"))
+}
+
+/// The ruleset that (re)defines the network's table. Declaring the table then deleting it
+/// first makes the script work whether the table exists or not, in the same transaction.
+pub fn render(spec: &BridgeSpec) -> String {
+    let t = table_name(&spec.name);
+    let br = &spec.name;
+    let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{\n");
+    // Accept what our dnsmasq serves, and forwarding to and from the bridge: base chains
+    // in other tables still get their say (an accept here is not final for them).
+    s.push_str(&format!(
+        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    \
+         iifname \"{br}\" udp dport {{ 53, 67 }} accept\n    iifname \"{br}\" tcp dport 53 accept\n  }}\n"
+    ));
+    s.push_str(&format!(
+        "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    \
+         iifname \"{br}\" accept\n    oifname \"{br}\" accept\n  }}\n"
+    ));
+    if let (true, Some(c)) = (spec.nat, spec.ipv4) {
+        let net = format!("{}/{}", c.network(), c.prefix);
+        s.push_str(&format!(
+            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+             ip saddr {net} ip daddr != {net} masquerade\n  }}\n"
+        ));
+    }
+    s.push_str("}\n");
+    s
+}
+
+pub fn apply(spec: &BridgeSpec) -> Result<(), NetworkError> {
+    let path = std::env::temp_dir().join(format!(
+        "cairn-nft-{}-{}.nft",
+        spec.name,
+        std::process::id()
+    ));
+    std::fs::write(&path, render(spec))
+        .map_err(|e| NetworkError::Io(format!("writing {}: {e}", path.display())))?;
+    let r = runner::run("nft", [std::ffi::OsStr::new("-f"), path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    r.map(drop).map_err(|e| {
+        NetworkError::Firewall(format!("applying table {}: {e}", table_name(&spec.name)))
+    })
+}
+
+/// Deletes the network's table; a table that is not there is not an error.
+pub fn remove(network: &str) -> Result<(), NetworkError> {
+    let t = table_name(network);
+    let script = format!("table inet {t} {{}}\ndelete table inet {t}\n");
+    let path = std::env::temp_dir().join(format!(
+        "cairn-nft-del-{network}-{}.nft",
+        std::process::id()
+    ));
+    std::fs::write(&path, script)
+        .map_err(|e| NetworkError::Io(format!("writing {}: {e}", path.display())))?;
+    let r = runner::run("nft", [std::ffi::OsStr::new("-f"), path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    r.map(drop)
+        .map_err(|e| NetworkError::Firewall(format!("deleting table {t}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::config::Ipv4Cidr;
+    use std::net::Ipv4Addr;
+
+    fn spec(nat: bool) -> BridgeSpec {
+        BridgeSpec {
+            name: "br-1".into(),
+            ipv4: Some(Ipv4Cidr {
+                addr: Ipv4Addr::new(10, 123, 0, 1),
+                prefix: 24,
+            }),
+            nat,
+            dhcp: true,
+            dhcp_ranges: vec![],
+            domain: "incus".into(),
+            mtu: None,
+        }
+    }
+
+    #[test]
+    fn ruleset_is_one_table_of_our_own_redefined_atomically() {
+        let r = render(&spec(true));
+        assert!(
+            r.starts_with("table inet cairn_br_1 {}\ndelete table inet cairn_br_1\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip saddr 10.123.0.0/24 ip daddr != 10.123.0.0/24 masquerade"),
+            "{r}"
+        );
+        assert!(r.contains("iifname \"br-1\" accept"), "{r}");
+        // Nothing but our table is named.
+        let tables: Vec<&str> = r.lines().filter(|l| l.contains("table ")).collect();
+        assert!(
+            tables.iter().all(|l| l.contains("inet cairn_br_1")),
+            "{tables:?}"
+        );
+        assert!(!render(&spec(false)).contains("masquerade"));
+    }
+}
