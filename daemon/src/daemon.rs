@@ -334,23 +334,42 @@ impl Daemon {
 
     fn open_pools(&self) -> Result<(), StartError> {
         for p in self.db.pools()? {
-            let source = self.pool_source(&p);
-            let driver = storage::open(&p.name, &p.driver, &source)?;
-            self.pools_mut().insert(p.name.clone(), Arc::from(driver));
+            // A pool that cannot be opened (its loop file or device gone) leaves the pool
+            // Unavailable; the daemon and the other pools keep serving.
+            match storage::open(
+                &p.name,
+                &p.driver,
+                &self.pool_config(&p),
+                &self.pool_paths(&p.name),
+            ) {
+                Ok(driver) => {
+                    self.pools_mut().insert(p.name.clone(), Arc::from(driver));
+                }
+                Err(e) if p.driver != "dir" => {
+                    tracing::error!(pool = %p.name, "storage pool unavailable: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
 
-    pub fn pool_source(&self, p: &PoolRecord) -> PathBuf {
-        // A pool's source is a path on one member; in a cluster each member keeps the
+    pub fn pool_paths(&self, pool: &str) -> storage::PoolPaths {
+        storage::PoolPaths::new(&self.paths.state, pool)
+    }
+
+    /// A pool's config as this member's driver opens it.
+    pub fn pool_config(&self, p: &PoolRecord) -> storage::PoolConfig {
+        let mut c = p.config.clone();
+        // A dir pool's source is a path on one member; in a cluster each member keeps the
         // pool's data in its own state dir.
-        if self.cluster().is_some() {
-            return self.paths.pools.join(&p.name);
+        if self.cluster().is_some() && p.driver == "dir" {
+            c.insert(
+                "source".into(),
+                self.paths.pools.join(&p.name).display().to_string(),
+            );
         }
-        p.config
-            .get("source")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.paths.pools.join(&p.name))
+        c
     }
 
     pub fn pools_mut(

@@ -80,6 +80,15 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        if e.is_bad_input() {
+            return ApiError::bad_request(e.to_string());
+        }
+        ApiError::internal(e)
+    }
+}
+
 pub type ApiResult = Result<Response, ApiError>;
 
 /// The envelope of a sync answer, serialized straight from `metadata`: no intermediate

@@ -65,7 +65,11 @@ fn view<'a>(d: &AppState, p: &'a PoolRecord) -> Result<PoolView<'a>, ApiError> {
         description: &p.description,
         config: &p.config,
         used_by: used_by(d, p)?,
-        status: "Created",
+        status: if d.pool(&p.name).is_some() {
+            "Created"
+        } else {
+            "Unavailable"
+        },
         locations: vec!["none"],
     })
 }
@@ -115,49 +119,50 @@ pub struct PoolsPost {
     description: String,
 }
 
-fn check_pool_config(config: &ConfigMap) -> Result<(), ApiError> {
-    for (k, v) in config {
-        match k.as_str() {
-            "source" => {
-                if !v.starts_with('/') || v.split('/').any(|c| c == "..") {
-                    return Err(ApiError::bad_request("source must be an absolute path"));
-                }
-            }
-            k if k.starts_with("user.") => {}
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "Unknown configuration key: {k}"
-                )))
-            }
-        }
-    }
-    Ok(())
-}
-
 pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<PoolsPost>) -> ApiResult {
     crate::validate::object_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    check_pool_config(&req.config)?;
+    let kind = crate::storage::kind(&req.driver)?;
+    (kind.validate)(&req.config)?;
+    if d.cluster().is_some() && req.driver != "dir" {
+        // Incus makes such pools member by member (`--target`, PENDING, then CREATED);
+        // until that exists a cluster keeps to dir pools rather than half-make others.
+        return Err(ApiError::bad_request(format!(
+            "Storage pools of driver {:?} cannot be created in a cluster yet (only dir)",
+            req.driver
+        )));
+    }
     if d.db.pool(&req.name)?.is_some() {
         return Err(ApiError::conflict(format!(
             "Storage pool {:?} already exists",
             req.name
         )));
     }
-    let mut config = req.config.clone();
-    let source = config
-        .entry("source".into())
-        .or_insert_with(|| d.paths.pools.join(&req.name).display().to_string())
-        .clone();
-    let driver = crate::storage::open(&req.name, &req.driver, std::path::Path::new(&source))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    d.write(vec![Command::CreatePool(PoolRecord {
-        name: req.name.clone(),
-        driver: req.driver.clone(),
-        description: req.description,
-        config,
-    })])
-    .await?;
-    d.pools_mut().insert(req.name.clone(), Arc::from(driver));
+    let paths = d.pool_paths(&req.name);
+    let (name, config) = (req.name.clone(), req.config.clone());
+    // Formatting and mounting block; they run off the async workers.
+    let made = tokio::task::spawn_blocking(move || {
+        let config = (kind.create)(&name, &config, &paths)?;
+        let driver = (kind.open)(&name, &config, &paths)?;
+        Ok::<_, crate::storage::StorageError>((config, driver))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (config, driver) = made?;
+    let driver: Arc<dyn crate::storage::StorageDriver> = Arc::from(driver);
+    let written = d
+        .write(vec![Command::CreatePool(PoolRecord {
+            name: req.name.clone(),
+            driver: req.driver.clone(),
+            description: req.description,
+            config,
+        })])
+        .await;
+    if let Err(e) = written {
+        let undo = driver.clone();
+        let _ = tokio::task::spawn_blocking(move || undo.destroy()).await;
+        return Err(e.into());
+    }
+    d.pools_mut().insert(req.name.clone(), driver);
     d.events.lifecycle(
         "storage-pool-created",
         &format!("/1.0/storage-pools/{}", req.name),
@@ -200,19 +205,26 @@ pub async fn put(
         },
     )?;
     if let Some(c) = req.config {
-        check_pool_config(&c)?;
-        if c.get("source")
-            .is_some_and(|s| Some(s) != p.config.get("source"))
-        {
-            return Err(ApiError::bad_request(
-                "The source of an existing pool cannot change",
-            ));
+        (crate::storage::kind(&p.driver)?.validate)(&c)?;
+        // Only user.* keys change in place: the others are how the pool was made (a
+        // resize or remount is not implemented, so it is refused, not recorded).
+        // A PUT that leaves such a key out keeps it.
+        for (key, value) in &c {
+            if key.starts_with("user.") || p.config.get(key) == Some(value) {
+                continue;
+            }
+            return Err(ApiError::bad_request(format!(
+                "Changing {key:?} of an existing storage pool is not supported"
+            )));
         }
-        let source = p.config.get("source").cloned();
+        let kept: ConfigMap = p
+            .config
+            .iter()
+            .filter(|(k, _)| !k.starts_with("user."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         p.config = c;
-        if let Some(s) = source {
-            p.config.insert("source".into(), s);
-        }
+        p.config.extend(kept);
     }
     if let Some(desc) = req.description {
         p.description = desc;
@@ -228,9 +240,23 @@ pub async fn delete(State(d): State<AppState>, Path(pool): Path<String>) -> ApiR
             "The storage pool is currently in use",
         ));
     }
+    let driver = d.pool(&pool);
     d.write(vec![Command::DeletePool { name: pool.clone() }])
         .await?;
     d.pools_mut().remove(&pool);
+    if let Some(driver) = driver {
+        // The record is gone; what backs the pool on this member goes with it. A failure
+        // here leaves files behind, not a pool the API still lists.
+        let destroyed = tokio::task::spawn_blocking(move || driver.destroy())
+            .await
+            .map_err(ApiError::internal)?;
+        if let Err(e) = destroyed {
+            tracing::error!(pool = %pool, "deleting the pool's storage: {e}");
+            return Err(ApiError::internal(format!(
+                "Storage pool {pool:?} was deleted, but its storage was not removed: {e}"
+            )));
+        }
+    }
     empty()
 }
 
@@ -314,13 +340,15 @@ pub async fn volumes_of_kind(
 }
 
 pub async fn resources(State(d): State<AppState>, Path(pool): Path<String>) -> ApiResult {
-    let p = get_pool(&d, &pool)?;
-    let source = d.pool_source(&p);
-    let st = nix::sys::statvfs::statvfs(&source).map_err(ApiError::internal)?;
-    let total = st.blocks() * st.fragment_size();
-    let free = st.blocks_available() * st.fragment_size();
+    get_pool(&d, &pool)?;
+    let driver = d
+        .pool(&pool)
+        .ok_or_else(|| ApiError::internal(format!("Storage pool {pool:?} is unavailable")))?;
+    let space = tokio::task::spawn_blocking(move || driver.space())
+        .await
+        .map_err(ApiError::internal)??;
     sync(serde_json::json!({
-        "space": {"used": total.saturating_sub(free), "total": total},
-        "inodes": {"used": st.files().saturating_sub(st.files_free()), "total": st.files()},
+        "space": {"used": space.used, "total": space.total},
+        "inodes": {"used": space.inodes_used, "total": space.inodes_total},
     }))
 }

@@ -53,6 +53,9 @@ impl From<crate::validate::ValidationError> for InstanceError {
 
 impl From<crate::storage::StorageError> for InstanceError {
     fn from(e: crate::storage::StorageError) -> Self {
+        if e.is_bad_input() {
+            return InstanceError::Invalid(e.to_string());
+        }
         InstanceError::Failed(e.to_string())
     }
 }

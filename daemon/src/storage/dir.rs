@@ -9,8 +9,46 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::tree::{self, Reshift};
+use super::{check_known_options, check_source, DriverKind, PoolConfig, PoolPaths};
 use super::{StorageDriver, StorageError};
 use crate::instance::idmap::IdShift;
+
+pub const KIND: DriverKind = DriverKind {
+    name: "dir",
+    validate,
+    create,
+    open,
+};
+
+fn validate(config: &PoolConfig) -> Result<(), StorageError> {
+    check_known_options(config, &["source"])?;
+    check_source(config)
+}
+
+fn source_of(config: &PoolConfig, paths: &PoolPaths) -> PathBuf {
+    config
+        .get("source")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths.mount.clone())
+}
+
+fn create(pool: &str, config: &PoolConfig, paths: &PoolPaths) -> Result<PoolConfig, StorageError> {
+    validate(config)?;
+    let source = source_of(config, paths);
+    DirPool::open(pool, &source)?;
+    let mut out = config.clone();
+    out.insert("source".into(), source.display().to_string());
+    Ok(out)
+}
+
+fn open(
+    pool: &str,
+    config: &PoolConfig,
+    paths: &PoolPaths,
+) -> Result<Box<dyn StorageDriver>, StorageError> {
+    Ok(Box::new(DirPool::open(pool, &source_of(config, paths))?))
+}
 
 pub struct DirPool {
     name: String,
@@ -62,6 +100,19 @@ impl StorageDriver for DirPool {
     }
     fn source(&self) -> &Path {
         &self.source
+    }
+
+    // The source may be a directory the user pointed us at, with data of theirs beside
+    // ours: deleting the pool removes its image volumes (ours, unpacked from the image
+    // store) and the layout directories when empty, nothing else.
+    fn destroy(&self) -> Result<(), StorageError> {
+        tree::remove(&self.source.join("images"))
+            .map_err(|e| self.io(e, "removing image volumes".into()))?;
+        for sub in ["containers", "containers-snapshots"] {
+            let _ = fs::remove_dir(self.source.join(sub));
+        }
+        let _ = fs::remove_dir(&self.source);
+        Ok(())
     }
 
     fn has_image(&self, fp: &str) -> bool {

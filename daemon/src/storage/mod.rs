@@ -1,13 +1,22 @@
 //! Storage pools and their drivers. Each driver implements [`StorageDriver`]; the rest of the
 //! daemon asks a pool for image, instance and snapshot volumes and never touches the layout
-//! underneath. Drivers never see HTTP types.
+//! underneath. Drivers never see HTTP types, the database or the daemon: what they need
+//! comes in as arguments ([`PoolPaths`], the pool's config).
 
+pub mod btrfs;
 pub mod dir;
+pub mod mounts;
+pub mod size;
 pub mod tree;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::instance::idmap::IdShift;
+use crate::runner::RunError;
+
+/// A pool's config as the API gives it (`source`, `size`, `btrfs.mount_options`, `user.*`…).
+pub type PoolConfig = BTreeMap<String, String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -17,10 +26,102 @@ pub enum StorageError {
         what: String,
         source: std::io::Error,
     },
+    #[error("storage pool {pool}: {what}: {source}")]
+    Run {
+        pool: String,
+        what: String,
+        source: Box<RunError>,
+    },
     #[error("storage pool {0}: {1}")]
     Invalid(String, String),
-    #[error("unknown storage driver {0:?} (supported: dir)")]
+    /// An option the driver does not know (Incus: `Invalid option "x"`).
+    #[error("Invalid option {0:?}")]
+    UnknownOption(String),
+    #[error("Invalid value for option {key:?}: {reason}")]
+    InvalidValue { key: String, reason: String },
+    #[error("Unknown storage driver {0:?} (supported: {list})", list = supported().join(", "))]
     UnknownDriver(String),
+    /// What a driver cannot do (Incus's `ErrNotSupported`).
+    #[error("storage pool {pool}: {what} is not supported by the {driver} driver")]
+    NotSupported {
+        pool: String,
+        driver: &'static str,
+        what: String,
+    },
+    /// The pool's filesystem is full: the write was undone, nothing stored was lost.
+    #[error("storage pool {pool}: {what}: the pool is out of space")]
+    Full { pool: String, what: String },
+}
+
+impl StorageError {
+    /// Whether the caller asked for something wrong (a 400), rather than the host failing.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Invalid(..)
+                | StorageError::UnknownOption(_)
+                | StorageError::InvalidValue { .. }
+                | StorageError::UnknownDriver(_)
+                | StorageError::NotSupported { .. }
+        )
+    }
+
+    /// An I/O error, or [`StorageError::Full`] when it is ENOSPC/EDQUOT.
+    pub fn io(pool: &str, what: String, source: std::io::Error) -> StorageError {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StorageError::Full {
+                pool: pool.to_string(),
+                what,
+            },
+            _ => StorageError::Io {
+                pool: pool.to_string(),
+                what,
+                source,
+            },
+        }
+    }
+}
+
+/// Where a pool may keep what it makes on this member, from the daemon's state dir.
+#[derive(Debug, Clone)]
+pub struct PoolPaths {
+    /// `storage-pools/<pool>`: the default `source` of a dir pool, the mount point of a
+    /// btrfs one.
+    pub mount: PathBuf,
+    /// `disks/`: loop files (`disks/<pool>.img`, as Incus names them).
+    pub disks: PathBuf,
+}
+
+impl PoolPaths {
+    pub fn new(state: &Path, pool: &str) -> PoolPaths {
+        PoolPaths {
+            mount: state.join("storage-pools").join(pool),
+            disks: state.join("disks"),
+        }
+    }
+}
+
+/// Used and total bytes (and inodes) of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub used: u64,
+    pub total: u64,
+    pub inodes_used: u64,
+    pub inodes_total: u64,
+}
+
+/// statvfs of `path`: what `df` shows.
+pub fn statvfs_space(path: &Path) -> std::io::Result<Space> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    let frag = st.fragment_size();
+    let total = st.blocks() * frag;
+    let free = st.blocks_available() * frag;
+    Ok(Space {
+        used: total.saturating_sub(free),
+        total,
+        inodes_used: st.files().saturating_sub(st.files_free()),
+        inodes_total: st.files(),
+    })
 }
 
 /// One storage pool's driver. Volumes are named by instance (and snapshot) name; an image
@@ -28,8 +129,29 @@ pub enum StorageError {
 pub trait StorageDriver: Send + Sync {
     fn driver_name(&self) -> &'static str;
     fn pool_name(&self) -> &str;
-    /// Where the pool keeps its data (the `source` the API shows).
+    /// The directory the pool's layout lives in: a dir pool's source, a btrfs pool's mount.
     fn source(&self) -> &Path;
+
+    /// Used and total space of the pool.
+    fn space(&self) -> Result<Space, StorageError> {
+        statvfs_space(self.source())
+            .map_err(|e| StorageError::io(self.pool_name(), "reading its usage".into(), e))
+    }
+    /// Removes the pool from this member: what the driver made for it (a loop file is
+    /// deleted, a mount undone). Called only for a pool no instance uses.
+    fn destroy(&self) -> Result<(), StorageError>;
+    /// Limits an instance volume to `bytes` (the root disk's `size`), or lifts the limit.
+    fn set_instance_quota(&self, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
+        let _ = name;
+        match bytes {
+            None => Ok(()),
+            Some(_) => Err(StorageError::NotSupported {
+                pool: self.pool_name().to_string(),
+                driver: self.driver_name(),
+                what: "a root disk size".into(),
+            }),
+        }
+    }
 
     fn has_image(&self, fingerprint: &str) -> bool;
     /// Makes the image volume: `fill` writes `metadata.yaml`, `templates/` and `rootfs/` into
@@ -78,14 +200,103 @@ pub trait StorageDriver: Send + Sync {
     fn instance_usage(&self, name: &str) -> u64;
 }
 
+/// How a driver opens a pool: name, config, where its files go.
+pub type OpenFn = fn(&str, &PoolConfig, &PoolPaths) -> Result<Box<dyn StorageDriver>, StorageError>;
+
+/// A driver before a pool exists: the name→constructor table (Incus's `load.go`).
+pub struct DriverKind {
+    pub name: &'static str,
+    /// Checks a pool's config: unknown options and bad values are refused.
+    pub validate: fn(&PoolConfig) -> Result<(), StorageError>,
+    /// Makes the pool on this member (formats a device, makes a loop file) and returns the
+    /// config to record, with what was defaulted (`source`, `size`) filled in.
+    pub create: fn(&str, &PoolConfig, &PoolPaths) -> Result<PoolConfig, StorageError>,
+    /// Opens a pool made before (at daemon start: mounts it again).
+    pub open: OpenFn,
+}
+
+const DRIVERS: &[DriverKind] = &[dir::KIND, btrfs::KIND];
+
+/// The drivers this daemon has, by name.
+pub fn supported() -> Vec<&'static str> {
+    DRIVERS.iter().map(|k| k.name).collect()
+}
+
+pub fn kind(driver: &str) -> Result<&'static DriverKind, StorageError> {
+    DRIVERS
+        .iter()
+        .find(|k| k.name == driver)
+        .ok_or_else(|| StorageError::UnknownDriver(driver.to_string()))
+}
+
 /// Opens the driver for a pool record.
 pub fn open(
     pool: &str,
     driver: &str,
-    source: &Path,
+    config: &PoolConfig,
+    paths: &PoolPaths,
 ) -> Result<Box<dyn StorageDriver>, StorageError> {
-    match driver {
-        "dir" => Ok(Box::new(dir::DirPool::open(pool, source)?)),
-        other => Err(StorageError::UnknownDriver(other.to_string())),
+    (kind(driver)?.open)(pool, config, paths)
+}
+
+/// Refuses keys outside `known` (and the `user.*` keys every pool takes), as Incus's
+/// `validatePool` does.
+pub fn check_known_options(config: &PoolConfig, known: &[&str]) -> Result<(), StorageError> {
+    for k in config.keys() {
+        if !known.contains(&k.as_str()) && !k.starts_with("user.") {
+            return Err(StorageError::UnknownOption(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// `source` must be an absolute path with no `..` (it may name a device or a directory).
+pub fn check_source(config: &PoolConfig) -> Result<(), StorageError> {
+    if let Some(v) = config.get("source") {
+        if !v.is_empty() && (!v.starts_with('/') || v.split('/').any(|c| c == "..")) {
+            return Err(StorageError::InvalidValue {
+                key: "source".into(),
+                reason: "must be an absolute path".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Incus's boolean values (`util.IsTrue`).
+pub fn is_true(v: Option<&String>) -> bool {
+    v.is_some_and(|v| ["true", "1", "yes", "on"].contains(&v.to_ascii_lowercase().as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_driver_names_the_supported_ones() {
+        let paths = PoolPaths::new(Path::new("/nonexistent"), "p");
+        let e = open("p", "zfz", &PoolConfig::new(), &paths).err().unwrap();
+        let msg = e.to_string();
+        assert!(msg.contains("zfz") && msg.contains("dir, btrfs"), "{msg}");
+        assert!(e.is_bad_input());
+    }
+
+    #[test]
+    fn unknown_options_are_refused_user_keys_are_not() {
+        let mut c: PoolConfig = [("user.x".to_string(), "1".to_string())].into();
+        check_known_options(&c, &["source"]).unwrap();
+        c.insert("bogus".into(), "1".into());
+        let e = check_known_options(&c, &["source"]).unwrap_err();
+        assert_eq!(e.to_string(), "Invalid option \"bogus\"");
+    }
+
+    #[test]
+    fn enospc_is_a_full_pool() {
+        let e = StorageError::io(
+            "p",
+            "writing".into(),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(matches!(e, StorageError::Full { .. }), "{e}");
     }
 }
