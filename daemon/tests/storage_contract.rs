@@ -240,9 +240,7 @@ fn btrfs_on_a_block_device_refuses_what_it_must() {
 
     // Bad input, before anything is touched.
     let bad = |config: PoolConfig| {
-        let e = (kind.create)("b2", &config, &PoolPaths::new(state, "b2"))
-            .err()
-            .expect("refused");
+        let e = (kind.create)("b2", &config, &PoolPaths::new(state, "b2")).expect_err("refused");
         assert!(e.is_bad_input(), "{e}");
         e.to_string()
     };

@@ -96,6 +96,8 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     let pool = d.pool(&pool_name).ok_or_else(|| {
         InstanceError::Invalid(format!("Storage pool {pool_name:?} doesn't exist"))
     })?;
+    super::check_root_size(pool.as_ref(), &ed)?;
+    let quota = super::root_size(&ed)?;
     let shift = config
         .get("volatile.last_state.idmap")
         .and_then(|s| IdShift::from_incus_json(s))
@@ -138,7 +140,8 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
                 for s in &names {
                     pool.copy_snapshot(&from, s, &to)?;
                 }
-                Ok(())
+                // A snapshot carries no qgroup limit: the copy gets its own.
+                pool.set_instance_quota(&to, quota)
             },
         )
         .await

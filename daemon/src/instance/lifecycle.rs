@@ -66,12 +66,12 @@ pub fn precheck_create(d: &Daemon, req: &CreateRequest) -> Result<()> {
     crate::validate::instance_config(&ec, true)?;
     crate::validate::devices(&ed)?;
     let pool = root_pool(&ed)?;
-    if d.pool(&pool).is_none() {
+    let Some(pool) = d.pool(&pool) else {
         return Err(InstanceError::Invalid(format!(
             "Storage pool {pool:?} doesn't exist"
         )));
-    }
-    Ok(())
+    };
+    super::check_root_size(pool.as_ref(), &ed)
 }
 
 pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
@@ -87,6 +87,8 @@ pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
     let pool = d.pool(&pool_name).ok_or_else(|| {
         InstanceError::Invalid(format!("Storage pool {pool_name:?} doesn't exist"))
     })?;
+    super::check_root_size(pool.as_ref(), &ed)?;
+    let quota = super::root_size(&ed)?;
     let shift = shift_for(&d, &ec);
 
     let mut config = super::config_from_image(&img.properties);
@@ -132,6 +134,10 @@ pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
             image::ensure_in_pool(&d2, pool.as_ref(), &fp)
                 .map_err(|e| InstanceError::Failed(e.to_string()))?;
             pool.create_instance_from_image(&fp, &name, shift)?;
+            if let Err(e) = pool.set_instance_quota(&name, quota) {
+                let _ = pool.delete_instance(&name);
+                return Err(e.into());
+            }
             Ok(())
         })
         .await
@@ -500,10 +506,20 @@ pub async fn update(
     crate::validate::instance_config(&ec, true)?;
     crate::validate::devices(&ed)?;
     let (_, old_ed) = expand(d, &rec)?;
-    if root_pool(&ed)? != root_pool(&old_ed)? {
+    let pool_name = root_pool(&ed)?;
+    if pool_name != root_pool(&old_ed)? {
         return Err(InstanceError::Invalid(
             "Changing the root disk's pool is not supported".into(),
         ));
+    }
+    let size = super::root_size(&ed)?;
+    if size != super::root_size(&old_ed)? {
+        let pool = d.pool(&pool_name).ok_or_else(|| {
+            InstanceError::Failed(format!("Storage pool {pool_name:?} is unavailable"))
+        })?;
+        super::check_root_size(pool.as_ref(), &ed)?;
+        let n = name.to_string();
+        blocking(move || Ok(pool.set_instance_quota(&n, size)?)).await?;
     }
     d.write(vec![Command::UpdateInstance(InstanceRecord {
         config,

@@ -136,6 +136,40 @@ pub fn root_pool(devices: &DeviceMap) -> Result<String> {
         .ok_or_else(|| InstanceError::Invalid("No root device could be found".into()))
 }
 
+/// The root disk's `size` in bytes (Incus's size strings), if set.
+pub fn root_size(devices: &DeviceMap) -> Result<Option<u64>> {
+    let size = devices
+        .values()
+        .find(|d| {
+            d.get("type").map(String::as_str) == Some("disk")
+                && d.get("path").map(String::as_str) == Some("/")
+        })
+        .and_then(|d| d.get("size"))
+        .filter(|s| !s.is_empty());
+    match size {
+        None => Ok(None),
+        Some(s) => crate::storage::size::parse_bytes(s)
+            .map(Some)
+            .map_err(|e| InstanceError::Invalid(format!("Invalid root disk size: {e}"))),
+    }
+}
+
+/// Refuses a root disk `size` the instance's pool cannot enforce.
+pub fn check_root_size(
+    pool: &dyn crate::storage::StorageDriver,
+    devices: &DeviceMap,
+) -> Result<()> {
+    if root_size(devices)?.is_some() && !pool.supports_quotas() {
+        return Err(InstanceError::Invalid(format!(
+            "A root disk size needs a storage pool that enforces quotas (btrfs); pool {:?} is \
+             {}",
+            pool.pool_name(),
+            pool.driver_name()
+        )));
+    }
+    Ok(())
+}
+
 /// Incus's status names and codes.
 pub fn status_of(s: lxc::LxcState) -> (&'static str, u16) {
     use lxc::LxcState::*;

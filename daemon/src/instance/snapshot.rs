@@ -158,9 +158,22 @@ pub async fn restore(d: Arc<Daemon>, instance: &str, snap: &str) -> Result<()> {
         let lock = d.instance_lock(instance);
         let _guard = lock.lock().await;
         let pool = pool_of(&d, instance)?;
-        let (i, sn) = (instance.to_string(), snap.to_string());
-        blocking(move || pool.restore_snapshot(&i, &sn)).await?;
         let mut rec = get(&d, instance)?;
+        // The restored volume is a new one: it gets the limit the restored config names.
+        let quota = {
+            let restored = crate::db::records::InstanceRecord {
+                devices: s.devices.clone(),
+                profiles: s.profiles.clone(),
+                ..rec.clone()
+            };
+            super::root_size(&super::expand(&d, &restored)?.1)?
+        };
+        let (i, sn) = (instance.to_string(), snap.to_string());
+        blocking(move || {
+            pool.restore_snapshot(&i, &sn)?;
+            pool.set_instance_quota(&i, quota)
+        })
+        .await?;
         let mut config = s.config.clone();
         // The volume on disk now carries the snapshot's id map: keep its volatile keys.
         super::keep_volatile(&rec.config, &mut config);

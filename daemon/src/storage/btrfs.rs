@@ -573,6 +573,10 @@ impl StorageDriver for BtrfsPool {
         Ok(())
     }
 
+    fn supports_quotas(&self) -> bool {
+        true
+    }
+
     fn set_instance_quota(&self, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
         let vol = self.instance_path(name);
         if bytes.is_some() {
@@ -726,7 +730,6 @@ impl StorageDriver for BtrfsPool {
         self.subvolume_delete(&staging)?;
         self.subvolume_delete(&old)?;
         self.snapshot(&self.snapshot_path(name, snap), &staging, false)?;
-        // Keep the instance's quota: the limit belongs to the volume, not to one snapshot.
         fs::rename(&live, &old)
             .map_err(|e| self.io(e, "moving the current volume aside".into()))?;
         if let Err(e) = fs::rename(&staging, &live) {

@@ -140,6 +140,10 @@ pub trait StorageDriver: Send + Sync {
     /// Removes the pool from this member: what the driver made for it (a loop file is
     /// deleted, a mount undone). Called only for a pool no instance uses.
     fn destroy(&self) -> Result<(), StorageError>;
+    /// Whether [`StorageDriver::set_instance_quota`] enforces a limit.
+    fn supports_quotas(&self) -> bool {
+        false
+    }
     /// Limits an instance volume to `bytes` (the root disk's `size`), or lifts the limit.
     fn set_instance_quota(&self, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
         let _ = name;
