@@ -66,6 +66,9 @@ fn contract(pool: &dyn StorageDriver) {
     );
     // A second instance of the same image and map.
     pool.create_instance_from_image("abc", "c2", shift).unwrap();
+    let f2 = pool.rootfs_path("c2").join("etc/hostname");
+    assert_eq!(fs::read_to_string(&f2).unwrap(), "img");
+    assert_eq!(fs::metadata(&f2).unwrap().uid(), shift.uid_base);
     assert!(pool.create_instance_from_image("abc", "c2", shift).is_err());
     // The image itself is untouched by its instances.
     fs::write(&f, "changed-before-snapshot").unwrap();
@@ -202,6 +205,24 @@ fn btrfs_on_a_loop_file_keeps_the_contract_and_survives_a_remount() {
     assert!(st.success());
     let pool = (kind.open)("b1", &recorded, &paths).unwrap();
     assert!(pool.has_image("keep"), "the image survives a remount");
+
+    // The next launch takes the spare clone made in the background after the last one.
+    let shift = IdShift::from_subid("root:100000:65536\n", "root:100000:65536\n");
+    pool.create_instance_from_image("keep", "w1", shift)
+        .unwrap();
+    let spare = paths.mount.join("images/keep.spare-100000-100000");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !spare.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(spare.exists(), "a spare clone is made after a launch");
+    pool.create_instance_from_image("keep", "w2", shift)
+        .unwrap();
+    let f = pool.rootfs_path("w2").join("etc/hostname");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "img");
+    assert_eq!(fs::metadata(&f).unwrap().uid(), 100000);
+    pool.delete_instance("w1").unwrap();
+    pool.delete_instance("w2").unwrap();
 
     // A file written past the pool's end fails with ENOSPC and leaves the pool usable.
     pool.create_instance_from_image("keep", "big", IdShift::IDENTITY)

@@ -141,7 +141,10 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
                     pool.copy_snapshot(&from, s, &to)?;
                 }
                 // A snapshot carries no qgroup limit: the copy gets its own.
-                pool.set_instance_quota(&to, quota)
+                match quota {
+                    Some(_) => pool.set_instance_quota(&to, quota),
+                    None => Ok(()),
+                }
             },
         )
         .await

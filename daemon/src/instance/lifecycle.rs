@@ -134,9 +134,12 @@ pub async fn create(d: Arc<Daemon>, req: CreateRequest) -> Result<()> {
             image::ensure_in_pool(&d2, pool.as_ref(), &fp)
                 .map_err(|e| InstanceError::Failed(e.to_string()))?;
             pool.create_instance_from_image(&fp, &name, shift)?;
-            if let Err(e) = pool.set_instance_quota(&name, quota) {
-                let _ = pool.delete_instance(&name);
-                return Err(e.into());
+            // A new volume has no limit: only a size needs a call (quotas cost a commit).
+            if quota.is_some() {
+                if let Err(e) = pool.set_instance_quota(&name, quota) {
+                    let _ = pool.delete_instance(&name);
+                    return Err(e.into());
+                }
             }
             Ok(())
         })

@@ -171,7 +171,11 @@ pub async fn restore(d: Arc<Daemon>, instance: &str, snap: &str) -> Result<()> {
         let (i, sn) = (instance.to_string(), snap.to_string());
         blocking(move || {
             pool.restore_snapshot(&i, &sn)?;
-            pool.set_instance_quota(&i, quota)
+            // The restored volume is new, so it starts without a limit.
+            match quota {
+                Some(_) => pool.set_instance_quota(&i, quota),
+                None => Ok(()),
+            }
         })
         .await?;
         let mut config = s.config.clone();

@@ -11,9 +11,11 @@
 //! re-owned once, and every later instance with that map is a snapshot of it. Launch cost
 //! therefore does not grow with the image's size (only the first launch per map pays).
 //!
-//! Everything goes through the `btrfs` CLI via the runner: the operations are few, their
-//! errors are what an operator would see running them by hand, and btrfs-progs is the
-//! interface the kernel developers keep stable.
+//! Snapshots, the hot path of launch, copy and snapshot, are one ioctl
+//! (`BTRFS_IOC_SNAP_CREATE_V2`), which saves a process per launch. Everything else goes
+//! through the `btrfs` CLI via the runner: those operations are rare, their errors are
+//! what an operator would see running them by hand, and btrfs-progs is the interface the
+//! kernel developers keep stable. (There is no maintained Rust btrfs library to prefer.)
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -296,6 +298,7 @@ fn open(
         root,
         loop_file,
         mounted,
+        spares: Default::default(),
     };
     for sub in ["", "images", "containers", "containers-snapshots"] {
         let d = p.root.join(sub);
@@ -313,6 +316,9 @@ pub struct BtrfsPool {
     loop_file: Option<PathBuf>,
     /// The pool owns a mount (loop file or device) rather than a directory of another fs.
     mounted: bool,
+    /// Held while spare clones are made or images deleted, so a spare never outlives its
+    /// image.
+    spares: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl BtrfsPool {
@@ -348,17 +354,12 @@ impl BtrfsPool {
     }
 
     fn snapshot(&self, src: &Path, dst: &Path, readonly: bool) -> Result<(), StorageError> {
-        let mut args: Vec<&std::ffi::OsStr> = vec!["subvolume".as_ref(), "snapshot".as_ref()];
-        if readonly {
-            args.push("-r".as_ref());
-        }
-        args.push(src.as_os_str());
-        args.push(dst.as_os_str());
-        self.btrfs(
-            format!("snapshotting {} as {}", src.display(), dst.display()),
-            &args,
-        )
-        .map(|_| ())
+        snapshot_ioctl(src, dst, readonly).map_err(|e| {
+            self.io(
+                e,
+                format!("snapshotting {} as {}", src.display(), dst.display()),
+            )
+        })
     }
 
     fn set_readonly(&self, p: &Path, ro: bool) -> Result<(), StorageError> {
@@ -482,6 +483,31 @@ impl BtrfsPool {
         Ok(dst)
     }
 
+    /// Where the next instance of image `fp` with id map `shift` waits, already cloned.
+    fn spare_path(&self, fp: &str, shift: IdShift) -> PathBuf {
+        self.root
+            .join("images")
+            .join(format!("{fp}.spare-{}-{}", shift.uid_base, shift.gid_base))
+    }
+
+    /// Clones `src` as `spare` in the background: a btrfs snapshot costs a transaction
+    /// commit (tens of ms on a loop file), which the next launch then does not wait for.
+    fn make_spare(&self, src: PathBuf, spare: PathBuf) {
+        let lock = self.spares.clone();
+        let pool = self.name.clone();
+        std::thread::spawn(move || {
+            let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.exists() || !src.join("rootfs").is_dir() {
+                return;
+            }
+            let made = snapshot_ioctl(&src, &spare, false)
+                .and_then(|_| fs::set_permissions(&spare, fs::Permissions::from_mode(0o711)));
+            if let Err(e) = made {
+                tracing::warn!(pool = %pool, "making a spare clone of {}: {e}", src.display());
+            }
+        });
+    }
+
     /// The subvolume's qgroup id (`0/<subvolume id>`).
     fn qgroup(&self, p: &Path) -> Result<String, StorageError> {
         let out = self.btrfs(
@@ -498,6 +524,56 @@ impl BtrfsPool {
                 )
             })
     }
+}
+
+/// `struct btrfs_ioctl_vol_args_v2` (linux/btrfs.h): 4096 bytes.
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; 4040],
+}
+
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+
+nix::ioctl_write_ptr!(btrfs_snap_create_v2, 0x94, 23, VolArgsV2);
+
+/// Snapshots subvolume `src` as `dst` (whose parent must exist on the same filesystem).
+fn snapshot_ioctl(src: &Path, dst: &Path, readonly: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
+    let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
+        return Err(invalid("a snapshot needs a parent directory and a name"));
+    };
+    let name = name.as_bytes();
+    if name.len() >= 4040 || name.contains(&0) {
+        return Err(invalid("snapshot name too long or holding a NUL"));
+    }
+    let dir = |p: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let src_fd = dir(src)?;
+    let parent_fd = dir(parent)?;
+    let mut args = VolArgsV2 {
+        fd: src_fd.as_raw_fd() as i64,
+        transid: 0,
+        flags: if readonly { BTRFS_SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; 4040],
+    };
+    args.name[..name.len()].copy_from_slice(name);
+    // SAFETY: args is a valid, fully initialised vol_args_v2 that outlives the call; both
+    // fds are open directories.
+    unsafe { btrfs_snap_create_v2(parent_fd.as_raw_fd(), &args) }
+        .map(|_| ())
+        .map_err(std::io::Error::from)
 }
 
 /// A btrfs subvolume's root directory has inode 256.
@@ -542,6 +618,7 @@ impl StorageDriver for BtrfsPool {
     }
 
     fn destroy(&self) -> Result<(), StorageError> {
+        let _held = self.spares.lock().unwrap_or_else(|p| p.into_inner());
         for sub in ["images", "containers", "containers-snapshots"] {
             let d = self.root.join(sub);
             let Ok(entries) = fs::read_dir(&d) else {
@@ -642,11 +719,13 @@ impl StorageDriver for BtrfsPool {
     }
 
     fn delete_image(&self, fp: &str) -> Result<(), StorageError> {
+        let _held = self.spares.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.root.join("images");
-        let prefix = format!("{fp}.shift-");
         let entries = fs::read_dir(&dir).map_err(|e| self.io(e, "listing images".into()))?;
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(&format!("{fp}.shift-")) || n.starts_with(&format!("{fp}.spare-")) {
                 self.subvolume_delete(&e.path())?;
             }
         }
@@ -667,9 +746,16 @@ impl StorageDriver for BtrfsPool {
             ));
         }
         let src = self.shifted_image(fp, shift)?;
-        self.snapshot(&src, &dst, false)?;
-        fs::set_permissions(&dst, fs::Permissions::from_mode(0o711))
-            .map_err(|e| self.io(e, format!("setting mode of {}", dst.display())))
+        let spare = self.spare_path(fp, shift);
+        // A spare clone made after the last launch: a rename, no transaction commit. Two
+        // launches racing for it: one renames it, the other snapshots.
+        if fs::rename(&spare, &dst).is_err() {
+            self.snapshot(&src, &dst, false)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(0o711))
+                .map_err(|e| self.io(e, format!("setting mode of {}", dst.display())))?;
+        }
+        self.make_spare(src, spare);
+        Ok(())
     }
 
     fn instance_path(&self, name: &str) -> PathBuf {
