@@ -119,7 +119,57 @@ fn a_btrfs_pool_through_the_incus_cli() {
     d.incus_ok(&["init", "bb", "onDir"]);
     let e = d.incus_err(&["config", "device", "override", "onDir", "root", "size=1GiB"]);
     assert!(e.contains("quotas"), "{e}");
+    let e = d.incus_err(&["profile", "device", "set", "default", "root", "size=1GiB"]);
+    assert!(
+        e.contains("quotas"),
+        "a profile size reaching a dir instance: {e}"
+    );
     d.incus_ok(&["delete", "onDir"]);
+
+    // A profile's root size reaches the instances using it, now and when it changes.
+    d.incus_ok(&["profile", "create", "small"]);
+    d.incus_ok(&[
+        "profile",
+        "device",
+        "add",
+        "small",
+        "root",
+        "disk",
+        "path=/",
+        "pool=fast",
+        "size=32MiB",
+    ]);
+    d.incus_ok(&["init", "bb", "c3", "-p", "default", "-p", "small"]);
+    let limit = |name: &str| {
+        let vol = d.state.join("storage-pools/fast/containers").join(name);
+        let show = Command::new("btrfs")
+            .args(["subvolume", "show"])
+            .arg(&vol)
+            .output()
+            .unwrap();
+        let id = String::from_utf8_lossy(&show.stdout)
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Subvolume ID:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap();
+        let q = Command::new("btrfs")
+            .args(["qgroup", "show", "-r", "--raw"])
+            .arg(d.state.join("storage-pools/fast"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&q.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&format!("0/{id}")))
+            .and_then(|l| l.split_whitespace().nth(3).map(String::from))
+            .unwrap_or_default()
+    };
+    assert_eq!(limit("c3"), (32u64 << 20).to_string());
+    d.incus_ok(&["profile", "device", "set", "small", "root", "size=48MiB"]);
+    assert_eq!(limit("c3"), (48u64 << 20).to_string());
+    d.incus_ok(&["delete", "c3"]);
 
     // Snapshot and restore: a snapshot is a read-only btrfs snapshot.
     d.incus_ok(&["exec", "c1", "--", "sh", "-c", "echo before > /marker"]);
@@ -167,6 +217,9 @@ fn a_btrfs_pool_through_the_incus_cli() {
     );
 
     d.incus_ok(&["delete", "c1", "c2", "--force"]);
+    let e = d.incus_err(&["storage", "delete", "fast"]);
+    assert!(e.contains("in use"), "a profile still names the pool: {e}");
+    d.incus_ok(&["profile", "delete", "small"]);
     d.incus_ok(&["storage", "delete", "fast"]);
     assert!(!img.exists(), "deleting the pool removes its loop file");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

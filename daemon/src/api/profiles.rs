@@ -174,7 +174,15 @@ async fn update(
         p.description = req.description.unwrap_or_default();
     }
     validate(&p.config, &p.devices)?;
+    let limits = crate::instance::root_size_changes(&d, &p)?;
     d.write(vec![Command::UpdateProfile(p)]).await?;
+    // Incus applies a profile's root size to the instances using it.
+    for (instance, pool, size) in limits {
+        let applied = tokio::task::spawn_blocking(move || pool.set_instance_quota(&instance, size))
+            .await
+            .map_err(ApiError::internal)?;
+        applied?;
+    }
     d.events.lifecycle(
         "profile-updated",
         &format!("/1.0/profiles/{name}"),

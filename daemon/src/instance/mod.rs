@@ -170,6 +170,48 @@ pub fn check_root_size(
     Ok(())
 }
 
+/// An instance, its pool, and the root size to apply.
+pub type RootLimit = (
+    String,
+    std::sync::Arc<dyn crate::storage::StorageDriver>,
+    Option<u64>,
+);
+
+/// The root disk limits a profile update changes: for each instance using `profile`
+/// whose expanded root `size` differs, its pool and new size. Refuses what the instances'
+/// pools cannot do (a pool change, a size on a pool without quotas) before anything is
+/// written.
+pub fn root_size_changes(d: &Daemon, profile: &ProfileRecord) -> Result<Vec<RootLimit>> {
+    let known = all_profiles(d)?;
+    let mut updated = known.clone();
+    updated.insert(profile.name.clone(), profile.clone());
+    let mut out = Vec::new();
+    for rec in d.db.instances()? {
+        if !rec.profiles.contains(&profile.name) {
+            continue;
+        }
+        let (_, old) = expand_from(&known, &rec.profiles, &rec.config, &rec.devices)?;
+        let (_, new) = expand_from(&updated, &rec.profiles, &rec.config, &rec.devices)?;
+        let pool_name = root_pool(&new)?;
+        if pool_name != root_pool(&old)? {
+            return Err(InstanceError::Invalid(format!(
+                "Changing the root disk's pool of instance {:?} is not supported",
+                rec.name
+            )));
+        }
+        let size = root_size(&new)?;
+        if size == root_size(&old)? {
+            continue;
+        }
+        let pool = d.pool(&pool_name).ok_or_else(|| {
+            InstanceError::Failed(format!("Storage pool {pool_name:?} is unavailable"))
+        })?;
+        check_root_size(pool.as_ref(), &new)?;
+        out.push((rec.name, pool, size));
+    }
+    Ok(out)
+}
+
 /// Incus's status names and codes.
 pub fn status_of(s: lxc::LxcState) -> (&'static str, u16) {
     use lxc::LxcState::*;
