@@ -239,6 +239,30 @@ fn btrfs_on_a_loop_file_keeps_the_contract_and_survives_a_remount() {
     let e = r.expect_err("a 2 GiB write into a 1 GiB pool must fail");
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     pool.delete_instance("big").unwrap();
+    // An image that does not fit fails as a full pool and leaves nothing behind.
+    let e = pool
+        .create_image("huge", &mut |d: &Path| {
+            fill_image(d)?;
+            let mut f = fs::File::create(d.join("rootfs/zeros")).map_err(|e| e.to_string())?;
+            let block = vec![0x5au8; 1 << 20];
+            for _ in 0..2048 {
+                std::io::Write::write_all(&mut f, &block)
+                    .map_err(|e| format!("writing rootfs/zeros: {e}"))?;
+            }
+            Ok(())
+        })
+        .expect_err("a 2 GiB image in a 1 GiB pool");
+    assert!(matches!(e, storage::StorageError::Full { .. }), "{e}");
+    assert!(!e.is_bad_input());
+    println!("{e}");
+    assert!(!pool.has_image("huge"));
+    let left: Vec<_> = fs::read_dir(paths.mount.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("huge"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     pool.create_instance_from_image("keep", "after", IdShift::IDENTITY)
         .unwrap();
     assert!(pool.rootfs_path("after").join("etc/hostname").exists());

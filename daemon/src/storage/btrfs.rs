@@ -703,7 +703,7 @@ impl StorageDriver for BtrfsPool {
         self.subvolume_create(&tmp)?;
         if let Err(e) = fill(&tmp) {
             let _ = self.subvolume_delete(&tmp);
-            return Err(StorageError::Invalid(self.name.clone(), e));
+            return Err(super::fill_error(&self.name, fp, e));
         }
         let installed = self
             .set_readonly(&tmp, true)

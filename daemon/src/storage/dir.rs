@@ -130,7 +130,7 @@ impl StorageDriver for DirPool {
         fs::create_dir(&tmp).map_err(|e| self.io(e, format!("creating {}", tmp.display())))?;
         if let Err(e) = fill(&tmp) {
             let _ = tree::remove(&tmp);
-            return Err(StorageError::Invalid(self.name.clone(), e));
+            return Err(super::fill_error(&self.name, fp, e));
         }
         tree::remove(&dst).map_err(|e| self.io(e, "replacing an old image volume".into()))?;
         fs::rename(&tmp, &dst).map_err(|e| self.io(e, format!("installing image {fp}")))?;

@@ -82,6 +82,18 @@ impl StorageError {
     }
 }
 
+/// The error of an image volume's `fill`: a full pool is [`StorageError::Full`], not the
+/// image's fault.
+pub fn fill_error(pool: &str, fingerprint: &str, e: String) -> StorageError {
+    if e.contains("No space left on device") || e.contains("Disk quota exceeded") {
+        return StorageError::Full {
+            pool: pool.to_string(),
+            what: format!("unpacking image {fingerprint} ({e})"),
+        };
+    }
+    StorageError::Invalid(pool.to_string(), e)
+}
+
 /// Where a pool may keep what it makes on this member, from the daemon's state dir.
 #[derive(Debug, Clone)]
 pub struct PoolPaths {
