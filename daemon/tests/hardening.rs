@@ -407,17 +407,20 @@ fn slow_untrusted_connections_are_closed_while_trusted_clients_keep_working() {
     let with_cert = tls_client(&d.state, Some(&trusted));
     let started = Instant::now();
     let give_up = Duration::from_secs(30);
+    // A trusted client sending slow headers is given far longer than untrusted ones. It
+    // connects before the flood: the flood's handshakes from the same address would fill
+    // the per-address handshake slots, and which connection wins one is a race.
+    let trusted_slow = {
+        let (addr, config) = (addr.clone(), with_cert.clone());
+        std::thread::spawn(move || slow_headers(&addr, &config, Duration::from_secs(16)))
+    };
+    std::thread::sleep(Duration::from_millis(500));
     let untrusted: Vec<_> = (0..50)
         .map(|_| {
             let (addr, config) = (addr.clone(), anonymous.clone());
             std::thread::spawn(move || slow_headers(&addr, &config, give_up))
         })
         .collect();
-    // A trusted client sending slow headers is given far longer than untrusted ones.
-    let trusted_slow = {
-        let (addr, config) = (addr.clone(), with_cert.clone());
-        std::thread::spawn(move || slow_headers(&addr, &config, Duration::from_secs(16)))
-    };
     // Meanwhile a trusted client keeps working, every request answered.
     let mut answered = 0;
     while started.elapsed() < Duration::from_secs(14) {
