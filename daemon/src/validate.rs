@@ -388,6 +388,19 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
             }
             Some("nic") => {
                 known_keys(name, d, NIC_KEYS)?;
+                if let Some(net) = d.get("network") {
+                    // As Incus: the network decides the NIC's type and its bridge.
+                    for k in ["nictype", "parent"] {
+                        if d.contains_key(k) {
+                            return bad(&format!(
+                                "Cannot use {k:?} property in conjunction with \"network\" property"
+                            ));
+                        }
+                    }
+                    if let Err(e) = crate::network::config::valid_name(net) {
+                        return bad(&e.to_string());
+                    }
+                }
                 match d.get("nictype").map(String::as_str) {
                     Some("p2p") => {}
                     Some("bridged") => {
@@ -396,9 +409,7 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
                         }
                     }
                     Some(other) => return bad(&format!("unsupported nictype {other:?}")),
-                    None if d.contains_key("network") => {
-                        return bad("managed networks are not supported yet; use nictype=p2p or nictype=bridged");
-                    }
+                    None if d.contains_key("network") => {}
                     None => return bad("a NIC needs a nictype"),
                 }
                 if let Some(n) = d.get("name") {
@@ -421,6 +432,10 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
 
 #[cfg(test)]
 mod tests {
+    fn eth0_set(d: &mut crate::db::records::DeviceMap, k: &str, v: &str) {
+        d.get_mut("eth0").unwrap().insert(k.into(), v.into());
+    }
+
     use super::*;
 
     #[test]
@@ -608,6 +623,16 @@ mod tests {
             .unwrap()
             .insert("parent".into(), "br0".into());
         assert!(devices(&d).is_ok());
+        d.get_mut("eth0")
+            .unwrap()
+            .insert("network".into(), "br1".into());
+        assert!(devices(&d).is_err(), "network with nictype and parent");
+        let eth0 = d.get_mut("eth0").unwrap();
+        eth0.remove("nictype");
+        eth0.remove("parent");
+        assert!(devices(&d).is_ok(), "network alone");
+        eth0_set(&mut d, "network", "1bad");
+        assert!(devices(&d).is_err(), "bad network name");
         d.get_mut("root")
             .unwrap()
             .insert("bogus".into(), "1".into());

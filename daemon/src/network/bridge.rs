@@ -97,7 +97,9 @@ impl NetworkDriver for Bridge {
         }
         tracing::info!(
             "network {name}: bridge up, ipv4 {}, nat {}, dhcp {}",
-            spec.ipv4.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+            spec.ipv4
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into()),
             spec.nat,
             spec.dhcp
         );
@@ -168,7 +170,11 @@ impl NetworkDriver for Bridge {
             .filter(|a| a.index == index)
             .map(|a| StateAddress::from(&a))
             .collect();
-        let stat = |f: &str| read_sys(name, &format!("statistics/{f}")).parse().unwrap_or(0);
+        let stat = |f: &str| {
+            read_sys(name, &format!("statistics/{f}"))
+                .parse()
+                .unwrap_or(0)
+        };
         Ok(NetworkState {
             addresses,
             counters: super::Counters {

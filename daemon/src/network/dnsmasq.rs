@@ -151,6 +151,7 @@ impl Dnsmasq {
             std::fs::write(&leases, "").map_err(|e| io("creating", &leases, e))?;
         }
         let log = dir.join("dnsmasq.log");
+        kill_stale(dir, &conf);
         let mut first = spawn(&conf, &log)?;
         std::thread::sleep(Duration::from_millis(150));
         if let Ok(Some(status)) = first.try_wait() {
@@ -206,20 +207,52 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// A dnsmasq left by the cairnd before this one (it outlives the daemon, so containers keep
+/// their leases across a daemon restart) holds the bridge's port: end it before starting
+/// ours. Its pid is only trusted if that process still runs our config file.
+fn kill_stale(dir: &Path, conf: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("dnsmasq.pid")) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let want = format!("--conf-file={}", conf.display());
+    if !cmdline.split(|b| *b == 0).any(|a| a == want.as_bytes()) {
+        return;
+    }
+    tracing::info!("stopping the dnsmasq {pid} a previous cairnd left running");
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    for _ in 0..50 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(50));
+}
+
 fn spawn(conf: &Path, log: &Path) -> Result<Child, NetworkError> {
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| NetworkError::Io(format!("opening {}: {e}", log.display())))?;
-    Command::new(PROGRAM)
+    let child = Command::new(PROGRAM)
         .arg(format!("--conf-file={}", conf.display()))
         .arg("--log-facility=-")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()
-        .map_err(|e| NetworkError::Dnsmasq(format!("running {PROGRAM}: {e}")))
+        .map_err(|e| NetworkError::Dnsmasq(format!("running {PROGRAM}: {e}")))?;
+    if let Some(dir) = conf.parent() {
+        let _ = std::fs::write(dir.join("dnsmasq.pid"), child.id().to_string());
+    }
+    Ok(child)
 }
 
 /// Waits on the child without holding the lock for long, and starts it again (after a
