@@ -145,6 +145,19 @@ fn subnets_in_use(d: &Daemon, except: &str) -> Result<Vec<(Ipv4Cidr, String)>, N
     let io = |e: std::io::Error| NetworkError::Io(format!("reading the host's addresses: {e}"));
     let own = netlink::index(except).ok();
     let mut used = Vec::new();
+    // Managed networks first: an overlap with one is named by the network, not its route.
+    for r in d.db.networks()? {
+        if r.name == except {
+            continue;
+        }
+        if let Some(c) = r
+            .config
+            .get("ipv4.address")
+            .and_then(|v| config::parse_gateway("ipv4.address", v).ok())
+        {
+            used.push((c, format!("network {:?} ({c})", r.name)));
+        }
+    }
     for a in netlink::addresses().map_err(io)? {
         if let (IpAddr::V4(v4), false) = (a.addr, Some(a.index) == own) {
             if !v4.is_loopback() {
@@ -169,18 +182,6 @@ fn subnets_in_use(d: &Daemon, except: &str) -> Result<Vec<(Ipv4Cidr, String)>, N
                 Ipv4Cidr { addr: net, prefix },
                 format!("a route of the host ({net}/{prefix})"),
             ));
-        }
-    }
-    for r in d.db.networks()? {
-        if r.name == except {
-            continue;
-        }
-        if let Some(c) = r
-            .config
-            .get("ipv4.address")
-            .and_then(|v| config::parse_gateway("ipv4.address", v).ok())
-        {
-            used.push((c, format!("network {:?} ({c})", r.name)));
         }
     }
     Ok(used)

@@ -280,10 +280,10 @@ mod tests {
     /// A bridge created, addressed and deleted in a namespace of this thread's own.
     #[test]
     fn bridge_in_a_namespace_of_its_own() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root for a network namespace");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (a network namespace of its own); run it as root"
+        );
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
             create_bridge("cbtest0").unwrap();
