@@ -290,6 +290,23 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     assert!(show.contains("/1.0/instances/c1"), "{show}");
     d.incus_ok(&["delete", "--force", "c1"]);
 
+    // A NIC on a network that does not exist: the start says which one.
+    d.incus_ok(&["profile", "create", "nonet"]);
+    d.incus_ok(&[
+        "profile",
+        "device",
+        "add",
+        "nonet",
+        "eth0",
+        "nic",
+        "network=nosuch",
+        "name=eth0",
+    ]);
+    let e = d.incus_err(&["launch", "bb", "c2", "-p", "default", "-p", "nonet"]);
+    assert!(e.contains("network \"nosuch\" not found"), "{e}");
+    let _ = d.incus(&["delete", "--force", "c2"]);
+    d.incus_ok(&["profile", "delete", "nonet"]);
+
     // Restart: the bridge stays, a fresh dnsmasq replaces the old one, the table is back.
     d.kill9();
     in_ns(&ns_name, &["nft", "delete", "table", "inet", "cairn_br1"]);

@@ -254,8 +254,19 @@ pub async fn rename(State(d): State<AppState>, Path(name): Path<String>) -> ApiR
     ))
 }
 
+/// Only managed networks have a driver that measures them, so far.
+fn managed_for_info(d: &AppState, name: &str) -> Result<NetworkRecord, ApiError> {
+    managed(d, name).map_err(|e| {
+        if e.status == axum::http::StatusCode::BAD_REQUEST {
+            ApiError::bad_request("State and leases are only shown for managed networks, for now")
+        } else {
+            e
+        }
+    })
+}
+
 pub async fn state(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    managed(&d, &name)?;
+    managed_for_info(&d, &name)?;
     let d2 = d.clone();
     let st = tokio::task::spawn_blocking(move || d2.networks.state(&name))
         .await
@@ -264,6 +275,6 @@ pub async fn state(State(d): State<AppState>, Path(name): Path<String>) -> ApiRe
 }
 
 pub async fn leases(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    managed(&d, &name)?;
+    managed_for_info(&d, &name)?;
     sync(d.networks.leases(&name)?)
 }

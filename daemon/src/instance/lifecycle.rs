@@ -186,6 +186,17 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
         }
     }
     let (ec, ed) = expand(&d, &rec)?;
+    // A NIC on a managed network that is gone would fail deep in liblxc ("no such
+    // device"): say which network is missing instead.
+    for (dev, conf) in &ed {
+        if let Some(net) = conf.get("network").filter(|n| !n.is_empty()) {
+            if d.db.network(net)?.is_none() {
+                return Err(InstanceError::Invalid(format!(
+                    "Device {dev:?}: network {net:?} not found"
+                )));
+            }
+        }
+    }
     let pool_name = root_pool(&ed)?;
     let pool = d
         .pool(&pool_name)

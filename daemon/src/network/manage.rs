@@ -238,6 +238,13 @@ pub async fn create(
 ) -> Result<(), NetworkError> {
     config::valid_name(&name)?;
     let kind = check_kind(&kind)?;
+    // Incus creates a network on every member (pending, then created); until that is
+    // done here, a record only this member acted on would be a bridge missing elsewhere.
+    if d.cluster().is_some() {
+        return Err(NetworkError::Invalid(
+            "Managed networks are not supported in a cluster yet".into(),
+        ));
+    }
     let _one = d.networks.changes.lock().await;
     if d.db.network(&name)?.is_some() {
         return Err(NetworkError::Conflict(format!(
