@@ -184,7 +184,8 @@ impl Daemon {
         make_dir(&paths.logs, 0o700)?;
         make_dir(&paths.images, 0o700)?;
         make_dir(&paths.pools, 0o711)?;
-        make_dir(&paths.networks, 0o700)?;
+        // dnsmasq, once it drops root, must reach its hosts dir under here.
+        make_dir(&paths.networks, 0o711)?;
         restrict_existing(&paths.state)?;
         let hostname = hostname();
         // The certificate (made at the first start: key generation, two durable writes)

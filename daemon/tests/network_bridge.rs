@@ -288,7 +288,61 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     assert!(ping.status.success(), "c1 cannot ping its gateway");
     let show = d.incus_ok(&["network", "show", "br1"]);
     assert!(show.contains("/1.0/instances/c1"), "{show}");
+
+    // A static address on the NIC is a DHCP reservation; names resolve under dns.domain.
+    d.incus_ok(&["init", "bb", "c3", "--network", "br1"]);
+    d.incus_ok(&[
+        "config",
+        "device",
+        "set",
+        "c3",
+        "eth0",
+        "ipv4.address=10.99.0.50",
+    ]);
+    d.incus_ok(&["start", "c3"]);
+    let out = d
+        .incus_cmd_timeout(60, &["exec", "c3", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "udhcpc in c3");
+    wait_for("c3's reserved address in its state", 10, || {
+        d.http("GET", "/1.0/instances/c3/state", None)
+            .1
+            .contains("\"10.99.0.50\"")
+    });
+    let ns = d
+        .incus_cmd_timeout(
+            30,
+            &["exec", "c3", "--", "nslookup", "c1.incus", "10.99.0.1"],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ns.stdout).into_owned();
+    let c1_ip = state
+        .split("\"address\":\"")
+        .filter_map(|t| t.split('"').next())
+        .find(|a| a.starts_with("10.99.0."))
+        .expect("c1's address in its state")
+        .to_string();
+    assert!(text.contains(&c1_ip), "c1.incus from c3: {text}");
+    let e = d.incus_err(&[
+        "config",
+        "device",
+        "set",
+        "c3",
+        "eth0",
+        "ipv4.address=10.98.0.5",
+    ]);
+    assert!(e.contains("10.98.0.5"), "{e}");
     d.incus_ok(&["delete", "--force", "c1"]);
+    d.incus_ok(&["delete", "--force", "c3"]);
+    assert!(
+        std::fs::read_dir(d.state.join("networks/br1/dnsmasq.hosts"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "host lines of deleted instances stay behind"
+    );
 
     // A NIC on a network that does not exist: the start says which one.
     d.incus_ok(&["profile", "create", "nonet"]);

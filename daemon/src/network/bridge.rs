@@ -145,6 +145,19 @@ impl NetworkDriver for Bridge {
         }
     }
 
+    fn forget_hosts_of(&self, instance: &str) -> Result<(), NetworkError> {
+        let prefix = format!("{instance}.");
+        let Ok(rd) = std::fs::read_dir(self.dir.join("dnsmasq.hosts")) else {
+            return Ok(());
+        };
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(e.path()).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
     fn leases(&self) -> Result<Vec<Lease>, NetworkError> {
         let text = std::fs::read_to_string(self.dir.join("dnsmasq.leases")).unwrap_or_default();
         // A reservation's host line has three fields: mac,ip,name.

@@ -144,6 +144,14 @@ impl Dnsmasq {
         };
         let hosts = dir.join("dnsmasq.hosts");
         std::fs::create_dir_all(&hosts).map_err(|e| io("creating", &hosts, e))?;
+        // dnsmasq drops root for `nobody` and reads the hosts dir after that (through
+        // inotify): the way there must be traversable, the dir readable. The leases file
+        // it opens before dropping root.
+        use std::os::unix::fs::PermissionsExt;
+        for (p, mode) in [(dir, 0o711), (hosts.as_path(), 0o755)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io("setting the mode of", p, e))?;
+        }
         let conf = dir.join("dnsmasq.conf");
         std::fs::write(&conf, render(spec, dir)).map_err(|e| io("writing", &conf, e))?;
         let leases = dir.join("dnsmasq.leases");

@@ -370,6 +370,101 @@ pub async fn delete(d: &Arc<Daemon>, name: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// The managed network a NIC is on (`network=`, or `nictype=bridged` with a `parent=` that
+/// is one) and its reserved address, checked: the network must exist, and a NIC's
+/// `ipv4.address` must be a host address of its subnet. `None`: not on a managed network.
+fn check_nic(
+    d: &Daemon,
+    device: &str,
+    nic: &BTreeMap<String, String>,
+) -> Result<Option<(NetworkRecord, Option<std::net::Ipv4Addr>)>, NetworkError> {
+    let bad = |m: String| NetworkError::Invalid(format!("Device {device:?}: {m}"));
+    if nic.get("type").map(String::as_str) != Some("nic") {
+        return Ok(None);
+    }
+    let rec = match nic.get("network").filter(|n| !n.is_empty()) {
+        Some(n) => Some(
+            d.db.network(n)?
+                .ok_or_else(|| bad(format!("network {n:?} not found")))?,
+        ),
+        None if nic.get("nictype").map(String::as_str) == Some("bridged") => {
+            match nic.get("parent").filter(|p| !p.is_empty()) {
+                Some(p) => d.db.network(p)?,
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let Some(rec) = rec else {
+        return Ok(None);
+    };
+    let Some(v) = nic.get("ipv4.address").filter(|v| !v.is_empty()) else {
+        return Ok(Some((rec, None)));
+    };
+    let ip: std::net::Ipv4Addr = v
+        .parse()
+        .map_err(|_| bad(format!("ipv4.address {v:?} is not an IPv4 address")))?;
+    let subnet = rec
+        .config
+        .get("ipv4.address")
+        .and_then(|g| config::parse_gateway("ipv4.address", g).ok());
+    match subnet {
+        Some(c) if c.contains(ip) && ![c.addr, c.network(), c.broadcast()].contains(&ip) => {
+            Ok(Some((rec, Some(ip))))
+        }
+        Some(c) => Err(bad(format!(
+            "ipv4.address {ip} is not a host address of network {:?} ({c}) other than its gateway",
+            rec.name
+        ))),
+        None => Err(bad(format!(
+            "ipv4.address needs network {:?} to have an IPv4 subnet",
+            rec.name
+        ))),
+    }
+}
+
+/// Checks every NIC of `devices` that is on a managed network (see [`check_nic`]).
+pub fn check_nics(d: &Daemon, devices: &DeviceMap) -> Result<(), NetworkError> {
+    for (dev, nic) in devices {
+        check_nic(d, dev, nic)?;
+    }
+    Ok(())
+}
+
+/// Tells the dnsmasq of the managed network a NIC is on about that NIC: its MAC, its
+/// reserved address and the instance's name, which is what makes
+/// `<instance>.<dns.domain>` resolve. A NIC on no managed network is left alone.
+pub fn attach_nic(
+    d: &Daemon,
+    instance: &str,
+    device: &str,
+    nic: &BTreeMap<String, String>,
+    hwaddr: &str,
+) -> Result<(), NetworkError> {
+    let Some((rec, ip)) = check_nic(d, device, nic)? else {
+        return Ok(());
+    };
+    if !crate::validate::is_mac(hwaddr) {
+        return Err(NetworkError::Invalid(format!(
+            "Device {device:?}: hwaddr {hwaddr:?} is not a MAC address"
+        )));
+    }
+    d.networks.driver(&rec.name).set_host(
+        &format!("{instance}.{device}"),
+        Some(super::dnsmasq::host_line(hwaddr, ip, instance)),
+    )
+}
+
+/// Forgets an instance's NICs in every managed network's dnsmasq (the instance is gone).
+pub fn forget_instance(d: &Daemon, instance: &str) {
+    let drivers: Vec<Arc<Bridge>> = d.networks.lock().values().cloned().collect();
+    for drv in drivers {
+        if let Err(e) = drv.forget_hosts_of(instance) {
+            tracing::warn!("forgetting the DHCP host lines of {instance}: {e}");
+        }
+    }
+}
+
 /// At daemon start: every managed network in the db is made to exist on this host again
 /// (the bridge may still be there; dnsmasq is not). A failure is logged and the others go
 /// on: one broken network must not keep the daemon down.

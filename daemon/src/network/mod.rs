@@ -47,6 +47,8 @@ pub trait NetworkDriver: Send + Sync {
     fn delete(&self) -> Result<(), NetworkError>;
     /// Writes (or with `None` removes) one NIC's line in dnsmasq's hosts dir.
     fn set_host(&self, key: &str, line: Option<String>) -> Result<(), NetworkError>;
+    /// Removes every hosts-dir line of `instance` (keys `<instance>.<device>`).
+    fn forget_hosts_of(&self, instance: &str) -> Result<(), NetworkError>;
     fn leases(&self) -> Result<Vec<Lease>, NetworkError>;
     fn state(&self) -> Result<NetworkState, NetworkError>;
 }
