@@ -3,8 +3,9 @@
 //! tables and dnsmasq it creates exist only there; the host's own are never touched. Covers
 //! create (explicit and `auto` subnet), list/show/set/delete, bad input (unknown key, bad
 //! CIDR, overlapping subnet, duplicate name, delete while used), restore after a daemon
-//! restart, and a busybox container on the bridge getting a DHCP lease. Needs root, `ip`,
-//! `nft`, `dnsmasq` and `curl`; fails loudly without them.
+//! restart, busybox containers on the bridge getting a DHCP lease (one a reservation) and
+//! resolving each other under `dns.domain`, and file modes. Needs root, `ip`,
+//! `nft`, `dnsmasq`, `curl` and `setpriv`; fails loudly without them.
 
 mod common;
 
@@ -95,7 +96,7 @@ fn tools_present() {
         nix::unistd::geteuid().is_root(),
         "network_bridge needs root (network namespaces, bridges, nftables); run it as root"
     );
-    for t in ["ip", "nft", "dnsmasq", "curl"] {
+    for t in ["ip", "nft", "dnsmasq", "curl", "setpriv"] {
         let found = std::env::var("PATH")
             .unwrap_or_default()
             .split(':')
@@ -105,6 +106,30 @@ fn tools_present() {
             found,
             "network_bridge needs {t} (scripts/install-deps.sh installs it)"
         );
+    }
+}
+
+/// No file of a network (config, leases, log, hosts lines) can be read by another user.
+fn assert_nothing_readable_by_nobody(dir: &Path) {
+    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut files = vec![];
+    walk(dir, &mut files);
+    assert!(files.len() >= 5, "{files:?}");
+    for f in files {
+        let st = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&f)
+            .output()
+            .expect("running setpriv");
+        assert!(!st.status.success(), "{f:?} is readable by nobody");
     }
 }
 
@@ -288,6 +313,7 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     assert!(ping.status.success(), "c1 cannot ping its gateway");
     let show = d.incus_ok(&["network", "show", "br1"]);
     assert!(show.contains("/1.0/instances/c1"), "{show}");
+    assert_nothing_readable_by_nobody(&d.state.join("networks"));
 
     // A static address on the NIC is a DHCP reservation; names resolve under dns.domain.
     d.incus_ok(&["init", "bb", "c3", "--network", "br1"]);
