@@ -50,7 +50,7 @@ impl Networks {
         self.lock().remove(name);
     }
 
-    /// dnsmasq's pid for `name`, if it runs (for tests and `state`).
+    /// What `GET /1.0/networks/{name}/state` shows, measured on the host.
     pub fn state(&self, name: &str) -> Result<NetworkState, NetworkError> {
         let d = self.lock().get(name).cloned();
         match d {
