@@ -4,7 +4,8 @@
 //! create (explicit and `auto` subnet), list/show/set/delete, bad input (unknown key, bad
 //! CIDR, overlapping subnet, duplicate name, delete while used), restore after a daemon
 //! restart, busybox containers on the bridge getting a DHCP lease (one a reservation) and
-//! resolving each other under `dns.domain`, and file modes. Needs root, `ip`,
+//! resolving each other under `dns.domain`, one reaching an "outside" namespace through
+//! the NAT, and file modes. Needs root, `ip`,
 //! `nft`, `dnsmasq`, `curl` and `setpriv`; fails loudly without them.
 
 mod common;
@@ -144,6 +145,28 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     let mut ns = Namespaces(vec![]);
     ns.add(&ns_name);
     ip(&["-n", &ns_name, "link", "set", "lo", "up"]);
+    // An "outside" namespace behind cairnd's, with no route back to the bridges' subnets:
+    // a container reaches it only through the masquerade.
+    let out_ns = format!("cairnout{}", std::process::id());
+    ns.add(&out_ns);
+    ip(&[
+        "-n", &ns_name, "link", "add", "up0", "type", "veth", "peer", "name", "out0", "netns",
+        &out_ns,
+    ]);
+    ip(&["-n", &ns_name, "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    ip(&["-n", &ns_name, "link", "set", "up0", "up"]);
+    ip(&[
+        "-n",
+        &ns_name,
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.0.2.2",
+    ]);
+    ip(&["-n", &out_ns, "addr", "add", "192.0.2.2/24", "dev", "out0"]);
+    ip(&["-n", &out_ns, "link", "set", "out0", "up"]);
+    ip(&["-n", &out_ns, "link", "set", "lo", "up"]);
     let mut d = TestDaemon::start_in_netns(&ns_name);
     let _reap = DnsmasqReaper(d.state.join("networks"));
 
@@ -287,7 +310,7 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     // A container on br1 gets a DHCP lease from dnsmasq; its state shows the address.
     d.import_busybox("bb");
     d.incus_ok(&["launch", "bb", "c1", "--network", "br1"]);
-    let script = "printf '#!/bin/sh\\n[ \"$1\" = bound ] && ifconfig $interface $ip netmask $subnet\\nexit 0\\n' > /tmp/dhcp.sh && chmod +x /tmp/dhcp.sh && udhcpc -i eth0 -n -q -t 10 -s /tmp/dhcp.sh";
+    let script = "printf '#!/bin/sh\\n[ \"$1\" = bound ] || exit 0\\nifconfig $interface $ip netmask $subnet\\nroute add default gw $router\\nexit 0\\n' > /tmp/dhcp.sh && chmod +x /tmp/dhcp.sh && udhcpc -i eth0 -n -q -t 10 -s /tmp/dhcp.sh";
     let out = d
         .incus_cmd_timeout(60, &["exec", "c1", "--", "sh", "-c", script])
         .output()
@@ -311,6 +334,15 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
         .output()
         .unwrap();
     assert!(ping.status.success(), "c1 cannot ping its gateway");
+    let ping = d
+        .incus_cmd_timeout(30, &["exec", "c1", "--", "ping", "-c1", "-W2", "192.0.2.2"])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "c1 cannot reach the outside through NAT: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
     let show = d.incus_ok(&["network", "show", "br1"]);
     assert!(show.contains("/1.0/instances/c1"), "{show}");
     assert_nothing_readable_by_nobody(&d.state.join("networks"));
