@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing cairnd needs on a Debian 12 host: liblxc and its headers
-# (bindgen reads them), libclang, busybox-static (test images), lxcfs, uidmap, dnsmasq (the
-# DHCP server of the DHCP client test), btrfs-progs (the btrfs storage driver), a root
-# subordinate id range, the real incus CLI (Debian trixie's incus-client) and pylxd in a venv.
+# (bindgen reads them), libclang, busybox-static (test images), lxcfs, uidmap, dnsmasq-base
+# (the DHCP server of the DHCP client test and of managed bridge networks), nftables (their
+# NAT), btrfs-progs (the btrfs storage driver), a root subordinate id range, the real incus
+# CLI (Debian trixie's incus-client) and pylxd in a venv.
 # Idempotent; safe to run on every CI start.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,7 +11,7 @@ cache=${CAIRN_CACHE:-/var/cache/cairn}
 mkdir -p "$cache"
 
 pkgs=(lxc lxc-dev liblxc1 libclang-dev clang busybox-static lxcfs uidmap iproute2 pkg-config
-      ca-certificates curl python3 openssh-client dnsmasq-base btrfs-progs)
+      ca-certificates curl python3 openssh-client dnsmasq-base nftables btrfs-progs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

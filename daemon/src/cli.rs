@@ -187,6 +187,16 @@ async fn run(opts: Options) -> Result<(), String> {
             crate::cluster::autojoin::start(d.clone(), seed, member);
         }
     }
+    // Before the instances resume: their NICs attach to these bridges.
+    {
+        let d2 = d.clone();
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || crate::network::manage::restore(&d2)).await
+        {
+            tracing::error!("restoring networks: {e}");
+        }
+    }
+    steps.mark("networks");
     tracing::info!(
         "cairnd ready in {} ms ({}): unix socket {}{}",
         STARTED.get().map_or(0, |t| t.elapsed().as_millis()),

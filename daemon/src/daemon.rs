@@ -40,6 +40,8 @@ pub struct Paths {
     pub logs: PathBuf,
     pub images: PathBuf,
     pub pools: PathBuf,
+    /// Managed networks' dnsmasq config, leases and hosts.
+    pub networks: PathBuf,
     pub unix_socket: PathBuf,
 }
 
@@ -51,6 +53,7 @@ impl Paths {
             logs: state.join("logs"),
             images: state.join("images"),
             pools: state.join("storage-pools"),
+            networks: state.join("networks"),
             unix_socket: state.join("unix.socket"),
         }
     }
@@ -73,6 +76,7 @@ pub struct Daemon {
     pub events: EventHub,
     pub ops: Operations,
     pub pools: RwLock<BTreeMap<String, Arc<dyn StorageDriver>>>,
+    pub networks: crate::network::manage::Networks,
     /// The HTTPS certificate; in a cluster, the cluster certificate shared by all members.
     cert: RwLock<Arc<ServerCert>>,
     pub host: HostCaps,
@@ -180,6 +184,8 @@ impl Daemon {
         make_dir(&paths.logs, 0o700)?;
         make_dir(&paths.images, 0o700)?;
         make_dir(&paths.pools, 0o711)?;
+        // dnsmasq, once it drops root, must reach its hosts dir under here.
+        make_dir(&paths.networks, 0o711)?;
         restrict_existing(&paths.state)?;
         let hostname = hostname();
         // The certificate (made at the first start: key generation, two durable writes)
@@ -210,6 +216,7 @@ impl Daemon {
             seed_keys: std::sync::OnceLock::new(),
             raft_heartbeat: std::sync::OnceLock::new(),
             pools: RwLock::new(BTreeMap::new()),
+            networks: crate::network::manage::Networks::new(&paths.networks),
             cert: RwLock::new(Arc::new(cert)),
             host: HostCaps::detect(),
             idmap: IdShift::host_default(),

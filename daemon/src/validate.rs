@@ -357,6 +357,15 @@ fn device_entry(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `xx:xx:xx:xx:xx:xx`, hex digits: what dnsmasq's host lines and LXC take.
+pub fn is_mac(v: &str) -> bool {
+    let parts: Vec<&str> = v.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
     for (name, d) in devices {
         device_name(name).map_err(|m| ValidationError::Device(name.clone(), m))?;
@@ -388,6 +397,19 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
             }
             Some("nic") => {
                 known_keys(name, d, NIC_KEYS)?;
+                if let Some(net) = d.get("network") {
+                    // As Incus: the network decides the NIC's type and its bridge.
+                    for k in ["nictype", "parent"] {
+                        if d.contains_key(k) {
+                            return bad(&format!(
+                                "Cannot use {k:?} property in conjunction with \"network\" property"
+                            ));
+                        }
+                    }
+                    if let Err(e) = crate::network::config::valid_name(net) {
+                        return bad(&e.to_string());
+                    }
+                }
                 match d.get("nictype").map(String::as_str) {
                     Some("p2p") => {}
                     Some("bridged") => {
@@ -396,14 +418,22 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
                         }
                     }
                     Some(other) => return bad(&format!("unsupported nictype {other:?}")),
-                    None if d.contains_key("network") => {
-                        return bad("managed networks are not supported yet; use nictype=p2p or nictype=bridged");
-                    }
+                    None if d.contains_key("network") => {}
                     None => return bad("a NIC needs a nictype"),
                 }
                 if let Some(n) = d.get("name") {
                     if n.is_empty() || n.len() > 15 || n.contains('/') || n.contains(' ') {
                         return bad("invalid interface name");
+                    }
+                }
+                if let Some(mac) = d.get("hwaddr").filter(|m| !m.is_empty()) {
+                    if !is_mac(mac) {
+                        return bad(&format!("hwaddr {mac:?} is not a MAC address"));
+                    }
+                }
+                if let Some(v) = d.get("ipv4.address").filter(|v| !v.is_empty()) {
+                    if v.parse::<std::net::Ipv4Addr>().is_err() {
+                        return bad(&format!("ipv4.address {v:?} is not an IPv4 address"));
                     }
                 }
                 if let Some(m) = d.get("mtu") {
@@ -421,6 +451,10 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
 
 #[cfg(test)]
 mod tests {
+    fn eth0_set(d: &mut crate::db::records::DeviceMap, k: &str, v: &str) {
+        d.get_mut("eth0").unwrap().insert(k.into(), v.into());
+    }
+
     use super::*;
 
     #[test]
@@ -608,6 +642,23 @@ mod tests {
             .unwrap()
             .insert("parent".into(), "br0".into());
         assert!(devices(&d).is_ok());
+        d.get_mut("eth0")
+            .unwrap()
+            .insert("network".into(), "br1".into());
+        assert!(devices(&d).is_err(), "network with nictype and parent");
+        let eth0 = d.get_mut("eth0").unwrap();
+        eth0.remove("nictype");
+        eth0.remove("parent");
+        assert!(devices(&d).is_ok(), "network alone");
+        eth0_set(&mut d, "hwaddr", "10:66:6a:00:00:0g");
+        assert!(devices(&d).is_err(), "bad MAC");
+        eth0_set(&mut d, "hwaddr", "10:66:6a:00:00:01");
+        eth0_set(&mut d, "ipv4.address", "10.0.0.300");
+        assert!(devices(&d).is_err(), "bad static address");
+        eth0_set(&mut d, "ipv4.address", "10.0.0.30");
+        assert!(devices(&d).is_ok());
+        eth0_set(&mut d, "network", "1bad");
+        assert!(devices(&d).is_err(), "bad network name");
         d.get_mut("root")
             .unwrap()
             .insert("bogus".into(), "1".into());

@@ -306,6 +306,7 @@ async fn update(
     crate::validate::instance_config(&user_keys, false)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     crate::validate::devices(&devices).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    crate::network::manage::check_nics(&d, &devices)?;
     let profiles = req
         .profiles
         .unwrap_or(if patch { rec.profiles.clone() } else { vec![] });

@@ -235,8 +235,17 @@ pub fn router(d: Arc<Daemon>) -> Router {
             "/1.0/storage-pools/{pool}/resources",
             get(storage::resources),
         )
-        .route("/1.0/networks", get(networks::list))
-        .route("/1.0/networks/{name}", get(networks::get_one))
+        .route("/1.0/networks", get(networks::list).post(networks::create))
+        .route(
+            "/1.0/networks/{name}",
+            get(networks::get_one)
+                .put(networks::put)
+                .patch(networks::patch)
+                .post(networks::rename)
+                .delete(networks::delete),
+        )
+        .route("/1.0/networks/{name}/state", get(networks::state))
+        .route("/1.0/networks/{name}/leases", get(networks::leases))
         .route("/1.0/projects", get(server::projects))
         .route("/1.0/projects/{name}", get(server::project))
         .route(

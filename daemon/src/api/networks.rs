@@ -1,23 +1,27 @@
-//! `/1.0/networks`: the host's interfaces, read from sysfs. Managed networks come later.
+//! `/1.0/networks[/{name}[/state|/leases]]`: the managed networks (`network::manage`) and,
+//! beside them, the host's other interfaces, read from sysfs and shown unmanaged.
 
 use axum::extract::{Path, Query, State};
-use serde::Serialize;
+use axum::http::HeaderMap;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 
-use super::response::sync;
-use super::{ApiError, ApiResult, AppState, RecursionQuery};
+use super::response::{check_if_match, empty, sync, sync_etag};
+use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
+use crate::db::records::{ConfigMap, NetworkRecord};
+use crate::network::manage::{self, NetworkView};
+use crate::network::NetworkError;
 
-#[derive(Serialize)]
-struct NetworkView {
-    name: String,
-    description: String,
-    #[serde(rename = "type")]
-    kind: String,
-    managed: bool,
-    status: String,
-    config: std::collections::BTreeMap<String, String>,
-    used_by: Vec<String>,
-    locations: Vec<String>,
-    project: String,
+impl From<NetworkError> for ApiError {
+    fn from(e: NetworkError) -> Self {
+        match e {
+            NetworkError::Invalid(m) | NetworkError::InUse(m) => ApiError::bad_request(m),
+            NetworkError::Conflict(m) => ApiError::conflict(m),
+            NetworkError::NotFound(m) => ApiError::not_found(m),
+            NetworkError::Db(e) => e.into(),
+            e => ApiError::internal(e),
+        }
+    }
 }
 
 fn kind_of(name: &str) -> String {
@@ -39,7 +43,7 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 15 && !n.contains('/') && n != "." && n != ".."
 }
 
-fn names() -> Vec<String> {
+fn host_names() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
         .map(|it| {
             it.flatten()
@@ -51,21 +55,7 @@ fn names() -> Vec<String> {
     v
 }
 
-fn used_by(d: &AppState, name: &str) -> Vec<String> {
-    d.db.instances()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|i| {
-            crate::instance::expand(d, i).is_ok_and(|(_, ed)| {
-                ed.values()
-                    .any(|dev| dev.get("parent").map(String::as_str) == Some(name))
-            })
-        })
-        .map(|i| crate::instance::url(&i.name))
-        .collect()
-}
-
-fn view(d: &AppState, name: &str) -> NetworkView {
+fn host_view(d: &AppState, name: &str) -> NetworkView {
     NetworkView {
         name: name.to_string(),
         description: String::new(),
@@ -73,28 +63,218 @@ fn view(d: &AppState, name: &str) -> NetworkView {
         managed: false,
         status: String::new(),
         config: Default::default(),
-        used_by: used_by(d, name),
+        used_by: manage::used_by(d, name).unwrap_or_default(),
         locations: vec![],
         project: "default".into(),
     }
 }
 
+/// Managed networks first by name, then the host interfaces that are not one of them.
+fn all_views(d: &AppState) -> Result<Vec<NetworkView>, ApiError> {
+    let managed = d.db.networks()?;
+    let mut out = managed
+        .iter()
+        .map(|r| manage::view(d, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    for n in host_names() {
+        if !managed.iter().any(|r| r.name == n) {
+            out.push(host_view(d, &n));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
-    let names = names();
+    let views = all_views(&d)?;
     if q.recursive() {
-        return sync(names.iter().map(|n| view(&d, n)).collect::<Vec<_>>());
+        return sync(views);
     }
     sync(
-        names
+        views
             .iter()
-            .map(|n| format!("/1.0/networks/{n}"))
+            .map(|v| format!("/1.0/networks/{}", v.name))
             .collect::<Vec<_>>(),
     )
 }
 
+/// What a network's ETag covers: its writable part, as Incus.
+#[derive(Serialize)]
+struct NetworkEtag<'a> {
+    name: &'a str,
+    managed: bool,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    description: &'a str,
+    config: &'a ConfigMap,
+}
+
+fn etag(r: &NetworkRecord) -> NetworkEtag<'_> {
+    NetworkEtag {
+        name: &r.name,
+        managed: true,
+        kind: &r.kind,
+        description: &r.description,
+        config: &r.config,
+    }
+}
+
 pub async fn get_one(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    if !valid_name(&name) || !names().contains(&name) {
+    if let Some(r) = d.db.network(&name)? {
+        return sync_etag(manage::view(&d, &r)?, &etag(&r));
+    }
+    if !valid_name(&name) || !host_names().contains(&name) {
         return Err(ApiError::not_found("Network not found"));
     }
-    sync(view(&d, &name))
+    sync(host_view(&d, &name))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworksPost {
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, deserialize_with = "crate::api::nullable")]
+    config: ConfigMap,
+}
+
+pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<NetworksPost>) -> ApiResult {
+    let url = format!("/1.0/networks/{}", req.name);
+    manage::create(&d.daemon, req.name, req.kind, req.description, req.config).await?;
+    d.events
+        .lifecycle("network-created", &url, serde_json::json!({}));
+    let mut r = empty()?;
+    r.headers_mut().insert(
+        axum::http::header::LOCATION,
+        axum::http::HeaderValue::from_str(&url).map_err(ApiError::internal)?,
+    );
+    *r.status_mut() = axum::http::StatusCode::CREATED;
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPut {
+    #[serde(default, deserialize_with = "crate::api::nullable")]
+    config: Option<ConfigMap>,
+    #[serde(default)]
+    description: Option<String>,
+    // Read-only fields a client echoes back from GET.
+    #[serde(rename = "name", default)]
+    _name: IgnoredAny,
+    #[serde(rename = "type", default)]
+    _type: IgnoredAny,
+    #[serde(rename = "managed", default)]
+    _managed: IgnoredAny,
+    #[serde(rename = "status", default)]
+    _status: IgnoredAny,
+    #[serde(rename = "used_by", default)]
+    _used_by: IgnoredAny,
+    #[serde(rename = "locations", default)]
+    _locations: IgnoredAny,
+    #[serde(rename = "project", default)]
+    _project: IgnoredAny,
+}
+
+fn managed(d: &AppState, name: &str) -> Result<NetworkRecord, ApiError> {
+    match d.db.network(name)? {
+        Some(r) => Ok(r),
+        None if valid_name(name) && host_names().iter().any(|n| n == name) => Err(
+            ApiError::bad_request("Only managed networks can be modified"),
+        ),
+        None => Err(ApiError::not_found("Network not found")),
+    }
+}
+
+async fn update(
+    d: AppState,
+    name: String,
+    headers: HeaderMap,
+    req: NetworkPut,
+    patch: bool,
+) -> ApiResult {
+    let r = managed(&d, &name)?;
+    check_if_match(&headers, &etag(&r))?;
+    let (config, description) = if patch {
+        let mut c = r.config.clone();
+        c.extend(req.config.unwrap_or_default());
+        (c, req.description.unwrap_or(r.description))
+    } else {
+        (
+            req.config.unwrap_or_default(),
+            req.description.unwrap_or_default(),
+        )
+    };
+    manage::update(&d.daemon, &name, description, config).await?;
+    d.events.lifecycle(
+        "network-updated",
+        &format!("/1.0/networks/{name}"),
+        serde_json::json!({}),
+    );
+    empty()
+}
+
+pub async fn put(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<NetworkPut>,
+) -> ApiResult {
+    update(d, name, headers, req, false).await
+}
+
+pub async fn patch(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<NetworkPut>,
+) -> ApiResult {
+    update(d, name, headers, req, true).await
+}
+
+pub async fn delete(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    managed(&d, &name)?;
+    manage::delete(&d.daemon, &name).await?;
+    d.events.lifecycle(
+        "network-deleted",
+        &format!("/1.0/networks/{name}"),
+        serde_json::json!({}),
+    );
+    empty()
+}
+
+/// Renaming would rename the bridge under running instances; not offered yet.
+pub async fn rename(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    managed(&d, &name)?;
+    Err(ApiError::bad_request(
+        "Renaming a network is not supported yet",
+    ))
+}
+
+/// Only managed networks have a driver that measures them, so far.
+fn managed_for_info(d: &AppState, name: &str) -> Result<NetworkRecord, ApiError> {
+    managed(d, name).map_err(|e| {
+        if e.status == axum::http::StatusCode::BAD_REQUEST {
+            ApiError::bad_request("State and leases are only shown for managed networks, for now")
+        } else {
+            e
+        }
+    })
+}
+
+pub async fn state(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    managed_for_info(&d, &name)?;
+    let d2 = d.clone();
+    let st = tokio::task::spawn_blocking(move || d2.networks.state(&name))
+        .await
+        .map_err(ApiError::internal)??;
+    sync(st)
+}
+
+pub async fn leases(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    managed_for_info(&d, &name)?;
+    sync(d.networks.leases(&name)?)
 }

@@ -76,6 +76,12 @@ pub enum Command {
         name: String,
     },
 
+    CreateNetwork(NetworkRecord),
+    UpdateNetwork(NetworkRecord),
+    DeleteNetwork {
+        name: String,
+    },
+
     AddCertificate(CertificateRecord),
     UpdateCertificate(CertificateRecord),
     DeleteCertificate {
@@ -112,6 +118,7 @@ pub enum Resource {
     Instances,
     Snapshots,
     Pools,
+    Networks,
     Trust,
     Members,
 }
@@ -138,6 +145,7 @@ impl Command {
             | RenameSnapshot { .. }
             | DeleteSnapshot { .. } => Resource::Snapshots,
             CreatePool(_) | UpdatePool(_) | DeletePool { .. } => Resource::Pools,
+            CreateNetwork(_) | UpdateNetwork(_) | DeleteNetwork { .. } => Resource::Networks,
             AddCertificate(_) | UpdateCertificate(_) | DeleteCertificate { .. } => Resource::Trust,
             CreateToken(_) | DeleteToken { .. } => Resource::Trust,
             AddMember(_) | UpdateMember(_) | RenameMember { .. } | RemoveMember { .. } => {
@@ -157,6 +165,7 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
         Resource::Instances => super::instances::apply(tx, cmd),
         Resource::Snapshots => super::snapshots::apply(tx, cmd),
         Resource::Pools => super::pools::apply(tx, cmd),
+        Resource::Networks => super::networks::apply(tx, cmd),
         Resource::Trust => super::trust::apply(tx, cmd),
         Resource::Members => super::members::apply(tx, cmd),
     }

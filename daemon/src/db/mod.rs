@@ -10,6 +10,7 @@ mod command;
 mod images;
 mod instances;
 mod members;
+mod networks;
 mod pools;
 mod profiles;
 pub mod records;

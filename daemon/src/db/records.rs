@@ -85,6 +85,17 @@ pub struct PoolRecord {
     pub config: ConfigMap,
 }
 
+/// A managed network. `kind` is its Incus type (`bridge`); `config` holds concrete values
+/// (an `ipv4.address=auto` is resolved before the record is written, so every member and
+/// every restart sees the same subnet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    pub config: ConfigMap,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CertificateRecord {
     pub fingerprint: String,

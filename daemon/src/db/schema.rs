@@ -33,6 +33,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE cluster_members (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
      CREATE TABLE cluster_join_tokens (name TEXT PRIMARY KEY, data TEXT NOT NULL);
      CREATE TABLE cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 4: managed networks (bridges), as JSON documents like the other objects.
+    "CREATE TABLE networks (name TEXT PRIMARY KEY, data TEXT NOT NULL);",
 ];
 
 pub fn current_version() -> u32 {

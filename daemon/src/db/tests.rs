@@ -311,3 +311,33 @@ fn a_misrouted_command_is_refused() {
     );
     assert!(matches!(r, Err(DbError::Misrouted(_))), "{r:?}");
 }
+
+#[test]
+fn networks_are_created_updated_and_deleted_by_commands() {
+    let db = Db::open_in_memory().unwrap();
+    let net = NetworkRecord {
+        name: "br1".into(),
+        kind: "bridge".into(),
+        description: String::new(),
+        config: [("ipv4.address".to_string(), "10.9.0.1/24".to_string())].into(),
+    };
+    db.apply_unreplicated(&[Command::CreateNetwork(net.clone())])
+        .unwrap();
+    assert!(matches!(
+        db.apply_unreplicated(&[Command::CreateNetwork(net.clone())]),
+        Err(DbError::Exists(_))
+    ));
+    let mut changed = net.clone();
+    changed.config.insert("ipv4.nat".into(), "true".into());
+    db.apply_unreplicated(&[Command::UpdateNetwork(changed.clone())])
+        .unwrap();
+    assert_eq!(db.network("br1").unwrap(), Some(changed));
+    assert_eq!(db.networks().unwrap().len(), 1);
+    db.apply_unreplicated(&[Command::DeleteNetwork { name: "br1".into() }])
+        .unwrap();
+    assert!(db.networks().unwrap().is_empty());
+    assert!(matches!(
+        db.apply_unreplicated(&[Command::DeleteNetwork { name: "br1".into() }]),
+        Err(DbError::NotFound(_))
+    ));
+}

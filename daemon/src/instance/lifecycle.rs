@@ -65,6 +65,7 @@ pub fn precheck_create(d: &Daemon, req: &CreateRequest) -> Result<()> {
     let (ec, ed) = expand_with(d, &profiles, &req.config, &req.devices)?;
     crate::validate::instance_config(&ec, true)?;
     crate::validate::devices(&ed)?;
+    crate::network::manage::check_nics(d, &ed).map_err(nic_error)?;
     let pool = root_pool(&ed)?;
     let Some(pool) = d.pool(&pool) else {
         return Err(InstanceError::Invalid(format!(
@@ -179,6 +180,13 @@ fn lxc_log_tail(d: &Daemon, name: &str) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
+fn nic_error(e: crate::network::NetworkError) -> InstanceError {
+    match e {
+        crate::network::NetworkError::Invalid(m) => InstanceError::Invalid(m),
+        e => InstanceError::Failed(e.to_string()),
+    }
+}
+
 pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
     let lock = d.instance_lock(name);
     let _guard = lock.lock().await;
@@ -195,6 +203,9 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
         }
     }
     let (ec, ed) = expand(&d, &rec)?;
+    // A NIC on a managed network that is gone would fail deep in liblxc ("no such
+    // device"): say which network is missing instead.
+    crate::network::manage::check_nics(&d, &ed).map_err(nic_error)?;
     let pool_name = root_pool(&ed)?;
     let pool = d
         .pool(&pool_name)
@@ -246,6 +257,19 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
             .into_iter()
             .filter(|(k, _)| k.starts_with("volatile.")),
     );
+
+    for (dev, conf) in &ed {
+        if conf.get("type").map(String::as_str) != Some("nic") {
+            continue;
+        }
+        let Some(mac) = conf
+            .get("hwaddr")
+            .or_else(|| full.get(&format!("volatile.{dev}.hwaddr")))
+        else {
+            continue;
+        };
+        crate::network::manage::attach_nic(&d, name, dev, conf, mac).map_err(nic_error)?;
+    }
 
     let log_dir = d.instance_log_dir(name);
     std::fs::create_dir_all(&log_dir)
@@ -439,6 +463,7 @@ pub async fn delete(d: Arc<Daemon>, name: &str) -> Result<()> {
     }
     d.write(vec![Command::DeleteInstance { name: name.into() }])
         .await?;
+    crate::network::manage::forget_instance(&d, name);
     let _ = crate::storage::tree::remove(&d.paths.lxc.join(name));
     let _ = crate::storage::tree::remove(&d.instance_log_dir(name));
     d.events

@@ -268,10 +268,17 @@ pub fn render(input: &RenderInput<'_>, host: &HostCaps) -> Result<String, Render
                 if let Some(mtu) = dev.get("mtu") {
                     w.set(&format!("lxc.net.{i}.mtu"), mtu)?;
                 }
-                if dev.get("nictype").map(String::as_str) == Some("bridged") {
-                    if let Some(p) = dev.get("parent") {
-                        w.set(&format!("lxc.net.{i}.link"), p)?;
+                // A managed network is a bridge of the network's own name (the only
+                // managed type so far), so `network=` links like `parent=`.
+                let link = match dev.get("network").filter(|n| !n.is_empty()) {
+                    Some(n) => Some(n),
+                    None if dev.get("nictype").map(String::as_str) == Some("bridged") => {
+                        dev.get("parent")
                     }
+                    None => None,
+                };
+                if let Some(l) = link {
+                    w.set(&format!("lxc.net.{i}.link"), l)?;
                 }
             }
             Some("disk") => {
@@ -446,6 +453,7 @@ mod tests {
         };
         for (k, v) in [
             ("parent", "br0\nlxc.hook.pre-start = /bin/sh"),
+            ("network", "br0\nlxc.hook.pre-start = /bin/sh"),
             ("hwaddr", "00:16:3e:00:00:01\r"),
             ("mtu", "1500\u{2028}"),
             ("name", "eth0\0"),

@@ -121,13 +121,51 @@ fn memory_of(init: i32) -> MemoryView {
     MemoryView::default()
 }
 
-fn nic_views(ec: &ConfigMap, ed: &DeviceMap) -> BTreeMap<String, NetworkView> {
+/// The addresses of the container's interfaces `ifnames`, measured in its network
+/// namespace (what DHCP gave it, not what the config asked for). A container whose
+/// namespace cannot be entered shows none rather than failing the whole state.
+fn measured_addresses(pid: i32, ifnames: Vec<String>) -> BTreeMap<String, Vec<AddressView>> {
+    let r = crate::network::netlink::in_netns_of(pid, move || {
+        let all = crate::network::netlink::addresses()?;
+        let mut out = BTreeMap::new();
+        for n in ifnames {
+            let Ok(i) = crate::network::netlink::index(&n) else {
+                continue;
+            };
+            let v: Vec<AddressView> = all
+                .iter()
+                .filter(|a| a.index == i)
+                .map(|a| AddressView {
+                    family: if a.addr.is_ipv4() { "inet" } else { "inet6" }.into(),
+                    address: a.addr.to_string(),
+                    netmask: a.prefix.to_string(),
+                    scope: a.scope.into(),
+                })
+                .collect();
+            out.insert(n, v);
+        }
+        Ok(out)
+    });
+    r.unwrap_or_else(|e| {
+        tracing::debug!("reading the addresses in the netns of {pid}: {e}");
+        BTreeMap::new()
+    })
+}
+
+fn nic_views(ec: &ConfigMap, ed: &DeviceMap, pid: i32) -> BTreeMap<String, NetworkView> {
+    let ifnames: Vec<String> = ed
+        .iter()
+        .filter(|(_, c)| c.get("type").map(String::as_str) == Some("nic"))
+        .map(|(dev, c)| c.get("name").cloned().unwrap_or_else(|| dev.clone()))
+        .collect();
+    let mut measured = measured_addresses(pid, ifnames);
     let mut out = BTreeMap::new();
     for (dev, conf) in ed {
         if conf.get("type").map(String::as_str) != Some("nic") {
             continue;
         }
         let ifname = conf.get("name").cloned().unwrap_or_else(|| dev.clone());
+        let addresses = measured.remove(&ifname).unwrap_or_default();
         let dev = dev.as_str();
         let host_name = ec
             .get(&format!("volatile.{dev}.host_name"))
@@ -140,7 +178,7 @@ fn nic_views(ec: &ConfigMap, ed: &DeviceMap) -> BTreeMap<String, NetworkView> {
         out.insert(
             ifname,
             NetworkView {
-                addresses: vec![],
+                addresses,
                 counters: CountersView {
                     bytes_received: read_u64(&stats.join("tx_bytes")),
                     bytes_sent: read_u64(&stats.join("rx_bytes")),
@@ -187,7 +225,7 @@ pub fn view_expanded(
         status_code,
         disk: BTreeMap::new(),
         memory: pid.map(memory_of).unwrap_or_default(),
-        network: pid.map(|_| nic_views(ec, ed)),
+        network: pid.map(|p| nic_views(ec, ed, p)),
         pid: pid.map(i64::from).unwrap_or(0),
         processes: pid.map(count_processes).unwrap_or(0),
         cpu: serde_json::json!({"usage": 0}),

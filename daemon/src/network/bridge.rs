@@ -97,7 +97,9 @@ impl NetworkDriver for Bridge {
         }
         tracing::info!(
             "network {name}: bridge up, ipv4 {}, nat {}, dhcp {}",
-            spec.ipv4.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+            spec.ipv4
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into()),
             spec.nat,
             spec.dhcp
         );
@@ -143,6 +145,19 @@ impl NetworkDriver for Bridge {
         }
     }
 
+    fn forget_hosts_of(&self, instance: &str) -> Result<(), NetworkError> {
+        let prefix = format!("{instance}.");
+        let Ok(rd) = std::fs::read_dir(self.dir.join("dnsmasq.hosts")) else {
+            return Ok(());
+        };
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(e.path()).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
     fn leases(&self) -> Result<Vec<Lease>, NetworkError> {
         let text = std::fs::read_to_string(self.dir.join("dnsmasq.leases")).unwrap_or_default();
         // A reservation's host line has three fields: mac,ip,name.
@@ -168,7 +183,11 @@ impl NetworkDriver for Bridge {
             .filter(|a| a.index == index)
             .map(|a| StateAddress::from(&a))
             .collect();
-        let stat = |f: &str| read_sys(name, &format!("statistics/{f}")).parse().unwrap_or(0);
+        let stat = |f: &str| {
+            read_sys(name, &format!("statistics/{f}"))
+                .parse()
+                .unwrap_or(0)
+        };
         Ok(NetworkState {
             addresses,
             counters: super::Counters {

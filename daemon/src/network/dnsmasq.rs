@@ -144,13 +144,26 @@ impl Dnsmasq {
         };
         let hosts = dir.join("dnsmasq.hosts");
         std::fs::create_dir_all(&hosts).map_err(|e| io("creating", &hosts, e))?;
+        // dnsmasq drops root (for Debian's `dnsmasq` user, else `nobody`) and reads the
+        // hosts dir after that, through inotify: the way there is traversable and the dir
+        // is that user's, owner-only. Everything else it opens as root, so it stays ours.
+        let (user, uid) = unprivileged_user();
+        use std::os::unix::fs::PermissionsExt;
+        for (p, mode) in [(dir, 0o711), (hosts.as_path(), 0o700)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io("setting the mode of", p, e))?;
+        }
+        nix::unistd::chown(&hosts, Some(uid), None)
+            .map_err(|e| NetworkError::Io(format!("giving {} to {user}: {e}", hosts.display())))?;
         let conf = dir.join("dnsmasq.conf");
-        std::fs::write(&conf, render(spec, dir)).map_err(|e| io("writing", &conf, e))?;
+        let text = format!("{}user={user}\n", render(spec, dir));
+        write_private(&conf, &text).map_err(|e| io("writing", &conf, e))?;
         let leases = dir.join("dnsmasq.leases");
         if !leases.exists() {
-            std::fs::write(&leases, "").map_err(|e| io("creating", &leases, e))?;
+            write_private(&leases, "").map_err(|e| io("creating", &leases, e))?;
         }
         let log = dir.join("dnsmasq.log");
+        kill_stale(dir, &conf);
         let mut first = spawn(&conf, &log)?;
         std::thread::sleep(Duration::from_millis(150));
         if let Ok(Some(status)) = first.try_wait() {
@@ -206,20 +219,78 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// The user dnsmasq runs as once it has its sockets: Debian's `dnsmasq` (made by
+/// dnsmasq-base) if there is one, else `nobody`, as Incus chooses.
+fn unprivileged_user() -> (String, nix::unistd::Uid) {
+    for name in ["dnsmasq", "nobody"] {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+            return (name.to_string(), u.uid);
+        }
+    }
+    ("nobody".into(), nix::unistd::Uid::from_raw(65534))
+}
+
+/// Writes a file only root can read (created so, never briefly readable by others).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// A dnsmasq left by the cairnd before this one (it outlives the daemon, so containers keep
+/// their leases across a daemon restart) holds the bridge's port: end it before starting
+/// ours. Its pid is only trusted if that process still runs our config file.
+fn kill_stale(dir: &Path, conf: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("dnsmasq.pid")) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let want = format!("--conf-file={}", conf.display());
+    if !cmdline.split(|b| *b == 0).any(|a| a == want.as_bytes()) {
+        return;
+    }
+    tracing::info!("stopping the dnsmasq {pid} a previous cairnd left running");
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    for _ in 0..50 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(50));
+}
+
 fn spawn(conf: &Path, log: &Path) -> Result<Child, NetworkError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let logf = std::fs::OpenOptions::new()
+        .mode(0o600)
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| NetworkError::Io(format!("opening {}: {e}", log.display())))?;
-    Command::new(PROGRAM)
+    let child = Command::new(PROGRAM)
         .arg(format!("--conf-file={}", conf.display()))
         .arg("--log-facility=-")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()
-        .map_err(|e| NetworkError::Dnsmasq(format!("running {PROGRAM}: {e}")))
+        .map_err(|e| NetworkError::Dnsmasq(format!("running {PROGRAM}: {e}")))?;
+    if let Some(dir) = conf.parent() {
+        let _ = write_private(&dir.join("dnsmasq.pid"), &child.id().to_string());
+    }
+    Ok(child)
 }
 
 /// Waits on the child without holding the lock for long, and starts it again (after a

@@ -5,8 +5,8 @@
 //! addresses and routes to choose a free subnet without sending a packet.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
@@ -48,7 +48,9 @@ pub fn create_bridge(name: &str) -> io::Result<()> {
     let mut msg = LinkMessage::default();
     msg.attributes.push(LinkAttribute::IfName(name.to_string()));
     msg.attributes
-        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Bridge,
+        )]));
     request(
         RouteNetlinkMessage::NewLink(msg),
         NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
@@ -88,7 +90,8 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
 /// Adds `addr/prefix` to `name`, or refreshes it (`ip addr replace … brd +`).
 pub fn replace_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let mut msg = address_message(name, IpAddr::V4(addr), prefix)?;
-    msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(addr)));
     if prefix <= 30 {
         msg.attributes
             .push(AddressAttribute::Broadcast(broadcast(addr, prefix)));
@@ -169,8 +172,7 @@ pub fn ipv4_routes() -> io::Result<Vec<(Ipv4Addr, u8)>> {
         let RouteNetlinkMessage::NewRoute(m) = r else {
             continue;
         };
-        if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.destination_prefix_length == 0
-        {
+        if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.destination_prefix_length == 0 {
             continue;
         }
         let dest = m.attributes.iter().find_map(|a| match a {
@@ -278,10 +280,10 @@ mod tests {
     /// A bridge created, addressed and deleted in a namespace of this thread's own.
     #[test]
     fn bridge_in_a_namespace_of_its_own() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root for a network namespace");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (a network namespace of its own); run it as root"
+        );
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
             create_bridge("cbtest0").unwrap();

@@ -106,11 +106,23 @@ pub struct TestDaemon {
     pub root: TempDir,
     pub state: PathBuf,
     pub home: PathBuf,
+    /// Run cairnd inside this network namespace (`ip netns exec`), so what it does to
+    /// links, routes and nftables stays there.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
 impl TestDaemon {
     pub fn start() -> TestDaemon {
+        Self::start_in(None)
+    }
+
+    /// A cairnd in network namespace `ns` (which the test made and deletes).
+    pub fn start_in_netns(ns: &str) -> TestDaemon {
+        Self::start_in(Some(ns.to_string()))
+    }
+
+    fn start_in(netns: Option<String>) -> TestDaemon {
         let root = TempDir::new("cairn-test");
         let state = root.path().join("state");
         let home = root.path().join("home");
@@ -119,6 +131,7 @@ impl TestDaemon {
             root,
             state,
             home,
+            netns,
             child: None,
         };
         d.spawn();
@@ -131,7 +144,17 @@ impl TestDaemon {
             .append(true)
             .open(self.root.path().join("cairnd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairnd"))
+        // `ip netns exec` execs cairnd in place: the child's pid is cairnd's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_cairnd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cairnd")),
+        };
+        let child = cmd
             .arg("--state-dir")
             .arg(&self.state)
             .stdout(log.try_clone().unwrap())

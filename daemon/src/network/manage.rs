@@ -1,0 +1,486 @@
+//! The networks service: what the API asks of managed networks. Records change only through
+//! `Daemon::write` (Commands); the host side (bridge, dnsmasq, nft table) through the
+//! driver, on a blocking thread. A create whose host side fails is undone (driver torn
+//! down, record deleted), so nothing half-made is left behind.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::bridge::Bridge;
+use super::config::{self, Ipv4Cidr};
+use super::{netlink, NetworkDriver, NetworkError, NetworkState};
+use crate::daemon::Daemon;
+use crate::db::records::{ConfigMap, DeviceMap, NetworkRecord};
+use crate::db::Command;
+
+/// The drivers of the managed networks that are up on this host.
+pub struct Networks {
+    dir: PathBuf,
+    running: Mutex<BTreeMap<String, Arc<Bridge>>>,
+    /// One change at a time: a subnet check and the write it guards must not interleave
+    /// with another create choosing the same subnet.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Networks {
+    pub fn new(dir: &Path) -> Networks {
+        Networks {
+            dir: dir.to_path_buf(),
+            running: Mutex::new(BTreeMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Bridge>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn driver(&self, name: &str) -> Arc<Bridge> {
+        self.lock()
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Bridge::new(name, &self.dir.join(name))))
+            .clone()
+    }
+
+    fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    /// What `GET /1.0/networks/{name}/state` shows, measured on the host.
+    pub fn state(&self, name: &str) -> Result<NetworkState, NetworkError> {
+        let d = self.lock().get(name).cloned();
+        match d {
+            Some(d) => d.state(),
+            None => Err(NetworkError::NotFound("Network not found".into())),
+        }
+    }
+
+    pub fn leases(&self, name: &str) -> Result<Vec<super::dnsmasq::Lease>, NetworkError> {
+        let d = self.lock().get(name).cloned();
+        match d {
+            Some(d) => d.leases(),
+            None => Err(NetworkError::NotFound("Network not found".into())),
+        }
+    }
+}
+
+/// A network as `GET /1.0/networks/{name}` shows it (Incus's `api.Network`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkView {
+    pub name: String,
+    pub description: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub managed: bool,
+    pub status: String,
+    pub config: ConfigMap,
+    pub used_by: Vec<String>,
+    pub locations: Vec<String>,
+    pub project: String,
+}
+
+fn nic_uses(dev: &BTreeMap<String, String>, network: &str) -> bool {
+    dev.get("type").map(String::as_str) == Some("nic")
+        && (dev.get("network").map(String::as_str) == Some(network)
+            || dev.get("parent").map(String::as_str) == Some(network))
+}
+
+fn devices_use(devices: &DeviceMap, network: &str) -> bool {
+    devices.values().any(|d| nic_uses(d, network))
+}
+
+/// The profiles and instances with a NIC on `network` (`network=` or `parent=`), as URLs.
+pub fn used_by(d: &Daemon, network: &str) -> Result<Vec<String>, NetworkError> {
+    let mut out = Vec::new();
+    for p in d.db.profiles()? {
+        if devices_use(&p.devices, network) {
+            out.push(format!("/1.0/profiles/{}", p.name));
+        }
+    }
+    for i in d.db.instances()? {
+        let uses = match crate::instance::expand(d, &i) {
+            Ok((_, ed)) => devices_use(&ed, network),
+            Err(_) => devices_use(&i.devices, network),
+        };
+        if uses {
+            out.push(crate::instance::url(&i.name));
+        }
+    }
+    Ok(out)
+}
+
+pub fn view(d: &Daemon, r: &NetworkRecord) -> Result<NetworkView, NetworkError> {
+    Ok(NetworkView {
+        name: r.name.clone(),
+        description: r.description.clone(),
+        kind: r.kind.clone(),
+        managed: true,
+        status: "Created".into(),
+        config: r.config.clone(),
+        used_by: used_by(d, &r.name)?,
+        locations: vec![],
+        project: "default".into(),
+    })
+}
+
+pub fn get(d: &Daemon, name: &str) -> Result<NetworkRecord, NetworkError> {
+    d.db.network(name)?
+        .ok_or_else(|| NetworkError::NotFound("Network not found".into()))
+}
+
+fn invalid_addr(msg: String) -> NetworkError {
+    NetworkError::Invalid(format!(
+        "Invalid value for network config key \"ipv4.address\": {msg}"
+    ))
+}
+
+/// The IPv4 subnets in use here, each with what uses it: the host's addresses and routes
+/// (read over netlink, never probed for on the wire) and the other managed networks'
+/// subnets. `except` is the network being changed: its own bridge and record do not count.
+fn subnets_in_use(d: &Daemon, except: &str) -> Result<Vec<(Ipv4Cidr, String)>, NetworkError> {
+    let io = |e: std::io::Error| NetworkError::Io(format!("reading the host's addresses: {e}"));
+    let own = netlink::index(except).ok();
+    let mut used = Vec::new();
+    // Managed networks first: an overlap with one is named by the network, not its route.
+    for r in d.db.networks()? {
+        if r.name == except {
+            continue;
+        }
+        if let Some(c) = r
+            .config
+            .get("ipv4.address")
+            .and_then(|v| config::parse_gateway("ipv4.address", v).ok())
+        {
+            used.push((c, format!("network {:?} ({c})", r.name)));
+        }
+    }
+    for a in netlink::addresses().map_err(io)? {
+        if let (IpAddr::V4(v4), false) = (a.addr, Some(a.index) == own) {
+            if !v4.is_loopback() {
+                used.push((
+                    Ipv4Cidr {
+                        addr: v4,
+                        prefix: a.prefix,
+                    },
+                    format!("an address of the host ({v4}/{})", a.prefix),
+                ));
+            }
+        }
+    }
+    let own_subnet =
+        d.db.network(except)?
+            .and_then(|r| r.config.get("ipv4.address").cloned())
+            .and_then(|v| config::parse_gateway("ipv4.address", &v).ok())
+            .map(|c| (c.network(), c.prefix));
+    for (net, prefix) in netlink::ipv4_routes().map_err(io)? {
+        if Some((net, prefix)) != own_subnet && !net.is_loopback() {
+            used.push((
+                Ipv4Cidr { addr: net, prefix },
+                format!("a route of the host ({net}/{prefix})"),
+            ));
+        }
+    }
+    Ok(used)
+}
+
+/// Resolves `ipv4.address=auto` to a free /24 and refuses a subnet that overlaps one in use.
+/// Reads the host, so it runs on a blocking thread.
+fn settle_subnet(d: &Daemon, name: &str, config: &mut ConfigMap) -> Result<(), NetworkError> {
+    let used = subnets_in_use(d, name)?;
+    match config.get("ipv4.address").map(String::as_str) {
+        Some("auto") => {
+            let cidrs: Vec<Ipv4Cidr> = used.iter().map(|(c, _)| *c).collect();
+            let chosen = config::choose_auto(&cidrs, rand::random()).ok_or_else(|| {
+                invalid_addr("no free /24 left in 10.0.0.0/8 for \"auto\"".into())
+            })?;
+            tracing::info!("network {name}: ipv4.address=auto chose {chosen}");
+            config.insert("ipv4.address".into(), chosen.to_string());
+        }
+        Some(v) if v != "none" && !v.is_empty() => {
+            let c = config::parse_gateway("ipv4.address", v)?;
+            if let Some((_, what)) = used.iter().find(|(u, _)| u.overlaps(c)) {
+                return Err(invalid_addr(format!("{v} overlaps with {what}")));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check_kind(kind: &str) -> Result<&'static str, NetworkError> {
+    match kind {
+        "" | "bridge" => Ok("bridge"),
+        other => Err(NetworkError::Invalid(format!(
+            "Network type {other:?} is not supported (only \"bridge\" is, for now)"
+        ))),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
+) -> Result<T, NetworkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NetworkError::Io(format!("network task: {e}")))?
+}
+
+/// `POST /1.0/networks`. An unset `ipv4.address` means `auto`, as in Incus.
+pub async fn create(
+    d: &Arc<Daemon>,
+    name: String,
+    kind: String,
+    description: String,
+    mut config: ConfigMap,
+) -> Result<(), NetworkError> {
+    config::valid_name(&name)?;
+    let kind = check_kind(&kind)?;
+    // Incus creates a network on every member (pending, then created); until that is
+    // done here, a record only this member acted on would be a bridge missing elsewhere.
+    if d.cluster().is_some() {
+        return Err(NetworkError::Invalid(
+            "Managed networks are not supported in a cluster yet".into(),
+        ));
+    }
+    let _one = d.networks.changes.lock().await;
+    if d.db.network(&name)?.is_some() {
+        return Err(NetworkError::Conflict(format!(
+            "Network {name:?} already exists"
+        )));
+    }
+    if netlink::exists(&name) {
+        return Err(NetworkError::Conflict(format!(
+            "Network {name:?} clashes with an existing interface of the host"
+        )));
+    }
+    config
+        .entry("ipv4.address".into())
+        .or_insert_with(|| "auto".into());
+    // Refuse bad keys before choosing a subnet: the message should name the bad key.
+    let mut probe = config.clone();
+    if probe.get("ipv4.address").map(String::as_str) == Some("auto") {
+        probe.insert("ipv4.address".into(), "none".into());
+    }
+    config::parse(&name, &probe)?;
+    let config = {
+        let (d2, n) = (d.clone(), name.clone());
+        blocking(move || {
+            settle_subnet(&d2, &n, &mut config)?;
+            config::parse(&n, &config)?;
+            Ok(config)
+        })
+        .await?
+    };
+    let rec = NetworkRecord {
+        name: name.clone(),
+        kind: kind.into(),
+        description,
+        config,
+    };
+    d.write(vec![Command::CreateNetwork(rec.clone())]).await?;
+    let drv = d.networks.driver(&name);
+    let applied = {
+        let (drv, c) = (drv.clone(), rec.config.clone());
+        blocking(move || drv.apply(&c)).await
+    };
+    if let Err(e) = applied {
+        tracing::error!("network {name}: creating it on the host failed, undoing: {e}");
+        let drv2 = drv.clone();
+        if let Err(e2) = blocking(move || drv2.delete()).await {
+            tracing::error!("network {name}: undoing: {e2}");
+        }
+        d.networks.forget(&name);
+        d.write(vec![Command::DeleteNetwork { name: name.clone() }])
+            .await?;
+        return Err(e);
+    }
+    tracing::info!("network {name} created");
+    Ok(())
+}
+
+/// `PUT`/`PATCH`: `config` and `description` are the whole new values. An unset
+/// `ipv4.address` now means no IPv4 (only a create defaults it to `auto`).
+pub async fn update(
+    d: &Arc<Daemon>,
+    name: &str,
+    description: String,
+    mut config: ConfigMap,
+) -> Result<(), NetworkError> {
+    let _one = d.networks.changes.lock().await;
+    let old = get(d, name)?;
+    let mut probe = config.clone();
+    if probe.get("ipv4.address").map(String::as_str) == Some("auto") {
+        probe.insert("ipv4.address".into(), "none".into());
+    }
+    config::parse(name, &probe)?;
+    let config = {
+        let (d2, n) = (d.clone(), name.to_string());
+        blocking(move || {
+            settle_subnet(&d2, &n, &mut config)?;
+            config::parse(&n, &config)?;
+            Ok(config)
+        })
+        .await?
+    };
+    let rec = NetworkRecord {
+        description,
+        config,
+        ..old.clone()
+    };
+    d.write(vec![Command::UpdateNetwork(rec.clone())]).await?;
+    let drv = d.networks.driver(name);
+    let applied = {
+        let (drv, c) = (drv.clone(), rec.config.clone());
+        blocking(move || drv.apply(&c)).await
+    };
+    if let Err(e) = applied {
+        tracing::error!("network {name}: applying the new config failed, going back: {e}");
+        let (drv2, c) = (drv.clone(), old.config.clone());
+        if let Err(e2) = blocking(move || drv2.apply(&c)).await {
+            tracing::error!("network {name}: re-applying the old config: {e2}");
+        }
+        d.write(vec![Command::UpdateNetwork(old)]).await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `DELETE`: refused while a profile or instance has a NIC on it.
+pub async fn delete(d: &Arc<Daemon>, name: &str) -> Result<(), NetworkError> {
+    let _one = d.networks.changes.lock().await;
+    get(d, name)?;
+    let users = used_by(d, name)?;
+    if !users.is_empty() {
+        return Err(NetworkError::InUse(format!(
+            "The network is currently in use (by {})",
+            users.join(", ")
+        )));
+    }
+    let drv = d.networks.driver(name);
+    blocking(move || drv.delete()).await?;
+    d.networks.forget(name);
+    d.write(vec![Command::DeleteNetwork {
+        name: name.to_string(),
+    }])
+    .await?;
+    tracing::info!("network {name} deleted");
+    Ok(())
+}
+
+/// The managed network a NIC is on (`network=`, or `nictype=bridged` with a `parent=` that
+/// is one) and its reserved address, checked: the network must exist, and a NIC's
+/// `ipv4.address` must be a host address of its subnet. `None`: not on a managed network.
+fn check_nic(
+    d: &Daemon,
+    device: &str,
+    nic: &BTreeMap<String, String>,
+) -> Result<Option<(NetworkRecord, Option<std::net::Ipv4Addr>)>, NetworkError> {
+    let bad = |m: String| NetworkError::Invalid(format!("Device {device:?}: {m}"));
+    if nic.get("type").map(String::as_str) != Some("nic") {
+        return Ok(None);
+    }
+    let rec = match nic.get("network").filter(|n| !n.is_empty()) {
+        Some(n) => Some(
+            d.db.network(n)?
+                .ok_or_else(|| bad(format!("network {n:?} not found")))?,
+        ),
+        None if nic.get("nictype").map(String::as_str) == Some("bridged") => {
+            match nic.get("parent").filter(|p| !p.is_empty()) {
+                Some(p) => d.db.network(p)?,
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let Some(rec) = rec else {
+        return Ok(None);
+    };
+    let Some(v) = nic.get("ipv4.address").filter(|v| !v.is_empty()) else {
+        return Ok(Some((rec, None)));
+    };
+    let ip: std::net::Ipv4Addr = v
+        .parse()
+        .map_err(|_| bad(format!("ipv4.address {v:?} is not an IPv4 address")))?;
+    let subnet = rec
+        .config
+        .get("ipv4.address")
+        .and_then(|g| config::parse_gateway("ipv4.address", g).ok());
+    match subnet {
+        Some(c) if c.contains(ip) && ![c.addr, c.network(), c.broadcast()].contains(&ip) => {
+            Ok(Some((rec, Some(ip))))
+        }
+        Some(c) => Err(bad(format!(
+            "ipv4.address {ip} is not a host address of network {:?} ({c}) other than its gateway",
+            rec.name
+        ))),
+        None => Err(bad(format!(
+            "ipv4.address needs network {:?} to have an IPv4 subnet",
+            rec.name
+        ))),
+    }
+}
+
+/// Checks every NIC of `devices` that is on a managed network (see [`check_nic`]).
+pub fn check_nics(d: &Daemon, devices: &DeviceMap) -> Result<(), NetworkError> {
+    for (dev, nic) in devices {
+        check_nic(d, dev, nic)?;
+    }
+    Ok(())
+}
+
+/// Tells the dnsmasq of the managed network a NIC is on about that NIC: its MAC, its
+/// reserved address and the instance's name, which is what makes
+/// `<instance>.<dns.domain>` resolve. A NIC on no managed network is left alone.
+pub fn attach_nic(
+    d: &Daemon,
+    instance: &str,
+    device: &str,
+    nic: &BTreeMap<String, String>,
+    hwaddr: &str,
+) -> Result<(), NetworkError> {
+    let Some((rec, ip)) = check_nic(d, device, nic)? else {
+        return Ok(());
+    };
+    if !crate::validate::is_mac(hwaddr) {
+        return Err(NetworkError::Invalid(format!(
+            "Device {device:?}: hwaddr {hwaddr:?} is not a MAC address"
+        )));
+    }
+    d.networks.driver(&rec.name).set_host(
+        &format!("{instance}.{device}"),
+        Some(super::dnsmasq::host_line(hwaddr, ip, instance)),
+    )
+}
+
+/// Forgets an instance's NICs in every managed network's dnsmasq (the instance is gone).
+pub fn forget_instance(d: &Daemon, instance: &str) {
+    let drivers: Vec<Arc<Bridge>> = d.networks.lock().values().cloned().collect();
+    for drv in drivers {
+        if let Err(e) = drv.forget_hosts_of(instance) {
+            tracing::warn!("forgetting the DHCP host lines of {instance}: {e}");
+        }
+    }
+}
+
+/// At daemon start: every managed network in the db is made to exist on this host again
+/// (the bridge may still be there; dnsmasq is not). A failure is logged and the others go
+/// on: one broken network must not keep the daemon down.
+pub fn restore(d: &Daemon) {
+    let recs = match d.db.networks() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("restoring networks: {e}");
+            return;
+        }
+    };
+    for r in recs {
+        let drv = d.networks.driver(&r.name);
+        match drv.apply(&r.config) {
+            Ok(()) => tracing::info!("network {} restored", r.name),
+            Err(e) => tracing::error!("restoring network {}: {e}", r.name),
+        }
+    }
+}
