@@ -19,6 +19,7 @@ pub mod local_config;
 pub mod network;
 pub mod operations;
 pub mod os;
+pub mod owner_only;
 pub mod peer_trust;
 pub mod preseed;
 pub mod runner;

@@ -300,7 +300,7 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
     // Owner-only: `environment.*` values are often credentials, and only root's liblxc
     // (forkstart) reads this file, never the container's unprivileged root.
     std::fs::create_dir_all(&dir)
-        .and_then(|_| write_owner_only(&dir.join("config"), rendered.as_bytes()))
+        .and_then(|_| crate::owner_only::write(&dir.join("config"), rendered.as_bytes()))
         .map_err(|e| InstanceError::Failed(format!("writing liblxc config of {name}: {e}")))?;
     let _ = std::fs::write(log_dir.join("lxc.log"), b"");
 
@@ -573,18 +573,4 @@ pub async fn wait_state(d: &Daemon, name: &str, want: LxcState, limit: Duration)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
-}
-
-/// Writes `data` to `path`, created (or truncated, and its mode fixed) as 0600.
-fn write_owner_only(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(data)
 }

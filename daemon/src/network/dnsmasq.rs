@@ -157,10 +157,10 @@ impl Dnsmasq {
             .map_err(|e| NetworkError::Io(format!("giving {} to {user}: {e}", hosts.display())))?;
         let conf = dir.join("dnsmasq.conf");
         let text = format!("{}user={user}\n", render(spec, dir));
-        write_private(&conf, &text).map_err(|e| io("writing", &conf, e))?;
+        crate::owner_only::write(&conf, text.as_bytes()).map_err(|e| io("writing", &conf, e))?;
         let leases = dir.join("dnsmasq.leases");
         if !leases.exists() {
-            write_private(&leases, "").map_err(|e| io("creating", &leases, e))?;
+            crate::owner_only::write(&leases, b"").map_err(|e| io("creating", &leases, e))?;
         }
         let log = dir.join("dnsmasq.log");
         kill_stale(dir, &conf);
@@ -230,19 +230,6 @@ fn unprivileged_user() -> (String, nix::unistd::Uid) {
     ("nobody".into(), nix::unistd::Uid::from_raw(65534))
 }
 
-/// Writes a file only root can read (created so, never briefly readable by others).
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
-}
-
 /// A dnsmasq left by the cairnd before this one (it outlives the daemon, so containers keep
 /// their leases across a daemon restart) holds the bridge's port: end it before starting
 /// ours. Its pid is only trusted if that process still runs our config file.
@@ -288,7 +275,8 @@ fn spawn(conf: &Path, log: &Path) -> Result<Child, NetworkError> {
         .spawn()
         .map_err(|e| NetworkError::Dnsmasq(format!("running {PROGRAM}: {e}")))?;
     if let Some(dir) = conf.parent() {
-        let _ = write_private(&dir.join("dnsmasq.pid"), &child.id().to_string());
+        let _ =
+            crate::owner_only::write(&dir.join("dnsmasq.pid"), child.id().to_string().as_bytes());
     }
     Ok(child)
 }

@@ -259,21 +259,7 @@ pub async fn create(
     config
         .entry("ipv4.address".into())
         .or_insert_with(|| "auto".into());
-    // Refuse bad keys before choosing a subnet: the message should name the bad key.
-    let mut probe = config.clone();
-    if probe.get("ipv4.address").map(String::as_str) == Some("auto") {
-        probe.insert("ipv4.address".into(), "none".into());
-    }
-    config::parse(&name, &probe)?;
-    let config = {
-        let (d2, n) = (d.clone(), name.clone());
-        blocking(move || {
-            settle_subnet(&d2, &n, &mut config)?;
-            config::parse(&n, &config)?;
-            Ok(config)
-        })
-        .await?
-    };
+    let config = checked_config(d, &name, config).await?;
     let rec = NetworkRecord {
         name: name.clone(),
         kind: kind.into(),
@@ -301,30 +287,38 @@ pub async fn create(
     Ok(())
 }
 
+/// Checks `config`, then settles `ipv4.address=auto` on a subnet. Bad keys are refused
+/// before a subnet is chosen, so the message names the bad key.
+async fn checked_config(
+    d: &Arc<Daemon>,
+    name: &str,
+    mut config: ConfigMap,
+) -> Result<ConfigMap, NetworkError> {
+    let mut probe = config.clone();
+    if probe.get("ipv4.address").map(String::as_str) == Some("auto") {
+        probe.insert("ipv4.address".into(), "none".into());
+    }
+    config::parse(name, &probe)?;
+    let (d2, n) = (d.clone(), name.to_string());
+    blocking(move || {
+        settle_subnet(&d2, &n, &mut config)?;
+        config::parse(&n, &config)?;
+        Ok(config)
+    })
+    .await
+}
+
 /// `PUT`/`PATCH`: `config` and `description` are the whole new values. An unset
 /// `ipv4.address` now means no IPv4 (only a create defaults it to `auto`).
 pub async fn update(
     d: &Arc<Daemon>,
     name: &str,
     description: String,
-    mut config: ConfigMap,
+    config: ConfigMap,
 ) -> Result<(), NetworkError> {
     let _one = d.networks.changes.lock().await;
     let old = get(d, name)?;
-    let mut probe = config.clone();
-    if probe.get("ipv4.address").map(String::as_str) == Some("auto") {
-        probe.insert("ipv4.address".into(), "none".into());
-    }
-    config::parse(name, &probe)?;
-    let config = {
-        let (d2, n) = (d.clone(), name.to_string());
-        blocking(move || {
-            settle_subnet(&d2, &n, &mut config)?;
-            config::parse(&n, &config)?;
-            Ok(config)
-        })
-        .await?
-    };
+    let config = checked_config(d, name, config).await?;
     let rec = NetworkRecord {
         description,
         config,
