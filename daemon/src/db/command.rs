@@ -75,6 +75,12 @@ pub enum Command {
     DeletePool {
         name: String,
     },
+    CreateVolume(VolumeRecord),
+    UpdateVolume(VolumeRecord),
+    DeleteVolume {
+        pool: String,
+        name: String,
+    },
 
     CreateNetwork(NetworkRecord),
     UpdateNetwork(NetworkRecord),
@@ -146,6 +152,7 @@ impl Command {
             | DeleteSnapshot { .. } => Resource::Snapshots,
             CreatePool(_) | UpdatePool(_) | DeletePool { .. } => Resource::Pools,
             CreateNetwork(_) | UpdateNetwork(_) | DeleteNetwork { .. } => Resource::Networks,
+            CreateVolume(_) | UpdateVolume(_) | DeleteVolume { .. } => Resource::Pools,
             AddCertificate(_) | UpdateCertificate(_) | DeleteCertificate { .. } => Resource::Trust,
             CreateToken(_) | DeleteToken { .. } => Resource::Trust,
             AddMember(_) | UpdateMember(_) | RenameMember { .. } | RemoveMember { .. } => {

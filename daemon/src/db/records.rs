@@ -96,6 +96,16 @@ pub struct NetworkRecord {
     pub config: ConfigMap,
 }
 
+/// A custom storage volume (`incus storage volume create`): a filesystem volume of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub pool: String,
+    pub name: String,
+    pub description: String,
+    pub config: ConfigMap,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CertificateRecord {
     pub fingerprint: String,

@@ -35,6 +35,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     // 4: managed networks (bridges), as JSON documents like the other objects.
     "CREATE TABLE networks (name TEXT PRIMARY KEY, data TEXT NOT NULL);",
+    // 5: custom storage volumes, by pool.
+    "CREATE TABLE storage_volumes (pool TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL,
+                                   PRIMARY KEY (pool, name));",
 ];
 
 pub fn current_version() -> u32 {
