@@ -1,5 +1,6 @@
 //! The command line: `cairnd [--state-dir DIR] [--debug]` runs the daemon; `forkstart` and
-//! `forkexec` are the internal single-threaded helpers that call liblxc where it forks.
+//! `forkexec` are the internal single-threaded helpers that call liblxc where it forks;
+//! `forkmount`/`forkumount` mount into a running container's mount namespace.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,10 @@ pub fn main() -> ExitCode {
                 return usage();
             };
             return ExitCode::from(lxc::forkexec_main(spec).clamp(0, 255) as u8);
+        }
+        Some(cmd @ ("forkmount" | "forkumount")) => {
+            let code = crate::instance::hotplug::helper_main(cmd, &args[1..]);
+            return ExitCode::from(code as u8);
         }
         Some("--version" | "version") => {
             println!("{}", env!("CARGO_PKG_VERSION"));

@@ -27,3 +27,4 @@ pub mod storage;
 pub mod tls;
 pub mod trust;
 pub mod validate;
+pub mod volume;

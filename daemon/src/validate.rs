@@ -386,8 +386,14 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
                     return bad("a disk other than the root needs a source");
                 }
                 if let Some(src) = d.get("source") {
-                    if !src.starts_with('/') {
-                        return bad("only host paths are supported as disk sources");
+                    let volume = path != "/" && d.get("pool").is_some_and(|p| !p.is_empty());
+                    if volume {
+                        // `pool=` + `source=`: the source names a custom volume of the pool.
+                        if let Err(e) = object_name(src) {
+                            return bad(&format!("invalid storage volume name: {e}"));
+                        }
+                    } else if !src.starts_with('/') {
+                        return bad("a disk source is a host path, or a custom volume with pool=");
                     }
                 }
                 if let Some(r) = d.get("readonly") {

@@ -125,6 +125,41 @@ fn contract(pool: &dyn StorageDriver) {
     assert!(!pool.has_image("abc"));
     let space = pool.space().unwrap();
     assert!(space.total > 0 && space.used <= space.total, "{space:?}");
+
+    volumes(pool, shift);
+}
+
+/// Custom volumes: made empty and 0711, re-owned, copied with their files, renamed,
+/// deleted; a size only where the driver enforces quotas.
+fn volumes(pool: &dyn StorageDriver, shift: IdShift) {
+    pool.create_volume("v1").unwrap();
+    let root = pool.volume_path("v1");
+    assert_eq!(fs::metadata(&root).unwrap().mode() & 0o7777, 0o711);
+    assert!(pool.create_volume("v1").is_err(), "a volume is made once");
+    fs::write(root.join("f"), "data").unwrap();
+    pool.reshift_volume("v1", IdShift::IDENTITY, shift).unwrap();
+    assert_eq!(fs::metadata(root.join("f")).unwrap().uid(), shift.uid_base);
+    assert!(pool.volume_usage("v1") > 0);
+    pool.copy_volume("v1", "v2").unwrap();
+    assert_eq!(
+        fs::read_to_string(pool.volume_path("v2").join("f")).unwrap(),
+        "data"
+    );
+    assert_eq!(
+        fs::metadata(pool.volume_path("v2").join("f"))
+            .unwrap()
+            .uid(),
+        shift.uid_base
+    );
+    pool.rename_volume("v2", "v3").unwrap();
+    assert!(!pool.volume_path("v2").exists());
+    let limited = pool.set_volume_quota("v3", Some(16 << 20));
+    assert_eq!(limited.is_ok(), pool.supports_quotas(), "{limited:?}");
+    pool.set_volume_quota("v3", None).unwrap();
+    for v in ["v1", "v3"] {
+        pool.delete_volume(v).unwrap();
+        assert!(!pool.volume_path(v).exists(), "{v}");
+    }
 }
 
 fn cfg(pairs: &[(&str, &str)]) -> PoolConfig {

@@ -307,6 +307,7 @@ async fn update(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     crate::validate::devices(&devices).map_err(|e| ApiError::bad_request(e.to_string()))?;
     crate::network::manage::check_nics(&d, &devices)?;
+    crate::instance::disks::check(&d, &devices)?;
     let profiles = req
         .profiles
         .unwrap_or(if patch { rec.profiles.clone() } else { vec![] });

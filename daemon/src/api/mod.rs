@@ -22,6 +22,7 @@ pub mod routing;
 mod server;
 mod snapshots;
 mod storage;
+mod volumes;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -226,10 +227,25 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 .patch(storage::put)
                 .delete(storage::delete),
         )
-        .route("/1.0/storage-pools/{pool}/volumes", get(storage::volumes))
+        .route(
+            "/1.0/storage-pools/{pool}/volumes",
+            get(volumes::list).post(volumes::create),
+        )
         .route(
             "/1.0/storage-pools/{pool}/volumes/{kind}",
-            get(storage::volumes_of_kind),
+            get(volumes::list_kind).post(volumes::create_kind),
+        )
+        .route(
+            "/1.0/storage-pools/{pool}/volumes/{kind}/{name}",
+            get(volumes::get_one)
+                .put(volumes::put)
+                .patch(volumes::patch)
+                .post(volumes::rename)
+                .delete(volumes::delete),
+        )
+        .route(
+            "/1.0/storage-pools/{pool}/volumes/{kind}/{name}/state",
+            get(volumes::state),
         )
         .route(
             "/1.0/storage-pools/{pool}/resources",

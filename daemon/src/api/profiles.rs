@@ -10,10 +10,12 @@ use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
 use crate::db::records::{ConfigMap, DeviceMap, ProfileRecord};
 use crate::db::Command;
 
-fn validate(config: &ConfigMap, devices: &DeviceMap) -> Result<(), ApiError> {
+fn validate(d: &AppState, config: &ConfigMap, devices: &DeviceMap) -> Result<(), ApiError> {
     crate::validate::instance_config(config, false)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    crate::validate::devices(devices).map_err(|e| ApiError::bad_request(e.to_string()))
+    crate::validate::devices(devices).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    crate::instance::disks::check(d, devices)?;
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -92,7 +94,7 @@ pub struct ProfilesPost {
 
 pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<ProfilesPost>) -> ApiResult {
     crate::validate::object_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    validate(&req.config, &req.devices)?;
+    validate(&d, &req.config, &req.devices)?;
     if d.db.profile(&req.name)?.is_some() {
         return Err(ApiError::conflict(format!(
             "Profile {:?} already exists",
@@ -173,8 +175,9 @@ async fn update(
         p.devices = req.devices.unwrap_or_default();
         p.description = req.description.unwrap_or_default();
     }
-    validate(&p.config, &p.devices)?;
+    validate(&d, &p.config, &p.devices)?;
     let limits = crate::instance::root_size_changes(&d, &p)?;
+    crate::instance::disks::profile_hotplug(&d, &p).await?;
     d.write(vec![Command::UpdateProfile(p)]).await?;
     // Incus applies a profile's root size to the instances using it.
     for (instance, pool, size) in limits {

@@ -35,6 +35,9 @@ pub const API_EXTENSIONS: &[&str] = &[
     "certificate_update",
     "certificate_token",
     "storage",
+    "storage_api_volume_rename",
+    "storage_volume_state",
+    "storage_api_local_volume_handling",
     "network",
     "network_state",
     "network_leases",
@@ -113,6 +116,13 @@ pub async fn get_server(
     let (kernel_version, arch) = kernel();
     let (os_name, os_version) = os_release();
     let addresses: Vec<String> = d.https.address().into_iter().collect();
+    let storage_in_use: Vec<String> =
+        d.db.pools()?
+            .into_iter()
+            .map(|p| p.driver)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
     let body = json!({
         "config": config,
         "api_extensions": API_EXTENSIONS,
@@ -145,9 +155,11 @@ pub async fn get_server(
             "server_name": d.server_name(),
             "server_pid": std::process::id(),
             "server_version": env!("CARGO_PKG_VERSION"),
-            "storage": "dir",
-            "storage_version": "1",
-            "storage_supported_drivers": [{"Name": "dir", "Version": "1", "Remote": false}],
+            "storage": storage_in_use.join(" | "),
+            "storage_version": storage_in_use.iter().map(|n| driver_version(n)).collect::<Vec<_>>().join(" | "),
+            "storage_supported_drivers": crate::storage::supported().iter().map(|n| json!({
+                "Name": n, "Version": driver_version(n), "Remote": false,
+            })).collect::<Vec<_>>(),
         }
     });
     sync_etag(body, &config)
@@ -351,6 +363,26 @@ pub async fn shutdown(State(d): State<AppState>) -> ApiResult {
     crate::cli::stop_all(&d.daemon).await;
     d.shutdown.send_replace(true);
     empty()
+}
+
+/// A storage driver's version as Incus reports it: the tool's for btrfs (`btrfs-progs
+/// v6.2` → `6.2`), asked once; the layout's for dir.
+fn driver_version(driver: &str) -> String {
+    static BTRFS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match driver {
+        "btrfs" => BTRFS
+            .get_or_init(|| {
+                crate::runner::run("btrfs", ["--version"])
+                    .ok()
+                    .and_then(|out| {
+                        out.split_whitespace()
+                            .find_map(|w| w.strip_prefix('v').map(str::to_string))
+                    })
+                    .unwrap_or_default()
+            })
+            .clone(),
+        _ => "1".into(),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
-//! `/1.0/storage-pools[/{pool}]` and volume listings.
+//! `/1.0/storage-pools[/{pool}[/resources]]`; their volumes are in `volumes.rs`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -54,6 +53,9 @@ fn used_by(d: &AppState, p: &PoolRecord) -> Result<Vec<String>, ApiError> {
         {
             out.push(format!("/1.0/profiles/{}", prof.name));
         }
+    }
+    for v in d.db.volumes(&p.name)? {
+        out.push(crate::volume::url(&p.name, &v.name));
     }
     Ok(out)
 }
@@ -258,85 +260,6 @@ pub async fn delete(State(d): State<AppState>, Path(pool): Path<String>) -> ApiR
         }
     }
     empty()
-}
-
-#[derive(Serialize)]
-struct VolumeView {
-    name: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    config: BTreeMap<String, String>,
-    description: String,
-    used_by: Vec<String>,
-    location: &'static str,
-    content_type: &'static str,
-    project: &'static str,
-}
-
-fn volume_list(d: &AppState, pool: &str, kind: Option<&str>, recursive: bool) -> ApiResult {
-    let p = get_pool(d, pool)?;
-    let mut vols = Vec::new();
-    if kind.is_none_or(|k| k == "container") {
-        for n in pool_instances(d, &p.name)? {
-            vols.push(VolumeView {
-                name: n.clone(),
-                kind: "container",
-                config: BTreeMap::new(),
-                description: String::new(),
-                used_by: vec![crate::instance::url(&n)],
-                location: "none",
-                content_type: "filesystem",
-                project: "default",
-            });
-        }
-    }
-    if kind.is_none_or(|k| k == "image") {
-        if let Some(drv) = d.pool(&p.name) {
-            for img in d.db.images()? {
-                if drv.has_image(&img.fingerprint) {
-                    vols.push(VolumeView {
-                        name: img.fingerprint.clone(),
-                        kind: "image",
-                        config: BTreeMap::new(),
-                        description: String::new(),
-                        used_by: vec![format!("/1.0/images/{}", img.fingerprint)],
-                        location: "none",
-                        content_type: "filesystem",
-                        project: "default",
-                    });
-                }
-            }
-        }
-    }
-    if recursive {
-        return sync(vols);
-    }
-    sync(
-        vols.iter()
-            .map(|v| format!("/1.0/storage-pools/{pool}/volumes/{}/{}", v.kind, v.name))
-            .collect::<Vec<_>>(),
-    )
-}
-
-pub async fn volumes(
-    State(d): State<AppState>,
-    Path(pool): Path<String>,
-    Query(q): Query<RecursionQuery>,
-) -> ApiResult {
-    volume_list(&d, &pool, None, q.recursive())
-}
-
-pub async fn volumes_of_kind(
-    State(d): State<AppState>,
-    Path((pool, kind)): Path<(String, String)>,
-    Query(q): Query<RecursionQuery>,
-) -> ApiResult {
-    if !["container", "image", "custom"].contains(&kind.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "Invalid storage volume type {kind:?}"
-        )));
-    }
-    volume_list(&d, &pool, Some(&kind), q.recursive())
 }
 
 pub async fn resources(State(d): State<AppState>, Path(pool): Path<String>) -> ApiResult {

@@ -66,6 +66,7 @@ pub fn precheck_create(d: &Daemon, req: &CreateRequest) -> Result<()> {
     crate::validate::instance_config(&ec, true)?;
     crate::validate::devices(&ed)?;
     crate::network::manage::check_nics(d, &ed).map_err(nic_error)?;
+    super::disks::check(d, &ed)?;
     let pool = root_pool(&ed)?;
     let Some(pool) = d.pool(&pool) else {
         return Err(InstanceError::Invalid(format!(
@@ -206,6 +207,7 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
     // A NIC on a managed network that is gone would fail deep in liblxc ("no such
     // device"): say which network is missing instead.
     crate::network::manage::check_nics(&d, &ed).map_err(nic_error)?;
+    super::disks::check(&d, &ed)?;
     let pool_name = root_pool(&ed)?;
     let pool = d
         .pool(&pool_name)
@@ -271,6 +273,8 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
         crate::network::manage::attach_nic(&d, name, dev, conf, mac).map_err(nic_error)?;
     }
 
+    // Volume disks become bind mounts of the volumes' directories, owned for this map.
+    let mounted = super::disks::resolve(&d, name, &ed, want).await?;
     let log_dir = d.instance_log_dir(name);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| InstanceError::Failed(format!("creating {}: {e}", log_dir.display())))?;
@@ -280,7 +284,7 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
             rootfs: &pool.rootfs_path(name),
             log_dir: &log_dir,
             config: &full,
-            devices: &ed,
+            devices: &mounted,
             shift: want,
         },
         &d.host,
@@ -539,6 +543,17 @@ pub async fn update(
         return Err(InstanceError::Invalid(
             "Changing the root disk's pool is not supported".into(),
         ));
+    }
+    super::disks::check(d, &ed)?;
+    // A running container gets its disks mounted and unmounted now, before the record
+    // says so; a stopped one mounts them at its next start.
+    if super::lxc_state(d, name) == LxcState::Running {
+        let shift = rec
+            .config
+            .get("volatile.last_state.idmap")
+            .and_then(|s| IdShift::from_incus_json(s))
+            .unwrap_or_else(|| shift_for(d, &ec));
+        super::disks::hotplug(d, name, &old_ed, &ed, shift).await?;
     }
     let size = super::root_size(&ed)?;
     if size != super::root_size(&old_ed)? {

@@ -4,7 +4,9 @@
 
 pub mod cloud_init;
 pub mod copy;
+pub mod disks;
 pub mod exec;
+pub mod hotplug;
 pub mod idmap;
 pub mod lifecycle;
 pub mod lxc;

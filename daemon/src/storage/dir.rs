@@ -1,7 +1,7 @@
 //! The `dir` driver: volumes are plain directories under the pool's source.
 //!
 //! Layout: `images/<fingerprint>/`, `containers/<name>/rootfs`,
-//! `containers-snapshots/<name>/<snapshot>/`. Instances are full copies of the image (ids
+//! `containers-snapshots/<name>/<snapshot>/`, `custom/<volume>/`. Instances are full copies of the image (ids
 //! shifted during the copy), snapshots full copies of the instance.
 
 use std::fs;
@@ -61,7 +61,7 @@ impl DirPool {
             name: name.to_string(),
             source: source.to_path_buf(),
         };
-        for sub in ["", "images", "containers", "containers-snapshots"] {
+        for sub in ["", "images", "containers", "containers-snapshots", "custom"] {
             let p = source.join(sub);
             fs::create_dir_all(&p).map_err(|e| pool.io(e, format!("creating {}", p.display())))?;
             // Unprivileged containers must traverse down to their rootfs: x for others, no r.
@@ -108,7 +108,7 @@ impl StorageDriver for DirPool {
     fn destroy(&self) -> Result<(), StorageError> {
         tree::remove(&self.source.join("images"))
             .map_err(|e| self.io(e, "removing image volumes".into()))?;
-        for sub in ["containers", "containers-snapshots"] {
+        for sub in ["containers", "containers-snapshots", "custom"] {
             let _ = fs::remove_dir(self.source.join(sub));
         }
         let _ = fs::remove_dir(&self.source);
@@ -298,6 +298,25 @@ impl StorageDriver for DirPool {
 
     fn instance_usage(&self, name: &str) -> u64 {
         tree::usage(&self.instance_path(name))
+    }
+
+    fn create_volume(&self, name: &str) -> Result<(), StorageError> {
+        let p = self.volume_path(name);
+        fs::create_dir(&p).map_err(|e| self.io(e, format!("creating volume {name}")))?;
+        super::new_volume_root(&self.name, &p)
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<(), StorageError> {
+        tree::remove(&self.volume_path(name))
+            .map_err(|e| self.io(e, format!("deleting volume {name}")))
+    }
+
+    fn copy_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let dst = self.volume_path(to);
+        tree::copy(&self.volume_path(from), &dst, Reshift::NONE).map_err(|e| {
+            let _ = tree::remove(&dst);
+            super::StorageError::io(&self.name, format!("copying volume {from} to {to}"), e)
+        })
     }
 }
 

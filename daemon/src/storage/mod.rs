@@ -214,6 +214,62 @@ pub trait StorageDriver: Send + Sync {
     fn copy_snapshot(&self, from: &str, snapshot: &str, to: &str) -> Result<(), StorageError>;
 
     fn instance_usage(&self, name: &str) -> u64;
+
+    // Custom volumes (`incus storage volume create`): a filesystem of their own under
+    // `custom/<name>`, which instances mount as `disk` devices. Empty and owned by root when
+    // made; re-owned for the id map of the instances that mount it (see `instance::volumes`).
+
+    /// The directory a custom volume's files live in: what a disk device mounts.
+    fn volume_path(&self, name: &str) -> PathBuf {
+        self.source().join("custom").join(name)
+    }
+    fn create_volume(&self, name: &str) -> Result<(), StorageError>;
+    fn delete_volume(&self, name: &str) -> Result<(), StorageError>;
+    /// A new custom volume `to` with the files of `from` (owners and modes kept).
+    fn copy_volume(&self, from: &str, to: &str) -> Result<(), StorageError>;
+    fn rename_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        std::fs::rename(self.volume_path(from), self.volume_path(to)).map_err(|e| {
+            StorageError::io(
+                self.pool_name(),
+                format!("renaming volume {from} to {to}"),
+                e,
+            )
+        })
+    }
+    /// Limits a custom volume to `bytes` (its `size`), or lifts the limit.
+    fn set_volume_quota(&self, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
+        let _ = name;
+        match bytes {
+            None => Ok(()),
+            Some(_) => Err(StorageError::NotSupported {
+                pool: self.pool_name().to_string(),
+                driver: self.driver_name(),
+                what: "a volume size".into(),
+            }),
+        }
+    }
+    fn volume_usage(&self, name: &str) -> u64 {
+        tree::usage(&self.volume_path(name))
+    }
+    /// Re-owns a custom volume's files from one id map to another.
+    fn reshift_volume(&self, name: &str, from: IdShift, to: IdShift) -> Result<(), StorageError> {
+        let shift = tree::Reshift {
+            from_uid: from.uid_base,
+            from_gid: from.gid_base,
+            to_uid: to.uid_base,
+            to_gid: to.gid_base,
+        };
+        tree::reshift(&self.volume_path(name), shift)
+            .map_err(|e| StorageError::io(self.pool_name(), format!("re-owning volume {name}"), e))
+    }
+}
+
+/// Makes the empty root of a new custom volume: 0711 like Incus's, so an unprivileged
+/// container's users can reach what its root makes inside.
+pub fn new_volume_root(pool: &str, p: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| StorageError::io(pool, format!("setting mode of {}", p.display()), e))
 }
 
 /// How a driver opens a pool: name, config, where its files go.

@@ -4,7 +4,7 @@
 //! The pool is a btrfs filesystem on a loop file (`disks/<pool>.img`, the default), on a
 //! block device (`source=/dev/…`), or a directory already on btrfs (`source=/path`). Layout
 //! under its root, as Incus lays it out: `images/<fp>`, `containers/<name>`,
-//! `containers-snapshots/<name>/<snapshot>`.
+//! `containers-snapshots/<name>/<snapshot>`, `custom/<volume>`.
 //!
 //! Unprivileged containers: image subvolumes stay owned by root; the first instance of an
 //! image for an id map makes `images/<fp>.shift-<uid>-<gid>`, a snapshot of the image
@@ -236,6 +236,40 @@ impl BtrfsPool {
         });
     }
 
+    /// Limits a subvolume (`name` says which, for errors) to `bytes`, or lifts the limit.
+    fn set_quota(&self, vol: &Path, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
+        if bytes.is_some() {
+            // Quotas cost on every write, so they are switched on with the first limit, as
+            // Incus does. Enabling twice is harmless.
+            self.btrfs(
+                "enabling quotas".into(),
+                &["quota".as_ref(), "enable".as_ref(), self.root.as_os_str()],
+            )?;
+        } else {
+            // Nothing to lift on a pool where no limit was ever set (quotas off).
+            let status = self.btrfs(
+                "reading quota status".into(),
+                &["qgroup".as_ref(), "show".as_ref(), self.root.as_os_str()],
+            );
+            if status.is_err() {
+                return Ok(());
+            }
+        }
+        let qgroup = self.qgroup(vol)?;
+        let limit = bytes.map_or("none".to_string(), |b| b.to_string());
+        self.btrfs(
+            format!("limiting {name} to {limit}"),
+            &[
+                "qgroup".as_ref(),
+                "limit".as_ref(),
+                limit.as_ref(),
+                qgroup.as_ref(),
+                self.root.as_os_str(),
+            ],
+        )
+        .map(|_| ())
+    }
+
     /// The subvolume's qgroup id (`0/<subvolume id>`).
     fn qgroup(&self, p: &Path) -> Result<String, StorageError> {
         let out = self.btrfs(
@@ -273,7 +307,7 @@ impl StorageDriver for BtrfsPool {
 
     fn destroy(&self) -> Result<(), StorageError> {
         let _held = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        for sub in ["images", "containers", "containers-snapshots"] {
+        for sub in ["images", "containers", "containers-snapshots", "custom"] {
             let d = self.root.join(sub);
             let Ok(entries) = fs::read_dir(&d) else {
                 continue;
@@ -309,37 +343,7 @@ impl StorageDriver for BtrfsPool {
     }
 
     fn set_instance_quota(&self, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
-        let vol = self.instance_path(name);
-        if bytes.is_some() {
-            // Quotas cost on every write, so they are switched on with the first limit, as
-            // Incus does. Enabling twice is harmless.
-            self.btrfs(
-                "enabling quotas".into(),
-                &["quota".as_ref(), "enable".as_ref(), self.root.as_os_str()],
-            )?;
-        } else {
-            // Nothing to lift on a pool where no limit was ever set (quotas off).
-            let status = self.btrfs(
-                "reading quota status".into(),
-                &["qgroup".as_ref(), "show".as_ref(), self.root.as_os_str()],
-            );
-            if status.is_err() {
-                return Ok(());
-            }
-        }
-        let qgroup = self.qgroup(&vol)?;
-        let limit = bytes.map_or("none".to_string(), |b| b.to_string());
-        self.btrfs(
-            format!("limiting {name} to {limit}"),
-            &[
-                "qgroup".as_ref(),
-                "limit".as_ref(),
-                limit.as_ref(),
-                qgroup.as_ref(),
-                self.root.as_os_str(),
-            ],
-        )
-        .map(|_| ())
+        self.set_quota(&self.instance_path(name), name, bytes)
     }
 
     fn has_image(&self, fp: &str) -> bool {
@@ -519,5 +523,23 @@ impl StorageDriver for BtrfsPool {
 
     fn instance_usage(&self, name: &str) -> u64 {
         tree::usage(&self.instance_path(name))
+    }
+
+    fn create_volume(&self, name: &str) -> Result<(), StorageError> {
+        let p = self.volume_path(name);
+        self.subvolume_create(&p)?;
+        super::new_volume_root(&self.name, &p)
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<(), StorageError> {
+        self.subvolume_delete(&self.volume_path(name))
+    }
+
+    fn copy_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.snapshot(&self.volume_path(from), &self.volume_path(to), false)
+    }
+
+    fn set_volume_quota(&self, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
+        self.set_quota(&self.volume_path(name), name, bytes)
     }
 }

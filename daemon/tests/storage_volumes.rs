@@ -1,0 +1,188 @@
+//! Custom storage volumes through the real incus CLI, on a btrfs pool (a loop file under
+//! the state dir) and on the default dir pool: create with a size, bad input refused,
+//! attached live to a running unprivileged container and written by its root, the size
+//! enforced inside it, kept over a restart, refused delete while attached, detached live,
+//! resized, renamed, copied, attached to a stopped container before its start, deleted.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::TestDaemon;
+
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn require_btrfs() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "storage_volumes needs root (loop devices, mounts); scripts/test.sh runs as root"
+    );
+    let found = Command::new("sh")
+        .args(["-c", "command -v mkfs.btrfs && command -v btrfs"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "btrfs-progs is missing: run scripts/install-deps.sh");
+}
+
+#[test]
+fn custom_volumes_through_the_incus_cli() {
+    require_btrfs();
+    let d = TestDaemon::start();
+    let _guard = MountGuard(d.state.join("storage-pools/fast"));
+    d.incus_ok(&["storage", "create", "fast", "btrfs", "size=1GiB"]);
+    d.import_busybox("bb");
+    d.incus_ok(&["launch", "bb", "c1", "-s", "fast"]);
+
+    d.incus_ok(&["storage", "volume", "create", "fast", "data", "size=32MiB"]);
+    let list = d.incus_ok(&["storage", "volume", "list", "fast", "--format", "csv"]);
+    assert!(list.contains("custom,data,"), "{list}");
+    let vol = d.state.join("storage-pools/fast/custom/data");
+    assert!(vol.is_dir(), "the volume is a subvolume under custom/");
+
+    // Bad input: refused with a reason, nothing made, the daemon keeps serving.
+    let e = d.incus_err(&["storage", "volume", "create", "fast", "data"]);
+    assert!(e.contains("already exists"), "{e}");
+    let e = d.incus_err(&["storage", "volume", "create", "fast", "v2", "bogus=1"]);
+    assert!(e.contains("Invalid option \"bogus\""), "{e}");
+    let e = d.incus_err(&["storage", "volume", "create", "fast", "v3", "size=lots"]);
+    assert!(e.contains("size"), "{e}");
+    let e = d.incus_err(&["storage", "volume", "create", "default", "v4", "size=1GiB"]);
+    assert!(
+        e.contains("quotas"),
+        "a dir pool cannot enforce a size: {e}"
+    );
+    let e = d.incus_err(&["storage", "volume", "create", "fast", "blk", "--type=block"]);
+    assert!(e.contains("not supported"), "{e}");
+    let e = d.incus_err(&["storage", "volume", "create", "nopool", "v5"]);
+    assert!(e.contains("not found"), "{e}");
+    let e = d.incus_err(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "x",
+        "disk",
+        "pool=fast",
+        "source=nosuch",
+        "path=/x",
+    ]);
+    assert!(e.contains("doesn't exist"), "{e}");
+    for v in ["v2", "v3", "v4", "blk", "v5"] {
+        assert!(!d.state.join("storage-pools/fast/custom").join(v).exists());
+    }
+
+    // Attached to the running container: mounted now, writable by its (unprivileged) root.
+    d.incus_ok(&["storage", "volume", "attach", "fast", "data", "c1", "/data"]);
+    d.incus_ok(&["exec", "c1", "--", "sh", "-c", "echo hello > /data/f"]);
+    assert_eq!(
+        std::fs::read_to_string(vol.join("f")).unwrap().trim(),
+        "hello"
+    );
+    let show = d.incus_ok(&["storage", "volume", "show", "fast", "data"]);
+    assert!(show.contains("/1.0/instances/c1"), "used_by: {show}");
+    assert!(show.contains("volatile.idmap.last"), "{show}");
+
+    // The size is a qgroup limit, enforced inside the container.
+    let out = d.incus(&[
+        "exec",
+        "c1",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/data/big bs=1M count=100 conv=fsync 2>&1; sync",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("quota") || said.contains("space"),
+        "a 100 MiB write into a 32 MiB volume must fail: {said}"
+    );
+    println!(
+        "100 MiB dd into a 32 MiB volume: {}",
+        said.lines().next().unwrap_or_default()
+    );
+    d.incus_ok(&["exec", "c1", "--", "rm", "-f", "/data/big"]);
+
+    let e = d.incus_err(&["storage", "volume", "delete", "fast", "data"]);
+    assert!(e.contains("still used by"), "{e}");
+    let e = d.incus_err(&["storage", "volume", "rename", "fast", "data", "data9"]);
+    assert!(e.contains("still used by"), "{e}");
+
+    // A restart mounts it again from the instance's devices.
+    d.incus_ok(&["restart", "c1", "--force"]);
+    assert_eq!(
+        d.incus_ok(&["exec", "c1", "--", "cat", "/data/f"]).trim(),
+        "hello"
+    );
+
+    // Detached from the running container: gone from inside it now.
+    d.incus_ok(&["storage", "volume", "detach", "fast", "data", "c1"]);
+    let out = d.incus(&["exec", "c1", "--", "test", "-e", "/data/f"]);
+    assert!(!out.status.success(), "the volume is still mounted in c1");
+
+    // Resize, rename, copy.
+    d.incus_ok(&["storage", "volume", "set", "fast", "data", "size=64MiB"]);
+    assert_eq!(
+        d.incus_ok(&["storage", "volume", "get", "fast", "data", "size"])
+            .trim(),
+        "64MiB"
+    );
+    d.incus_ok(&["storage", "volume", "rename", "fast", "data", "data2"]);
+    d.incus_ok(&["storage", "volume", "copy", "fast/data2", "fast/data3"]);
+    let copy = d.state.join("storage-pools/fast/custom/data3/f");
+    assert_eq!(std::fs::read_to_string(copy).unwrap().trim(), "hello");
+    let state = d.incus_ok(&[
+        "query",
+        "/1.0/storage-pools/fast/volumes/custom/data2/state",
+    ]);
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["usage"]["total"], 64 << 20, "{state}");
+    assert!(state["usage"]["used"].as_u64().unwrap() > 0, "{state}");
+
+    // Attached to a stopped container: mounted at its start.
+    d.incus_ok(&["init", "bb", "c2", "-s", "fast"]);
+    d.incus_ok(&[
+        "config",
+        "device",
+        "add",
+        "c2",
+        "d",
+        "disk",
+        "pool=fast",
+        "source=data3",
+        "path=/mnt/d",
+    ]);
+    d.incus_ok(&["start", "c2"]);
+    assert_eq!(
+        d.incus_ok(&["exec", "c2", "--", "cat", "/mnt/d/f"]).trim(),
+        "hello"
+    );
+
+    // A volume on the dir pool, attached live too.
+    d.incus_ok(&["storage", "volume", "create", "default", "plain"]);
+    d.incus_ok(&[
+        "storage", "volume", "attach", "default", "plain", "c2", "/plain",
+    ]);
+    d.incus_ok(&["exec", "c2", "--", "sh", "-c", "echo dir > /plain/f"]);
+    let e = d.incus_err(&["storage", "delete", "default"]);
+    assert!(e.contains("in use"), "{e}");
+
+    d.incus_ok(&["delete", "c1", "c2", "--force"]);
+    for (pool, v) in [("fast", "data2"), ("fast", "data3"), ("default", "plain")] {
+        d.incus_ok(&["storage", "volume", "delete", pool, v]);
+    }
+    let list = d.incus_ok(&["storage", "volume", "list", "fast", "--format", "csv"]);
+    assert!(!list.contains("custom"), "{list}");
+    assert!(!d.state.join("storage-pools/fast/custom/data2").exists());
+    d.incus_ok(&["storage", "delete", "fast"]);
+}
