@@ -151,14 +151,32 @@ fn volumes(pool: &dyn StorageDriver, shift: IdShift) {
             .uid(),
         shift.uid_base
     );
+    pool.create_volume_snapshot("v2", "s1").unwrap();
+    fs::write(pool.volume_path("v2").join("f"), "changed").unwrap();
+    pool.restore_volume_snapshot("v2", "s1").unwrap();
+    assert_eq!(
+        fs::read_to_string(pool.volume_path("v2").join("f")).unwrap(),
+        "data"
+    );
     pool.rename_volume("v2", "v3").unwrap();
     assert!(!pool.volume_path("v2").exists());
+    assert!(
+        pool.volume_snapshot_path("v3", "s1").is_dir(),
+        "snapshots follow a rename"
+    );
+    pool.copy_volume("v3", "v4").unwrap();
+    pool.copy_volume_snapshot("v3", "s1", "v4").unwrap();
+    pool.rename_volume_snapshot("v4", "s1", "s2").unwrap();
+    pool.delete_volume_snapshot("v4", "s2").unwrap();
+    assert!(!pool.volume_snapshot_path("v4", "s2").exists());
+    pool.delete_volume("v4").unwrap();
     let limited = pool.set_volume_quota("v3", Some(16 << 20));
     assert_eq!(limited.is_ok(), pool.supports_quotas(), "{limited:?}");
     pool.set_volume_quota("v3", None).unwrap();
     for v in ["v1", "v3"] {
         pool.delete_volume(v).unwrap();
         assert!(!pool.volume_path(v).exists(), "{v}");
+        assert!(!pool.volume_snapshot_path(v, "s1").exists(), "{v}");
     }
 }
 

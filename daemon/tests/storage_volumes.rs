@@ -2,7 +2,8 @@
 //! the state dir) and on the default dir pool: create with a size, bad input refused,
 //! attached live to a running unprivileged container and written by its root, the size
 //! enforced inside it, kept over a restart, refused delete while attached, detached live,
-//! resized, renamed, copied, attached to a stopped container before its start, deleted.
+//! snapshotted and restored, resized, renamed, copied with its snapshots, attached to a
+//! stopped container before its start, deleted.
 
 mod common;
 
@@ -130,7 +131,42 @@ fn custom_volumes_through_the_incus_cli() {
     let out = d.incus(&["exec", "c1", "--", "test", "-e", "/data/f"]);
     assert!(!out.status.success(), "the volume is still mounted in c1");
 
-    // Resize, rename, copy.
+    // Snapshots: taken, listed, restored (the volume is not mounted by a running
+    // instance now), renamed; `info` shows usage and snapshots.
+    d.incus_ok(&[
+        "storage", "volume", "snapshot", "create", "fast", "data", "s1",
+    ]);
+    std::fs::write(vol.join("f"), "changed\n").unwrap();
+    d.incus_ok(&["storage", "volume", "snapshot", "create", "fast", "data"]);
+    let snaps = d.incus_ok(&[
+        "storage", "volume", "snapshot", "list", "fast", "data", "--format", "csv",
+    ]);
+    assert!(snaps.contains("s1") && snaps.contains("snap0"), "{snaps}");
+    let info = d.incus_ok(&["storage", "volume", "info", "fast", "data"]);
+    assert!(info.contains("Usage:") && info.contains("s1"), "{info}");
+    d.incus_ok(&[
+        "storage", "volume", "snapshot", "restore", "fast", "data", "s1",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(vol.join("f")).unwrap().trim(),
+        "hello"
+    );
+    let e = d.incus_err(&[
+        "storage", "volume", "snapshot", "restore", "fast", "data", "nope",
+    ]);
+    assert!(e.contains("not found"), "{e}");
+    d.incus_ok(&[
+        "storage", "volume", "snapshot", "rename", "fast", "data", "snap0", "later",
+    ]);
+    d.incus_ok(&[
+        "storage", "volume", "snapshot", "delete", "fast", "data", "later",
+    ]);
+    assert!(!d
+        .state
+        .join("storage-pools/fast/custom-snapshots/data/later")
+        .exists());
+
+    // Resize, rename, copy (with its snapshot).
     d.incus_ok(&["storage", "volume", "set", "fast", "data", "size=64MiB"]);
     assert_eq!(
         d.incus_ok(&["storage", "volume", "get", "fast", "data", "size"])
@@ -141,6 +177,10 @@ fn custom_volumes_through_the_incus_cli() {
     d.incus_ok(&["storage", "volume", "copy", "fast/data2", "fast/data3"]);
     let copy = d.state.join("storage-pools/fast/custom/data3/f");
     assert_eq!(std::fs::read_to_string(copy).unwrap().trim(), "hello");
+    let snaps = d.incus_ok(&[
+        "storage", "volume", "snapshot", "list", "fast", "data3", "--format", "csv",
+    ]);
+    assert!(snaps.contains("s1"), "the copy has the snapshot: {snaps}");
     let state = d.incus_ok(&[
         "query",
         "/1.0/storage-pools/fast/volumes/custom/data2/state",

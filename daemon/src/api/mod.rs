@@ -22,6 +22,7 @@ pub mod routing;
 mod server;
 mod snapshots;
 mod storage;
+mod volume_snapshots;
 mod volumes;
 pub mod websocket;
 
@@ -246,6 +247,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route(
             "/1.0/storage-pools/{pool}/volumes/{kind}/{name}/state",
             get(volumes::state),
+        )
+        .route(
+            "/1.0/storage-pools/{pool}/volumes/{kind}/{name}/snapshots",
+            get(volume_snapshots::list).post(volume_snapshots::create),
+        )
+        .route(
+            "/1.0/storage-pools/{pool}/volumes/{kind}/{name}/snapshots/{snapshot}",
+            get(volume_snapshots::get_one)
+                .put(volume_snapshots::put)
+                .patch(volume_snapshots::put)
+                .post(volume_snapshots::rename)
+                .delete(volume_snapshots::delete),
         )
         .route(
             "/1.0/storage-pools/{pool}/resources",

@@ -38,6 +38,7 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage_api_volume_rename",
     "storage_volume_state",
     "storage_api_local_volume_handling",
+    "storage_api_volume_snapshots",
     "network",
     "network_state",
     "network_leases",

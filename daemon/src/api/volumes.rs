@@ -208,8 +208,8 @@ pub struct SourceReq {
     project: String,
     #[serde(default)]
     refresh: bool,
-    #[serde(default, rename = "volume_only")]
-    _volume_only: IgnoredAny,
+    #[serde(default)]
+    volume_only: bool,
     #[serde(default, rename = "refresh_exclude_older")]
     _refresh_exclude_older: IgnoredAny,
     #[serde(default, rename = "certificate")]
@@ -274,7 +274,10 @@ async fn create_in(d: AppState, pool: String, kind: &str, req: VolumesPost) -> A
                     "A copy needs the source volume's name",
                 ));
             }
-            Origin::Copy(s.name.clone())
+            Origin::Copy {
+                from: s.name.clone(),
+                volume_only: s.volume_only,
+            }
         }
         other => {
             return Err(ApiError::bad_request(format!(
@@ -282,25 +285,22 @@ async fn create_in(d: AppState, pool: String, kind: &str, req: VolumesPost) -> A
             )))
         }
     };
-    if let Origin::Copy(src) = origin {
+    if let Origin::Copy { from, .. } = &origin {
         // A copy can take long: it is an operation, as the client expects.
-        volume::get(&d, &pool, &src)?;
+        volume::get(&d, &pool, from)?;
+        let origin = Origin::Copy {
+            from: from.clone(),
+            volume_only: req.source.volume_only,
+        };
         let url = volume::url(&pool, &req.name);
         let d2 = d.daemon.clone();
         let op = d.ops.spawn_task(
             "Copying storage volume",
             resources("storage_volumes", &[url]),
             async move {
-                volume::create(
-                    &d2,
-                    &pool,
-                    &req.name,
-                    req.description,
-                    req.config,
-                    Origin::Copy(src),
-                )
-                .await
-                .map_err(|e| e.to_string())
+                volume::create(&d2, &pool, &req.name, req.description, req.config, origin)
+                    .await
+                    .map_err(|e| e.to_string())
             },
         );
         return async_op(op.view());
@@ -404,9 +404,8 @@ async fn update(
         },
     )?;
     if !req.restore.is_empty() {
-        return Err(ApiError::bad_request(
-            "Volume snapshots are not supported yet, so there is nothing to restore",
-        ));
+        volume::snapshot::restore(&d, &pool, &name, &req.restore).await?;
+        return empty();
     }
     let user = |c: &ConfigMap| -> ConfigMap {
         c.iter()

@@ -104,6 +104,18 @@ pub struct VolumeRecord {
     pub description: String,
     pub config: ConfigMap,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Oldest first. Kept in the volume's record: they are made, renamed and deleted with it.
+    #[serde(default)]
+    pub snapshots: Vec<VolumeSnapshotRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeSnapshotRecord {
+    pub name: String,
+    pub description: String,
+    /// The volume's config when the snapshot was taken.
+    pub config: ConfigMap,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -120,7 +120,7 @@ async fn own_for(d: &Daemon, name: &str, disk: &VolumeDisk, shift: IdShift) -> R
     tokio::task::spawn_blocking(move || driver.reshift_volume(&vol, have, shift))
         .await
         .map_err(|e| InstanceError::Failed(format!("internal task failed: {e}")))??;
-    volume::set_idmap(d, &rec, shift).await?;
+    volume::set_idmap(d, &disk.pool, &disk.volume, shift).await?;
     Ok(path)
 }
 

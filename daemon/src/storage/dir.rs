@@ -61,7 +61,14 @@ impl DirPool {
             name: name.to_string(),
             source: source.to_path_buf(),
         };
-        for sub in ["", "images", "containers", "containers-snapshots", "custom"] {
+        for sub in [
+            "",
+            "images",
+            "containers",
+            "containers-snapshots",
+            "custom",
+            "custom-snapshots",
+        ] {
             let p = source.join(sub);
             fs::create_dir_all(&p).map_err(|e| pool.io(e, format!("creating {}", p.display())))?;
             // Unprivileged containers must traverse down to their rootfs: x for others, no r.
@@ -108,7 +115,12 @@ impl StorageDriver for DirPool {
     fn destroy(&self) -> Result<(), StorageError> {
         tree::remove(&self.source.join("images"))
             .map_err(|e| self.io(e, "removing image volumes".into()))?;
-        for sub in ["containers", "containers-snapshots", "custom"] {
+        for sub in [
+            "containers",
+            "containers-snapshots",
+            "custom",
+            "custom-snapshots",
+        ] {
             let _ = fs::remove_dir(self.source.join(sub));
         }
         let _ = fs::remove_dir(&self.source);
@@ -308,7 +320,56 @@ impl StorageDriver for DirPool {
 
     fn delete_volume(&self, name: &str) -> Result<(), StorageError> {
         tree::remove(&self.volume_path(name))
+            .and_then(|_| tree::remove(&self.source.join("custom-snapshots").join(name)))
             .map_err(|e| self.io(e, format!("deleting volume {name}")))
+    }
+
+    fn create_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
+        super::volume_snapshots_dir(self, name)?;
+        let dst = self.volume_snapshot_path(name, snap);
+        tree::copy(&self.volume_path(name), &dst, Reshift::NONE).map_err(|e| {
+            let _ = tree::remove(&dst);
+            super::StorageError::io(&self.name, format!("snapshotting volume {name}"), e)
+        })
+    }
+
+    fn delete_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
+        tree::remove(&self.volume_snapshot_path(name, snap))
+            .map_err(|e| self.io(e, format!("deleting snapshot {name}/{snap}")))
+    }
+
+    fn restore_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
+        let custom = self.source.join("custom");
+        let (staging, old) = (
+            custom.join(format!(".{name}.restore")),
+            custom.join(format!(".{name}.old")),
+        );
+        let live = self.volume_path(name);
+        (|| -> std::io::Result<()> {
+            tree::remove(&staging)?;
+            tree::remove(&old)?;
+            tree::copy(
+                &self.volume_snapshot_path(name, snap),
+                &staging,
+                Reshift::NONE,
+            )?;
+            fs::rename(&live, &old)?;
+            if let Err(e) = fs::rename(&staging, &live) {
+                let _ = fs::rename(&old, &live);
+                return Err(e);
+            }
+            tree::remove(&old)
+        })()
+        .map_err(|e| super::StorageError::io(&self.name, format!("restoring {name}/{snap}"), e))
+    }
+
+    fn copy_volume_snapshot(&self, from: &str, snap: &str, to: &str) -> Result<(), StorageError> {
+        super::volume_snapshots_dir(self, to)?;
+        let dst = self.volume_snapshot_path(to, snap);
+        tree::copy(&self.volume_snapshot_path(from, snap), &dst, Reshift::NONE).map_err(|e| {
+            let _ = tree::remove(&dst);
+            super::StorageError::io(&self.name, format!("copying snapshot {from}/{snap}"), e)
+        })
     }
 
     fn copy_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {

@@ -228,13 +228,19 @@ pub trait StorageDriver: Send + Sync {
     /// A new custom volume `to` with the files of `from` (owners and modes kept).
     fn copy_volume(&self, from: &str, to: &str) -> Result<(), StorageError>;
     fn rename_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        std::fs::rename(self.volume_path(from), self.volume_path(to)).map_err(|e| {
+        let err = |e| {
             StorageError::io(
                 self.pool_name(),
                 format!("renaming volume {from} to {to}"),
                 e,
             )
-        })
+        };
+        std::fs::rename(self.volume_path(from), self.volume_path(to)).map_err(err)?;
+        let snaps = self.source().join("custom-snapshots");
+        if snaps.join(from).exists() {
+            std::fs::rename(snaps.join(from), snaps.join(to)).map_err(err)?;
+        }
+        Ok(())
     }
     /// Limits a custom volume to `bytes` (its `size`), or lifts the limit.
     fn set_volume_quota(&self, name: &str, bytes: Option<u64>) -> Result<(), StorageError> {
@@ -247,6 +253,31 @@ pub trait StorageDriver: Send + Sync {
                 what: "a volume size".into(),
             }),
         }
+    }
+    /// Where a custom volume's snapshot lives: `custom-snapshots/<volume>/<snapshot>`.
+    fn volume_snapshot_path(&self, name: &str, snap: &str) -> PathBuf {
+        self.source().join("custom-snapshots").join(name).join(snap)
+    }
+    /// A read-only copy of the volume as it is now (a btrfs snapshot, a dir copy).
+    fn create_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError>;
+    fn delete_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError>;
+    /// Makes the volume what the snapshot holds. The volume's quota is the caller's to set
+    /// again: a restored btrfs subvolume is a new one.
+    fn restore_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError>;
+    /// Copies one snapshot of `from` to the same snapshot name of `to`.
+    fn copy_volume_snapshot(&self, from: &str, snap: &str, to: &str) -> Result<(), StorageError>;
+    fn rename_volume_snapshot(&self, name: &str, from: &str, to: &str) -> Result<(), StorageError> {
+        std::fs::rename(
+            self.volume_snapshot_path(name, from),
+            self.volume_snapshot_path(name, to),
+        )
+        .map_err(|e| {
+            StorageError::io(
+                self.pool_name(),
+                format!("renaming snapshot {name}/{from}"),
+                e,
+            )
+        })
     }
     fn volume_usage(&self, name: &str) -> u64 {
         tree::usage(&self.volume_path(name))
@@ -262,6 +293,16 @@ pub trait StorageDriver: Send + Sync {
         tree::reshift(&self.volume_path(name), shift)
             .map_err(|e| StorageError::io(self.pool_name(), format!("re-owning volume {name}"), e))
     }
+}
+
+/// Makes `custom-snapshots/<volume>`, owner-only like the instances' snapshot dirs.
+pub fn volume_snapshots_dir(pool: &dyn StorageDriver, name: &str) -> Result<PathBuf, StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = pool.source().join("custom-snapshots").join(name);
+    std::fs::create_dir_all(&p)
+        .and_then(|_| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| StorageError::io(pool.pool_name(), format!("creating {}", p.display()), e))?;
+    Ok(p)
 }
 
 /// Makes the empty root of a new custom volume: 0711 like Incus's, so an unprivileged

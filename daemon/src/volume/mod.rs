@@ -12,6 +12,8 @@ use crate::db::{Command, DbError};
 use crate::instance::idmap::IdShift;
 use crate::storage::{StorageDriver, StorageError};
 
+pub mod snapshot;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("{0}")]
@@ -30,13 +32,17 @@ pub enum VolumeError {
 
 pub type Result<T> = std::result::Result<T, VolumeError>;
 
+/// One change of volume records at a time: a snapshot list is read, changed and written
+/// whole, and two changes interleaving would lose one.
+pub(crate) static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The id map a volume's files are owned for (Incus's key), absent while never mounted.
 pub const IDMAP_KEY: &str = "volatile.idmap.last";
 
 /// The keys a user may set on a custom filesystem volume (and `user.*`).
 const KEYS: &[&str] = &["size"];
 
-fn pool_driver(d: &Daemon, pool: &str) -> Result<Arc<dyn StorageDriver>> {
+pub(crate) fn pool_driver(d: &Daemon, pool: &str) -> Result<Arc<dyn StorageDriver>> {
     if d.db.pool(pool)?.is_none() {
         return Err(VolumeError::NotFound("Storage pool not found".into()));
     }
@@ -56,7 +62,7 @@ pub fn get(d: &Daemon, pool: &str, name: &str) -> Result<VolumeRecord> {
 }
 
 /// The size a config asks for, checked against what the pool can enforce.
-fn checked_size(pool: &dyn StorageDriver, config: &ConfigMap) -> Result<Option<u64>> {
+pub(crate) fn checked_size(pool: &dyn StorageDriver, config: &ConfigMap) -> Result<Option<u64>> {
     for k in config.keys() {
         if k.starts_with("volatile.") {
             return Err(VolumeError::Invalid(format!(
@@ -83,7 +89,7 @@ fn checked_size(pool: &dyn StorageDriver, config: &ConfigMap) -> Result<Option<u
     Ok(Some(bytes))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::result::Result<T, StorageError> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -95,8 +101,12 @@ async fn blocking<T: Send + 'static>(
 /// What a new volume starts from.
 pub enum Origin {
     Empty,
-    /// A copy of another custom volume of the same pool.
-    Copy(String),
+    /// A copy of another custom volume of the same pool, with its snapshots unless
+    /// `volume_only`.
+    Copy {
+        from: String,
+        volume_only: bool,
+    },
 }
 
 pub async fn create(
@@ -109,13 +119,19 @@ pub async fn create(
 ) -> Result<()> {
     let driver = pool_driver(d, pool)?;
     crate::validate::object_name(name).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+    let _held = CHANGES.lock().await;
     let mut config = config;
     let mut inherited = None;
-    if let Origin::Copy(src) = &origin {
+    let mut snapshots = Vec::new();
+    if let Origin::Copy { from, volume_only } = &origin {
         // The client sends the source's config back, its id map included; the copy's files
         // are owned as the source's are, so it takes the source's map, whatever was sent.
         config.remove(IDMAP_KEY);
-        inherited = get(d, pool, src)?.config.get(IDMAP_KEY).cloned();
+        let src = get(d, pool, from)?;
+        inherited = src.config.get(IDMAP_KEY).cloned();
+        if !volume_only {
+            snapshots = src.snapshots;
+        }
     }
     let size = checked_size(driver.as_ref(), &config)?;
     if let Some(map) = inherited {
@@ -127,16 +143,24 @@ pub async fn create(
         )));
     }
     let (drv, n) = (driver.clone(), name.to_string());
+    let snap_names: Vec<String> = snapshots.iter().map(|s| s.name.clone()).collect();
     blocking(move || {
-        match &origin {
-            Origin::Empty => drv.create_volume(&n)?,
-            Origin::Copy(src) => drv.copy_volume(src, &n)?,
-        }
-        if let Err(e) = drv.set_volume_quota(&n, size) {
+        let made = (|| {
+            match &origin {
+                Origin::Empty => drv.create_volume(&n)?,
+                Origin::Copy { from, .. } => {
+                    drv.copy_volume(from, &n)?;
+                    for s in &snap_names {
+                        drv.copy_volume_snapshot(from, s, &n)?;
+                    }
+                }
+            }
+            drv.set_volume_quota(&n, size)
+        })();
+        if made.is_err() {
             let _ = drv.delete_volume(&n);
-            return Err(e);
         }
-        Ok(())
+        made
     })
     .await?;
     let rec = VolumeRecord {
@@ -145,6 +169,7 @@ pub async fn create(
         description,
         config,
         created_at: chrono::Utc::now(),
+        snapshots,
     };
     if let Err(e) = d.write(vec![Command::CreateVolume(rec)]).await {
         let (drv, n) = (driver, name.to_string());
@@ -172,6 +197,7 @@ pub async fn update(
     description: String,
     mut config: ConfigMap,
 ) -> Result<()> {
+    let _held = CHANGES.lock().await;
     let rec = get(d, pool, name)?;
     let driver = pool_driver(d, pool)?;
     let size = checked_size(driver.as_ref(), &config)?;
@@ -208,8 +234,9 @@ pub async fn update(
 }
 
 /// Records the id map a volume's files were re-owned for.
-pub async fn set_idmap(d: &Daemon, rec: &VolumeRecord, shift: IdShift) -> Result<()> {
-    let mut rec = rec.clone();
+pub async fn set_idmap(d: &Daemon, pool: &str, name: &str, shift: IdShift) -> Result<()> {
+    let _held = CHANGES.lock().await;
+    let mut rec = get(d, pool, name)?;
     rec.config.insert(IDMAP_KEY.into(), shift.to_incus_json());
     d.write(vec![Command::UpdateVolume(rec)]).await?;
     Ok(())
@@ -227,6 +254,7 @@ fn refuse_in_use(d: &Daemon, pool: &str, name: &str, what: &str) -> Result<()> {
 }
 
 pub async fn rename(d: &Daemon, pool: &str, from: &str, to: &str) -> Result<()> {
+    let _held = CHANGES.lock().await;
     let rec = get(d, pool, from)?;
     crate::validate::object_name(to).map_err(|e| VolumeError::Invalid(e.to_string()))?;
     if d.db.volume(pool, to)?.is_some() {
@@ -265,6 +293,7 @@ pub async fn rename(d: &Daemon, pool: &str, from: &str, to: &str) -> Result<()> 
 }
 
 pub async fn delete(d: &Daemon, pool: &str, name: &str) -> Result<()> {
+    let _held = CHANGES.lock().await;
     get(d, pool, name)?;
     refuse_in_use(d, pool, name, "delete")?;
     let driver = pool_driver(d, pool)?;

@@ -270,6 +270,26 @@ impl BtrfsPool {
         .map(|_| ())
     }
 
+    /// Replaces subvolume `live` with a writable snapshot of `snap`, through `staging`, the
+    /// old one set aside as `old` until the new one is in place.
+    fn swap_in(
+        &self,
+        snap: &Path,
+        live: &Path,
+        staging: &Path,
+        old: &Path,
+    ) -> Result<(), StorageError> {
+        self.subvolume_delete(staging)?;
+        self.subvolume_delete(old)?;
+        self.snapshot(snap, staging, false)?;
+        fs::rename(live, old).map_err(|e| self.io(e, "moving the current volume aside".into()))?;
+        if let Err(e) = fs::rename(staging, live) {
+            let _ = fs::rename(old, live);
+            return Err(self.io(e, "installing the restored volume".into()));
+        }
+        self.subvolume_delete(old)
+    }
+
     /// The subvolume's qgroup id (`0/<subvolume id>`).
     fn qgroup(&self, p: &Path) -> Result<String, StorageError> {
         let out = self.btrfs(
@@ -307,14 +327,20 @@ impl StorageDriver for BtrfsPool {
 
     fn destroy(&self) -> Result<(), StorageError> {
         let _held = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        for sub in ["images", "containers", "containers-snapshots", "custom"] {
+        for sub in [
+            "images",
+            "containers",
+            "containers-snapshots",
+            "custom",
+            "custom-snapshots",
+        ] {
             let d = self.root.join(sub);
             let Ok(entries) = fs::read_dir(&d) else {
                 continue;
             };
             for e in entries.flatten() {
                 let p = e.path();
-                if sub == "containers-snapshots" {
+                if sub.ends_with("-snapshots") {
                     if let Ok(snaps) = fs::read_dir(&p) {
                         for s in snaps.flatten() {
                             self.subvolume_delete(&s.path())?;
@@ -467,20 +493,13 @@ impl StorageDriver for BtrfsPool {
     }
 
     fn restore_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
-        let live = self.instance_path(name);
         let containers = self.root.join("containers");
-        let staging = containers.join(format!(".{name}.restore"));
-        let old = containers.join(format!(".{name}.old"));
-        self.subvolume_delete(&staging)?;
-        self.subvolume_delete(&old)?;
-        self.snapshot(&self.snapshot_path(name, snap), &staging, false)?;
-        fs::rename(&live, &old)
-            .map_err(|e| self.io(e, "moving the current volume aside".into()))?;
-        if let Err(e) = fs::rename(&staging, &live) {
-            let _ = fs::rename(&old, &live);
-            return Err(self.io(e, "installing the restored volume".into()));
-        }
-        self.subvolume_delete(&old)
+        self.swap_in(
+            &self.snapshot_path(name, snap),
+            &self.instance_path(name),
+            &containers.join(format!(".{name}.restore")),
+            &containers.join(format!(".{name}.old")),
+        )
     }
 
     fn delete_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
@@ -532,7 +551,46 @@ impl StorageDriver for BtrfsPool {
     }
 
     fn delete_volume(&self, name: &str) -> Result<(), StorageError> {
+        let snaps = self.root.join("custom-snapshots").join(name);
+        if let Ok(entries) = fs::read_dir(&snaps) {
+            for e in entries.flatten() {
+                self.subvolume_delete(&e.path())?;
+            }
+        }
+        tree::remove(&snaps).map_err(|e| self.io(e, format!("removing snapshots of {name}")))?;
         self.subvolume_delete(&self.volume_path(name))
+    }
+
+    fn create_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
+        super::volume_snapshots_dir(self, name)?;
+        self.snapshot(
+            &self.volume_path(name),
+            &self.volume_snapshot_path(name, snap),
+            true,
+        )
+    }
+
+    fn delete_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
+        self.subvolume_delete(&self.volume_snapshot_path(name, snap))
+    }
+
+    fn restore_volume_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {
+        let custom = self.root.join("custom");
+        self.swap_in(
+            &self.volume_snapshot_path(name, snap),
+            &self.volume_path(name),
+            &custom.join(format!(".{name}.restore")),
+            &custom.join(format!(".{name}.old")),
+        )
+    }
+
+    fn copy_volume_snapshot(&self, from: &str, snap: &str, to: &str) -> Result<(), StorageError> {
+        super::volume_snapshots_dir(self, to)?;
+        self.snapshot(
+            &self.volume_snapshot_path(from, snap),
+            &self.volume_snapshot_path(to, snap),
+            true,
+        )
     }
 
     fn copy_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {

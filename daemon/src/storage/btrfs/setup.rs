@@ -282,7 +282,14 @@ pub(super) fn open(
         mounted,
         spares: Default::default(),
     };
-    for sub in ["", "images", "containers", "containers-snapshots", "custom"] {
+    for sub in [
+        "",
+        "images",
+        "containers",
+        "containers-snapshots",
+        "custom",
+        "custom-snapshots",
+    ] {
         let d = p.root.join(sub);
         fs::create_dir_all(&d).map_err(|e| p.io(e, format!("creating {}", d.display())))?;
         // Unprivileged containers must traverse down to their rootfs: x for others, no r.
