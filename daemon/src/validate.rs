@@ -259,8 +259,14 @@ pub fn instance_key(key: &str, value: &str, allow_volatile: bool) -> Result<(), 
             uint(key, value).map(|_| ())
         }
         "boot.host_shutdown_timeout" => uint(key, value).map(|_| ()),
-        "snapshots.expiry" | "snapshots.schedule" | "snapshots.pattern" => Ok(()),
-        "linux.kernel_modules" => Ok(()),
+        // Known to Incus but not done by cairnd yet: refused rather than stored and ignored.
+        "snapshots.expiry" | "snapshots.schedule" | "snapshots.pattern" => Err(
+            ValidationError::Value(key.into(), "scheduled snapshots are not supported yet".into()),
+        ),
+        "linux.kernel_modules" => Err(ValidationError::Value(
+            key.into(),
+            "loading kernel modules for instances is not supported (the appliance kernel has no loadable modules)".into(),
+        )),
         "cloud-init.user-data" | "cloud-init.vendor-data" => cloud_init_user_data(key, value),
         "cloud-init.network-config" if value.is_empty() => Ok(()),
         "cloud-init.network-config" => yaml(key, value),
@@ -283,8 +289,6 @@ const DISK_KEYS: &[&str] = &[
     "size",
     "readonly",
     "required",
-    "propagation",
-    "shift",
     "boot.priority",
 ];
 const NIC_KEYS: &[&str] = &[
@@ -395,6 +399,9 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
                     } else if !src.starts_with('/') {
                         return bad("a disk source is a host path, or a custom volume with pool=");
                     }
+                }
+                if path != "/" && d.contains_key("size") {
+                    return bad("only the root disk takes a size (a custom volume has its own)");
                 }
                 if let Some(r) = d.get("readonly") {
                     boolean("readonly", r)
