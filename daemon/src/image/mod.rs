@@ -78,7 +78,7 @@ fn fill_pool(
             match rootfs {
                 None => Ok(unpack::unpack_unified(open(unified)?, dir, &limits())?.metadata),
                 Some(rootfs) => {
-                    let m = unpack::unpack_metadata(open(unified)?, dir, &limits())?;
+                    let m = unpack::unpack_metadata(open(unified)?, dir, &limits())?.metadata;
                     unpack::unpack_rootfs(open(rootfs)?, &dir.join("rootfs"), &limits())?;
                     Ok(m)
                 }
