@@ -30,6 +30,12 @@ impl From<ImageError> for ApiError {
             ImageError::Exists => ApiError::conflict(e.to_string()),
             ImageError::NotFound => ApiError::not_found(e.to_string()),
             ImageError::Invalid(m) => ApiError::bad_request(format!("Invalid image: {m}")),
+            // The image is too big for the configured limit: the caller's to change.
+            ImageError::OverLimit { .. } => ApiError::bad_request(e.to_string()),
+            // A full pool is the host's condition, like StorageError::Full elsewhere.
+            ImageError::WouldNotFit { .. } | ImageError::PoolFull { .. } => {
+                ApiError::internal(e.to_string())
+            }
             ImageError::Failed(m) => ApiError::internal(m),
         }
     }

@@ -214,6 +214,9 @@ fn check_server_key(key: &str, value: &str) -> Result<(), ApiError> {
                 "Invalid value for cluster.offline_threshold: {value:?} (seconds, at least 1)"
             ))),
         },
+        crate::image::MAX_UNPACKED_SIZE_KEY => crate::image::parse_max_unpacked_size(value)
+            .map(|_| ())
+            .map_err(ApiError::bad_request),
         "images.auto_update_interval" | "images.remote_cache_expiry" => value
             .parse::<u64>()
             .map(|_| ())
@@ -396,5 +399,23 @@ mod tests {
         assert!(check_server_key("user.a\nb", "x").is_err());
         assert!(check_server_key("user.", "x").is_err());
         assert!(check_server_key("user.a\u{7f}", "x").is_err());
+    }
+
+    #[test]
+    fn max_unpacked_size_is_a_size_string() {
+        for ok in ["", "10GiB", "500MB", "1073741824", "256 MiB"] {
+            assert!(
+                check_server_key("images.max_unpacked_size", ok).is_ok(),
+                "{ok:?}"
+            );
+        }
+        for bad in ["lots", "0", "0GiB", "-1GiB", "1.5GiB", "10 gigs"] {
+            let e = check_server_key("images.max_unpacked_size", bad).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("Invalid value for images.max_unpacked_size"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

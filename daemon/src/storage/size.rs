@@ -30,9 +30,37 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("Size {s:?} is too large"))
 }
 
+/// `n` bytes the way Incus shows a size (`units.GetByteSizeStringIEC(n, 2)`): `512B`,
+/// `1.00KiB`, `256.00MiB`, so an error message reads like Incus's.
+pub fn format_iec(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    // f64 keeps the two decimals shown exact enough for any u64.
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.2}{}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iec_strings() {
+        assert_eq!(format_iec(0), "0B");
+        assert_eq!(format_iec(1023), "1023B");
+        assert_eq!(format_iec(1024), "1.00KiB");
+        assert_eq!(format_iec(256 << 20), "256.00MiB");
+        assert_eq!(format_iec(16 << 30), "16.00GiB");
+        assert_eq!(format_iec(1536 << 20), "1.50GiB");
+        assert_eq!(format_iec(u64::MAX), "16.00EiB");
+    }
 
     #[test]
     fn units() {

@@ -82,6 +82,11 @@ impl Default for UnpackLimits {
     }
 }
 
+/// The `what` of [`UnpackError::TooLarge`] when [`UnpackLimits::max_bytes`] is what stopped
+/// the unpacking: the caller tells its own limits apart by it (see
+/// [`UnpackError::is_over_byte_limit`]).
+pub const UNPACKED_BYTES: &str = "the unpacked size in bytes";
+
 /// What a unified image unpacked to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unpacked {
@@ -138,6 +143,22 @@ pub enum UnpackError {
     },
 }
 
+impl UnpackError {
+    /// Whether the byte limit stopped the unpacking (not the entry count or a header).
+    pub fn is_over_byte_limit(&self) -> bool {
+        matches!(self, UnpackError::TooLarge { what, .. } if *what == UNPACKED_BYTES)
+    }
+
+    /// Whether the destination's filesystem ran out of space (or quota) while writing.
+    pub fn is_out_of_space(&self) -> bool {
+        let io = match self {
+            UnpackError::Entry { source, .. } | UnpackError::Io(source) => source,
+            _ => return false,
+        };
+        matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    }
+}
+
 /// Unpacks a unified image tarball into `dest`, an existing empty directory,
 /// which receives `metadata.yaml`, `templates/` and `rootfs/`.
 /// On error the caller removes `dest`.
@@ -162,17 +183,23 @@ pub fn unpack_unified<R: Read>(
 
 /// Unpacks the metadata tarball of a split image into `dest`, an existing
 /// empty directory, which receives `metadata.yaml` and `templates/`. Entries
-/// under `rootfs/` are skipped like any other stray entry.
+/// under `rootfs/` are skipped like any other stray entry. The bytes and entries counted
+/// include the skipped ones, so a caller can give the rootfs what is left of its limits.
 /// On error the caller removes `dest`.
 pub fn unpack_metadata<R: Read>(
     src: R,
     dest: &Path,
     limits: &UnpackLimits,
-) -> Result<ImageMetadata, UnpackError> {
+) -> Result<Unpacked, UnpackError> {
     let root = open_empty_dir(dest)?;
     let mut unpacker = Unpacker::new(root, Layout::MetadataOnly, *limits);
     unpacker.run(src)?;
-    unpacker.finish_metadata(dest)
+    let metadata = unpacker.finish_metadata(dest)?;
+    Ok(Unpacked {
+        metadata,
+        bytes: unpacker.bytes,
+        entries: unpacker.entries,
+    })
 }
 
 /// Unpacks the rootfs tarball of a split image into `rootfs` (normally

@@ -296,7 +296,7 @@ impl Unpacker {
         self.unaccounted.set(0);
         if self.bytes > self.limits.max_bytes {
             return Err(UnpackError::TooLarge {
-                what: "the unpacked size in bytes",
+                what: super::UNPACKED_BYTES,
                 limit: self.limits.max_bytes,
             });
         }
@@ -308,7 +308,7 @@ impl Unpacker {
     fn check_declared_size(&self, size: u64) -> Result<(), UnpackError> {
         if self.bytes.saturating_add(size) > self.limits.max_bytes {
             return Err(UnpackError::TooLarge {
-                what: "the unpacked size in bytes",
+                what: super::UNPACKED_BYTES,
                 limit: self.limits.max_bytes,
             });
         }

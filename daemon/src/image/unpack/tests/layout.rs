@@ -152,7 +152,9 @@ fn split_image_unpacks_and_fingerprints_like_incus() {
         .finish());
     let dir = tempfile::tempdir().unwrap();
     let limits = UnpackLimits::default();
-    let metadata = unpack_metadata(meta_tar.as_slice(), dir.path(), &limits).unwrap();
+    let metadata = unpack_metadata(meta_tar.as_slice(), dir.path(), &limits)
+        .unwrap()
+        .metadata;
     assert_eq!(metadata.architecture, "x86_64");
     let (bytes, entries) =
         unpack_rootfs(rootfs_tar.as_slice(), &dir.path().join("rootfs"), &limits).unwrap();

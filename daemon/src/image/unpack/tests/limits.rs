@@ -19,7 +19,7 @@ fn a_decompression_bomb_stops_at_the_byte_limit() {
         ..UnpackLimits::default()
     };
     let err = unpack_unified(bomb.as_slice(), dir.path(), &limits).unwrap_err();
-    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    assert!(err.is_over_byte_limit(), "{err}");
     // Refused at its header: nothing of it was written.
     assert!(!dir.path().join("rootfs/bomb").exists());
 }
@@ -36,7 +36,7 @@ fn many_small_files_stop_at_the_byte_limit_while_streaming() {
         ..UnpackLimits::default()
     };
     let err = unpack_unified(gzip(&tarball.finish()).as_slice(), dir.path(), &limits).unwrap_err();
-    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    assert!(err.is_over_byte_limit(), "{err}");
     let written = std::fs::read_dir(dir.path().join("rootfs"))
         .unwrap()
         .count();
@@ -57,6 +57,8 @@ fn entry_count_is_limited() {
     let err = unpack_unified(tarball.finish().as_slice(), dir.path(), &limits).unwrap_err();
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("entries"), "{err}");
+    // Not the byte limit: the caller's message for that would be wrong here.
+    assert!(!err.is_over_byte_limit(), "{err}");
     let written = std::fs::read_dir(dir.path().join("rootfs"))
         .unwrap()
         .count();
@@ -126,4 +128,32 @@ fn data_declared_on_a_symlink_entry_is_counted_not_buffered() {
         std::fs::read(dir.path().join("rootfs/after")).unwrap(),
         b"still read"
     );
+}
+
+#[test]
+fn a_split_image_counts_its_metadata_tarball_against_the_limit() {
+    let meta = Tarball::new()
+        .metadata()
+        .file("stray", 0o644, &[1u8; 4096])
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let got = super::super::unpack_metadata(meta.as_slice(), dir.path(), &UnpackLimits::default())
+        .unwrap();
+    // The skipped stray file counts too: it was read out of the stream all the same.
+    assert!(got.bytes >= 4096, "{}", got.bytes);
+    assert!(got.entries >= 2, "{}", got.entries);
+}
+
+#[test]
+fn a_full_disk_is_told_apart_from_a_broken_image() {
+    let full = UnpackError::Entry {
+        path: "rootfs/x".into(),
+        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+    };
+    assert!(full.is_out_of_space());
+    let other = UnpackError::Entry {
+        path: "rootfs/x".into(),
+        source: std::io::Error::from_raw_os_error(libc::EACCES),
+    };
+    assert!(!other.is_out_of_space());
 }
