@@ -39,6 +39,9 @@ pub enum ValidityError {
     Unreadable(String),
 }
 
+/// How far ahead of this server's clock a certificate's start may be.
+pub const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 impl Validity {
     /// Reads the validity period from a DER certificate.
     pub fn of(der: &[u8]) -> Result<Validity, ValidityError> {
@@ -46,8 +49,11 @@ impl Validity {
     }
 
     /// Whether the certificate may be used at `now` (both ends inclusive, as Go's checks).
+    /// A start up to [`CLOCK_SKEW`] ahead is accepted: clients such as the incus CLI make
+    /// their certificate valid from the second they make it, and a server's clock may run
+    /// a little behind theirs (a freshly booted node, a VM under emulation).
     pub fn check(&self, now: DateTime<Utc>) -> Result<(), ValidityError> {
-        if now < self.not_before {
+        if now + CLOCK_SKEW < self.not_before {
             return Err(ValidityError::NotYetValid(self.not_before));
         }
         if now > self.not_after {
@@ -168,6 +174,21 @@ pub(crate) mod tests {
             v.not_after,
             Utc.with_ymd_and_hms(2051, 6, 30, 0, 0, 0).unwrap()
         );
+    }
+
+    #[test]
+    fn a_start_a_little_ahead_of_the_clock_is_accepted() {
+        let now = Utc::now();
+        let v = Validity {
+            not_before: now + chrono::TimeDelta::seconds(30),
+            not_after: now + chrono::TimeDelta::days(1),
+        };
+        v.check(now).unwrap();
+        let v = Validity {
+            not_before: now + chrono::TimeDelta::minutes(10),
+            ..v
+        };
+        assert!(v.check(now).is_err());
     }
 
     #[test]
