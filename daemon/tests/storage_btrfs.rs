@@ -4,39 +4,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::TestDaemon;
-
-/// Unmounts the pool if the test fails before deleting it, so the temp dir can go.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn require_btrfs() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "storage_btrfs needs root (loop devices, mounts); scripts/test.sh runs as root"
-    );
-    let found = Command::new("sh")
-        .args(["-c", "command -v mkfs.btrfs && command -v btrfs"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(found, "btrfs-progs is missing: run scripts/install-deps.sh");
-}
+use common::{require_btrfs, MountGuard, TestDaemon};
 
 #[test]
 fn a_btrfs_pool_through_the_incus_cli() {
-    require_btrfs();
+    require_btrfs("storage_btrfs");
     let d = TestDaemon::start();
     let _guard = MountGuard(d.state.join("storage-pools/fast"));
 

@@ -7,38 +7,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::TestDaemon;
-
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn require_btrfs() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "storage_volumes needs root (loop devices, mounts); scripts/test.sh runs as root"
-    );
-    let found = Command::new("sh")
-        .args(["-c", "command -v mkfs.btrfs && command -v btrfs"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(found, "btrfs-progs is missing: run scripts/install-deps.sh");
-}
+use common::{require_btrfs, MountGuard, TestDaemon};
 
 #[test]
 fn custom_volumes_through_the_incus_cli() {
-    require_btrfs();
+    require_btrfs("storage_volumes");
     let d = TestDaemon::start();
     let _guard = MountGuard(d.state.join("storage-pools/fast"));
     d.incus_ok(&["storage", "create", "fast", "btrfs", "size=1GiB"]);

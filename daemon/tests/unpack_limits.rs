@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{TempDir, TestDaemon};
+use common::{MountGuard, TempDir, TestDaemon};
 
 const MIB: u64 = 1 << 20;
 
@@ -44,19 +44,6 @@ fn zeros_image(dir: &Path, name: &str, files: &[(&str, u64)]) -> PathBuf {
     assert!(st.success(), "building {name}");
     std::fs::remove_dir_all(&src).unwrap();
     out
-}
-
-/// Unmounts a btrfs pool if the test fails before deleting it, so the temp dir can go.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// Bytes allocated under `p` (`du -s -B1`): what the image would really cost on disk.

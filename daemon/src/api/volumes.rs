@@ -407,12 +407,7 @@ async fn update(
         volume::snapshot::restore(&d, &pool, &name, &req.restore).await?;
         return empty();
     }
-    let user = |c: &ConfigMap| -> ConfigMap {
-        c.iter()
-            .filter(|(k, _)| !k.starts_with("volatile."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
+    let user = volume::user_config;
     let config = match (patch, req.config) {
         (true, Some(c)) => {
             let mut merged = user(&v.config);
@@ -506,10 +501,6 @@ pub async fn state(
         .await
         .map_err(ApiError::internal)??;
     // Incus: the quota as total, -1 when the volume has none.
-    let total: i64 = v
-        .config
-        .get("size")
-        .and_then(|s| crate::storage::size::parse_bytes(s).ok())
-        .map_or(-1, |b| b as i64);
+    let total: i64 = volume::recorded_size(&v.config).map_or(-1, |b| b as i64);
     sync(serde_json::json!({"usage": {"used": used, "total": total}}))
 }

@@ -98,6 +98,23 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(VolumeError::from)
 }
 
+/// The keys a client sets: all but the server's `volatile.*`.
+pub fn user_config(config: &ConfigMap) -> ConfigMap {
+    config
+        .iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The size limit a stored volume config records (checked when it was set).
+pub fn recorded_size(config: &ConfigMap) -> Option<u64> {
+    config
+        .get("size")
+        .filter(|s| !s.is_empty())
+        .and_then(|s| crate::storage::size::parse_bytes(s).ok())
+}
+
 /// What a new volume starts from.
 pub enum Origin {
     Empty,
@@ -201,16 +218,7 @@ pub async fn update(
     let rec = get(d, pool, name)?;
     let driver = pool_driver(d, pool)?;
     let size = checked_size(driver.as_ref(), &config)?;
-    let old_size = checked_size(
-        driver.as_ref(),
-        &rec.config
-            .iter()
-            .filter(|(k, _)| !k.starts_with("volatile."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
-    .unwrap_or(None);
-    if size != old_size {
+    if size != recorded_size(&rec.config) {
         let n = name.to_string();
         blocking(move || driver.set_volume_quota(&n, size)).await?;
     }

@@ -155,15 +155,7 @@ pub async fn restore(d: &Daemon, pool: &str, name: &str, snap: &str) -> Result<(
         }
     }
     let driver = pool_driver(d, pool)?;
-    let size = super::checked_size(
-        driver.as_ref(),
-        &rec.config
-            .iter()
-            .filter(|(k, _)| !k.starts_with("volatile."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
-    .unwrap_or(None);
+    let size = super::recorded_size(&rec.config);
     let (n, s) = (name.to_string(), snap.to_string());
     blocking(move || {
         driver.restore_volume_snapshot(&n, &s)?;

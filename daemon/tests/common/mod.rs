@@ -334,3 +334,30 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Unmounts a pool's mount (`umount -l`) when a test fails before deleting the pool, so
+/// its temp dir can go.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Fails loudly (never skips) without root or btrfs-progs.
+pub fn require_btrfs(test: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test} needs root (loop devices, mounts); scripts/test.sh runs as root"
+    );
+    let found = Command::new("sh")
+        .args(["-c", "command -v mkfs.btrfs && command -v btrfs"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "btrfs-progs is missing: run scripts/install-deps.sh");
+}
