@@ -51,6 +51,71 @@ where
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `a | b` without a shell (`zfs send … | zfs receive …`): `a`'s stdout feeds `b`'s
+/// stdin. Either failing is an error carrying that program's stderr; `a` is waited for even
+/// when `b` fails first, so no process is left behind.
+pub fn pipe(a: (&str, &[&OsStr]), b: (&str, &[&OsStr])) -> Result<String, RunError> {
+    let spawn_err = |program: &str| {
+        let program = program.to_string();
+        move |source| RunError::Spawn { program, source }
+    };
+    let mut first = Command::new(a.0)
+        .args(a.1)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err(a.0))?;
+    let Some(out) = first.stdout.take() else {
+        let _ = first.kill();
+        let _ = first.wait();
+        return Err(RunError::Spawn {
+            program: a.0.to_string(),
+            source: std::io::Error::other("no stdout pipe"),
+        });
+    };
+    let second = Command::new(b.0).args(b.1).stdin(Stdio::from(out)).output();
+    let second = match second {
+        Ok(o) => o,
+        Err(source) => {
+            let _ = first.kill();
+            let _ = first.wait();
+            return Err(RunError::Spawn {
+                program: b.0.to_string(),
+                source,
+            });
+        }
+    };
+    // b has exited, so a's writes fail from here on: wait cannot block for long.
+    let first_out = first.wait_with_output().map_err(spawn_err(a.0))?;
+    let failed = |program: &str, args: &[&OsStr], status: std::process::ExitStatus, err: &[u8]| {
+        RunError::Failed {
+            program: program.to_string(),
+            args: args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(err).trim().to_string(),
+        }
+    };
+    // When both fail, b's error leads (a killed by SIGPIPE only says b stopped reading)
+    // and a's own complaint, if it made one, follows.
+    if !second.status.success() {
+        let mut err = second.stderr.clone();
+        if !first_out.status.success() && !first_out.stderr.is_empty() {
+            err.extend_from_slice(format!("; {}: ", a.0).as_bytes());
+            err.extend_from_slice(&first_out.stderr);
+        }
+        return Err(failed(b.0, b.1, second.status, &err));
+    }
+    if !first_out.status.success() {
+        return Err(failed(a.0, a.1, first_out.status, &first_out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&second.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +133,17 @@ mod tests {
             run("/nonexistent/program", ["x"]),
             Err(RunError::Spawn { .. })
         ));
+    }
+
+    #[test]
+    fn pipe_feeds_one_into_the_other_and_reports_either_failure() {
+        let sh = |c: &'static str| -> Vec<&'static OsStr> { vec!["-c".as_ref(), c.as_ref()] };
+        let out = pipe(("sh", &sh("echo one; echo two")), ("sh", &sh("wc -l"))).unwrap();
+        assert_eq!(out.trim(), "2");
+        let e = pipe(("sh", &sh("echo bad >&2; exit 4")), ("sh", &sh("cat"))).unwrap_err();
+        assert!(e.to_string().contains("bad"), "{e}");
+        let e = pipe(("sh", &sh("yes")), ("sh", &sh("echo nope >&2; exit 5"))).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub async fn get_server(
             "server_version": env!("CARGO_PKG_VERSION"),
             "storage": storage_in_use.join(" | "),
             "storage_version": storage_in_use.iter().map(|n| driver_version(n)).collect::<Vec<_>>().join(" | "),
-            "storage_supported_drivers": crate::storage::supported().iter().map(|n| json!({
+            "storage_supported_drivers": crate::storage::available().iter().map(|n| json!({
                 "Name": n, "Version": driver_version(n), "Remote": false,
             })).collect::<Vec<_>>(),
         }
@@ -385,6 +385,10 @@ fn driver_version(driver: &str) -> String {
                     .unwrap_or_default()
             })
             .clone(),
+        // The loaded module's version, as Incus reports it.
+        "zfs" => std::fs::read_to_string("/sys/module/zfs/version")
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default(),
         _ => "1".into(),
     }
 }

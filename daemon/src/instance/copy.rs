@@ -136,10 +136,7 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
         let names: Vec<String> = snapshots.iter().map(|s| s.name.clone()).collect();
         tokio::task::spawn_blocking(
             move || -> std::result::Result<(), crate::storage::StorageError> {
-                pool.copy_instance(&from, snap.as_deref(), &to)?;
-                for s in &names {
-                    pool.copy_snapshot(&from, s, &to)?;
-                }
+                pool.copy_instance_with_snapshots(&from, snap.as_deref(), &to, &names)?;
                 // A snapshot carries no qgroup limit: the copy gets its own.
                 match quota {
                     Some(_) => pool.set_instance_quota(&to, quota),

@@ -115,6 +115,13 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
     let pool = d
         .pool(&pool_name)
         .ok_or_else(|| InstanceError::Failed(format!("storage pool {pool_name} is not open")))?;
+    if !pool.moves_as_files() {
+        return Err(InstanceError::Invalid(format!(
+            "Moving an instance between members is not supported yet on {} pools (storage pool \
+             {pool_name:?})",
+            pool.driver_name()
+        )));
+    }
     let volume = pool.instance_path(name);
     let snapshots = pool.snapshots_path(name);
 
@@ -168,6 +175,12 @@ pub async fn receive(
     let pool = d
         .pool(pool_name)
         .ok_or_else(|| InstanceError::NotFound(format!("storage pool {pool_name}")))?;
+    if !pool.moves_as_files() {
+        return Err(InstanceError::Invalid(format!(
+            "storage pool {pool_name:?} ({}) does not receive instances as files",
+            pool.driver_name()
+        )));
+    }
     let volume = pool.instance_path(name);
     let snapshots = pool.snapshots_path(name);
     if let Some(p) = volume.parent() {

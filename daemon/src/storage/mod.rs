@@ -3,11 +3,13 @@
 //! underneath. Drivers never see HTTP types, the database or the daemon: what they need
 //! comes in as arguments ([`PoolPaths`], the pool's config).
 
+pub mod backing;
 pub mod btrfs;
 pub mod dir;
 pub mod mounts;
 pub mod size;
 pub mod tree;
+pub mod zfs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -212,6 +214,21 @@ pub trait StorageDriver: Send + Sync {
     ) -> Result<(), StorageError>;
     /// Copies one snapshot of `from` to the same snapshot name of `to`.
     fn copy_snapshot(&self, from: &str, snapshot: &str, to: &str) -> Result<(), StorageError>;
+    /// [`StorageDriver::copy_instance`], then `snapshots` of `from` copied along (zfs sends
+    /// them in one stream: a snapshot cannot be added to a dataset afterwards).
+    fn copy_instance_with_snapshots(
+        &self,
+        from: &str,
+        snapshot: Option<&str>,
+        to: &str,
+        snapshots: &[String],
+    ) -> Result<(), StorageError> {
+        self.copy_instance(from, snapshot, to)?;
+        for s in snapshots {
+            self.copy_snapshot(from, s, to)?;
+        }
+        Ok(())
+    }
 
     fn instance_usage(&self, name: &str) -> u64;
 
@@ -227,6 +244,24 @@ pub trait StorageDriver: Send + Sync {
     fn delete_volume(&self, name: &str) -> Result<(), StorageError>;
     /// A new custom volume `to` with the files of `from` (owners and modes kept).
     fn copy_volume(&self, from: &str, to: &str) -> Result<(), StorageError>;
+    /// [`StorageDriver::copy_volume`] with `snapshots` of `from` copied along.
+    fn copy_volume_with_snapshots(
+        &self,
+        from: &str,
+        to: &str,
+        snapshots: &[String],
+    ) -> Result<(), StorageError> {
+        self.copy_volume(from, to)?;
+        for s in snapshots {
+            self.copy_volume_snapshot(from, s, to)?;
+        }
+        Ok(())
+    }
+    /// Whether an instance's volume may travel between members as a file stream of
+    /// [`StorageDriver::instance_path`] and [`StorageDriver::snapshots_path`].
+    fn moves_as_files(&self) -> bool {
+        true
+    }
     fn rename_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {
         let err = |e| {
             StorageError::io(
@@ -328,7 +363,7 @@ pub struct DriverKind {
     pub open: OpenFn,
 }
 
-const DRIVERS: &[DriverKind] = &[dir::KIND, btrfs::KIND];
+const DRIVERS: &[DriverKind] = &[dir::KIND, btrfs::KIND, zfs::KIND];
 
 /// The drivers this daemon has, by name.
 pub fn supported() -> Vec<&'static str> {
@@ -376,6 +411,20 @@ pub fn check_source(config: &PoolConfig) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The drivers that can make a pool on this server (zfs needs its kernel module).
+pub fn available() -> Vec<&'static str> {
+    DRIVERS
+        .iter()
+        .map(|k| k.name)
+        .filter(|n| *n != "zfs" || zfs::available())
+        .collect()
+}
+
+/// Incus's false values (`util.IsFalse`).
+pub fn is_false(v: &str) -> bool {
+    ["false", "0", "no", "off"].contains(&v.to_ascii_lowercase().as_str())
+}
+
 /// Incus's boolean values (`util.IsTrue`).
 pub fn is_true(v: Option<&String>) -> bool {
     v.is_some_and(|v| ["true", "1", "yes", "on"].contains(&v.to_ascii_lowercase().as_str()))
@@ -390,7 +439,10 @@ mod tests {
         let paths = PoolPaths::new(Path::new("/nonexistent"), "p");
         let e = open("p", "zfz", &PoolConfig::new(), &paths).err().unwrap();
         let msg = e.to_string();
-        assert!(msg.contains("zfz") && msg.contains("dir, btrfs"), "{msg}");
+        assert!(
+            msg.contains("zfz") && msg.contains("dir, btrfs, zfs"),
+            "{msg}"
+        );
         assert!(e.is_bad_input());
     }
 

@@ -166,10 +166,7 @@ pub async fn create(
             match &origin {
                 Origin::Empty => drv.create_volume(&n)?,
                 Origin::Copy { from, .. } => {
-                    drv.copy_volume(from, &n)?;
-                    for s in &snap_names {
-                        drv.copy_volume_snapshot(from, s, &n)?;
-                    }
+                    drv.copy_volume_with_snapshots(from, &n, &snap_names)?
                 }
             }
             drv.set_volume_quota(&n, size)

@@ -24,11 +24,11 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::backing::run_err;
 use super::tree::{self, Reshift};
 use super::{Space, StorageDriver, StorageError};
 use crate::instance::idmap::IdShift;
 use crate::runner;
-use setup::run_err;
 use subvolume::{is_subvolume, nested_subvolumes, snapshot_ioctl};
 
 pub const KIND: super::DriverKind = super::DriverKind {

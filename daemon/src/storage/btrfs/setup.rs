@@ -5,17 +5,17 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::super::backing::{self, run_err};
 use super::super::mounts;
 use super::super::size::parse_bytes;
 use super::super::{
-    check_known_options, check_source, is_true, PoolConfig, PoolPaths, StorageDriver, StorageError,
+    check_known_options, check_source, PoolConfig, PoolPaths, StorageDriver, StorageError,
 };
 use super::BtrfsPool;
 use crate::runner;
 
 const OPTIONS: &[&str] = &["source", "size", "btrfs.mount_options", "source.wipe"];
 const DEFAULT_MOUNT_OPTIONS: &str = "user_subvol_rm_allowed";
-const GIB: u64 = 1 << 30;
 /// mkfs.btrfs refuses smaller devices (its minimum is about 114 MiB).
 const MIN_SIZE: u64 = 256 << 20;
 
@@ -55,7 +55,7 @@ enum Backing {
 fn backing(pool: &str, config: &PoolConfig, paths: &PoolPaths) -> Result<Backing, StorageError> {
     let source = config.get("source").filter(|s| !s.is_empty());
     let Some(source) = source else {
-        return Ok(Backing::Loop(paths.disks.join(format!("{pool}.img"))));
+        return Ok(Backing::Loop(backing::default_loop_file(paths, pool)));
     };
     let p = PathBuf::from(source);
     match fs::metadata(&p) {
@@ -75,27 +75,6 @@ fn backing(pool: &str, config: &PoolConfig, paths: &PoolPaths) -> Result<Backing
     }
 }
 
-pub(super) fn run_err(
-    pool: &str,
-    what: impl Into<String>,
-) -> impl FnOnce(runner::RunError) -> StorageError {
-    let pool = pool.to_string();
-    let what = what.into();
-    move |source| StorageError::Run {
-        pool,
-        what,
-        source: Box::new(source),
-    }
-}
-
-/// Incus's default loop size: a fifth of the free space, within 5 GiB..30 GiB.
-fn default_loop_size(disks: &Path) -> u64 {
-    let free = nix::sys::statvfs::statvfs(disks)
-        .map(|st| st.blocks_available() * st.fragment_size())
-        .unwrap_or(0);
-    (free / 5 / GIB).clamp(5, 30) * GIB
-}
-
 pub(super) fn create(
     pool: &str,
     config: &PoolConfig,
@@ -108,65 +87,17 @@ pub(super) fn create(
     out.remove("source.wipe");
     match backing(pool, config, paths)? {
         Backing::Loop(file) => {
-            fs::create_dir_all(&paths.disks)
-                .map_err(|e| StorageError::io(pool, "creating the disks dir".into(), e))?;
-            fs::set_permissions(&paths.disks, fs::Permissions::from_mode(0o700))
-                .map_err(|e| StorageError::io(pool, "setting the disks dir mode".into(), e))?;
-            let bytes = match config.get("size").filter(|s| !s.is_empty()) {
-                Some(s) => parse_bytes(s).map_err(|reason| StorageError::InvalidValue {
-                    key: "size".into(),
-                    reason,
-                })?,
-                None => default_loop_size(&paths.disks),
-            };
-            // create_new: never format over a file something else made.
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&file)
-                .map_err(|e| StorageError::io(pool, format!("creating {}", file.display()), e))?;
-            let made = f
-                .set_len(bytes)
-                .and_then(|_| fs::set_permissions(&file, fs::Permissions::from_mode(0o600)));
-            drop(f);
-            let made = made
-                .map_err(|e| StorageError::io(pool, format!("sizing {}", file.display()), e))
-                .and_then(|_| mkfs(pool, &file, false));
-            if let Err(e) = made {
+            let bytes = backing::loop_size(config, &paths.disks)?;
+            backing::make_loop_file(pool, paths, &file, bytes)?;
+            if let Err(e) = mkfs(pool, &file, false) {
                 let _ = fs::remove_file(&file);
                 return Err(e);
             }
             out.insert("source".into(), file.display().to_string());
-            out.insert("size".into(), format_size(bytes));
+            out.insert("size".into(), backing::format_size(bytes));
         }
         Backing::Device(dev) => {
-            if out.contains_key("size") {
-                return Err(StorageError::InvalidValue {
-                    key: "size".into(),
-                    reason: "a pool on a block device takes the whole device".into(),
-                });
-            }
-            if let Some(at) = mounts::mounted_at(&dev)
-                .map_err(|e| StorageError::io(pool, format!("reading {}", dev.display()), e))?
-            {
-                return Err(StorageError::InvalidValue {
-                    key: "source".into(),
-                    reason: format!("{} is mounted on {}", dev.display(), at.display()),
-                });
-            }
-            let found = mounts::probe_signature(&dev)
-                .map_err(run_err(pool, format!("probing {}", dev.display())))?;
-            let wipe = is_true(config.get("source.wipe"));
-            if let (Some(fs_type), false) = (&found, wipe) {
-                return Err(StorageError::InvalidValue {
-                    key: "source".into(),
-                    reason: format!(
-                        "{} already holds a {fs_type} filesystem (set source.wipe=true to \
-                         erase it)",
-                        dev.display()
-                    ),
-                });
-            }
+            let found = backing::check_device(pool, config, &dev)?;
             mkfs(pool, &dev, found.is_some())?;
         }
         Backing::Directory(dir) => {
@@ -208,16 +139,6 @@ pub(super) fn create(
         return Err(e);
     }
     Ok(out)
-}
-
-fn format_size(bytes: u64) -> String {
-    if bytes.is_multiple_of(GIB) {
-        format!("{}GiB", bytes / GIB)
-    } else if bytes.is_multiple_of(1 << 20) {
-        format!("{}MiB", bytes >> 20)
-    } else {
-        bytes.to_string()
-    }
 }
 
 fn mkfs(pool: &str, target: &Path, force: bool) -> Result<(), StorageError> {
