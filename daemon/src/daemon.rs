@@ -268,18 +268,55 @@ impl Daemon {
             }));
         }
         if self.db.pools()?.is_empty() {
-            let source = self.paths.pools.join("default");
-            first.push(Command::CreatePool(PoolRecord {
-                name: "default".into(),
-                driver: "dir".into(),
-                description: String::new(),
-                config: [("source".to_string(), source.display().to_string())].into(),
-            }));
+            let made = self.preseed_pools();
+            let has_default = made.iter().any(|p| p.name == "default");
+            first.extend(made.into_iter().map(Command::CreatePool));
+            if !has_default {
+                let source = self.paths.pools.join("default");
+                first.push(Command::CreatePool(PoolRecord {
+                    name: "default".into(),
+                    driver: "dir".into(),
+                    description: String::new(),
+                    config: [("source".to_string(), source.display().to_string())].into(),
+                }));
+            }
         }
         if !first.is_empty() {
             self.db.apply_unreplicated(&first)?;
         }
         Ok(())
+    }
+
+    /// The first start's pools from the preseed (the appliance's `default` on its data
+    /// disk), made on this member. One that cannot be made is logged and left out: the
+    /// daemon still comes up, with the dir `default` in its place.
+    fn preseed_pools(&self) -> Vec<PoolRecord> {
+        let pools = match crate::preseed::load(&self.paths.state.join("preseed.yaml")) {
+            Ok(Some(p)) => p.storage_pools,
+            Ok(None) => return Vec::new(),
+            // apply_local reports it (and refuses the start) right after.
+            Err(_) => return Vec::new(),
+        };
+        let mut made = Vec::new();
+        for p in pools {
+            let created = storage::kind(&p.driver)
+                .and_then(|k| (k.create)(&p.name, &p.config, &self.pool_paths(&p.name)));
+            match created {
+                Ok(config) => {
+                    tracing::info!(pool = %p.name, driver = %p.driver, "storage pool created from the preseed");
+                    made.push(PoolRecord {
+                        name: p.name,
+                        driver: p.driver,
+                        description: p.description,
+                        config,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(pool = %p.name, "creating the preseed's storage pool: {e}")
+                }
+            }
+        }
+        made
     }
 
     /// Writes `cmds` as one request: all take effect or none. Standalone, straight to the

@@ -9,6 +9,10 @@
 //!   - name: admin
 //!     type: client
 //!     certificate: "-----BEGIN CERTIFICATE-----…"
+//! storage_pools:                # made at the first start only (instead of the dir default)
+//!   - name: default
+//!     driver: zfs
+//!     config: {source: /dev/nvme1n1}
 //! ```
 
 use std::collections::BTreeMap;
@@ -32,6 +36,20 @@ pub struct Preseed {
     /// Zero-touch cluster formation (the seed's `cluster:` section).
     #[serde(default)]
     pub cluster: Option<cairn_seed::Cluster>,
+    /// Pools made at the first start, before any other (the appliance's ZFS `default`).
+    #[serde(default)]
+    pub storage_pools: Vec<PreseedPool>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PreseedPool {
+    pub name: String,
+    pub driver: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub description: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +90,14 @@ pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
                 "unknown configuration key {k}"
             )));
         }
+    }
+    for pool in &p.storage_pools {
+        crate::validate::object_name(&pool.name)
+            .map_err(|e| PreseedError::Invalid(format!("storage pool: {e}")))?;
+        let kind = crate::storage::kind(&pool.driver)
+            .map_err(|e| PreseedError::Invalid(format!("storage pool {}: {e}", pool.name)))?;
+        (kind.validate)(&pool.config)
+            .map_err(|e| PreseedError::Invalid(format!("storage pool {}: {e}", pool.name)))?;
     }
     if let Some(c) = &p.cluster {
         c.validate()
@@ -151,6 +177,24 @@ mod tests {
         );
         std::fs::write(&p, "config:\n  core.bogus: x\n").unwrap();
         assert!(load(&p).is_err());
+        std::fs::write(
+            &p,
+            "storage_pools:\n- {name: default, driver: zfs, config: {source: /dev/vdb}}\n",
+        )
+        .unwrap();
+        let pools = load(&p).unwrap().unwrap().storage_pools;
+        assert_eq!(
+            (pools[0].name.as_str(), pools[0].driver.as_str()),
+            ("default", "zfs")
+        );
+        for bad in [
+            "storage_pools:\n- {name: default, driver: lvm}\n",
+            "storage_pools:\n- {name: default, driver: zfs, config: {bogus: x}}\n",
+            "storage_pools:\n- {name: \"a/b\", driver: dir}\n",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            assert!(load(&p).is_err(), "{bad}");
+        }
         std::fs::write(&p, "nonsense: [").unwrap();
         assert!(load(&p).is_err());
         assert!(load(&dir.path().join("missing.yaml")).unwrap().is_none());

@@ -34,6 +34,7 @@ pub mod power;
 pub mod seedsource;
 pub mod services;
 pub mod shutdown;
+pub mod storage;
 pub mod supervisor;
 pub mod verity;
 

@@ -131,6 +131,13 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     // driver is loaded here rather than waiting for coldplug (all four come with the
     // initrd, so this normally finds them loaded).
     kmod::ensure(&["qemu_fw_cfg", "vfat", "fuse", "virtio_net"]);
+    // cairnd imports (or, on the first boot, makes) its zfs pools as it starts: the module
+    // loads meanwhile, while the seed is read and the network set up.
+    if crate::storage::image_has_zfs() {
+        let _ = std::thread::Builder::new()
+            .name("zfs-module".into())
+            .spawn(|| kmod::ensure(&["zfs"]));
+    }
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;
@@ -158,11 +165,19 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
     if loaded.imported_from.is_some() {
         let preseed = Path::new(services::STATE_DIR).join("preseed.yaml");
         let mgmt = net.static_nics.first().map(String::as_str);
+        let pool = crate::storage::choose(&seed.storage, crate::storage::image_has_zfs(), || {
+            crate::storage::find_empty_disk(
+                Path::new("/sys/block"),
+                Path::new("/dev"),
+                disk.as_deref(),
+            )
+        });
+        info!("default storage pool: {pool:?}");
         if let Err(e) =
             // Owner-only: it carries the cluster's join secret.
             crate::write_durably_with_mode(
                 &preseed,
-                seedsource::preseed_yaml(&seed, mgmt).as_bytes(),
+                seedsource::preseed_yaml(&seed, mgmt, pool.as_ref()).as_bytes(),
                 0o600,
             )
         {

@@ -87,7 +87,11 @@ pub fn load(boot_disk: Option<&str>) -> Loaded {
 
 /// The preseed cairnd applies on start (then renames): the HTTPS address and the trusted
 /// client certificates from the seed, in the shape of `incus admin init --preseed`.
-pub fn preseed_yaml(seed: &Seed, management_nic: Option<&str>) -> String {
+pub fn preseed_yaml(
+    seed: &Seed,
+    management_nic: Option<&str>,
+    pool: Option<&crate::storage::DefaultPool>,
+) -> String {
     #[derive(serde::Serialize)]
     struct Cert<'a> {
         name: &'a str,
@@ -104,6 +108,15 @@ pub fn preseed_yaml(seed: &Seed, management_nic: Option<&str>) -> String {
         /// Zero-touch cluster formation: cairnd announces itself and forms or joins.
         #[serde(skip_serializing_if = "Option::is_none")]
         cluster: Option<cairn_seed::Cluster>,
+        /// The `default` pool cairnd makes at its first start.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        storage_pools: Vec<Pool<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Pool<'a> {
+        name: &'a str,
+        driver: &'a str,
+        config: std::collections::BTreeMap<&'a str, &'a str>,
     }
     let p = Preseed {
         config: [("core.https_address", seed.trust.https_address.as_str())]
@@ -126,6 +139,18 @@ pub fn preseed_yaml(seed: &Seed, management_nic: Option<&str>) -> String {
             }
             c
         }),
+        storage_pools: pool
+            .map(|p| Pool {
+                name: "default",
+                driver: &p.driver,
+                config: p
+                    .config
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            })
+            .into_iter()
+            .collect(),
     };
     serde_yaml::to_string(&p).unwrap_or_default()
 }
@@ -140,7 +165,7 @@ mod tests {
             "trust:\n  client_certificates:\n    - name: lab\n      certificate: \"-----BEGIN CERTIFICATE-----\\nMII\\n-----END CERTIFICATE-----\"\n",
         )
         .unwrap();
-        let y = preseed_yaml(&seed, None);
+        let y = preseed_yaml(&seed, None, None);
         let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
         assert_eq!(v["config"]["core.https_address"], ":8443");
         assert_eq!(v["certificates"][0]["name"], "lab");
@@ -154,7 +179,7 @@ mod tests {
         )
         .unwrap();
         let v: serde_yaml::Value =
-            serde_yaml::from_str(&preseed_yaml(&seed, Some("enp0s4"))).unwrap();
+            serde_yaml::from_str(&preseed_yaml(&seed, Some("enp0s4"), None)).unwrap();
         assert_eq!(v["server_name"], "n1");
         assert_eq!(v["cluster"]["interface"], "enp0s4");
         assert_eq!(v["cluster"]["founders"], 3);
@@ -163,7 +188,7 @@ mod tests {
         )
         .unwrap();
         let v: serde_yaml::Value =
-            serde_yaml::from_str(&preseed_yaml(&named, Some("enp0s4"))).unwrap();
+            serde_yaml::from_str(&preseed_yaml(&named, Some("enp0s4"), None)).unwrap();
         assert_eq!(v["cluster"]["interface"], "eth9");
         assert!(v.get("server_name").is_none());
     }

@@ -26,6 +26,13 @@
 //!   port: 8444                     # optional; UDP port of the discovery announcements
 //!   formation_timeout: 30          # optional, seconds; then a majority of founders suffices
 //!   heartbeat_ms: 100              # optional; Raft heartbeat, raise it on slow links/machines
+//! storage:                         # optional: the `default` storage pool, made on first boot
+//!   driver: auto                   # auto (zfs when its module loads, else btrfs), zfs, btrfs, dir
+//!   disk: /dev/nvme1n1             # optional; the whole disk the pool takes. Default: the first
+//!                                  # disk with nothing on it (no partition table, no filesystem,
+//!                                  # first MiB zero) other than the boot disk; none: a loop file
+//!                                  # on the data partition
+//!   size: 20GiB                    # optional; that loop file's size (default: 1/5 of free space)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +58,61 @@ pub struct Seed {
     pub trust: Trust,
     /// Zero-touch cluster formation; absent: the node stays standalone.
     pub cluster: Option<Cluster>,
+    /// Where the `default` storage pool goes on first boot.
+    pub storage: Storage,
+}
+
+/// The `default` storage pool's driver and disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// `auto` (the default), `zfs`, `btrfs` or `dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// The whole disk the pool takes (a /dev path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// Size of the loop file made when there is no disk (an Incus size string).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+}
+
+/// The storage drivers a seed may name.
+pub const STORAGE_DRIVERS: &[&str] = &["auto", "zfs", "btrfs", "dir"];
+
+impl Storage {
+    pub fn validate(&self) -> Result<(), SeedError> {
+        let bad = |m: String| Err(SeedError::Invalid(format!("storage.{m}")));
+        if let Some(d) = &self.driver {
+            if !STORAGE_DRIVERS.contains(&d.as_str()) {
+                return bad(format!(
+                    "driver {d:?} is not one of {}",
+                    STORAGE_DRIVERS.join(", ")
+                ));
+            }
+        }
+        if let Some(disk) = &self.disk {
+            let ok = disk.starts_with("/dev/")
+                && !disk.split('/').any(|c| c == "..")
+                && disk.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                return bad(format!("disk {disk:?} is not a /dev path"));
+            }
+            if self.size.is_some() {
+                return bad("size is for a loop file: a disk is taken whole".into());
+            }
+        }
+        if let Some(size) = &self.size {
+            let digits = size
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(size.len());
+            let unit = &size[digits..];
+            if digits == 0 || !["", "B", "MiB", "GiB", "TiB", "MB", "GB", "TB"].contains(&unit) {
+                return bad(format!("size {size:?} is not a size (e.g. 20GiB)"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Management network configuration.
@@ -263,6 +325,7 @@ impl Seed {
 
     /// Checks what the types cannot: hostname syntax, CIDR syntax, PEM framing.
     pub fn validate(&self) -> Result<(), SeedError> {
+        self.storage.validate()?;
         if let Some(h) = &self.hostname {
             if !valid_hostname(h) {
                 return Err(SeedError::Invalid(format!(
@@ -450,6 +513,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("short secret"), "{e}");
+    }
+
+    #[test]
+    fn storage_section() {
+        let s = Seed::parse("storage:\n  driver: zfs\n  disk: /dev/nvme1n1\n").unwrap();
+        assert_eq!(s.storage.driver.as_deref(), Some("zfs"));
+        assert_eq!(s.storage.disk.as_deref(), Some("/dev/nvme1n1"));
+        assert_eq!(Seed::parse("").unwrap().storage, Storage::default());
+        Seed::parse("storage:\n  size: 20GiB\n").unwrap();
+        for bad in [
+            "storage:\n  driver: lvm\n",
+            "storage:\n  disk: sda\n",
+            "storage:\n  disk: /dev/../etc/passwd\n",
+            "storage:\n  disk: /dev/sdb\n  size: 1GiB\n",
+            "storage:\n  size: lots\n",
+            "storage:\n  bogus: 1\n",
+        ] {
+            assert!(Seed::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

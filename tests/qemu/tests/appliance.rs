@@ -61,6 +61,25 @@ impl Lab {
         }
     }
 
+    /// The incus CLI, for a command that may fail: whether it succeeded, and what it
+    /// printed (stdout then stderr).
+    fn incus_status(&self, args: &[&str]) -> (bool, String) {
+        let incus = image::incus_client().expect("incus client");
+        let out = Command::new(&incus)
+            .args(args)
+            .env("INCUS_CONF", self.dir.join("incus-config"))
+            .output()
+            .expect("running incus");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// A busybox container image (tests/fixtures/make-busybox-image.sh) in the lab's dir.
     fn busybox_image(&self) -> PathBuf {
         let tarball = self.dir.join("busybox.tar.gz");
@@ -316,9 +335,11 @@ fn power_cut_then_healthy_boot() {
     node.shutdown(Duration::from_secs(60)).expect("power off");
 }
 
+/// The first boot makes the `default` pool ZFS on the empty data disk; a container is a
+/// clone on it; snapshots, a custom volume with a quota, and a reboot that finds it all.
 #[test]
 #[ignore = "QEMU tier: needs the built image"]
-fn launch_a_container_inside_the_node_and_exec_into_it() {
+fn launch_on_the_zfs_default_pool_and_a_volume_survives_a_reboot() {
     let lab = lab("container");
     assert!(
         lab.api,
@@ -338,6 +359,10 @@ fn launch_a_container_inside_the_node_and_exec_into_it() {
         &token,
         "--accept-certificate",
     ]);
+    let pools = run(&["storage", "list", "lab:", "--format", "csv"]);
+    assert!(pools.contains("default,zfs"), "storage list: {pools}");
+    let info = run(&["storage", "info", "lab:default"]);
+    println!("incus storage info lab:default:\n{info}");
 
     let tarball = lab.busybox_image();
     run(&[
@@ -348,10 +373,105 @@ fn launch_a_container_inside_the_node_and_exec_into_it() {
         "--alias",
         "busybox",
     ]);
+    let launch = std::time::Instant::now();
     run(&["launch", "lab:busybox", "lab:c1"]);
+    println!("launch on zfs: {:.1} s", launch.elapsed().as_secs_f64());
     let os = run(&["exec", "lab:c1", "--", "cat", "/etc/os-release"]);
     assert!(os.contains("ID=busybox"), "exec output: {os}");
+
+    // A snapshot, a change, a restore: the change is gone.
+    run(&["snapshot", "create", "lab:c1", "s1"]);
+    run(&["exec", "lab:c1", "--", "touch", "/after-s1"]);
+    run(&["stop", "--force", "lab:c1"]);
+    run(&["snapshot", "restore", "lab:c1", "s1"]);
+    run(&["start", "lab:c1"]);
+    let ls = run(&["exec", "lab:c1", "--", "ls", "/"]);
+    assert!(
+        !ls.contains("after-s1"),
+        "restored root still has the later file: {ls}"
+    );
+
+    // A custom volume with a quota, attached live and written.
+    run(&[
+        "storage",
+        "volume",
+        "create",
+        "lab:default",
+        "data",
+        "size=64MiB",
+    ]);
+    run(&[
+        "config",
+        "device",
+        "add",
+        "lab:c1",
+        "data",
+        "disk",
+        "pool=default",
+        "source=data",
+        "path=/data",
+    ]);
+    run(&[
+        "exec",
+        "lab:c1",
+        "--",
+        "sh",
+        "-c",
+        "echo hello > /data/hello",
+    ]);
+    let full = lab.incus_status(&[
+        "exec",
+        "lab:c1",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/data/big",
+        "bs=1M",
+        "count=100",
+    ]);
+    assert!(!full.0, "a 100 MiB write into a 64 MiB volume succeeded");
+    println!("100 MiB into a 64 MiB zfs volume: {}", full.1.trim());
+    run(&["exec", "lab:c1", "--", "rm", "/data/big"]);
+    // The data disk holds the pool: a second pool on it is refused.
+    let taken = lab.incus_status(&[
+        "storage",
+        "create",
+        "lab:again",
+        "zfs",
+        "source=/dev/nvme1n1",
+    ]);
+    assert!(!taken.0, "a second pool on the data disk was accepted");
+    println!("second pool on the data disk: {}", taken.1.trim());
+
+    let before = node.mark();
+    node.ctrl_alt_del().expect("ctrl-alt-del");
+    node.wait_for_from(
+        before,
+        "shutdown-complete clean=1",
+        Duration::from_secs(120),
+    )
+    .expect("clean reboot");
+    let second = node.mark();
+    node.wait_for_from(second, "cairn: API ready", BOOT)
+        .expect("second boot up");
+    api::wait_trusted(&lab.cert, &node.api_url(), Duration::from_secs(60)).expect("trusted");
+    let pools = run(&["storage", "list", "lab:", "--format", "csv"]);
+    assert!(
+        pools.contains("default,zfs") && pools.contains("CREATED"),
+        "after reboot: {pools}"
+    );
+    let state = run(&["list", "lab:c1", "-c", "s", "--format", "csv"]);
+    if !state.contains("RUNNING") {
+        run(&["start", "lab:c1"]);
+    }
+    let hello = run(&["exec", "lab:c1", "--", "cat", "/data/hello"]);
+    assert_eq!(hello.trim(), "hello", "the volume's file after the reboot");
+    let snaps = run(&["snapshot", "list", "lab:c1", "--format", "csv"]);
+    assert!(snaps.contains("s1"), "snapshots after the reboot: {snaps}");
+
     run(&["delete", "--force", "lab:c1"]);
+    run(&["storage", "volume", "delete", "lab:default", "data"]);
+    run(&["image", "delete", "lab:busybox"]);
     node.shutdown(Duration::from_secs(90)).expect("power off");
 }
 

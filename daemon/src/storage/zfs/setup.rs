@@ -25,9 +25,20 @@ const OPTIONS: &[&str] = &[
 /// zpool refuses vdevs under 64 MiB.
 const MIN_SIZE: u64 = 128 << 20;
 
-/// Whether this kernel has zfs (the module loaded, `/dev/zfs` there).
+/// Whether this kernel has zfs: `/dev/zfs` is there, after loading the module once if it
+/// was not (on the appliance cairn-init loads it in parallel with the first start; a second
+/// modprobe waits for that one).
 pub(super) fn available() -> bool {
-    Path::new("/sys/module/zfs").exists() && Path::new("/dev/zfs").exists()
+    static TRIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let dev = Path::new("/dev/zfs");
+    if !dev.exists() {
+        TRIED.get_or_init(|| {
+            if let Err(e) = runner::run("modprobe", ["-b", "-q", "zfs"]) {
+                tracing::debug!("loading the zfs module: {e}");
+            }
+        });
+    }
+    dev.exists()
 }
 
 /// A zfs dataset name: `pool[/child…]`, each part of `[A-Za-z0-9_.:-]`, the pool's
