@@ -8,6 +8,7 @@ pub mod btrfs;
 pub mod dir;
 pub mod mounts;
 pub mod size;
+pub mod stream;
 pub mod tree;
 pub mod zfs;
 
@@ -257,10 +258,26 @@ pub trait StorageDriver: Send + Sync {
         }
         Ok(())
     }
-    /// Whether an instance's volume may travel between members as a file stream of
-    /// [`StorageDriver::instance_path`] and [`StorageDriver::snapshots_path`].
-    fn moves_as_files(&self) -> bool {
-        true
+    /// Writes instance `name` (its volume and snapshots) into `out`, as the same driver's
+    /// [`StorageDriver::receive_instance`] on another member reads it: a tar of the files
+    /// by default.
+    fn send_instance(&self, name: &str, out: &mut dyn std::io::Write) -> Result<(), StorageError> {
+        stream::write_tar(&self.instance_path(name), &self.snapshots_path(name), out)
+            .map_err(|e| StorageError::io(self.pool_name(), format!("sending instance {name}"), e))
+    }
+    /// Makes instance `name` from a [`StorageDriver::send_instance`] stream; on error
+    /// nothing is left behind.
+    fn receive_instance(
+        &self,
+        name: &str,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), StorageError> {
+        let volume = self.instance_path(name);
+        let err = |e| StorageError::io(self.pool_name(), format!("receiving instance {name}"), e);
+        if let Some(p) = volume.parent() {
+            std::fs::create_dir_all(p).map_err(err)?;
+        }
+        stream::receive_tar(input, &volume, &self.snapshots_path(name)).map_err(err)
     }
     fn rename_volume(&self, from: &str, to: &str) -> Result<(), StorageError> {
         let err = |e| {

@@ -361,8 +361,24 @@ fn launch_on_the_zfs_default_pool_and_a_volume_survives_a_reboot() {
     ]);
     let pools = run(&["storage", "list", "lab:", "--format", "csv"]);
     assert!(pools.contains("default,zfs"), "storage list: {pools}");
-    let info = run(&["storage", "info", "lab:default"]);
-    println!("incus storage info lab:default:\n{info}");
+    let res = api::request(
+        &lab.cert,
+        &node.api_url(),
+        "GET",
+        "/1.0/storage-pools/default/resources",
+        None,
+    )
+    .expect("pool resources");
+    let space = &res["metadata"]["space"];
+    println!(
+        "default pool: {} used of {} bytes",
+        space["used"], space["total"]
+    );
+    // The 8 GiB data disk, less what zfs keeps for itself.
+    assert!(
+        space["total"].as_u64().unwrap_or(0) > 6 << 30,
+        "pool space: {res}"
+    );
 
     let tarball = lab.busybox_image();
     run(&[

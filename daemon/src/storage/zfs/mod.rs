@@ -53,6 +53,8 @@ const LAYOUT: &[(&str, bool)] = &[
 ];
 
 const READONLY: &str = "readonly";
+/// The snapshot an instance is sent to another member from.
+const MIGRATE: &str = "migrate";
 
 pub struct ZfsPool {
     name: String,
@@ -384,6 +386,71 @@ impl ZfsPool {
         .map(|_| ())
     }
 
+    /// Runs `zfs args…` with its stdout copied into `out` (`zfs send`).
+    fn stream_out(&self, args: &[&str], out: &mut dyn std::io::Write) -> Result<(), StorageError> {
+        let what = format!("zfs {}", args.join(" "));
+        let mut child = std::process::Command::new("zfs")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| self.io(e, what.clone()))?;
+        let copied = match child.stdout.take() {
+            Some(mut stdout) => std::io::copy(&mut stdout, out).map(|_| ()),
+            None => Err(std::io::Error::other("no stdout pipe")),
+        };
+        if copied.is_err() {
+            let _ = child.kill();
+        }
+        self.finish(child, what, copied)
+    }
+
+    /// Runs `zfs args…` with `input` copied into its stdin (`zfs receive`).
+    fn stream_in(&self, args: &[&str], input: &mut dyn std::io::Read) -> Result<(), StorageError> {
+        let what = format!("zfs {}", args.join(" "));
+        let mut child = std::process::Command::new("zfs")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| self.io(e, what.clone()))?;
+        let copied = match child.stdin.take() {
+            // Dropping stdin at the end of the copy is the stream's end for zfs.
+            Some(mut stdin) => std::io::copy(input, &mut stdin).map(|_| ()),
+            None => Err(std::io::Error::other("no stdin pipe")),
+        };
+        if copied.is_err() {
+            let _ = child.kill();
+        }
+        self.finish(child, what, copied)
+    }
+
+    /// Waits for a streaming zfs: its failure (with stderr) before the copy's.
+    fn finish(
+        &self,
+        child: std::process::Child,
+        what: String,
+        copied: std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let out = child
+            .wait_with_output()
+            .map_err(|e| self.io(e, what.clone()))?;
+        if !out.status.success() {
+            return Err(self.run_error(
+                what.clone(),
+                runner::RunError::Failed {
+                    program: "zfs".into(),
+                    args: what.trim_start_matches("zfs ").to_string(),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                },
+            ));
+        }
+        copied.map_err(|e| self.io(e, what))
+    }
+
     fn set_refquota(&self, ds: &str, bytes: Option<u64>) -> Result<(), StorageError> {
         let v = format!(
             "refquota={}",
@@ -532,9 +599,42 @@ impl StorageDriver for ZfsPool {
         self.mountpoint("containers", name)
     }
 
-    fn moves_as_files(&self) -> bool {
-        // The snapshots are zfs's, not directories a file stream could recreate.
-        false
+    fn send_instance(&self, name: &str, out: &mut dyn std::io::Write) -> Result<(), StorageError> {
+        let ds = self.ds("containers", name);
+        let now = format!("{ds}@{MIGRATE}");
+        let _ = self.zfs(format!("removing {now}"), &["destroy", &now]);
+        self.zfs(format!("snapshotting {ds}"), &["snapshot", &now])?;
+        // -R: the snapshots and the dataset's own properties (its refquota) travel too.
+        let sent = self.stream_out(&["send", "-R", &now], out);
+        let _ = self.zfs(format!("removing {now}"), &["destroy", &now]);
+        sent
+    }
+
+    fn receive_instance(
+        &self,
+        name: &str,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), StorageError> {
+        let ds = self.ds("containers", name);
+        if self.exists(&ds) {
+            return Err(StorageError::Invalid(
+                self.name.clone(),
+                format!("volume for instance {name} already exists"),
+            ));
+        }
+        let received = self
+            .stream_in(&["receive", &ds], input)
+            .and_then(|_| {
+                self.zfs(
+                    format!("removing {ds}@{MIGRATE}"),
+                    &["destroy", &format!("{ds}@{MIGRATE}")],
+                )
+            })
+            .and_then(|_| self.set_root_mode(&self.instance_path(name)));
+        if received.is_err() {
+            let _ = self.destroy_ds(&ds);
+        }
+        received
     }
 
     fn snapshots_path(&self, name: &str) -> PathBuf {
