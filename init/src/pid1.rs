@@ -173,6 +173,15 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
             )
         });
         info!("default storage pool: {pool:?}");
+        // zpool labels a whole disk and then waits for udev to announce the new partition:
+        // on the boot that makes the pool on a disk, udevd must run before cairnd.
+        let on_disk = pool
+            .as_ref()
+            .is_some_and(|p| p.driver == "zfs" && p.config.iter().any(|(k, _)| k == "source"));
+        if on_disk && !udev_started {
+            late::start_udev_now(sup);
+            udev_started = true;
+        }
         if let Err(e) =
             // Owner-only: it carries the cluster's join secret.
             crate::write_durably_with_mode(

@@ -115,8 +115,13 @@ pub fn check_device(
         return Err(StorageError::InvalidValue {
             key: "source".into(),
             reason: format!(
-                "{} already holds a {fs_type} filesystem (set source.wipe=true to erase it)",
-                dev.display()
+                "{} is not empty: it holds {} (set source.wipe=true to erase it)",
+                dev.display(),
+                match fs_type.as_str() {
+                    "gpt" | "dos" => format!("a {fs_type} partition table"),
+                    "zfs_member" => "a zfs pool".to_string(),
+                    t => format!("a {t} filesystem"),
+                }
             ),
         });
     }

@@ -84,7 +84,8 @@ pub fn fs_magic(path: &Path) -> std::io::Result<i64> {
     Ok(st.filesystem_type().0 as i64)
 }
 
-/// What `blkid` finds on a device (`TYPE`, e.g. `ext4`, `btrfs`, `zfs_member`), or none.
+/// What `blkid` finds on a device (`TYPE`, e.g. `ext4`, `btrfs`, `zfs_member`, or a
+/// partition table's `PTTYPE`, e.g. `gpt`), or none.
 pub fn probe_signature(device: &Path) -> Result<Option<String>, RunError> {
     // blkid exits 2 when it finds nothing: that is an answer, not a failure.
     match runner::run(
@@ -93,12 +94,18 @@ pub fn probe_signature(device: &Path) -> Result<Option<String>, RunError> {
             "-p".as_ref(),
             "-s".as_ref(),
             "TYPE".as_ref(),
+            "-s".as_ref(),
+            "PTTYPE".as_ref(),
             "-o".as_ref(),
             "value".as_ref(),
             device.as_os_str(),
         ],
     ) {
-        Ok(out) => Ok(Some(out.trim().to_string()).filter(|s| !s.is_empty())),
+        Ok(out) => Ok(out
+            .lines()
+            .map(str::trim)
+            .find(|s| !s.is_empty())
+            .map(str::to_string)),
         Err(RunError::Failed { status, .. }) if status.contains("exit status: 2") => Ok(None),
         Err(e) => Err(e),
     }

@@ -317,7 +317,9 @@ pub(super) fn open(
             (true, Some(file.clone()))
         }
         Backing::Device(dev) => {
-            import(pool, &ds, dev)?;
+            // zpool puts its label on a partition of a whole disk it is given: when the
+            // disk itself is not the vdev, the pool is searched for among all devices.
+            import(pool, &ds, dev).or_else(|_| import(pool, &ds, Path::new("/dev")))?;
             (true, None)
         }
         Backing::Dataset(_) => (false, None),
