@@ -460,6 +460,40 @@ fn launch_on_the_zfs_default_pool_and_a_volume_survives_a_reboot() {
     assert!(!taken.0, "a second pool on the data disk was accepted");
     println!("second pool on the data disk: {}", taken.1.trim());
 
+    assert!(
+        taken.1.contains("not empty"),
+        "the refusal should say the disk holds something: {}",
+        taken.1
+    );
+
+    // A small pool filled to the end: the write fails inside the container, the pool and
+    // the node keep serving, and deleting frees it.
+    run(&["storage", "create", "lab:small", "zfs", "size=256MiB"]);
+    run(&["launch", "lab:busybox", "lab:f1", "--storage", "small"]);
+    let fill = lab.incus_status(&[
+        "exec",
+        "lab:f1",
+        "--",
+        "dd",
+        "if=/dev/urandom",
+        "of=/fill",
+        "bs=1M",
+        "count=400",
+    ]);
+    assert!(!fill.0, "400 MiB fitted into a 256 MiB pool");
+    println!(
+        "filling a 256 MiB zfs pool: {}",
+        fill.1.lines().next().unwrap_or_default()
+    );
+    let after = run(&["exec", "lab:c1", "--", "cat", "/data/hello"]);
+    assert_eq!(
+        after.trim(),
+        "hello",
+        "the default pool after the other one filled"
+    );
+    run(&["delete", "--force", "lab:f1"]);
+    run(&["storage", "delete", "lab:small"]);
+
     let before = node.mark();
     node.ctrl_alt_del().expect("ctrl-alt-del");
     node.wait_for_from(
