@@ -154,6 +154,9 @@ fn mhz(path: &Path) -> Option<u64> {
     read_u64(path).map(|k| k / 1000)
 }
 
+/// A socket's cores by (die, core id).
+type CoresByDieAndId = BTreeMap<(u64, u64), Core>;
+
 pub fn read(root: &Path, arch: &str) -> Result<Cpu> {
     let base = under(root, "/sys/devices/system/cpu");
     let cpuinfo = parse_cpuinfo(&read_required(&under(root, "/proc/cpuinfo"))?);
@@ -162,7 +165,7 @@ pub fn read(root: &Path, arch: &str) -> Result<Cpu> {
         .unwrap_or_default();
 
     // socket → (die, core) → core, as Incus groups them.
-    let mut sockets: BTreeMap<u64, (Socket, BTreeMap<(u64, u64), Core>)> = BTreeMap::new();
+    let mut sockets: BTreeMap<u64, (Socket, CoresByDieAndId)> = BTreeMap::new();
     let mut total = 0;
     for name in dir_names(&base)? {
         let Some(id) = name.strip_prefix("cpu").and_then(|n| n.parse::<i64>().ok()) else {
