@@ -22,6 +22,7 @@ pub mod os;
 pub mod owner_only;
 pub mod peer_trust;
 pub mod preseed;
+pub mod resources;
 pub mod runner;
 pub mod storage;
 pub mod tls;

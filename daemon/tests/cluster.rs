@@ -498,4 +498,16 @@ fn joining_errors() {
     let out = n2.preseed_join(&token);
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), c.logs());
     c.wait_all_online(n2, &["node1", "node2"], Duration::from_secs(10));
+
+    // Per-member reads: `target=node2` asked of node1 is answered by node2 (node1 itself
+    // refuses a target that is not its own name), and a member that does not exist is a 400.
+    let res: Value =
+        serde_json::from_str(&c.ok(n1, &["query", "/1.0/resources?target=node2"])).unwrap();
+    assert!(res["cpu"]["total"].as_u64().unwrap_or(0) >= 1, "{res}");
+    let info = c.ok(n1, &["info", "--resources", "--target", "node2"]);
+    assert!(info.contains("Threads:"), "{info}");
+    let pool = c.ok(n1, &["storage", "info", "default", "--target", "node2"]);
+    assert!(pool.contains("total space:"), "{pool}");
+    let e = c.err(n1, &["query", "/1.0/resources?target=nosuch"]);
+    assert!(e.contains("\"nosuch\" not found"), "{e}");
 }

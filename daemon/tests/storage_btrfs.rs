@@ -51,8 +51,7 @@ fn a_btrfs_pool_through_the_incus_cli() {
     assert!(e.contains("not supported"), "{e}");
     d.incus_ok(&["storage", "set", "fast", "user.note=kept"]);
 
-    // `incus storage info` wants the "resources" API extension, which also covers
-    // /1.0/resources (not served yet); the pool's own resources endpoint is real.
+    // The pool's resources endpoint (what `incus storage info` shows) is measured.
     let res = d.incus_ok(&["query", "/1.0/storage-pools/fast/resources"]);
     let res: serde_json::Value = serde_json::from_str(&res).unwrap();
     let total = res["space"]["total"].as_u64().unwrap();

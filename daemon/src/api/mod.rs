@@ -17,6 +17,7 @@ mod networks;
 mod operations;
 mod os;
 mod profiles;
+mod resources;
 pub mod response;
 pub mod routing;
 mod server;
@@ -133,6 +134,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 .patch(server::patch_server),
         )
         .route("/1.0/events", get(events::events))
+        .route("/1.0/resources", get(resources::get))
         .route("/1.0/operations", get(operations::list))
         .route(
             "/1.0/operations/{id}",

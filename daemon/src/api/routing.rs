@@ -1,7 +1,8 @@
 //! In a cluster, a request about something that lives on another member is sent there and
 //! its answer relayed, so that any member serves the whole cluster as Incus does:
 //! - `/1.0/instances/{name}…` goes to the member the instance is on;
-//! - `POST /1.0/instances?target=M` (and storage/network requests with `target=M`) go to M;
+//! - `POST /1.0/instances?target=M` (and storage/network requests with `target=M`, and
+//!   `GET /1.0/resources?target=M` and a pool's `/resources`) go to M;
 //! - `/1.0/operations/{id}…` goes to the member running the operation (known from the
 //!   forwarded request that started it, or by asking the members).
 //!
@@ -93,6 +94,10 @@ fn destination(
             }
         }
         ["cluster", "members", name, "state"] if method == Method::POST => to_member(name),
+        // Per-member measurements: the named member's hardware and pool space.
+        ["resources"] | ["storage-pools", _, "resources"] if method == Method::GET => {
+            target.map_or(Destination::Here, to_member)
+        }
         ["storage-pools", ..] | ["networks", ..] if method != Method::GET => {
             target.map_or(Destination::Here, to_member)
         }

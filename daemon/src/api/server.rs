@@ -57,6 +57,22 @@ pub const API_EXTENSIONS: &[&str] = &[
     "clustering_server_address",
     "cluster_member_state",
     "event_location",
+    "resources",
+    "resources_cpu_socket",
+    "resources_gpu",
+    "resources_numa",
+    "resources_v2",
+    "resources_disk_sata",
+    "resources_disk_id",
+    "resources_usb_pci",
+    "resources_cpu_threads_numa",
+    "resources_cpu_core_die",
+    "resources_system",
+    "resources_cpu_isolated",
+    "resources_pci_iommu",
+    "resources_disk_address",
+    "resources_load",
+    "resources_cpu_flags",
 ];
 
 pub async fn root() -> ApiResult {

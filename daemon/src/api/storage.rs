@@ -262,7 +262,12 @@ pub async fn delete(State(d): State<AppState>, Path(pool): Path<String>) -> ApiR
     empty()
 }
 
-pub async fn resources(State(d): State<AppState>, Path(pool): Path<String>) -> ApiResult {
+pub async fn resources(
+    State(d): State<AppState>,
+    Path(pool): Path<String>,
+    Query(q): Query<super::resources::TargetQuery>,
+) -> ApiResult {
+    super::resources::check_target(&d, &q)?;
     get_pool(&d, &pool)?;
     let driver = d
         .pool(&pool)
