@@ -369,6 +369,8 @@ fn launch_on_the_zfs_default_pool_and_a_volume_survives_a_reboot() {
         None,
     )
     .expect("pool resources");
+    let info = run(&["storage", "info", "lab:default"]);
+    println!("incus storage info lab:default:\n{info}");
     let space = &res["metadata"]["space"];
     println!(
         "default pool: {} used of {} bytes",
@@ -667,6 +669,36 @@ fn three_nodes_with_one_seed_form_a_cluster() {
     assert!(where_.contains("c1,RUNNING,cnode2"), "{where_}");
     let host = run(&["exec", "rack:c1", "--", "hostname"]);
     assert_eq!(host.trim(), "c1");
+
+    // Every member made its share of the zfs default pool on its own data disk; a stopped
+    // container moves between members as a zfs send stream, snapshots and all.
+    let pools = run(&["storage", "list", "rack:", "--format", "csv"]);
+    assert!(pools.contains("default,zfs"), "storage list: {pools}");
+    let info = run(&["storage", "info", "rack:default", "--target", "cnode3"]);
+    println!("storage info on cnode3:\n{info}");
+    run(&[
+        "exec",
+        "rack:c1",
+        "--",
+        "sh",
+        "-c",
+        "echo moved > /root/mark",
+    ]);
+    run(&["snapshot", "create", "rack:c1", "s1"]);
+    run(&["stop", "--force", "rack:c1"]);
+    let moving = std::time::Instant::now();
+    run(&["move", "rack:c1", "--target", "cnode3"]);
+    println!(
+        "zfs move cnode2 -> cnode3: {:.1} s",
+        moving.elapsed().as_secs_f64()
+    );
+    run(&["start", "rack:c1"]);
+    let where_ = run(&["list", "rack:", "--format", "csv", "-c", "nsL"]);
+    assert!(where_.contains("c1,RUNNING,cnode3"), "{where_}");
+    let mark = run(&["exec", "rack:c1", "--", "cat", "/root/mark"]);
+    assert_eq!(mark.trim(), "moved");
+    let snaps = run(&["snapshot", "list", "rack:c1", "--format", "csv"]);
+    assert!(snaps.contains("s1"), "snapshots after the move: {snaps}");
     for n in nodes.iter_mut() {
         n.shutdown(Duration::from_secs(120)).expect("power off");
     }

@@ -20,6 +20,7 @@
 //! would see running the command by hand. A launch costs one `zfs clone`.
 
 mod setup;
+mod wire;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -386,6 +387,14 @@ impl ZfsPool {
         .map(|_| ())
     }
 
+    /// `zfs send args…` as one framed stream of `out`.
+    fn framed_send(&self, args: &[&str], out: &mut dyn std::io::Write) -> Result<(), StorageError> {
+        let what = format!("zfs {}", args.join(" "));
+        let mut w = wire::StreamWriter::start(out).map_err(|e| self.io(e, what.clone()))?;
+        self.stream_out(args, &mut w)?;
+        w.finish().map_err(|e| self.io(e, what))
+    }
+
     /// Runs `zfs args…` with its stdout copied into `out` (`zfs send`).
     fn stream_out(&self, args: &[&str], out: &mut dyn std::io::Write) -> Result<(), StorageError> {
         let what = format!("zfs {}", args.join(" "));
@@ -604,8 +613,20 @@ impl StorageDriver for ZfsPool {
         let now = format!("{ds}@{MIGRATE}");
         let _ = self.zfs(format!("removing {now}"), &["destroy", &now]);
         self.zfs(format!("snapshotting {ds}"), &["snapshot", &now])?;
-        // -R: the snapshots and the dataset's own properties (its refquota) travel too.
-        let sent = self.stream_out(&["send", "-R", &now], out);
+        let sent = (|| {
+            let snaps = self.snapshots_of(&ds)?;
+            let first = snaps.first().cloned().unwrap_or_else(|| MIGRATE.into());
+            // A full stream of the oldest snapshot (self-contained even for a clone), then
+            // everything after it up to now in one incremental stream. -p: the dataset's
+            // own properties (its refquota) travel too.
+            let full = format!("{ds}@{first}");
+            self.framed_send(&["send", "-p", &full], out)?;
+            if first != MIGRATE {
+                let base = format!("@{first}");
+                self.framed_send(&["send", "-p", "-I", &base, &now], out)?;
+            }
+            wire::end(out).map_err(|e| self.io(e, format!("sending {name}")))
+        })();
         let _ = self.zfs(format!("removing {now}"), &["destroy", &now]);
         sent
     }
@@ -622,15 +643,26 @@ impl StorageDriver for ZfsPool {
                 format!("volume for instance {name} already exists"),
             ));
         }
-        let received = self
-            .stream_in(&["receive", &ds], input)
-            .and_then(|_| {
-                self.zfs(
-                    format!("removing {ds}@{MIGRATE}"),
-                    &["destroy", &format!("{ds}@{MIGRATE}")],
-                )
-            })
-            .and_then(|_| self.set_root_mode(&self.instance_path(name)));
+        let received = (|| {
+            let mut first = true;
+            while wire::next(input).map_err(|e| self.io(e, format!("receiving {name}")))? {
+                let mut one = wire::StreamReader::new(input);
+                let args: &[&str] = if first {
+                    &["receive", &ds]
+                } else {
+                    &["receive", "-F", &ds]
+                };
+                self.stream_in(args, &mut one)?;
+                one.drain()
+                    .map_err(|e| self.io(e, format!("receiving {name}")))?;
+                first = false;
+            }
+            self.zfs(
+                format!("removing {ds}@{MIGRATE}"),
+                &["destroy", &format!("{ds}@{MIGRATE}")],
+            )?;
+            self.set_root_mode(&self.instance_path(name))
+        })();
         if received.is_err() {
             let _ = self.destroy_ds(&ds);
         }
