@@ -47,8 +47,10 @@ fn a_btrfs_pool_through_the_incus_cli() {
     );
     let e = d.incus_err(&["storage", "create", "fast", "btrfs"]);
     assert!(e.contains("already exists"), "{e}");
-    let e = d.incus_err(&["storage", "set", "fast", "size=3GiB"]);
-    assert!(e.contains("not supported"), "{e}");
+    let e = d.incus_err(&["storage", "set", "fast", "size=1GiB"]);
+    assert!(e.contains("cannot shrink"), "{e}");
+    let e = d.incus_err(&["storage", "set", "fast", "size=lots"]);
+    assert!(e.contains("Invalid value"), "{e}");
     d.incus_ok(&["storage", "set", "fast", "user.note=kept"]);
 
     // The pool's resources endpoint (what `incus storage info` shows) is measured.
@@ -59,6 +61,16 @@ fn a_btrfs_pool_through_the_incus_cli() {
     assert!(total > 1900 << 20 && total <= 2 << 30, "{res}");
     assert!(used < total, "{res}");
     println!("pool fast: {used} of {total} bytes used");
+    // A loop-backed pool grows: the file, the loop device, then the filesystem.
+    d.incus_ok(&["storage", "set", "fast", "size=3GiB"]);
+    let res = d.incus_ok(&["query", "/1.0/storage-pools/fast/resources"]);
+    let res: serde_json::Value = serde_json::from_str(&res).unwrap();
+    let grown = res["space"]["total"].as_u64().unwrap();
+    assert!(grown > 2900 << 20, "after growing to 3GiB: {res}");
+    assert!(d
+        .incus_ok(&["storage", "show", "fast"])
+        .contains("size: 3GiB"));
+    println!("pool fast grown: {total} -> {grown} bytes");
 
     d.import_busybox("bb");
     d.incus_ok(&["launch", "bb", "c1", "-s", "fast"]);

@@ -211,18 +211,40 @@ pub async fn put(
         // Only user.* keys change in place: the others are how the pool was made (a
         // resize or remount is not implemented, so it is refused, not recorded).
         // A PUT that leaves such a key out keeps it.
+        let mut grow = None;
         for (key, value) in &c {
             if key.starts_with("user.") || p.config.get(key) == Some(value) {
+                continue;
+            }
+            // A loop-backed pool grows (Incus: `incus storage set POOL size=…`).
+            if key == "size" {
+                let bytes = crate::storage::size::parse_bytes(value).map_err(|e| {
+                    ApiError::bad_request(format!("Invalid value for option \"size\": {e}"))
+                })?;
+                grow = Some(bytes);
                 continue;
             }
             return Err(ApiError::bad_request(format!(
                 "Changing {key:?} of an existing storage pool is not supported"
             )));
         }
+        if let Some(bytes) = grow {
+            if d.cluster().is_some() {
+                return Err(ApiError::bad_request(
+                    "Growing a storage pool in a cluster is not supported yet",
+                ));
+            }
+            let driver = d.pool(&pool).ok_or_else(|| {
+                ApiError::bad_request(format!("Storage pool {pool:?} is unavailable"))
+            })?;
+            tokio::task::spawn_blocking(move || driver.grow(bytes))
+                .await
+                .map_err(ApiError::internal)??;
+        }
         let kept: ConfigMap = p
             .config
             .iter()
-            .filter(|(k, _)| !k.starts_with("user."))
+            .filter(|(k, _)| !k.starts_with("user.") && !(grow.is_some() && *k == "size"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         p.config = c;

@@ -132,3 +132,25 @@ pub fn check_device(
 pub fn default_loop_file(paths: &PoolPaths, pool: &str) -> PathBuf {
     paths.disks.join(format!("{pool}.img"))
 }
+
+/// Grows loop file `file` to `bytes`; a smaller size is refused (nothing shrinks a pool).
+pub fn grow_loop_file(pool: &str, file: &Path, bytes: u64) -> Result<(), StorageError> {
+    let now = fs::metadata(file)
+        .map_err(|e| StorageError::io(pool, format!("reading {}", file.display()), e))?
+        .len();
+    if bytes < now {
+        return Err(StorageError::InvalidValue {
+            key: "size".into(),
+            reason: format!(
+                "a pool cannot shrink (it is {}, asked for {})",
+                format_size(now),
+                format_size(bytes)
+            ),
+        });
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_len(bytes))
+        .map_err(|e| StorageError::io(pool, format!("growing {}", file.display()), e))
+}

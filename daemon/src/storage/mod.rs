@@ -155,6 +155,16 @@ pub trait StorageDriver: Send + Sync {
     /// Removes the pool from this member: what the driver made for it (a loop file is
     /// deleted, a mount undone). Called only for a pool no instance uses.
     fn destroy(&self) -> Result<(), StorageError>;
+    /// Grows the pool to `bytes` (a new `size`). Only pools on a loop file can: a device's
+    /// size is the device's. Shrinking is refused.
+    fn grow(&self, bytes: u64) -> Result<(), StorageError> {
+        let _ = bytes;
+        Err(StorageError::NotSupported {
+            pool: self.pool_name().to_string(),
+            driver: self.driver_name(),
+            what: "changing the size of this pool (only a pool on a loop file grows)".into(),
+        })
+    }
     /// Whether [`StorageDriver::set_instance_quota`] enforces a limit.
     fn supports_quotas(&self) -> bool {
         false

@@ -493,6 +493,23 @@ fn launch_on_the_zfs_default_pool_and_a_volume_survives_a_reboot() {
         "hello",
         "the default pool after the other one filled"
     );
+    // The full pool grows (its loop file, then `zpool online -e`).
+    run(&["storage", "set", "lab:small", "size=512MiB"]);
+    let res = run(&["query", "lab:/1.0/storage-pools/small/resources"]);
+    let res: serde_json::Value = serde_json::from_str(&res).expect("resources JSON");
+    let total = res["space"]["total"].as_u64().unwrap_or(0);
+    println!("small pool grown to 512MiB: {total} bytes total");
+    assert!(total > 400 << 20, "after growing: {res}");
+    run(&[
+        "exec",
+        "lab:f1",
+        "--",
+        "dd",
+        "if=/dev/urandom",
+        "of=/more",
+        "bs=1M",
+        "count=50",
+    ]);
     run(&["delete", "--force", "lab:f1"]);
     run(&["storage", "delete", "lab:small"]);
 

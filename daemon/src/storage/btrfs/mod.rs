@@ -364,6 +364,39 @@ impl StorageDriver for BtrfsPool {
         Ok(())
     }
 
+    fn grow(&self, bytes: u64) -> Result<(), StorageError> {
+        let Some(file) = &self.loop_file else {
+            return Err(StorageError::NotSupported {
+                pool: self.name.clone(),
+                driver: "btrfs",
+                what: "changing the size of a pool on a device or directory".into(),
+            });
+        };
+        super::backing::grow_loop_file(&self.name, file, bytes)?;
+        // The loop device learns the file's new size, then btrfs takes it.
+        let dev = runner::run("losetup", ["-j".as_ref(), file.as_os_str()])
+            .map_err(run_err(&self.name, "finding the pool's loop device"))?;
+        let dev = dev.split(':').next().unwrap_or_default().trim().to_string();
+        if dev.is_empty() {
+            return Err(StorageError::Invalid(
+                self.name.clone(),
+                format!("no loop device backs {}", file.display()),
+            ));
+        }
+        runner::run("losetup", ["-c", dev.as_str()])
+            .map_err(run_err(&self.name, format!("refreshing the size of {dev}")))?;
+        self.btrfs(
+            "growing the filesystem".into(),
+            &[
+                "filesystem".as_ref(),
+                "resize".as_ref(),
+                "max".as_ref(),
+                self.root.as_os_str(),
+            ],
+        )
+        .map(|_| ())
+    }
+
     fn supports_quotas(&self) -> bool {
         true
     }

@@ -517,6 +517,30 @@ impl StorageDriver for ZfsPool {
         Ok(())
     }
 
+    fn grow(&self, bytes: u64) -> Result<(), StorageError> {
+        let Some(file) = &self.loop_file else {
+            return Err(StorageError::NotSupported {
+                pool: self.name.clone(),
+                driver: "zfs",
+                what: "changing the size of a pool on a device or dataset".into(),
+            });
+        };
+        super::backing::grow_loop_file(&self.name, file, bytes)?;
+        // The file is the vdev itself (no loop device): zpool takes the new size.
+        let zpool = self.dataset.split('/').next().unwrap_or(&self.dataset);
+        runner::run(
+            "zpool",
+            [
+                "online".as_ref(),
+                "-e".as_ref(),
+                zpool.as_ref(),
+                file.as_os_str(),
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| self.run_error(format!("growing zpool {zpool}"), e))
+    }
+
     fn supports_quotas(&self) -> bool {
         true
     }
