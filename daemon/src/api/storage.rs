@@ -244,7 +244,7 @@ pub async fn put(
         let kept: ConfigMap = p
             .config
             .iter()
-            .filter(|(k, _)| !k.starts_with("user.") && !(grow.is_some() && *k == "size"))
+            .filter(|(k, _)| !(k.starts_with("user.") || (grow.is_some() && *k == "size")))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         p.config = c;
