@@ -232,6 +232,10 @@ impl Daemon {
         Ok(Arc::new(d))
     }
 
+    /// The pool keys that describe one member's share (its disk, loop file, zpool), as Incus
+    /// keeps them per member.
+    const MEMBER_POOL_KEYS: &[&str] = &["source", "size", "zfs.pool_name"];
+
     /// First start: a `default` profile with a root disk on the `default` dir pool and a p2p
     /// NIC, as `incus admin init --auto` would give (minus a managed bridge, which comes later).
     fn seed_defaults(&self) -> Result<(), StartError> {
@@ -304,6 +308,7 @@ impl Daemon {
             match created {
                 Ok(config) => {
                     tracing::info!(pool = %p.name, driver = %p.driver, "storage pool created from the preseed");
+                    self.record_local_share(&p.name, &p.driver, &config);
                     made.push(PoolRecord {
                         name: p.name,
                         driver: p.driver,
@@ -402,9 +407,49 @@ impl Daemon {
         storage::PoolPaths::new(&self.paths.state, pool)
     }
 
+    /// Where this member keeps the member-specific keys of a pool share it made itself.
+    pub fn local_share_path(&self, pool: &str) -> std::path::PathBuf {
+        self.paths.pools.join(format!("{pool}.member.json"))
+    }
+
+    /// Remembers what this member made for `pool` (its disk, loop size, zpool name): in a
+    /// cluster the pool's record is the founder's, and a member whose disk has another
+    /// name still opens its own share.
+    fn record_local_share(&self, pool: &str, driver: &str, config: &storage::PoolConfig) {
+        let keys: BTreeMap<&str, &str> = config
+            .iter()
+            .filter(|(k, _)| Self::MEMBER_POOL_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(std::iter::once(("driver", driver)))
+            .collect();
+        let path = self.local_share_path(pool);
+        let written = serde_json::to_vec(&keys)
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::owner_only::write(&path, &b));
+        if let Err(e) = written {
+            tracing::warn!(
+                pool,
+                "recording this member's pool share in {}: {e}",
+                path.display()
+            );
+        }
+    }
+
     /// A pool's config as this member's driver opens it.
     pub fn pool_config(&self, p: &PoolRecord) -> storage::PoolConfig {
         let mut c = p.config.clone();
+        if let Ok(text) = std::fs::read(self.local_share_path(&p.name)) {
+            if let Ok(mine) = serde_json::from_slice::<BTreeMap<String, String>>(&text) {
+                if mine.get("driver") == Some(&p.driver) {
+                    for k in Self::MEMBER_POOL_KEYS {
+                        match mine.get(*k) {
+                            Some(v) => c.insert(k.to_string(), v.clone()),
+                            None => c.remove(*k),
+                        };
+                    }
+                }
+            }
+        }
         // A dir pool's source is a path on one member; in a cluster each member keeps the
         // pool's data in its own state dir.
         if self.cluster().is_some() && p.driver == "dir" {
@@ -440,5 +485,38 @@ impl Daemon {
 
     pub fn instance_log_dir(&self, name: &str) -> PathBuf {
         self.paths.logs.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preseed_pool_is_made_and_this_members_share_wins_over_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("data");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(
+            dir.path().join("preseed.yaml"),
+            format!(
+                "storage_pools:\n- {{name: default, driver: dir, config: {{source: {}}}}}\n",
+                src.display()
+            ),
+        )
+        .unwrap();
+        let d = Daemon::open(dir.path()).unwrap();
+        let rec = d.db.pool("default").unwrap().unwrap();
+        assert_eq!(rec.config["source"], src.display().to_string());
+        // The cluster's record names another member's disk: this member opens its own.
+        let mut founders = rec.clone();
+        founders.config.insert("source".into(), "/elsewhere".into());
+        assert_eq!(
+            d.pool_config(&founders)["source"],
+            src.display().to_string()
+        );
+        // A record of another driver is not this member's share.
+        founders.driver = "btrfs".into();
+        assert_eq!(d.pool_config(&founders)["source"], "/elsewhere");
     }
 }

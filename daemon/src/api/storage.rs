@@ -268,6 +268,7 @@ pub async fn delete(State(d): State<AppState>, Path(pool): Path<String>) -> ApiR
     d.write(vec![Command::DeletePool { name: pool.clone() }])
         .await?;
     d.pools_mut().remove(&pool);
+    let _ = std::fs::remove_file(d.local_share_path(&pool));
     if let Some(driver) = driver {
         // The record is gone; what backs the pool on this member goes with it. A failure
         // here leaves files behind, not a pool the API still lists.
