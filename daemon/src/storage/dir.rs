@@ -167,12 +167,7 @@ impl StorageDriver for DirPool {
                 format!("volume for instance {name} already exists"),
             ));
         }
-        let reshift = Reshift {
-            from_uid: 0,
-            from_gid: 0,
-            to_uid: shift.uid_base,
-            to_gid: shift.gid_base,
-        };
+        let reshift = Reshift::from_root(shift);
         let r = (|| -> std::io::Result<()> {
             fs::create_dir(&dst)?;
             fs::set_permissions(&dst, fs::Permissions::from_mode(0o711))?;
@@ -220,17 +215,6 @@ impl StorageDriver for DirPool {
                 .map_err(|e| self.io(e, format!("renaming snapshots of {from}")))?;
         }
         Ok(())
-    }
-
-    fn reshift_instance(&self, name: &str, from: IdShift, to: IdShift) -> Result<(), StorageError> {
-        let shift = Reshift {
-            from_uid: from.uid_base,
-            from_gid: from.gid_base,
-            to_uid: to.uid_base,
-            to_gid: to.gid_base,
-        };
-        tree::reshift(&self.rootfs_path(name), shift)
-            .map_err(|e| self.io(e, format!("re-owning instance {name}")))
     }
 
     fn create_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {

@@ -209,7 +209,11 @@ pub trait StorageDriver: Send + Sync {
     fn delete_instance(&self, name: &str) -> Result<(), StorageError>;
     fn rename_instance(&self, from: &str, to: &str) -> Result<(), StorageError>;
     /// Re-owns an instance's files when its id map changes.
-    fn reshift_instance(&self, name: &str, from: IdShift, to: IdShift) -> Result<(), StorageError>;
+    fn reshift_instance(&self, name: &str, from: IdShift, to: IdShift) -> Result<(), StorageError> {
+        tree::reshift(&self.rootfs_path(name), tree::Reshift::between(from, to)).map_err(|e| {
+            StorageError::io(self.pool_name(), format!("re-owning instance {name}"), e)
+        })
+    }
 
     fn create_snapshot(&self, name: &str, snapshot: &str) -> Result<(), StorageError>;
     fn restore_snapshot(&self, name: &str, snapshot: &str) -> Result<(), StorageError>;
@@ -346,12 +350,7 @@ pub trait StorageDriver: Send + Sync {
     }
     /// Re-owns a custom volume's files from one id map to another.
     fn reshift_volume(&self, name: &str, from: IdShift, to: IdShift) -> Result<(), StorageError> {
-        let shift = tree::Reshift {
-            from_uid: from.uid_base,
-            from_gid: from.gid_base,
-            to_uid: to.uid_base,
-            to_gid: to.gid_base,
-        };
+        let shift = tree::Reshift::between(from, to);
         tree::reshift(&self.volume_path(name), shift)
             .map_err(|e| StorageError::io(self.pool_name(), format!("re-owning volume {name}"), e))
     }

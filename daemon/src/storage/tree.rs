@@ -14,6 +14,8 @@ use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
+use crate::instance::idmap::IdShift;
+
 /// How ids change on the way: `to = from - from_base + to_base`, per uid and gid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reshift {
@@ -30,6 +32,26 @@ impl Reshift {
         to_uid: 0,
         to_gid: 0,
     };
+
+    /// From one id map to another (an instance or volume re-owned for a new map).
+    pub fn between(from: IdShift, to: IdShift) -> Reshift {
+        Reshift {
+            from_uid: from.uid_base,
+            from_gid: from.gid_base,
+            to_uid: to.uid_base,
+            to_gid: to.gid_base,
+        }
+    }
+
+    /// From root-owned files (an image) to `to`'s map.
+    pub fn from_root(to: IdShift) -> Reshift {
+        Reshift {
+            from_uid: 0,
+            from_gid: 0,
+            to_uid: to.uid_base,
+            to_gid: to.gid_base,
+        }
+    }
 
     fn is_none(&self) -> bool {
         self.from_uid == self.to_uid && self.from_gid == self.to_gid

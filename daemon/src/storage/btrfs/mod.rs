@@ -185,12 +185,7 @@ impl BtrfsPool {
         ));
         self.subvolume_delete(&staging)?;
         self.snapshot(&src, &staging, false)?;
-        let reshift = Reshift {
-            from_uid: 0,
-            from_gid: 0,
-            to_uid: shift.uid_base,
-            to_gid: shift.gid_base,
-        };
+        let reshift = Reshift::from_root(shift);
         let made = tree::reshift(&staging.join("rootfs"), reshift)
             .map_err(|e| self.io(e, format!("re-owning image {fp}")))
             .and_then(|_| self.set_readonly(&staging, true));
@@ -503,17 +498,6 @@ impl StorageDriver for BtrfsPool {
                 .map_err(|e| self.io(e, format!("renaming snapshots of {from}")))?;
         }
         Ok(())
-    }
-
-    fn reshift_instance(&self, name: &str, from: IdShift, to: IdShift) -> Result<(), StorageError> {
-        let shift = Reshift {
-            from_uid: from.uid_base,
-            from_gid: from.gid_base,
-            to_uid: to.uid_base,
-            to_gid: to.gid_base,
-        };
-        tree::reshift(&self.rootfs_path(name), shift)
-            .map_err(|e| self.io(e, format!("re-owning instance {name}")))
     }
 
     fn create_snapshot(&self, name: &str, snap: &str) -> Result<(), StorageError> {

@@ -229,12 +229,7 @@ impl ZfsPool {
             format!("cloning image {fp} for an id map"),
             &["clone", &base, &shifted],
         )?;
-        let reshift = Reshift {
-            from_uid: 0,
-            from_gid: 0,
-            to_uid: shift.uid_base,
-            to_gid: shift.gid_base,
-        };
+        let reshift = Reshift::from_root(shift);
         let made = tree::reshift(&self.mountpoint("images", &name).join("rootfs"), reshift)
             .map_err(|e| self.io(e, format!("re-owning image {fp}")))
             .and_then(|_| self.zfs(format!("snapshotting {shifted}"), &["snapshot", &snapshot]));
@@ -519,17 +514,6 @@ impl StorageDriver for ZfsPool {
             ],
         )
         .map(|_| ())
-    }
-
-    fn reshift_instance(&self, name: &str, from: IdShift, to: IdShift) -> Result<(), StorageError> {
-        let shift = Reshift {
-            from_uid: from.uid_base,
-            from_gid: from.gid_base,
-            to_uid: to.uid_base,
-            to_gid: to.gid_base,
-        };
-        tree::reshift(&self.rootfs_path(name), shift)
-            .map_err(|e| self.io(e, format!("re-owning instance {name}")))
     }
 
     fn create_snapshot(&self, name: &str, s: &str) -> Result<(), StorageError> {
