@@ -21,6 +21,27 @@ pub enum RunError {
     },
 }
 
+impl RunError {
+    /// `program args…` exited with `status`, saying `stderr`.
+    pub fn failed<S: AsRef<OsStr>>(
+        program: &str,
+        args: &[S],
+        status: std::process::ExitStatus,
+        stderr: &[u8],
+    ) -> RunError {
+        RunError::Failed {
+            program: program.to_string(),
+            args: args
+                .iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(stderr).trim().to_string(),
+        }
+    }
+}
+
 /// Runs `program args…`, waits, and returns its stdout; non-zero exit is an error with stderr.
 pub fn run<I, S>(program: &str, args: I) -> Result<String, RunError>
 where
@@ -37,16 +58,7 @@ where
             source,
         })?;
     if !out.status.success() {
-        return Err(RunError::Failed {
-            program: program.to_string(),
-            args: args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        return Err(RunError::failed(program, &args, out.status, &out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -88,18 +100,7 @@ pub fn pipe(a: (&str, &[&OsStr]), b: (&str, &[&OsStr])) -> Result<String, RunErr
     };
     // b has exited, so a's writes fail from here on: wait cannot block for long.
     let first_out = first.wait_with_output().map_err(spawn_err(a.0))?;
-    let failed = |program: &str, args: &[&OsStr], status: std::process::ExitStatus, err: &[u8]| {
-        RunError::Failed {
-            program: program.to_string(),
-            args: args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" "),
-            status: status.to_string(),
-            stderr: String::from_utf8_lossy(err).trim().to_string(),
-        }
-    };
+    let failed = RunError::failed::<&OsStr>;
     // When both fail, b's error leads (a killed by SIGPIPE only says b stopped reading)
     // and a's own complaint, if it made one, follows.
     if !second.status.success() {

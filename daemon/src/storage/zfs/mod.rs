@@ -67,8 +67,9 @@ pub struct ZfsPool {
     owned_zpool: bool,
     loop_file: Option<PathBuf>,
     /// Held while images (and their shifted copies) are made or deleted, so a launch never
-    /// clones an image being moved to `deleted/`.
-    images: std::sync::Mutex<()>,
+    /// clones an image being moved to `deleted/`. Holds the shifted copies known to be
+    /// complete, so a launch asks zfs nothing before its one `zfs clone`.
+    images: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn snap(name: &str) -> String {
@@ -212,7 +213,12 @@ impl ZfsPool {
 
     /// The `@readonly` snapshot instances of image `fp` with id map `shift` are cloned
     /// from: the image's own, or that of its copy re-owned for the map, made once.
-    fn image_snapshot(&self, fp: &str, shift: IdShift) -> Result<String, StorageError> {
+    fn image_snapshot(
+        &self,
+        made: &mut std::collections::HashSet<String>,
+        fp: &str,
+        shift: IdShift,
+    ) -> Result<String, StorageError> {
         let base = format!("{}@{READONLY}", self.ds("images", fp));
         if shift.is_identity() {
             return Ok(base);
@@ -220,7 +226,11 @@ impl ZfsPool {
         let name = Self::image_name(fp, shift);
         let shifted = self.ds("images", &name);
         let snapshot = format!("{shifted}@{READONLY}");
+        if made.contains(&name) {
+            return Ok(snapshot);
+        }
         if self.exists(&snapshot) {
+            made.insert(name);
             return Ok(snapshot);
         }
         // A half-made copy from a crash is made again.
@@ -230,13 +240,14 @@ impl ZfsPool {
             &["clone", &base, &shifted],
         )?;
         let reshift = Reshift::from_root(shift);
-        let made = tree::reshift(&self.mountpoint("images", &name).join("rootfs"), reshift)
+        let done = tree::reshift(&self.mountpoint("images", &name).join("rootfs"), reshift)
             .map_err(|e| self.io(e, format!("re-owning image {fp}")))
             .and_then(|_| self.zfs(format!("snapshotting {shifted}"), &["snapshot", &snapshot]));
-        if let Err(e) = made {
+        if let Err(e) = done {
             let _ = self.destroy_ds(&shifted);
             return Err(e);
         }
+        made.insert(name);
         Ok(snapshot)
     }
 
@@ -305,6 +316,42 @@ impl ZfsPool {
         self.zfs(
             format!("rolling {ds} back to {s}"),
             &["rollback", "-r", &format!("{ds}@{target}")],
+        )
+        .map(|_| ())
+    }
+
+    /// `<kind>/<name>@snapshot-<s>` (an instance's or a custom volume's snapshot).
+    fn take_snapshot(&self, kind: &str, name: &str, s: &str) -> Result<(), StorageError> {
+        let full = format!("{}@{}", self.ds(kind, name), snap(s));
+        self.zfs(format!("snapshotting {name} as {s}"), &["snapshot", &full])
+            .map(|_| ())
+    }
+
+    /// Destroys `<kind>/<name>@snapshot-<s>`; one that does not exist is already gone.
+    fn drop_snapshot(&self, kind: &str, name: &str, s: &str) -> Result<(), StorageError> {
+        let full = format!("{}@{}", self.ds(kind, name), snap(s));
+        if !self.exists(&full) {
+            return Ok(());
+        }
+        self.zfs(format!("deleting snapshot {name}/{s}"), &["destroy", &full])
+            .map(|_| ())
+    }
+
+    fn rename_snap(
+        &self,
+        kind: &str,
+        name: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StorageError> {
+        let ds = self.ds(kind, name);
+        self.zfs(
+            format!("renaming snapshot {name}/{from}"),
+            &[
+                "rename",
+                &format!("{ds}@{}", snap(from)),
+                &format!("{ds}@{}", snap(to)),
+            ],
         )
         .map(|_| ())
     }
@@ -436,7 +483,8 @@ impl StorageDriver for ZfsPool {
     }
 
     fn delete_image(&self, fp: &str) -> Result<(), StorageError> {
-        let _held = self.images.lock().unwrap_or_else(|p| p.into_inner());
+        let mut made = self.images.lock().unwrap_or_else(|p| p.into_inner());
+        made.retain(|n| !n.starts_with(&format!("{fp}.shift-")));
         let names = self.children(&format!("{}/images", self.dataset))?;
         // Shifted copies first: they are clones of the base image.
         let shifted = names
@@ -460,19 +508,23 @@ impl StorageDriver for ZfsPool {
         shift: IdShift,
     ) -> Result<(), StorageError> {
         let dst = self.ds("containers", name);
-        if self.exists(&dst) {
-            return Err(StorageError::Invalid(
-                self.name.clone(),
-                format!("volume for instance {name} already exists"),
-            ));
-        }
         {
-            let _held = self.images.lock().unwrap_or_else(|p| p.into_inner());
-            let origin = self.image_snapshot(fp, shift)?;
-            self.zfs(
-                format!("cloning image {fp} for {name}"),
-                &["clone", &origin, &dst],
-            )?;
+            let mut made = self.images.lock().unwrap_or_else(|p| p.into_inner());
+            let origin = self.image_snapshot(&mut made, fp, shift)?;
+            // The one zfs command of a launch; an existing volume is its error to report.
+            let cloned = runner::run("zfs", ["clone", origin.as_str(), dst.as_str()]);
+            match cloned {
+                Err(runner::RunError::Failed { stderr, .. })
+                    if stderr.contains("already exists") =>
+                {
+                    return Err(StorageError::Invalid(
+                        self.name.clone(),
+                        format!("volume for instance {name} already exists"),
+                    ));
+                }
+                Err(e) => return Err(self.run_error(format!("cloning image {fp} for {name}"), e)),
+                Ok(_) => {}
+            }
         }
         self.set_root_mode(&self.instance_path(name))
     }
@@ -517,9 +569,7 @@ impl StorageDriver for ZfsPool {
     }
 
     fn create_snapshot(&self, name: &str, s: &str) -> Result<(), StorageError> {
-        let full = format!("{}@{}", self.ds("containers", name), snap(s));
-        self.zfs(format!("snapshotting {name} as {s}"), &["snapshot", &full])
-            .map(|_| ())
+        self.take_snapshot("containers", name, s)
     }
 
     fn restore_snapshot(&self, name: &str, s: &str) -> Result<(), StorageError> {
@@ -527,25 +577,11 @@ impl StorageDriver for ZfsPool {
     }
 
     fn delete_snapshot(&self, name: &str, s: &str) -> Result<(), StorageError> {
-        let full = format!("{}@{}", self.ds("containers", name), snap(s));
-        if !self.exists(&full) {
-            return Ok(());
-        }
-        self.zfs(format!("deleting snapshot {name}/{s}"), &["destroy", &full])
-            .map(|_| ())
+        self.drop_snapshot("containers", name, s)
     }
 
     fn rename_snapshot(&self, name: &str, from: &str, to: &str) -> Result<(), StorageError> {
-        let ds = self.ds("containers", name);
-        self.zfs(
-            format!("renaming snapshot {name}/{from}"),
-            &[
-                "rename",
-                &format!("{ds}@{}", snap(from)),
-                &format!("{ds}@{}", snap(to)),
-            ],
-        )
-        .map(|_| ())
+        self.rename_snap("containers", name, from, to)
     }
 
     fn copy_instance(
@@ -635,18 +671,11 @@ impl StorageDriver for ZfsPool {
     }
 
     fn create_volume_snapshot(&self, name: &str, s: &str) -> Result<(), StorageError> {
-        let full = format!("{}@{}", self.ds("custom", name), snap(s));
-        self.zfs(format!("snapshotting volume {name}"), &["snapshot", &full])
-            .map(|_| ())
+        self.take_snapshot("custom", name, s)
     }
 
     fn delete_volume_snapshot(&self, name: &str, s: &str) -> Result<(), StorageError> {
-        let full = format!("{}@{}", self.ds("custom", name), snap(s));
-        if !self.exists(&full) {
-            return Ok(());
-        }
-        self.zfs(format!("deleting snapshot {name}/{s}"), &["destroy", &full])
-            .map(|_| ())
+        self.drop_snapshot("custom", name, s)
     }
 
     fn restore_volume_snapshot(&self, name: &str, s: &str) -> Result<(), StorageError> {
@@ -663,16 +692,7 @@ impl StorageDriver for ZfsPool {
     }
 
     fn rename_volume_snapshot(&self, name: &str, from: &str, to: &str) -> Result<(), StorageError> {
-        let ds = self.ds("custom", name);
-        self.zfs(
-            format!("renaming snapshot {name}/{from}"),
-            &[
-                "rename",
-                &format!("{ds}@{}", snap(from)),
-                &format!("{ds}@{}", snap(to)),
-            ],
-        )
-        .map(|_| ())
+        self.rename_snap("custom", name, from, to)
     }
 
     fn volume_usage(&self, name: &str) -> u64 {

@@ -177,7 +177,7 @@ impl ZfsPool {
         if copied.is_err() {
             let _ = child.kill();
         }
-        self.finish(child, what, copied)
+        self.finish(child, args, what, copied)
     }
 
     /// Runs `zfs args…` with `input` copied into its stdin (`zfs receive`).
@@ -198,13 +198,14 @@ impl ZfsPool {
         if copied.is_err() {
             let _ = child.kill();
         }
-        self.finish(child, what, copied)
+        self.finish(child, args, what, copied)
     }
 
     /// Waits for a streaming zfs: its failure (with stderr) before the copy's.
     fn finish(
         &self,
         child: std::process::Child,
+        args: &[&str],
         what: String,
         copied: std::io::Result<()>,
     ) -> Result<(), StorageError> {
@@ -214,12 +215,7 @@ impl ZfsPool {
         if !out.status.success() {
             return Err(self.run_error(
                 what.clone(),
-                runner::RunError::Failed {
-                    program: "zfs".into(),
-                    args: what.trim_start_matches("zfs ").to_string(),
-                    status: out.status.to_string(),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                },
+                runner::RunError::failed("zfs", args, out.status, &out.stderr),
             ));
         }
         copied.map_err(|e| self.io(e, what))
