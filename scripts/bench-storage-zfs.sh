@@ -21,14 +21,7 @@ token=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["nodes"][0]["
 "$incus" storage list bench: --format csv
 
 bash tests/fixtures/make-busybox-image.sh "$root/small.tar.gz" >/dev/null
-big=$root/big
-mkdir -p "$big"
-tar -C "$big" -xzf "$root/small.tar.gz"
-mkdir -p "$big/rootfs/usr/share/bulk"
-head -c 1048576 /dev/urandom > "$root/block"
-for i in $(seq 500); do cp "$root/block" "$big/rootfs/usr/share/bulk/f$i"; done
-tar -C "$big" --numeric-owner --owner=0 --group=0 -cf - metadata.yaml rootfs | gzip -1 > "$root/big.tar.gz"
-rm -rf "$big"
+bash tests/fixtures/make-bulk-image.sh "$root/small.tar.gz" "$root/big.tar.gz"
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 pct() { sort -n | awk '{a[NR]=$1} END {p50=a[int((NR+1)/2)]; i=int(NR*0.95+0.999); if (i>NR) i=NR; printf "p50 %d ms, p95 %d ms (n=%d)", p50, a[i], NR}'; }
 t=$(date +%s%N); "$incus" image import "$root/small.tar.gz" bench: --alias small >/dev/null

@@ -31,14 +31,7 @@ for _ in $(seq 100); do [ -S "$state/unix.socket" ] && "$incus" admin waitready 
 
 # The images: the test busybox image, and the same with ~500 MB in 500 files of 1 MB.
 bash tests/fixtures/make-busybox-image.sh "$root/small.tar.gz" >/dev/null
-big=$root/big
-mkdir -p "$big"
-tar -C "$big" -xzf "$root/small.tar.gz"
-mkdir -p "$big/rootfs/usr/share/bulk"
-head -c 1048576 /dev/urandom > "$root/block"
-for i in $(seq 500); do cp "$root/block" "$big/rootfs/usr/share/bulk/f$i"; done
-tar -C "$big" --numeric-owner --owner=0 --group=0 -cf - metadata.yaml rootfs | gzip -1 > "$root/big.tar.gz"
-rm -rf "$big"
+bash tests/fixtures/make-bulk-image.sh "$root/small.tar.gz" "$root/big.tar.gz"
 "$incus" image import "$root/small.tar.gz" --alias small >/dev/null
 "$incus" image import "$root/big.tar.gz" --alias big >/dev/null
 "$incus" storage create fast btrfs size=10GiB >/dev/null

@@ -154,3 +154,17 @@ pub fn grow_loop_file(pool: &str, file: &Path, bytes: u64) -> Result<(), Storage
         .and_then(|f| f.set_len(bytes))
         .map_err(|e| StorageError::io(pool, format!("growing {}", file.display()), e))
 }
+
+/// The metadata of a pool's `source` path; a missing one is the caller's mistake (a 400).
+pub fn source_metadata(pool: &str, source: &str) -> Result<fs::Metadata, StorageError> {
+    fs::metadata(source).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StorageError::InvalidValue {
+                key: "source".into(),
+                reason: format!("{source} does not exist"),
+            }
+        } else {
+            StorageError::io(pool, format!("reading {source}"), e)
+        }
+    })
+}

@@ -58,20 +58,19 @@ fn backing(pool: &str, config: &PoolConfig, paths: &PoolPaths) -> Result<Backing
         return Ok(Backing::Loop(backing::default_loop_file(paths, pool)));
     };
     let p = PathBuf::from(source);
-    match fs::metadata(&p) {
-        Ok(md) if md.file_type().is_block_device() => Ok(Backing::Device(p)),
-        Ok(md) if md.is_dir() => Ok(Backing::Directory(p)),
+    let md = backing::source_metadata(pool, source)?;
+    if md.file_type().is_block_device() {
+        Ok(Backing::Device(p))
+    } else if md.is_dir() {
+        Ok(Backing::Directory(p))
+    } else if md.is_file() && p.starts_with(&paths.disks) {
         // A loop file recorded by an earlier create.
-        Ok(md) if md.is_file() && p.starts_with(&paths.disks) => Ok(Backing::Loop(p)),
-        Ok(_) => Err(StorageError::InvalidValue {
+        Ok(Backing::Loop(p))
+    } else {
+        Err(StorageError::InvalidValue {
             key: "source".into(),
             reason: format!("{source} is neither a block device nor a directory"),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::InvalidValue {
-            key: "source".into(),
-            reason: format!("{source} does not exist"),
-        }),
-        Err(e) => Err(StorageError::io(pool, format!("reading {source}"), e)),
+        })
     }
 }
 

@@ -127,18 +127,19 @@ pub(super) fn backing(
         return Ok(Backing::Dataset(source.clone()));
     }
     let p = PathBuf::from(source);
-    match fs::metadata(&p) {
-        Ok(md) if md.file_type().is_block_device() => Ok(Backing::Device(p)),
-        Ok(md) if md.is_file() && p.starts_with(&paths.disks) => Ok(Backing::Loop(p)),
-        Ok(_) => Err(StorageError::InvalidValue {
+    let md = backing::source_metadata(pool, source)?;
+    if md.file_type().is_block_device() {
+        Ok(Backing::Device(p))
+    } else if md.is_file() && p.starts_with(&paths.disks) {
+        Ok(Backing::Loop(p))
+    } else {
+        Err(StorageError::InvalidValue {
             key: "source".into(),
-            reason: format!("{source} is not a block device (a zfs pool's source is a device or an existing dataset)"),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::InvalidValue {
-            key: "source".into(),
-            reason: format!("{source} does not exist"),
-        }),
-        Err(e) => Err(StorageError::io(pool, format!("reading {source}"), e)),
+            reason: format!(
+                "{source} is not a block device (a zfs pool's source is a device or an \
+                 existing dataset)"
+            ),
+        })
     }
 }
 
