@@ -234,8 +234,6 @@ impl Daemon {
 
     /// The pool keys that describe one member's share (its disk, loop file, zpool), as Incus
     /// keeps them per member.
-    const MEMBER_POOL_KEYS: &[&str] = &["source", "size", "zfs.pool_name"];
-
     /// First start: a `default` profile with a root disk on the `default` dir pool and a p2p
     /// NIC, as `incus admin init --auto` would give (minus a managed bridge, which comes later).
     fn seed_defaults(&self) -> Result<(), StartError> {
@@ -282,6 +280,7 @@ impl Daemon {
                     driver: "dir".into(),
                     description: String::new(),
                     config: [("source".to_string(), source.display().to_string())].into(),
+                    ..PoolRecord::default()
                 }));
             }
         }
@@ -314,6 +313,7 @@ impl Daemon {
                         driver: p.driver,
                         description: p.description,
                         config,
+                        ..PoolRecord::default()
                     });
                 }
                 Err(e) => {
@@ -383,6 +383,10 @@ impl Daemon {
 
     fn open_pools(&self) -> Result<(), StartError> {
         for p in self.db.pools()? {
+            // A pending pool has no share to open yet.
+            if p.status != crate::db::records::PoolStatus::Created {
+                continue;
+            }
             // A pool that cannot be opened (its loop file or device gone) leaves the pool
             // Unavailable; the daemon and the other pools keep serving.
             match storage::open(
@@ -418,7 +422,7 @@ impl Daemon {
     fn record_local_share(&self, pool: &str, driver: &str, config: &storage::PoolConfig) {
         let keys: BTreeMap<&str, &str> = config
             .iter()
-            .filter(|(k, _)| Self::MEMBER_POOL_KEYS.contains(&k.as_str()))
+            .filter(|(k, _)| crate::pool::MEMBER_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .chain(std::iter::once(("driver", driver)))
             .collect();
@@ -435,19 +439,24 @@ impl Daemon {
         }
     }
 
-    /// A pool's config as this member's driver opens it.
+    /// A pool's config as this member's driver opens it: the shared keys, then this
+    /// member's own (its share in the record, or what it made from its preseed).
     pub fn pool_config(&self, p: &PoolRecord) -> storage::PoolConfig {
         let mut c = p.config.clone();
-        if let Ok(text) = std::fs::read(self.local_share_path(&p.name)) {
-            if let Ok(mine) = serde_json::from_slice::<BTreeMap<String, String>>(&text) {
-                if mine.get("driver") == Some(&p.driver) {
-                    for k in Self::MEMBER_POOL_KEYS {
-                        match mine.get(*k) {
-                            Some(v) => c.insert(k.to_string(), v.clone()),
-                            None => c.remove(*k),
-                        };
-                    }
-                }
+        let own = self
+            .cluster()
+            .and_then(|rt| p.members.get(&rt.name()).map(|s| s.config.clone()))
+            .or_else(|| {
+                let text = std::fs::read(self.local_share_path(&p.name)).ok()?;
+                let mut mine: BTreeMap<String, String> = serde_json::from_slice(&text).ok()?;
+                (mine.remove("driver").as_ref() == Some(&p.driver)).then_some(mine)
+            });
+        if let Some(own) = own {
+            for k in crate::pool::MEMBER_KEYS {
+                match own.get(*k) {
+                    Some(v) => c.insert(k.to_string(), v.clone()),
+                    None => c.remove(*k),
+                };
             }
         }
         // A dir pool's source is a path on one member; in a cluster each member keeps the

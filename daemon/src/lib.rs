@@ -21,6 +21,7 @@ pub mod operations;
 pub mod os;
 pub mod owner_only;
 pub mod peer_trust;
+pub mod pool;
 pub mod preseed;
 pub mod resources;
 pub mod runner;

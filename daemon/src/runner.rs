@@ -12,6 +12,12 @@ pub enum RunError {
         program: String,
         source: std::io::Error,
     },
+    /// The bytes between the program and the caller's stream did not get through.
+    #[error("streaming {program}: {source}")]
+    Stream {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{program} {args} exited with {status}: {stderr}")]
     Failed {
         program: String,
@@ -115,6 +121,78 @@ pub fn pipe(a: (&str, &[&OsStr]), b: (&str, &[&OsStr])) -> Result<String, RunErr
         return Err(failed(a.0, a.1, first_out.status, &first_out.stderr));
     }
     Ok(String::from_utf8_lossy(&second.stdout).into_owned())
+}
+
+/// Runs `program args…` with its stdout copied into `out` (`zfs send`, `btrfs send`).
+pub fn stream_out(
+    program: &str,
+    args: &[&OsStr],
+    out: &mut dyn std::io::Write,
+) -> Result<(), RunError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
+    let copied = match child.stdout.take() {
+        Some(mut stdout) => std::io::copy(&mut stdout, out).map(|_| ()),
+        None => Err(std::io::Error::other("no stdout pipe")),
+    };
+    if copied.is_err() {
+        let _ = child.kill();
+    }
+    finish(program, args, child, copied)
+}
+
+/// Runs `program args…` with `input` copied into its stdin (`zfs receive`, `btrfs
+/// receive`); the end of `input` is the end of its stdin.
+pub fn stream_in(
+    program: &str,
+    args: &[&OsStr],
+    input: &mut dyn std::io::Read,
+) -> Result<(), RunError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
+    let copied = match child.stdin.take() {
+        // Dropping stdin at the end of the copy closes the program's input.
+        Some(mut stdin) => std::io::copy(input, &mut stdin).map(|_| ()),
+        None => Err(std::io::Error::other("no stdin pipe")),
+    };
+    if copied.is_err() {
+        let _ = child.kill();
+    }
+    finish(program, args, child, copied)
+}
+
+/// Waits for a streaming program: its own failure (with stderr) before the copy's.
+fn finish(
+    program: &str,
+    args: &[&OsStr],
+    child: std::process::Child,
+    copied: std::io::Result<()>,
+) -> Result<(), RunError> {
+    let stream = |source| RunError::Stream {
+        program: program.to_string(),
+        source,
+    };
+    let out = child.wait_with_output().map_err(stream)?;
+    if !out.status.success() {
+        return Err(RunError::failed(program, args, out.status, &out.stderr));
+    }
+    copied.map_err(stream)
 }
 
 #[cfg(test)]

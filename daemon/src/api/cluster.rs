@@ -497,6 +497,17 @@ pub async fn internal_receive_instance(
     empty()
 }
 
+/// `POST /internal/cluster/instances/{name}/send`: a member copying `name` asks for its
+/// volume; the answer comes once the stream was received there.
+pub async fn internal_send_instance(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<crate::instance::migrate::SendRequest>,
+) -> ApiResult {
+    crate::instance::migrate::send_copy(d.daemon.clone(), &name, req).await?;
+    empty()
+}
+
 // ---- member to member -------------------------------------------------------------------
 
 pub async fn internal_join(

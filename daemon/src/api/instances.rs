@@ -376,8 +376,8 @@ pub struct InstancePost {
     migration: bool,
     #[serde(rename = "live", default)]
     _live: IgnoredAny,
-    #[serde(rename = "instance_only", default)]
-    _instance_only: IgnoredAny,
+    #[serde(default)]
+    instance_only: bool,
     #[serde(default)]
     target: Option<serde_json::Value>,
     #[serde(default)]
@@ -417,6 +417,11 @@ pub async fn rename(
         if req.name != name {
             return Err(ApiError::bad_request(
                 "Renaming while moving to another member is not supported",
+            ));
+        }
+        if req.instance_only {
+            return Err(ApiError::bad_request(
+                "Moving an instance without its snapshots is not supported: move it whole, then delete them",
             ));
         }
         instance::get(&d, &name)?;

@@ -312,6 +312,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route("/internal/cluster/join", post(cluster::internal_join))
         .route(
+            "/internal/cluster/instances/{name}/send",
+            post(cluster::internal_send_instance),
+        )
+        .route(
+            crate::pool::cluster::SHARE_PATH,
+            post(storage::internal_create_share),
+        )
+        .route(
+            "/internal/cluster/storage-pools/{name}",
+            axum::routing::delete(storage::internal_delete_share),
+        )
+        .route(
             crate::cluster::events_relay::EVENTS_PATH,
             get(cluster::internal_events),
         )

@@ -1,26 +1,51 @@
 //! `/1.0/storage-pools[/{pool}[/resources]]`; their volumes are in `volumes.rs`.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::response::{check_if_match, empty, sync, sync_etag};
-use super::{ApiError, ApiJson, ApiResult, AppState, RecursionQuery};
+use super::{ApiError, ApiJson, ApiResult, AppState};
 use crate::db::records::{ConfigMap, PoolRecord};
 use crate::db::Command;
+use crate::pool::{self, PoolError};
 
 #[derive(Serialize)]
 struct PoolView<'a> {
     name: &'a str,
     driver: &'a str,
     description: &'a str,
-    config: &'a ConfigMap,
+    config: ConfigMap,
     used_by: Vec<String>,
     status: &'static str,
-    locations: Vec<&'static str>,
+    locations: Vec<String>,
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::NotFound(m) => ApiError::not_found(m),
+            PoolError::Conflict(m) => ApiError::conflict(m),
+            PoolError::Invalid(m) => ApiError::bad_request(m),
+            PoolError::Failed(m) => ApiError::internal(m),
+            PoolError::Storage(e) => e.into(),
+            PoolError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// `?target=M` on a read: which member's keys to show.
+#[derive(Deserialize, Default)]
+pub struct TargetQuery {
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    recursion: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    filter: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -60,34 +85,80 @@ fn used_by(d: &AppState, p: &PoolRecord) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
-fn view<'a>(d: &AppState, p: &'a PoolRecord) -> Result<PoolView<'a>, ApiError> {
+fn view<'a>(
+    d: &AppState,
+    p: &'a PoolRecord,
+    target: Option<&str>,
+) -> Result<PoolView<'a>, ApiError> {
     Ok(PoolView {
         name: &p.name,
         driver: &p.driver,
         description: &p.description,
-        config: &p.config,
+        config: pool::config_view(d, p, target),
         used_by: used_by(d, p)?,
-        status: if d.pool(&p.name).is_some() {
-            "Created"
-        } else {
-            "Unavailable"
-        },
-        locations: vec!["none"],
+        status: pool::status(d, p),
+        locations: pool::locations(d, p),
     })
 }
 
 fn get_pool(d: &AppState, name: &str) -> Result<PoolRecord, ApiError> {
-    d.db.pool(name)?
-        .ok_or_else(|| ApiError::not_found("Storage pool not found"))
+    Ok(pool::get(d, name)?)
 }
 
-pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
-    let pools = d.db.pools()?;
-    if q.recursive() {
+/// A `target` must name a member of this cluster.
+fn checked_target<'q>(
+    d: &AppState,
+    target: &'q Option<String>,
+) -> Result<Option<&'q str>, ApiError> {
+    let Some(t) = target.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if d.cluster().is_none() {
+        return Err(ApiError::bad_request(
+            "This server is not clustered: there is no member to target",
+        ));
+    }
+    if d.db.member(t)?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "Cluster member {t:?} not found"
+        )));
+    }
+    Ok(Some(t))
+}
+
+fn checked_project(project: &Option<String>) -> Result<(), ApiError> {
+    match project.as_deref() {
+        None | Some("") | Some("default") => Ok(()),
+        Some(p) => Err(ApiError::not_found(format!("Project {p:?} not found"))),
+    }
+}
+
+pub async fn list(State(d): State<AppState>, Query(q): Query<TargetQuery>) -> ApiResult {
+    checked_project(&q.project)?;
+    let target = checked_target(&d, &q.target)?;
+    let filter = q
+        .filter
+        .as_deref()
+        .filter(|f| !f.trim().is_empty())
+        .map(super::filter::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let mut pools = d.db.pools()?;
+    if let Some(f) = &filter {
+        let mut kept = Vec::new();
+        for p in pools {
+            let v = serde_json::to_value(view(&d, &p, target)?).map_err(ApiError::internal)?;
+            if f.matches(&v) {
+                kept.push(p);
+            }
+        }
+        pools = kept;
+    }
+    if super::recursion_level(q.recursion.as_deref()) >= 1 {
         return sync(
             pools
                 .iter()
-                .map(|p| view(&d, p))
+                .map(|p| view(&d, p, target))
                 .collect::<Result<Vec<_>, _>>()?,
         );
     }
@@ -99,10 +170,16 @@ pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) ->
     )
 }
 
-pub async fn get_one(State(d): State<AppState>, Path(pool): Path<String>) -> ApiResult {
+pub async fn get_one(
+    State(d): State<AppState>,
+    Path(pool): Path<String>,
+    Query(q): Query<TargetQuery>,
+) -> ApiResult {
+    checked_project(&q.project)?;
+    let target = checked_target(&d, &q.target)?;
     let p = get_pool(&d, &pool)?;
     sync_etag(
-        view(&d, &p)?,
+        view(&d, &p, target)?,
         &PoolEtag {
             config: &p.config,
             description: &p.description,
@@ -121,55 +198,20 @@ pub struct PoolsPost {
     description: String,
 }
 
-pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<PoolsPost>) -> ApiResult {
-    crate::validate::object_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let kind = crate::storage::kind(&req.driver)?;
-    (kind.validate)(&req.config)?;
-    if d.cluster().is_some() && req.driver != "dir" {
-        // Incus makes such pools member by member (`--target`, PENDING, then CREATED);
-        // until that exists a cluster keeps to dir pools rather than half-make others.
-        return Err(ApiError::bad_request(format!(
-            "Storage pools of driver {:?} cannot be created in a cluster yet (only dir)",
-            req.driver
-        )));
-    }
-    if d.db.pool(&req.name)?.is_some() {
-        return Err(ApiError::conflict(format!(
-            "Storage pool {:?} already exists",
-            req.name
-        )));
-    }
-    let paths = d.pool_paths(&req.name);
-    let (name, config) = (req.name.clone(), req.config.clone());
-    // Formatting and mounting block; they run off the async workers.
-    let made = tokio::task::spawn_blocking(move || {
-        let config = (kind.create)(&name, &config, &paths)?;
-        let driver = (kind.open)(&name, &config, &paths)?;
-        Ok::<_, crate::storage::StorageError>((config, driver))
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let (config, driver) = made?;
-    let driver: Arc<dyn crate::storage::StorageDriver> = Arc::from(driver);
-    let written = d
-        .write(vec![Command::CreatePool(PoolRecord {
-            name: req.name.clone(),
-            driver: req.driver.clone(),
-            description: req.description,
-            config,
-        })])
-        .await;
-    if let Err(e) = written {
-        let undo = driver.clone();
-        let _ = tokio::task::spawn_blocking(move || undo.destroy()).await;
-        return Err(e.into());
-    }
-    d.pools_mut().insert(req.name.clone(), driver);
-    d.events.lifecycle(
-        "storage-pool-created",
-        &format!("/1.0/storage-pools/{}", req.name),
-        serde_json::json!({}),
-    );
+pub async fn create(
+    State(d): State<AppState>,
+    Query(q): Query<TargetQuery>,
+    ApiJson(req): ApiJson<PoolsPost>,
+) -> ApiResult {
+    checked_project(&q.project)?;
+    let target = checked_target(&d, &q.target)?;
+    let new = pool::NewPool {
+        name: req.name,
+        driver: req.driver,
+        config: req.config,
+        description: req.description,
+    };
+    pool::create(&d.daemon, new, target).await?;
     empty()
 }
 
@@ -257,31 +299,29 @@ pub async fn put(
     empty()
 }
 
-pub async fn delete(State(d): State<AppState>, Path(pool): Path<String>) -> ApiResult {
-    let p = get_pool(&d, &pool)?;
-    if !used_by(&d, &p)?.is_empty() {
-        return Err(ApiError::bad_request(
-            "The storage pool is currently in use",
-        ));
-    }
-    let driver = d.pool(&pool);
-    d.write(vec![Command::DeletePool { name: pool.clone() }])
-        .await?;
-    d.pools_mut().remove(&pool);
-    let _ = std::fs::remove_file(d.local_share_path(&pool));
-    if let Some(driver) = driver {
-        // The record is gone; what backs the pool on this member goes with it. A failure
-        // here leaves files behind, not a pool the API still lists.
-        let destroyed = tokio::task::spawn_blocking(move || driver.destroy())
-            .await
-            .map_err(ApiError::internal)?;
-        if let Err(e) = destroyed {
-            tracing::error!(pool = %pool, "deleting the pool's storage: {e}");
-            return Err(ApiError::internal(format!(
-                "Storage pool {pool:?} was deleted, but its storage was not removed: {e}"
-            )));
-        }
-    }
+pub async fn delete(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let p = get_pool(&d, &name)?;
+    let in_use = !used_by(&d, &p)?.is_empty();
+    pool::delete(&d.daemon, &name, in_use).await?;
+    empty()
+}
+
+/// `POST /internal/cluster/storage-pools`: another member asks this one to make its share
+/// of a pool; the answer is the config its driver filled in.
+pub async fn internal_create_share(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<pool::cluster::ShareRequest>,
+) -> ApiResult {
+    let config = pool::create_local(&d.daemon, &req.name, &req.driver, &req.config).await?;
+    sync(serde_json::json!({ "config": config }))
+}
+
+/// `DELETE /internal/cluster/storage-pools/{name}`: this member's share goes.
+pub async fn internal_delete_share(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    pool::destroy_local(&d, &name).await?;
     empty()
 }
 

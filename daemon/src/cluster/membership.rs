@@ -196,6 +196,10 @@ pub async fn enable(d: &Arc<Daemon>, name: &str) -> Result<(), MembershipError> 
             inst.location = name.to_string();
             cmds.push(Command::UpdateInstance(inst));
         }
+        cmds.extend(
+            crate::pool::cluster::founder_shares(d, name)
+                .map_err(|e| Unavailable(e.to_string()))?,
+        );
         rt.write(cmds)
             .await
             .map_err(|e| Unavailable(e.to_string()))?;
@@ -522,6 +526,7 @@ pub async fn complete_join(
     if let Err(e) = d.reopen_pools() {
         tracing::warn!("opening the cluster's storage pools: {e}");
     }
+    crate::pool::cluster::adopt_shares(d).await;
     tracing::info!("joined the cluster as {name} (id {})", answer.id);
     Ok(())
 }

@@ -75,6 +75,14 @@ pub enum Command {
     DeletePool {
         name: String,
     },
+    /// Member `member`'s part of pool `pool` (`incus storage create --target`, or a
+    /// member's share made): a pending pool is inserted when there is none yet.
+    SetPoolShare {
+        pool: String,
+        driver: String,
+        member: String,
+        share: PoolShare,
+    },
     CreateVolume(VolumeRecord),
     UpdateVolume(VolumeRecord),
     DeleteVolume {
@@ -150,7 +158,9 @@ impl Command {
             | UpdateSnapshot(_)
             | RenameSnapshot { .. }
             | DeleteSnapshot { .. } => Resource::Snapshots,
-            CreatePool(_) | UpdatePool(_) | DeletePool { .. } => Resource::Pools,
+            CreatePool(_) | UpdatePool(_) | DeletePool { .. } | SetPoolShare { .. } => {
+                Resource::Pools
+            }
             CreateNetwork(_) | UpdateNetwork(_) | DeleteNetwork { .. } => Resource::Networks,
             CreateVolume(_) | UpdateVolume(_) | DeleteVolume { .. } => Resource::Pools,
             AddCertificate(_) | UpdateCertificate(_) | DeleteCertificate { .. } => Resource::Trust,

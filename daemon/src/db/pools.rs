@@ -2,7 +2,9 @@
 
 use rusqlite::{params, Transaction};
 
-use super::records::{PoolRecord, VolumeRecord};
+use rusqlite::OptionalExtension;
+
+use super::records::{PoolRecord, PoolStatus, VolumeRecord};
 use super::sql::{exec, json, one};
 use super::{Command, Db, DbError};
 
@@ -25,6 +27,42 @@ pub(super) fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<(), DbError> 
                 params![p.name, json(p)?],
             )?,
         )?,
+        SetPoolShare {
+            pool,
+            driver,
+            member,
+            share,
+        } => {
+            let found: Option<String> = tx
+                .prepare_cached("SELECT data FROM storage_pools WHERE name = ?1")?
+                .query_row(params![pool], |r| r.get(0))
+                .optional()?;
+            let mut rec = match found {
+                Some(data) => serde_json::from_str::<PoolRecord>(&data)
+                    .map_err(|e| DbError::Encode(format!("storage pool {pool:?}: {e}")))?,
+                None => PoolRecord {
+                    name: pool.clone(),
+                    driver: driver.clone(),
+                    status: PoolStatus::Pending,
+                    ..PoolRecord::default()
+                },
+            };
+            // Checked again here: two members defining the same pool at once are ordered by
+            // the log, and the second one's driver must still match.
+            if rec.driver != *driver {
+                return Err(DbError::Exists(format!(
+                    "storage pool {pool:?} with driver {:?}",
+                    rec.driver
+                )));
+            }
+            rec.members.insert(member.clone(), share.clone());
+            exec(
+                tx,
+                "INSERT INTO storage_pools (name, data) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                params![pool, json(&rec)?],
+            )?;
+        }
         CreateVolume(v) => {
             exec(
                 tx,

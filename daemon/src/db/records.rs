@@ -77,12 +77,47 @@ pub struct ProfileRecord {
     pub devices: DeviceMap,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolRecord {
     pub name: String,
     pub driver: String,
     pub description: String,
+    /// The keys every member shares; in a cluster the member-specific ones (`source`,
+    /// `size`, `zfs.pool_name`) are in `members`.
     pub config: ConfigMap,
+    #[serde(default)]
+    pub status: PoolStatus,
+    /// In a cluster: each member's own keys and whether its share of the pool exists.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, PoolShare>,
+}
+
+/// Incus's pool states: defined on some members (`--target`), made on all, or a
+/// cluster-wide creation that failed part way (retried by creating again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PoolStatus {
+    #[default]
+    Created,
+    Pending,
+    Errored,
+}
+
+impl PoolStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolStatus::Created => "Created",
+            PoolStatus::Pending => "Pending",
+            PoolStatus::Errored => "Errored",
+        }
+    }
+}
+
+/// One member's part of a pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolShare {
+    pub config: ConfigMap,
+    #[serde(default)]
+    pub created: bool,
 }
 
 /// A managed network. `kind` is its Incus type (`bridge`); `config` holds concrete values

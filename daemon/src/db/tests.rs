@@ -225,6 +225,7 @@ fn every_resource_applier_takes_its_commands() {
         driver: "dir".into(),
         description: String::new(),
         config: Default::default(),
+        ..PoolRecord::default()
     };
     let cert = CertificateRecord {
         fingerprint: "f".into(),

@@ -96,6 +96,30 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     let pool = d.pool(&pool_name).ok_or_else(|| {
         InstanceError::Invalid(format!("Storage pool {pool_name:?} doesn't exist"))
     })?;
+    // The source on another member: its volume comes here as the pool's own stream, so
+    // the copy stays in the same pool.
+    let remote = match d.cluster() {
+        Some(rt) if !src.location.is_empty() && src.location != rt.name() => {
+            if snap.is_some() {
+                return Err(InstanceError::Invalid(format!(
+                    "Copying a snapshot to another cluster member is not supported yet: copy it on member {}, then move the copy",
+                    src.location
+                )));
+            }
+            let (_, src_devices) = super::expand(&d, &src)?;
+            let src_pool = root_pool(&src_devices)?;
+            if src_pool != pool_name {
+                return Err(InstanceError::Invalid(format!(
+                    "A copy to another member stays in the source's storage pool {src_pool:?}, not {pool_name:?}"
+                )));
+            }
+            let member = d.db.member(&src.location)?.ok_or_else(|| {
+                InstanceError::Failed(format!("member {} is not in the cluster", src.location))
+            })?;
+            Some((rt, member))
+        }
+        _ => None,
+    };
     super::check_root_size(pool.as_ref(), &ed)?;
     let quota = super::root_size(&ed)?;
     let shift = config
@@ -130,7 +154,18 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     } else {
         d.db.snapshots(src_name)?
     };
-    let copied = {
+    let copied = if let Some((rt, member)) = &remote {
+        pull(
+            &d,
+            rt,
+            &member.address,
+            src_name,
+            &req.name,
+            &pool_name,
+            &snapshots,
+        )
+        .await
+    } else {
         let (pool, from, to) = (pool.clone(), src_name.to_string(), req.name.clone());
         let snap = snap.map(str::to_string);
         let names: Vec<String> = snapshots.iter().map(|s| s.name.clone()).collect();
@@ -146,6 +181,7 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
         )
         .await
         .map_err(|e| InstanceError::Failed(format!("internal task failed: {e}")))?
+        .map_err(InstanceError::from)
     };
     if let Err(e) = copied {
         let _ = pool.delete_instance(&req.name);
@@ -154,7 +190,7 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
                 name: req.name.clone(),
             }])
             .await;
-        return Err(e.into());
+        return Err(e);
     }
     let cmds: Vec<Command> = snapshots
         .into_iter()
@@ -175,5 +211,51 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     if req.start {
         super::lifecycle::start(d, &req.name).await?;
     }
+    Ok(())
+}
+
+/// How long the member holding the source may take to stream it here.
+const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Asks the member at `addr` to stream instance `from` (with all its snapshots) here as
+/// instance `to`, then drops the snapshots the copy does not keep.
+async fn pull(
+    d: &Daemon,
+    rt: &crate::cluster::member::Member,
+    addr: &str,
+    from: &str,
+    to: &str,
+    pool_name: &str,
+    keep: &[SnapshotRecord],
+) -> Result<()> {
+    let body = serde_json::to_value(super::migrate::SendRequest {
+        to: rt.name(),
+        as_name: to.to_string(),
+        pool: pool_name.to_string(),
+    })
+    .map_err(|e| InstanceError::Failed(e.to_string()))?;
+    crate::cluster::member_api::call_json(
+        rt,
+        addr,
+        http::Method::POST,
+        &super::migrate::send_path(from),
+        Some(&body),
+        PULL_TIMEOUT,
+    )
+    .await
+    .map_err(|e| InstanceError::Failed(format!("copying {from} from its member: {e}")))?;
+    let pool = d
+        .pool(pool_name)
+        .ok_or_else(|| InstanceError::Failed(format!("storage pool {pool_name} is not open")))?;
+    let drop: Vec<String> =
+        d.db.snapshots(from)?
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| !keep.iter().any(|k| &k.name == n))
+            .collect();
+    let to = to.to_string();
+    tokio::task::spawn_blocking(move || drop.iter().try_for_each(|s| pool.delete_snapshot(&to, s)))
+        .await
+        .map_err(|e| InstanceError::Failed(format!("internal task failed: {e}")))??;
     Ok(())
 }

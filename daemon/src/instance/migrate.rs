@@ -1,8 +1,10 @@
-//! Moving a stopped instance to another cluster member (`incus move NAME --target M`,
-//! evacuation and restore): its volume and snapshots travel as one tar stream over the
-//! member-to-member HTTPS link, the target unpacks them into its pool, then the instance's
-//! location changes through Raft and the source drops its copy. Ownership (the shifted ids
-//! of an unprivileged container) and modes travel with the files.
+//! Instances between cluster members: moving a stopped one (`incus move NAME --target M`,
+//! evacuation and restore) and copying one (`incus copy c1 c2 --target M`). The volume
+//! and its snapshots travel as the pool driver's stream (`zfs send`/`btrfs send` streams,
+//! a tar of the files on dir) over the member-to-member HTTPS link and the target
+//! receives them into its share of the same pool; for a move the instance's location then
+//! changes through Raft and the source drops its copy. Ownership (the shifted ids of an
+//! unprivileged container) and modes travel with the files.
 //!
 //! Order matters for safety: the record moves only once the target holds the files, and
 //! the source deletes its files only once the record moved, so a failure at any step
@@ -52,36 +54,21 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
     let pool = d
         .pool(&pool_name)
         .ok_or_else(|| InstanceError::Failed(format!("storage pool {pool_name} is not open")))?;
-    // The pool's stream (a tar of the files, or `zfs send`) is written on a blocking
-    // thread into a pipe whose other end is the body.
-    let (reader, writer) = tokio::io::duplex(1 << 20);
-    let (p, n) = (pool.clone(), name.to_string());
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut out = tokio_util::io::SyncIoBridge::new(writer);
-        p.send_instance(&n, &mut out)
-    });
-    let path = format!("{RECEIVE_PATH}/{name}?pool={pool_name}");
-    let (status, answer) =
-        crate::cluster::member_api::post_stream(&rt, &member.address, &path, reader)
-            .await
-            .map_err(|e| failed(&format!("sending {name} to {target}"), e))?;
-    producer
+    stream_to(&rt, pool.clone(), name, &member.address, name, &pool_name)
         .await
-        .map_err(|e| failed("writing the transfer", e))?
-        .map_err(|e| failed(&format!("reading {name}'s files"), e))?;
-    if !status.is_success() {
-        return Err(InstanceError::Failed(format!(
-            "member {target} refused {name}: {}",
-            String::from_utf8_lossy(&answer)
-        )));
-    }
+        .map_err(|e| match e {
+            InstanceError::Failed(m) => InstanceError::Failed(format!("moving to {target}: {m}")),
+            e => e,
+        })?;
     let mut moved = rec.clone();
     moved.location = target.to_string();
     d.write(vec![Command::UpdateInstance(moved)]).await?;
     let p = pool.clone();
     let n = name.to_string();
-    if let Err(e) = tokio::task::spawn_blocking(move || p.delete_instance(&n)).await {
-        tracing::warn!("removing the moved instance {name} here: {e}");
+    match tokio::task::spawn_blocking(move || p.delete_instance(&n)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("removing the moved instance {name} here: {e}"),
+        Err(e) => tracing::warn!("removing the moved instance {name} here: {e}"),
     }
     let _ = crate::storage::tree::remove(&d.paths.lxc.join(name));
     d.events.lifecycle(
@@ -90,6 +77,85 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
         serde_json::json!({"location": target}),
     );
     Ok(())
+}
+
+/// Streams instance `name`'s volume (a tar of its files, or `zfs send`/`btrfs send`
+/// streams) from `pool` to the member at `addr`, which makes instance `as_name` of it.
+async fn stream_to(
+    rt: &crate::cluster::member::Member,
+    pool: Arc<dyn crate::storage::StorageDriver>,
+    name: &str,
+    addr: &str,
+    as_name: &str,
+    pool_name: &str,
+) -> Result<()> {
+    // The stream is written on a blocking thread into a pipe whose other end is the body.
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    let n = name.to_string();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut out = tokio_util::io::SyncIoBridge::new(writer);
+        pool.send_instance(&n, &mut out)
+    });
+    let path = format!("{RECEIVE_PATH}/{as_name}?pool={pool_name}");
+    let (status, answer) = crate::cluster::member_api::post_stream(rt, addr, &path, reader)
+        .await
+        .map_err(|e| failed(&format!("sending {name}"), e))?;
+    producer
+        .await
+        .map_err(|e| failed("writing the transfer", e))?
+        .map_err(|e| failed(&format!("reading {name}'s files"), e))?;
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        let why = v["error"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| String::from_utf8_lossy(&answer).into_owned());
+        return Err(InstanceError::Failed(format!(
+            "the member refused {name}: {why}"
+        )));
+    }
+    Ok(())
+}
+
+/// What a member copying an instance here asks of the member the source lives on.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SendRequest {
+    /// The member to send to.
+    pub to: String,
+    /// The name the copy has there.
+    #[serde(rename = "as")]
+    pub as_name: String,
+    pub pool: String,
+}
+
+pub fn send_path(name: &str) -> String {
+    format!("{RECEIVE_PATH}/{name}/send")
+}
+
+/// `POST /internal/cluster/instances/{name}/send` on the source's member (`incus copy
+/// c1 c2 --target M`): streams `name`'s volume, snapshots included, to member `req.to`.
+/// The source keeps running: zfs and btrfs send a snapshot of it, dir a tar of the files.
+pub async fn send_copy(d: Arc<Daemon>, name: &str, req: SendRequest) -> Result<()> {
+    let rt = d
+        .cluster()
+        .ok_or_else(|| InstanceError::Invalid("This server is not clustered".into()))?;
+    let member = d
+        .db
+        .member(&req.to)?
+        .ok_or_else(|| InstanceError::NotFound(format!("Cluster member {} not found", req.to)))?;
+    let lock = d.instance_lock(name);
+    let _guard = lock.lock().await;
+    let rec = get(&d, name)?;
+    if rec.location != rt.name() {
+        return Err(InstanceError::Invalid(format!(
+            "Instance {name} is not on member {}",
+            rt.name()
+        )));
+    }
+    let pool = d
+        .pool(&req.pool)
+        .ok_or_else(|| InstanceError::Failed(format!("storage pool {} is not open", req.pool)))?;
+    stream_to(&rt, pool, name, &member.address, &req.as_name, &req.pool).await
 }
 
 /// `POST /internal/cluster/instances/{name}?pool=P` on the target: unpacks the stream.
@@ -103,9 +169,19 @@ pub async fn receive(
     let pool = d
         .pool(pool_name)
         .ok_or_else(|| InstanceError::NotFound(format!("storage pool {pool_name}")))?;
+    // The root disk's size, when the record says one (a btrfs qgroup does not travel in
+    // the stream; a zfs refquota does, and setting it again is harmless).
+    let quota = match get(&d, name) {
+        Ok(rec) => expand(&d, &rec).and_then(|(_, ed)| super::root_size(&ed))?,
+        Err(_) => None,
+    };
     let n = name.to_string();
     tokio::task::spawn_blocking(move || {
-        pool.receive_instance(&n, &mut tokio_util::io::SyncIoBridge::new(reader))
+        pool.receive_instance(&n, &mut tokio_util::io::SyncIoBridge::new(reader))?;
+        match quota {
+            Some(_) if pool.supports_quotas() => pool.set_instance_quota(&n, quota),
+            _ => Ok(()),
+        }
     })
     .await
     .map_err(|e| failed("receiving", e))?

@@ -10,6 +10,7 @@ pub mod mounts;
 pub mod size;
 pub mod stream;
 pub mod tree;
+pub mod wire;
 pub mod zfs;
 
 use std::collections::BTreeMap;

@@ -17,6 +17,7 @@
 //! what an operator would see running them by hand, and btrfs-progs is the interface the
 //! kernel developers keep stable. (There is no maintained Rust btrfs library to prefer.)
 
+mod send;
 mod setup;
 mod subvolume;
 
@@ -476,6 +477,18 @@ impl StorageDriver for BtrfsPool {
 
     fn snapshots_path(&self, name: &str) -> PathBuf {
         self.root.join("containers-snapshots").join(name)
+    }
+
+    fn send_instance(&self, name: &str, out: &mut dyn std::io::Write) -> Result<(), StorageError> {
+        self.send_stream(name, out)
+    }
+
+    fn receive_instance(
+        &self,
+        name: &str,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), StorageError> {
+        self.receive_stream(name, input)
     }
 
     fn delete_instance(&self, name: &str) -> Result<(), StorageError> {

@@ -21,7 +21,6 @@
 
 mod send;
 mod setup;
-mod wire;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,8 +1,9 @@
 //! Streams in and out of zfs: copies within a pool (`zfs send | zfs receive`) and the
 //! framed streams an instance travels in between members.
 
-use super::{wire, ZfsPool, MIGRATE};
+use super::{ZfsPool, MIGRATE};
 use crate::runner;
+use crate::storage::wire;
 use crate::storage::{StorageDriver, StorageError};
 use std::ffi::OsStr;
 
@@ -162,62 +163,21 @@ impl ZfsPool {
 
     /// Runs `zfs args…` with its stdout copied into `out` (`zfs send`).
     fn stream_out(&self, args: &[&str], out: &mut dyn std::io::Write) -> Result<(), StorageError> {
-        let what = format!("zfs {}", args.join(" "));
-        let mut child = std::process::Command::new("zfs")
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| self.io(e, what.clone()))?;
-        let copied = match child.stdout.take() {
-            Some(mut stdout) => std::io::copy(&mut stdout, out).map(|_| ()),
-            None => Err(std::io::Error::other("no stdout pipe")),
-        };
-        if copied.is_err() {
-            let _ = child.kill();
-        }
-        self.finish(child, args, what, copied)
+        let os: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        runner::stream_out("zfs", &os, out).map_err(|e| self.stream_error(args, e))
     }
 
     /// Runs `zfs args…` with `input` copied into its stdin (`zfs receive`).
     fn stream_in(&self, args: &[&str], input: &mut dyn std::io::Read) -> Result<(), StorageError> {
-        let what = format!("zfs {}", args.join(" "));
-        let mut child = std::process::Command::new("zfs")
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| self.io(e, what.clone()))?;
-        let copied = match child.stdin.take() {
-            // Dropping stdin at the end of the copy is the stream's end for zfs.
-            Some(mut stdin) => std::io::copy(input, &mut stdin).map(|_| ()),
-            None => Err(std::io::Error::other("no stdin pipe")),
-        };
-        if copied.is_err() {
-            let _ = child.kill();
-        }
-        self.finish(child, args, what, copied)
+        let os: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        runner::stream_in("zfs", &os, input).map_err(|e| self.stream_error(args, e))
     }
 
-    /// Waits for a streaming zfs: its failure (with stderr) before the copy's.
-    fn finish(
-        &self,
-        child: std::process::Child,
-        args: &[&str],
-        what: String,
-        copied: std::io::Result<()>,
-    ) -> Result<(), StorageError> {
-        let out = child
-            .wait_with_output()
-            .map_err(|e| self.io(e, what.clone()))?;
-        if !out.status.success() {
-            return Err(self.run_error(
-                what.clone(),
-                runner::RunError::failed("zfs", args, out.status, &out.stderr),
-            ));
+    fn stream_error(&self, args: &[&str], e: runner::RunError) -> StorageError {
+        let what = format!("zfs {}", args.join(" "));
+        match e {
+            runner::RunError::Stream { source, .. } => self.io(source, what),
+            e => self.run_error(what, e),
         }
-        copied.map_err(|e| self.io(e, what))
     }
 }

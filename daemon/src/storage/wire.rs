@@ -1,8 +1,10 @@
-//! Several `zfs send` streams in one byte stream (the body of a move between members).
-//! A clone's volume cannot travel as one `zfs send -R` stream: that stream names the
-//! image snapshot the clone came from, which the other member does not have. It travels
-//! as a full stream of its first snapshot, then an incremental one (`-I`) up to the last,
-//! each fed to its own `zfs receive`; this framing says where each ends.
+//! Several `zfs send` or `btrfs send` streams in one byte stream (the body of a move or
+//! copy between members), each fed to its own `receive`; this framing says where each
+//! ends. A zfs clone's volume cannot travel as one `zfs send -R` stream: that stream names
+//! the image snapshot the clone came from, which the other member does not have. It
+//! travels as a full stream of its first snapshot, then an incremental one (`-I`) up to
+//! the last. A btrfs volume travels as one stream per snapshot, each incremental to the
+//! one before, then the volume itself.
 //!
 //! Format: per stream, `S`, then chunks (`u32` big-endian length, bytes), then a chunk of
 //! length 0; after the last stream, `E`.
@@ -58,7 +60,7 @@ pub fn next(input: &mut dyn Read) -> io::Result<bool> {
         b"E" => Ok(false),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "not a zfs volume stream (bad frame tag)",
+            "not a volume stream (bad frame tag)",
         )),
     }
 }
@@ -101,7 +103,7 @@ impl Read for StreamReader<'_> {
             if n > MAX_CHUNK {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "zfs volume stream: chunk too large",
+                    "volume stream: chunk too large",
                 ));
             }
             self.left = n;

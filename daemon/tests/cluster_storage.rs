@@ -1,0 +1,246 @@
+//! Storage in a cluster through the real incus CLI, on two cairnd members on loopback:
+//! a btrfs pool defined member by member (`--target`, PENDING) then created (CREATED), a
+//! dir pool made on every member at once, `incus copy --target` and `incus move --target`
+//! of a container with snapshots between members as `btrfs send` streams, and deleting
+//! the pool removing every member's loop file. Prints the copy's throughput.
+
+#[path = "common/cluster.rs"]
+mod cluster_fixture;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cluster_fixture::*;
+use common::{require_btrfs, MountGuard};
+
+#[test]
+fn pools_per_member_and_copies_between_members() {
+    require_btrfs("cluster_storage");
+    let c = Cluster::start(2);
+    let _mounts: Vec<MountGuard> =
+        c.m.iter()
+            .flat_map(|m| {
+                ["fast", "plain"].map(|p| MountGuard(m.d.state.join(format!("storage-pools/{p}"))))
+            })
+            .collect();
+    let (n1, n2) = (&c.m[0], &c.m[1]);
+    c.form();
+    c.wait_all_online(n1, &["node1", "node2"], Duration::from_secs(20));
+
+    // Bad input: nothing is recorded.
+    let e = c.err(n1, &["storage", "create", "fast", "btrfs", "size=1GiB"]);
+    assert!(e.contains("is cluster member specific"), "{e}");
+    let e = c.err(
+        n1,
+        &[
+            "storage",
+            "create",
+            "fast",
+            "btrfs",
+            "btrfs.mount_options=noatime",
+            "--target",
+            "node1",
+        ],
+    );
+    assert!(e.contains("may not be used as member-specific key"), "{e}");
+    let e = c.err(
+        n1,
+        &["storage", "create", "fast", "btrfs", "--target", "node9"],
+    );
+    assert!(e.contains("node9"), "{e}");
+    let list = c.ok(n1, &["storage", "list", "--format", "csv"]);
+    assert!(!list.contains("fast"), "{list}");
+
+    // Defined on node1: PENDING, and node2 must be defined too before the create.
+    c.ok(
+        n1,
+        &[
+            "storage",
+            "create",
+            "fast",
+            "btrfs",
+            "size=1200MiB",
+            "--target",
+            "node1",
+        ],
+    );
+    let list = c.ok(n2, &["storage", "list", "--format", "csv"]);
+    assert!(
+        list.contains("fast,btrfs,") && list.contains("PENDING"),
+        "{list}"
+    );
+    let e = c.err(
+        n2,
+        &["storage", "create", "fast", "zfs", "--target", "node2"],
+    );
+    assert!(e.contains("driver"), "{e}");
+    let e = c.err(
+        n2,
+        &[
+            "storage",
+            "create",
+            "fast",
+            "btrfs",
+            "size=1GiB",
+            "--target",
+            "node1",
+        ],
+    );
+    assert!(e.contains("already defined on member"), "{e}");
+    let e = c.err(n1, &["storage", "create", "fast", "btrfs"]);
+    assert!(e.contains("Pool not defined on members: node2"), "{e}");
+    c.ok(
+        n2,
+        &[
+            "storage",
+            "create",
+            "fast",
+            "btrfs",
+            "size=1GiB",
+            "--target",
+            "node2",
+        ],
+    );
+    c.ok(n2, &["storage", "create", "fast", "btrfs"]);
+    let list = c.ok(n1, &["storage", "list", "--format", "csv"]);
+    assert!(
+        list.contains("fast,btrfs,") && list.contains("CREATED"),
+        "{list}"
+    );
+    let e = c.err(n1, &["storage", "create", "fast", "btrfs"]);
+    assert!(e.contains("already created"), "{e}");
+    // Each member's own keys, seen with --target; the shared view has none of them.
+    let show = c.ok(n1, &["storage", "show", "fast"]);
+    assert!(
+        !show.contains("size:") && show.contains("node1") && show.contains("node2"),
+        "{show}"
+    );
+    let show2 = c.ok(n1, &["storage", "show", "fast", "--target", "node2"]);
+    assert!(show2.contains("size: 1GiB"), "{show2}");
+    let show1 = c.ok(n2, &["storage", "get", "fast", "size", "--target", "node1"]);
+    assert_eq!(show1.trim(), "1200MiB");
+    for m in &c.m {
+        assert!(
+            m.d.state.join("disks/fast.img").is_file(),
+            "{}'s loop file",
+            m.name
+        );
+    }
+    let info = c.ok(n1, &["storage", "info", "fast", "--target", "node2"]);
+    println!("incus storage info fast --target node2:\n{info}");
+    assert!(info.contains("total space:"), "{info}");
+
+    // A dir pool with no member keys is made on every member at once.
+    c.ok(n1, &["storage", "create", "plain", "dir"]);
+    let img = common::busybox_image().to_string_lossy().into_owned();
+    c.ok(n1, &["image", "import", &img, "--alias", "bb"]);
+    c.ok(
+        n1,
+        &[
+            "launch",
+            "bb",
+            "p1",
+            "--target",
+            "node2",
+            "--storage",
+            "plain",
+        ],
+    );
+    c.ok(n1, &["delete", "--force", "p1"]);
+
+    // A container on node1's share, with data and a snapshot.
+    c.ok(
+        n1,
+        &[
+            "launch",
+            "bb",
+            "c1",
+            "--target",
+            "node1",
+            "--storage",
+            "fast",
+        ],
+    );
+    c.ok(
+        n1,
+        &["exec", "c1", "--", "sh", "-c", "echo one > /root/mark"],
+    );
+    c.ok(n1, &["snapshot", "create", "c1", "s1"]);
+    c.ok(
+        n1,
+        &[
+            "exec",
+            "c1",
+            "--",
+            "dd",
+            "if=/dev/urandom",
+            "of=/root/data",
+            "bs=1M",
+            "count=200",
+        ],
+    );
+    c.ok(
+        n1,
+        &["exec", "c1", "--", "sh", "-c", "echo two > /root/mark"],
+    );
+
+    // Copied to node2 while it runs: the volume and its snapshot, as btrfs send streams.
+    let t = Instant::now();
+    c.ok(n2, &["copy", "c1", "c2", "--target", "node2"]);
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "incus copy --target of a container with 200 MiB of data: {secs:.2} s, {:.0} MB/s",
+        (200u64 << 20) as f64 / 1e6 / secs
+    );
+    let list = c.instances(n1);
+    assert!(list.contains(&row("c2", "STOPPED", "node2")), "{list:?}");
+    c.ok(n1, &["start", "c2"]);
+    let mark = c.ok(n1, &["exec", "c2", "--", "cat", "/root/mark"]);
+    assert_eq!(mark.trim(), "two");
+    let snaps = c.ok(n1, &["snapshot", "list", "c2", "--format", "csv"]);
+    assert!(snaps.contains("s1"), "{snaps}");
+    // What arrived is a subvolume with its snapshot: both snapshot and restore work.
+    c.ok(n1, &["snapshot", "create", "c2", "s2"]);
+    c.ok(n1, &["stop", "--force", "c2"]);
+    c.ok(n1, &["snapshot", "restore", "c2", "s1"]);
+    c.ok(n1, &["start", "c2"]);
+    let mark = c.ok(n1, &["exec", "c2", "--", "cat", "/root/mark"]);
+    assert_eq!(mark.trim(), "one", "c2 restored to s1");
+    let copy_vol = n2.d.state.join("storage-pools/fast/containers/c2");
+    assert!(copy_vol.is_dir(), "{}", copy_vol.display());
+
+    // --instance-only: no snapshots come along.
+    c.ok(
+        n1,
+        &["copy", "c1", "c3", "--target", "node2", "--instance-only"],
+    );
+    let snaps = c.ok(n1, &["snapshot", "list", "c3", "--format", "csv"]);
+    assert!(snaps.trim().is_empty(), "{snaps}");
+    let e = c.err(n1, &["copy", "c1/s1", "c4", "--target", "node2"]);
+    assert!(e.contains("not supported yet"), "{e}");
+
+    // Moved cold: node1 keeps nothing of it.
+    c.ok(n1, &["stop", "--force", "c1"]);
+    c.ok(n1, &["move", "c1", "--target", "node2"]);
+    let list = c.instances(n2);
+    assert!(list.contains(&row("c1", "STOPPED", "node2")), "{list:?}");
+    assert!(!n1.d.state.join("storage-pools/fast/containers/c1").exists());
+    c.ok(n2, &["snapshot", "create", "c1", "s3"]);
+    let snaps = c.ok(n2, &["snapshot", "list", "c1", "--format", "csv"]);
+    assert!(snaps.contains("s1") && snaps.contains("s3"), "{snaps}");
+
+    let e = c.err(n1, &["storage", "delete", "fast"]);
+    assert!(e.contains("in use"), "{e}");
+    c.ok(n1, &["delete", "--force", "c1", "c2", "c3"]);
+    c.ok(n1, &["storage", "delete", "fast"]);
+    c.ok(n1, &["storage", "delete", "plain"]);
+    for m in &c.m {
+        assert!(
+            !m.d.state.join("disks/fast.img").exists(),
+            "{}'s loop file after the delete",
+            m.name
+        );
+    }
+    let list = c.ok(n2, &["storage", "list", "--format", "csv"]);
+    assert!(!list.contains("fast") && !list.contains("plain"), "{list}");
+}
