@@ -408,6 +408,7 @@ pub async fn delete_member(
             name: i.name.clone(),
         })
         .collect();
+    cmds.extend(crate::pool::cluster::drop_member_shares(&d, &name)?);
     cmds.push(Command::RemoveMember { name: name.clone() });
     d.write(cmds).await?;
     if let Err(e) = rt.remove([m.id].into()).await {

@@ -324,11 +324,17 @@ pub async fn adopt_shares(d: &Arc<Daemon>) {
         .into_iter()
         .filter(|p| p.status == PoolStatus::Created)
     {
-        if p.members.get(&me).is_some_and(|s| s.created) {
-            continue;
-        }
+        // What the record says of this member may be an earlier member of the same name
+        // (removed, then joined again on a new disk): what is open here is what counts.
         let config = if d.pool(&p.name).is_some() {
-            split_member_keys(&d.pool_config(&p)).1
+            let own = split_member_keys(&d.pool_config(&p)).1;
+            if p.members
+                .get(&me)
+                .is_some_and(|s| s.created && s.config == own)
+            {
+                continue;
+            }
+            own
         } else {
             let (shared, _) = split_member_keys(&p.config);
             match create_local(d, &p.name, &p.driver, &shared).await {
@@ -355,6 +361,19 @@ pub async fn adopt_shares(d: &Arc<Daemon>) {
             tracing::warn!(pool = %p.name, "recording this member's share: {e}");
         }
     }
+}
+
+/// A member leaving the cluster: its shares leave the pools' records.
+pub fn drop_member_shares(d: &Daemon, member: &str) -> Result<Vec<Command>> {
+    Ok(d.db
+        .pools()?
+        .into_iter()
+        .filter(|p| p.members.contains_key(member))
+        .map(|mut p| {
+            p.members.remove(member);
+            Command::UpdatePool(p)
+        })
+        .collect())
 }
 
 /// At `cluster enable`: the founder's member-specific keys become its share.

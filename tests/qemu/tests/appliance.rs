@@ -707,12 +707,52 @@ fn three_nodes_with_one_seed_form_a_cluster() {
         "echo moved > /root/mark",
     ]);
     run(&["snapshot", "create", "rack:c1", "s1"]);
+    // 32 MiB of random data (compression=on: zeros would travel as nothing), so the
+    // copy's throughput says something.
+    run(&[
+        "exec",
+        "rack:c1",
+        "--",
+        "dd",
+        "if=/dev/urandom",
+        "of=/root/data",
+        "bs=1M",
+        "count=32",
+    ]);
+    // Each member recorded the share it made from its preseed.
+    let share = run(&[
+        "storage",
+        "get",
+        "rack:default",
+        "source",
+        "--target",
+        "cnode3",
+    ]);
+    assert!(
+        share.trim().starts_with("/dev/"),
+        "cnode3's source: {share}"
+    );
+    // Copied while it runs, to the third member: zfs send of a snapshot of it.
+    let copying = std::time::Instant::now();
+    run(&["copy", "rack:c1", "rack:c1b", "--target", "cnode1"]);
+    let secs = copying.elapsed().as_secs_f64();
+    println!(
+        "zfs copy cnode2 -> cnode1 of a container with 32 MiB of random data: {secs:.1} s, {:.1} MB/s",
+        (32u64 << 20) as f64 / 1e6 / secs
+    );
+    run(&["start", "rack:c1b"]);
+    let mark = run(&["exec", "rack:c1b", "--", "cat", "/root/mark"]);
+    assert_eq!(mark.trim(), "moved", "the copy's file");
+    let snaps = run(&["snapshot", "list", "rack:c1b", "--format", "csv"]);
+    assert!(snaps.contains("s1"), "snapshots of the copy: {snaps}");
+    run(&["delete", "--force", "rack:c1b"]);
     run(&["stop", "--force", "rack:c1"]);
     let moving = std::time::Instant::now();
     run(&["move", "rack:c1", "--target", "cnode3"]);
+    let secs = moving.elapsed().as_secs_f64();
     println!(
-        "zfs move cnode2 -> cnode3: {:.1} s",
-        moving.elapsed().as_secs_f64()
+        "zfs move cnode2 -> cnode3: {secs:.1} s, {:.1} MB/s",
+        (32u64 << 20) as f64 / 1e6 / secs
     );
     run(&["start", "rack:c1"]);
     let where_ = run(&["list", "rack:", "--format", "csv", "-c", "nsL"]);
