@@ -209,6 +209,92 @@ fn pools_per_member_and_copies_between_members() {
     let copy_vol = n2.d.state.join("storage-pools/fast/containers/c2");
     assert!(copy_vol.is_dir(), "{}", copy_vol.display());
 
+    // A custom volume lives on one member's share; requests about it go there.
+    c.ok(
+        n1,
+        &[
+            "storage",
+            "volume",
+            "create",
+            "fast",
+            "data",
+            "size=64MiB",
+            "--target",
+            "node2",
+        ],
+    );
+    assert!(n2.d.state.join("storage-pools/fast/custom/data").is_dir());
+    let vols = c.ok(
+        n1,
+        &[
+            "storage", "volume", "list", "fast", "--format", "csv", "-c", "tnL",
+        ],
+    );
+    assert!(vols.contains("custom,data,node2"), "{vols}");
+    let on1 = c.ok(
+        n2,
+        &[
+            "query",
+            "/1.0/storage-pools/fast/volumes/custom?target=node1",
+        ],
+    );
+    assert!(!on1.contains("data"), "{on1}");
+    let e = c.err(
+        n2,
+        &[
+            "storage", "volume", "create", "fast", "data", "--target", "node1",
+        ],
+    );
+    assert!(e.contains("already exists"), "{e}");
+    c.ok(
+        n1,
+        &[
+            "storage", "volume", "snapshot", "create", "fast", "data", "v1",
+        ],
+    );
+    c.ok(
+        n1,
+        &[
+            "config",
+            "device",
+            "add",
+            "c2",
+            "data",
+            "disk",
+            "pool=fast",
+            "source=data",
+            "path=/data",
+        ],
+    );
+    c.ok(n1, &["exec", "c2", "--", "sh", "-c", "echo vol > /data/f"]);
+    // An instance on the other member cannot mount it; one that mounts it stays.
+    let e = c.err(
+        n1,
+        &[
+            "config",
+            "device",
+            "add",
+            "c1",
+            "data",
+            "disk",
+            "pool=fast",
+            "source=data",
+            "path=/data",
+        ],
+    );
+    assert!(e.contains("is on cluster member node2"), "{e}");
+    c.ok(n1, &["stop", "--force", "c2"]);
+    let e = c.err(n1, &["move", "c2", "--target", "node1"]);
+    assert!(e.contains("detach it first"), "{e}");
+    let e = c.err(n1, &["storage", "volume", "delete", "fast", "data"]);
+    assert!(e.contains("in use") || e.contains("used by"), "{e}");
+    c.ok(n1, &["config", "device", "remove", "c2", "data"]);
+    let info = c.ok(n1, &["storage", "volume", "info", "fast", "data"]);
+    assert!(info.contains("v1"), "{info}");
+    c.ok(n1, &["storage", "volume", "delete", "fast", "data"]);
+    assert!(!n2.d.state.join("storage-pools/fast/custom/data").exists());
+    c.ok(n1, &["start", "c2"]);
+
     // --instance-only: no snapshots come along.
     c.ok(
         n1,

@@ -409,6 +409,17 @@ pub async fn delete_member(
         })
         .collect();
     cmds.extend(crate::pool::cluster::drop_member_shares(&d, &name)?);
+    // Its volumes' files went with it.
+    for p in d.db.pools()? {
+        for v in d.db.volumes(&p.name)? {
+            if v.location == name {
+                cmds.push(Command::DeleteVolume {
+                    pool: p.name.clone(),
+                    name: v.name,
+                });
+            }
+        }
+    }
     cmds.push(Command::RemoveMember { name: name.clone() });
     d.write(cmds).await?;
     if let Err(e) = rt.remove([m.id].into()).await {

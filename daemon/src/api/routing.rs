@@ -1,6 +1,7 @@
 //! In a cluster, a request about something that lives on another member is sent there and
 //! its answer relayed, so that any member serves the whole cluster as Incus does:
-//! - `/1.0/instances/{name}…` goes to the member the instance is on;
+//! - `/1.0/instances/{name}…` goes to the member the instance is on, and
+//!   `/1.0/storage-pools/{pool}/volumes/custom/{name}…` to the member the volume is on;
 //! - `POST /1.0/instances?target=M` (and storage/network requests with `target=M`, and
 //!   `GET /1.0/resources?target=M` and a pool's `/resources`) go to M;
 //! - `/1.0/operations/{id}…` goes to the member running the operation (known from the
@@ -98,6 +99,14 @@ fn destination(
         ["resources"] | ["storage-pools", _, "resources"] if method == Method::GET => {
             target.map_or(Destination::Here, to_member)
         }
+        // A custom volume's files are on one member's share of its pool.
+        ["storage-pools", pool, "volumes", "custom", name, ..] => match target {
+            Some(t) => to_member(t),
+            None => match d.db.volume(&percent_decode(pool), &percent_decode(name)) {
+                Ok(Some(v)) if !v.location.is_empty() => to_member(&v.location),
+                _ => Destination::Here,
+            },
+        },
         ["storage-pools", ..] | ["networks", ..] if method != Method::GET => {
             target.map_or(Destination::Here, to_member)
         }

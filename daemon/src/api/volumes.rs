@@ -35,7 +35,7 @@ struct VolumeView {
     config: ConfigMap,
     description: String,
     used_by: Vec<String>,
-    location: &'static str,
+    location: String,
     content_type: &'static str,
     project: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,7 +67,7 @@ fn views(d: &AppState, pool: &str, kind: Option<&str>) -> Result<Vec<VolumeView>
                     config: ConfigMap::new(),
                     description: String::new(),
                     used_by: vec![crate::instance::url(&i.name)],
-                    location: "none",
+                    location: location_of(&i.location),
                     content_type: "filesystem",
                     project: "default",
                     created_at: Some(i.created_at),
@@ -85,7 +85,7 @@ fn views(d: &AppState, pool: &str, kind: Option<&str>) -> Result<Vec<VolumeView>
                         config: ConfigMap::new(),
                         description: String::new(),
                         used_by: vec![format!("/1.0/images/{}", img.fingerprint)],
-                        location: "none",
+                        location: location_of(&d.cluster().map(|c| c.name()).unwrap_or_default()),
                         content_type: "filesystem",
                         project: "default",
                         created_at: None,
@@ -102,6 +102,15 @@ fn views(d: &AppState, pool: &str, kind: Option<&str>) -> Result<Vec<VolumeView>
     Ok(vols)
 }
 
+/// Incus shows `none` for a volume of a server that is not clustered.
+fn location_of(member: &str) -> String {
+    if member.is_empty() {
+        "none".into()
+    } else {
+        member.to_string()
+    }
+}
+
 fn custom_view(d: &AppState, v: crate::db::records::VolumeRecord) -> Result<VolumeView, ApiError> {
     Ok(VolumeView {
         used_by: volume::used_by(d, &v.pool, &v.name)?,
@@ -109,7 +118,7 @@ fn custom_view(d: &AppState, v: crate::db::records::VolumeRecord) -> Result<Volu
         kind: "custom",
         config: v.config,
         description: v.description,
-        location: "none",
+        location: location_of(&v.location),
         content_type: "filesystem",
         project: "default",
         created_at: Some(v.created_at),
@@ -122,6 +131,9 @@ pub struct ListQuery {
     recursion: Option<String>,
     #[serde(default)]
     filter: Option<String>,
+    /// `--target M`: the volumes on member M only.
+    #[serde(default)]
+    target: Option<String>,
 }
 
 fn list_of(d: &AppState, pool: &str, kind: Option<&str>, q: &ListQuery) -> ApiResult {
@@ -133,6 +145,14 @@ fn list_of(d: &AppState, pool: &str, kind: Option<&str>, q: &ListQuery) -> ApiRe
         .transpose()
         .map_err(ApiError::bad_request)?;
     let mut vols = views(d, pool, kind)?;
+    if let Some(t) = q.target.as_deref().filter(|t| !t.is_empty()) {
+        if d.db.member(t)?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "Cluster member {t:?} not found"
+            )));
+        }
+        vols.retain(|v| v.location == t);
+    }
     if let Some(f) = &filter {
         vols.retain(|v| serde_json::to_value(v).is_ok_and(|j| f.matches(&j)));
     }
@@ -162,17 +182,6 @@ fn custom_only(kind: &str) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(format!(
             "Storage volumes of type {kind:?} are managed through their instance or image"
         )));
-    }
-    Ok(())
-}
-
-/// Until members keep their share of a pool's volumes, a cluster has no custom volumes
-/// rather than records on every member for files on one.
-fn standalone(d: &AppState) -> Result<(), ApiError> {
-    if d.cluster().is_some() {
-        return Err(ApiError::bad_request(
-            "Custom storage volumes are not supported in a cluster yet",
-        ));
     }
     Ok(())
 }
@@ -240,7 +249,6 @@ pub struct VolumesPost {
 
 async fn create_in(d: AppState, pool: String, kind: &str, req: VolumesPost) -> ApiResult {
     custom_only(kind)?;
-    standalone(&d)?;
     if !req.content_type.is_empty() && req.content_type != "filesystem" {
         return Err(ApiError::bad_request(format!(
             "Custom volumes of content type {:?} are not supported (only filesystem)",

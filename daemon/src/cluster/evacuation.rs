@@ -124,6 +124,15 @@ pub async fn evacuate(d: Arc<Daemon>, mode: &str) -> Result<(), String> {
         if mode == "stop" {
             continue;
         }
+        // `auto` moves what can move: an instance mounting a custom volume (whose files
+        // are on this member) stays here, stopped, as Incus leaves instances it cannot
+        // migrate. `migrate` insists, and fails on it.
+        if mode == "auto" {
+            let devices = crate::instance::expand(&d, &inst).map(|(_, ed)| ed);
+            if devices.is_ok_and(|ed| !crate::instance::disks::volume_disks(&ed).is_empty()) {
+                continue;
+            }
+        }
         let target = pick_target(&d, &rt, &me).await?;
         crate::instance::migrate::move_to(d.clone(), &name, &target)
             .await

@@ -142,6 +142,9 @@ pub struct VolumeRecord {
     /// Oldest first. Kept in the volume's record: they are made, renamed and deleted with it.
     #[serde(default)]
     pub snapshots: Vec<VolumeSnapshotRecord>,
+    /// The cluster member whose share of the pool holds the files; empty standalone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

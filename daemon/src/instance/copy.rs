@@ -106,6 +106,7 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
                     src.location
                 )));
             }
+            super::migrate::stays_with_its_volumes(&req.name, &ed)?;
             let (_, src_devices) = super::expand(&d, &src)?;
             let src_pool = root_pool(&src_devices)?;
             if src_pool != pool_name {

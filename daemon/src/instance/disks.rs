@@ -92,6 +92,15 @@ fn running_shift(d: &Daemon, name: &str) -> Option<IdShift> {
 /// refusing when another running instance mounts it under a different map.
 async fn own_for(d: &Daemon, name: &str, disk: &VolumeDisk, shift: IdShift) -> Result<PathBuf> {
     let rec: VolumeRecord = volume::get(d, &disk.pool, &disk.volume)?;
+    if volume::here(d, &rec).is_err() {
+        return Err(InstanceError::Invalid(format!(
+            "Device {:?}: storage volume {:?} is on cluster member {}, and instance {name} is on {}: a volume is used on its own member",
+            disk.device,
+            disk.volume,
+            rec.location,
+            d.server_name()
+        )));
+    }
     let driver = d.pool(&disk.pool).ok_or_else(|| {
         InstanceError::Failed(format!("Storage pool {:?} is unavailable", disk.pool))
     })?;

@@ -50,6 +50,7 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
         ));
     }
     let (_, ed) = expand(&d, &rec)?;
+    stays_with_its_volumes(name, &ed)?;
     let pool_name = root_pool(&ed)?;
     let pool = d
         .pool(&pool_name)
@@ -77,6 +78,18 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
         serde_json::json!({"location": target}),
     );
     Ok(())
+}
+
+/// An instance that mounts custom volumes stays where they are: a volume's files are on one
+/// member's share of its pool.
+pub fn stays_with_its_volumes(name: &str, devices: &crate::db::records::DeviceMap) -> Result<()> {
+    match super::disks::volume_disks(devices).first() {
+        None => Ok(()),
+        Some(v) => Err(InstanceError::Invalid(format!(
+            "Instance {name} mounts storage volume {:?} of pool {:?} (device {:?}), which stays on this member: detach it first",
+            v.volume, v.pool, v.device
+        ))),
+    }
 }
 
 /// Streams instance `name`'s volume (a tar of its files, or `zfs send`/`btrfs send`

@@ -53,6 +53,22 @@ pub(crate) fn pool_driver(d: &Daemon, pool: &str) -> Result<Arc<dyn StorageDrive
     })
 }
 
+/// In a cluster a volume's files are on one member's share of the pool: its record says
+/// which, and requests about it are routed there. Refuses acting on one that is elsewhere.
+pub fn here(d: &Daemon, v: &VolumeRecord) -> Result<()> {
+    match d.cluster() {
+        Some(rt) if !v.location.is_empty() && v.location != rt.name() => {
+            Err(VolumeError::Invalid(format!(
+                "Storage volume {:?} is on cluster member {}, not on {}",
+                v.name,
+                v.location,
+                rt.name()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn get(d: &Daemon, pool: &str, name: &str) -> Result<VolumeRecord> {
     if d.db.pool(pool)?.is_none() {
         return Err(VolumeError::NotFound("Storage pool not found".into()));
@@ -145,6 +161,7 @@ pub async fn create(
         // are owned as the source's are, so it takes the source's map, whatever was sent.
         config.remove(IDMAP_KEY);
         let src = get(d, pool, from)?;
+        here(d, &src)?;
         inherited = src.config.get(IDMAP_KEY).cloned();
         if !volume_only {
             snapshots = src.snapshots;
@@ -184,6 +201,7 @@ pub async fn create(
         config,
         created_at: chrono::Utc::now(),
         snapshots,
+        location: d.cluster().map(|c| c.name()).unwrap_or_default(),
     };
     if let Err(e) = d.write(vec![Command::CreateVolume(rec)]).await {
         let (drv, n) = (driver, name.to_string());
@@ -213,6 +231,7 @@ pub async fn update(
 ) -> Result<()> {
     let _held = CHANGES.lock().await;
     let rec = get(d, pool, name)?;
+    here(d, &rec)?;
     let driver = pool_driver(d, pool)?;
     let size = checked_size(driver.as_ref(), &config)?;
     if size != recorded_size(&rec.config) {
@@ -261,6 +280,7 @@ fn refuse_in_use(d: &Daemon, pool: &str, name: &str, what: &str) -> Result<()> {
 pub async fn rename(d: &Daemon, pool: &str, from: &str, to: &str) -> Result<()> {
     let _held = CHANGES.lock().await;
     let rec = get(d, pool, from)?;
+    here(d, &rec)?;
     crate::validate::object_name(to).map_err(|e| VolumeError::Invalid(e.to_string()))?;
     if d.db.volume(pool, to)?.is_some() {
         return Err(VolumeError::Conflict(format!(
@@ -299,7 +319,7 @@ pub async fn rename(d: &Daemon, pool: &str, from: &str, to: &str) -> Result<()> 
 
 pub async fn delete(d: &Daemon, pool: &str, name: &str) -> Result<()> {
     let _held = CHANGES.lock().await;
-    get(d, pool, name)?;
+    here(d, &get(d, pool, name)?)?;
     refuse_in_use(d, pool, name, "delete")?;
     let driver = pool_driver(d, pool)?;
     d.write(vec![Command::DeleteVolume {
@@ -352,6 +372,6 @@ pub fn used_by(d: &Daemon, pool: &str, name: &str) -> Result<Vec<String>> {
 
 /// Space a volume's files take (what `incus storage volume info` shows as usage).
 pub fn usage(d: &Daemon, pool: &str, name: &str) -> Result<u64> {
-    get(d, pool, name)?;
+    here(d, &get(d, pool, name)?)?;
     Ok(pool_driver(d, pool)?.volume_usage(name))
 }

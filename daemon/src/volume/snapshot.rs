@@ -37,6 +37,7 @@ fn next_name(rec: &VolumeRecord) -> String {
 pub async fn create(d: &Daemon, pool: &str, name: &str, snap: &str) -> Result<String> {
     let _held = CHANGES.lock().await;
     let mut rec = get(d, pool, name)?;
+    super::here(d, &rec)?;
     let snap = if snap.is_empty() {
         next_name(&rec)
     } else {
@@ -73,6 +74,7 @@ pub async fn create(d: &Daemon, pool: &str, name: &str, snap: &str) -> Result<St
 pub async fn delete(d: &Daemon, pool: &str, name: &str, snap: &str) -> Result<()> {
     let _held = CHANGES.lock().await;
     let mut rec = get(d, pool, name)?;
+    super::here(d, &rec)?;
     find(&rec, snap)?;
     rec.snapshots.retain(|s| s.name != snap);
     d.write(vec![Command::UpdateVolume(rec)]).await?;
@@ -90,6 +92,7 @@ pub async fn delete(d: &Daemon, pool: &str, name: &str, snap: &str) -> Result<()
 pub async fn rename(d: &Daemon, pool: &str, name: &str, from: &str, to: &str) -> Result<()> {
     let _held = CHANGES.lock().await;
     let mut rec = get(d, pool, name)?;
+    super::here(d, &rec)?;
     find(&rec, from)?;
     crate::validate::object_name(to).map_err(|e| VolumeError::Invalid(e.to_string()))?;
     if rec.snapshots.iter().any(|s| s.name == to) {
@@ -143,6 +146,7 @@ pub async fn set_description(
 pub async fn restore(d: &Daemon, pool: &str, name: &str, snap: &str) -> Result<()> {
     let _held = CHANGES.lock().await;
     let rec = get(d, pool, name)?;
+    super::here(d, &rec)?;
     find(&rec, snap)?;
     for user in super::used_by(d, pool, name)? {
         let Some(inst) = user.strip_prefix("/1.0/instances/") else {
@@ -193,6 +197,7 @@ mod tests {
             config: Default::default(),
             created_at: chrono::Utc::now(),
             snapshots: vec![],
+            location: String::new(),
         };
         assert_eq!(next_name(&rec), "snap0");
         for n in ["snap0", "snap2"] {
