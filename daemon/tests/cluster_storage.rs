@@ -130,6 +130,40 @@ fn pools_per_member_and_copies_between_members() {
     println!("incus storage info fast --target node2:\n{info}");
     assert!(info.contains("total space:"), "{info}");
 
+    // One member's share grows; the shared view refuses a member key.
+    let e = c.err(n1, &["storage", "set", "fast", "size=2GiB"]);
+    assert!(e.contains("cluster member specific"), "{e}");
+    let total = |m: &str| -> u64 {
+        let res = c.ok(
+            n1,
+            &[
+                "query",
+                &format!("/1.0/storage-pools/fast/resources?target={m}"),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&res).unwrap();
+        v["space"]["total"].as_u64().unwrap_or(0)
+    };
+    let before = total("node2");
+    c.ok(
+        n1,
+        &[
+            "storage",
+            "set",
+            "fast",
+            "size=1500MiB",
+            "--target",
+            "node2",
+        ],
+    );
+    let after = total("node2");
+    println!("node2's share grown from 1GiB to 1500MiB: {before} -> {after} bytes");
+    assert!(after >= before + (400 << 20), "{before} -> {after}");
+    let size = c.ok(n2, &["storage", "get", "fast", "size", "--target", "node2"]);
+    assert_eq!(size.trim(), "1500MiB");
+    let size = c.ok(n2, &["storage", "get", "fast", "size", "--target", "node1"]);
+    assert_eq!(size.trim(), "1200MiB", "node1's share is unchanged");
+
     // A dir pool with no member keys is made on every member at once.
     c.ok(n1, &["storage", "create", "plain", "dir"]);
     let img = common::busybox_image().to_string_lossy().into_owned();

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use super::response::{check_if_match, empty, sync, sync_etag};
 use super::{ApiError, ApiJson, ApiResult, AppState};
 use crate::db::records::{ConfigMap, PoolRecord};
-use crate::db::Command;
 use crate::pool::{self, PoolError};
 
 #[derive(Serialize)]
@@ -237,10 +236,13 @@ pub struct PoolPut {
 pub async fn put(
     State(d): State<AppState>,
     Path(pool): Path<String>,
+    Query(q): Query<TargetQuery>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<PoolPut>,
 ) -> ApiResult {
-    let mut p = get_pool(&d, &pool)?;
+    checked_project(&q.project)?;
+    let target = checked_target(&d, &q.target)?;
+    let p = get_pool(&d, &pool)?;
     check_if_match(
         &headers,
         &PoolEtag {
@@ -248,54 +250,7 @@ pub async fn put(
             description: &p.description,
         },
     )?;
-    if let Some(c) = req.config {
-        (crate::storage::kind(&p.driver)?.validate)(&c)?;
-        // Only user.* keys change in place: the others are how the pool was made (a
-        // resize or remount is not implemented, so it is refused, not recorded).
-        // A PUT that leaves such a key out keeps it.
-        let mut grow = None;
-        for (key, value) in &c {
-            if key.starts_with("user.") || p.config.get(key) == Some(value) {
-                continue;
-            }
-            // A loop-backed pool grows (Incus: `incus storage set POOL size=…`).
-            if key == "size" {
-                let bytes = crate::storage::size::parse_bytes(value).map_err(|e| {
-                    ApiError::bad_request(format!("Invalid value for option \"size\": {e}"))
-                })?;
-                grow = Some(bytes);
-                continue;
-            }
-            return Err(ApiError::bad_request(format!(
-                "Changing {key:?} of an existing storage pool is not supported"
-            )));
-        }
-        if let Some(bytes) = grow {
-            if d.cluster().is_some() {
-                return Err(ApiError::bad_request(
-                    "Growing a storage pool in a cluster is not supported yet",
-                ));
-            }
-            let driver = d.pool(&pool).ok_or_else(|| {
-                ApiError::bad_request(format!("Storage pool {pool:?} is unavailable"))
-            })?;
-            tokio::task::spawn_blocking(move || driver.grow(bytes))
-                .await
-                .map_err(ApiError::internal)??;
-        }
-        let kept: ConfigMap = p
-            .config
-            .iter()
-            .filter(|(k, _)| !(k.starts_with("user.") || (grow.is_some() && *k == "size")))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        p.config = c;
-        p.config.extend(kept);
-    }
-    if let Some(desc) = req.description {
-        p.description = desc;
-    }
-    d.write(vec![Command::UpdatePool(p)]).await?;
+    pool::update(&d.daemon, p, req.config, req.description, target).await?;
     empty()
 }
 

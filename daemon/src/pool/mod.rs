@@ -177,6 +177,93 @@ pub async fn delete(d: &Arc<Daemon>, name: &str, in_use: bool) -> Result<()> {
     })
 }
 
+/// `PUT`/`PATCH /1.0/storage-pools/{pool}[?target=M]`: only `user.*` keys and the
+/// description change in place, and `size` grows a pool on a loop file (in a cluster,
+/// member M's share, which the request was routed to). The other keys are how the pool
+/// was made: a change is refused, not recorded. A PUT that leaves such a key out keeps it.
+pub async fn update(
+    d: &Arc<Daemon>,
+    mut p: PoolRecord,
+    config: Option<ConfigMap>,
+    description: Option<String>,
+    target: Option<&str>,
+) -> Result<()> {
+    let clustered = d.cluster().is_some();
+    if let Some(c) = config {
+        (crate::storage::kind(&p.driver)?.validate)(&c)?;
+        let current = config_view(d, &p, target);
+        let mut grow = None;
+        for (key, value) in &c {
+            if key.starts_with("user.") || current.get(key) == Some(value) {
+                continue;
+            }
+            if key == "size" {
+                if clustered && target.is_none() {
+                    return Err(PoolError::Invalid(
+                        "Config key \"size\" is cluster member specific: set it with --target <member>"
+                            .into(),
+                    ));
+                }
+                let bytes = crate::storage::size::parse_bytes(value).map_err(|e| {
+                    PoolError::Invalid(format!("Invalid value for option \"size\": {e}"))
+                })?;
+                grow = Some((bytes, value.clone()));
+                continue;
+            }
+            return Err(PoolError::Invalid(format!(
+                "Changing {key:?} of an existing storage pool is not supported"
+            )));
+        }
+        if let Some((bytes, _)) = &grow {
+            if target.is_some_and(|t| t != d.server_name()) {
+                return Err(PoolError::Failed(format!(
+                    "The request for member {} reached {}",
+                    target.unwrap_or_default(),
+                    d.server_name()
+                )));
+            }
+            let driver = d.pool(&p.name).ok_or_else(|| {
+                PoolError::Invalid(format!("Storage pool {:?} is unavailable", p.name))
+            })?;
+            let bytes = *bytes;
+            tokio::task::spawn_blocking(move || driver.grow(bytes))
+                .await
+                .map_err(|e| PoolError::Failed(format!("internal task failed: {e}")))??;
+        }
+        // The shared keys: what was sent (less member keys), plus what it cannot change.
+        let (sent, _) = if clustered {
+            split_member_keys(&c)
+        } else {
+            (c.clone(), ConfigMap::new())
+        };
+        let kept: ConfigMap = p
+            .config
+            .iter()
+            .filter(|(k, _)| !(k.starts_with("user.") || (grow.is_some() && *k == "size")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        p.config = sent;
+        p.config.extend(kept);
+        if let Some((_, size)) = grow {
+            if clustered {
+                let me = d.server_name();
+                let mut share = p.members.get(&me).cloned().unwrap_or_default();
+                share.created = true;
+                share.config = split_member_keys(&d.pool_config(&p)).1;
+                share.config.insert("size".into(), size);
+                p.members.insert(me, share);
+            } else {
+                p.config.insert("size".into(), size);
+            }
+        }
+    }
+    if let Some(desc) = description {
+        p.description = desc;
+    }
+    d.write(vec![Command::UpdatePool(p)]).await?;
+    Ok(())
+}
+
 /// The pool's config as a client sees it: in a cluster, without a target the shared keys
 /// only (as Incus shows it); with one, that member's own keys too.
 pub fn config_view(d: &Daemon, p: &PoolRecord, target: Option<&str>) -> ConfigMap {
