@@ -336,8 +336,20 @@ fn pools_per_member_and_copies_between_members() {
     );
     let snaps = c.ok(n1, &["snapshot", "list", "c3", "--format", "csv"]);
     assert!(snaps.trim().is_empty(), "{snaps}");
-    let e = c.err(n1, &["copy", "c1/s1", "c4", "--target", "node2"]);
-    assert!(e.contains("not supported yet"), "{e}");
+    // A snapshot copied to the other member: its content, as a volume of its own.
+    c.ok(n1, &["copy", "c1/s1", "c4", "--target", "node2"]);
+    c.ok(n1, &["start", "c4"]);
+    let mark = c.ok(n1, &["exec", "c4", "--", "cat", "/root/mark"]);
+    assert_eq!(mark.trim(), "one", "c4 is c1 as of s1");
+    let snaps = c.ok(n1, &["snapshot", "list", "c4", "--format", "csv"]);
+    assert!(snaps.trim().is_empty(), "{snaps}");
+    assert!(
+        !n1.d
+            .state
+            .join("storage-pools/fast/containers/cairn-send-c1-s1")
+            .exists(),
+        "the staged copy is gone"
+    );
 
     // Moved cold: node1 keeps nothing of it.
     c.ok(n1, &["stop", "--force", "c1"]);
@@ -351,7 +363,7 @@ fn pools_per_member_and_copies_between_members() {
 
     let e = c.err(n1, &["storage", "delete", "fast"]);
     assert!(e.contains("in use"), "{e}");
-    c.ok(n1, &["delete", "--force", "c1", "c2", "c3"]);
+    c.ok(n1, &["delete", "--force", "c1", "c2", "c3", "c4"]);
     c.ok(n1, &["storage", "delete", "fast"]);
     c.ok(n1, &["storage", "delete", "plain"]);
     for m in &c.m {

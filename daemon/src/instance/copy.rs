@@ -100,12 +100,6 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     // the copy stays in the same pool.
     let remote = match d.cluster() {
         Some(rt) if !src.location.is_empty() && src.location != rt.name() => {
-            if snap.is_some() {
-                return Err(InstanceError::Invalid(format!(
-                    "Copying a snapshot to another cluster member is not supported yet: copy it on member {}, then move the copy",
-                    src.location
-                )));
-            }
             super::migrate::stays_with_its_volumes(&req.name, &ed)?;
             let (_, src_devices) = super::expand(&d, &src)?;
             let src_pool = root_pool(&src_devices)?;
@@ -160,7 +154,7 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
             &d,
             rt,
             &member.address,
-            src_name,
+            (src_name, snap),
             &req.name,
             &pool_name,
             &snapshots,
@@ -218,13 +212,13 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
 /// How long the member holding the source may take to stream it here.
 const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// Asks the member at `addr` to stream instance `from` (with all its snapshots) here as
-/// instance `to`, then drops the snapshots the copy does not keep.
+/// Asks the member at `addr` to stream instance `from` (with all its snapshots), or one
+/// snapshot of it, here as instance `to`, then drops the snapshots the copy does not keep.
 async fn pull(
     d: &Daemon,
     rt: &crate::cluster::member::Member,
     addr: &str,
-    from: &str,
+    (from, snapshot): (&str, Option<&str>),
     to: &str,
     pool_name: &str,
     keep: &[SnapshotRecord],
@@ -233,6 +227,7 @@ async fn pull(
         to: rt.name(),
         as_name: to.to_string(),
         pool: pool_name.to_string(),
+        snapshot: snapshot.map(str::to_string),
     })
     .map_err(|e| InstanceError::Failed(e.to_string()))?;
     crate::cluster::member_api::call_json(
@@ -248,6 +243,9 @@ async fn pull(
     let pool = d
         .pool(pool_name)
         .ok_or_else(|| InstanceError::Failed(format!("storage pool {pool_name} is not open")))?;
+    if snapshot.is_some() {
+        return Ok(());
+    }
     let drop: Vec<String> =
         d.db.snapshots(from)?
             .into_iter()

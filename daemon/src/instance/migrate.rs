@@ -139,6 +139,9 @@ pub struct SendRequest {
     #[serde(rename = "as")]
     pub as_name: String,
     pub pool: String,
+    /// Copy this snapshot of the instance (as a volume without snapshots) instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 pub fn send_path(name: &str) -> String {
@@ -168,7 +171,42 @@ pub async fn send_copy(d: Arc<Daemon>, name: &str, req: SendRequest) -> Result<(
     let pool = d
         .pool(&req.pool)
         .ok_or_else(|| InstanceError::Failed(format!("storage pool {} is not open", req.pool)))?;
-    stream_to(&rt, pool, name, &member.address, &req.as_name, &req.pool).await
+    let Some(snap) = req.snapshot else {
+        return stream_to(&rt, pool, name, &member.address, &req.as_name, &req.pool).await;
+    };
+    // A snapshot travels as a volume of its own: a local copy of it (a clone, a send
+    // within the pool, or a file copy), streamed, then dropped.
+    super::snapshot::get_snapshot(&d, name, &snap)?;
+    let staged = format!("cairn-send-{name}-{snap}");
+    if d.db.instance(&staged)?.is_some() {
+        return Err(InstanceError::Conflict(format!(
+            "An instance named {staged} is in the way of copying {name}/{snap}"
+        )));
+    }
+    let (p, n, s, t) = (pool.clone(), name.to_string(), snap.clone(), staged.clone());
+    tokio::task::spawn_blocking(move || {
+        let _ = p.delete_instance(&t);
+        p.copy_instance(&n, Some(&s), &t)
+    })
+    .await
+    .map_err(|e| failed("staging the snapshot", e))?
+    .map_err(|e| failed(&format!("staging {name}/{snap}"), e))?;
+    let sent = stream_to(
+        &rt,
+        pool.clone(),
+        &staged,
+        &member.address,
+        &req.as_name,
+        &req.pool,
+    )
+    .await;
+    let t = staged.clone();
+    match tokio::task::spawn_blocking(move || pool.delete_instance(&t)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("removing the staged copy {staged}: {e}"),
+        Err(e) => tracing::warn!("removing the staged copy {staged}: {e}"),
+    }
+    sent
 }
 
 /// `POST /internal/cluster/instances/{name}?pool=P` on the target: unpacks the stream.

@@ -746,6 +746,12 @@ fn three_nodes_with_one_seed_form_a_cluster() {
     let snaps = run(&["snapshot", "list", "rack:c1b", "--format", "csv"]);
     assert!(snaps.contains("s1"), "snapshots of the copy: {snaps}");
     run(&["delete", "--force", "rack:c1b"]);
+    // A snapshot to another member: a local clone of it, sent as a volume of its own.
+    run(&["copy", "rack:c1/s1", "rack:c1s", "--target", "cnode3"]);
+    run(&["start", "rack:c1s"]);
+    let mark = run(&["exec", "rack:c1s", "--", "cat", "/root/mark"]);
+    assert_eq!(mark.trim(), "moved", "the snapshot copy's file");
+    run(&["delete", "--force", "rack:c1s"]);
     run(&["stop", "--force", "rack:c1"]);
     let moving = std::time::Instant::now();
     run(&["move", "rack:c1", "--target", "cnode3"]);
