@@ -336,6 +336,41 @@ fn pools_per_member_and_copies_between_members() {
     );
     let snaps = c.ok(n1, &["snapshot", "list", "c3", "--format", "csv"]);
     assert!(snaps.trim().is_empty(), "{snaps}");
+    // Into a pool of another driver, file by file: from node1's btrfs to node2's dir
+    // share, and on node2 from btrfs to dir; the snapshot comes along both times.
+    c.ok(
+        n1,
+        &[
+            "copy",
+            "c1",
+            "c5",
+            "--target",
+            "node2",
+            "--storage",
+            "plain",
+        ],
+    );
+    c.ok(n2, &["copy", "c2", "c6", "--storage", "plain"]);
+    for (name, want) in [("c5", "two"), ("c6", "one")] {
+        let list = c.instances(n1);
+        assert!(list.contains(&row(name, "STOPPED", "node2")), "{list:?}");
+        let vol =
+            n2.d.state
+                .join(format!("storage-pools/plain/containers/{name}"));
+        assert!(vol.is_dir(), "{}", vol.display());
+        c.ok(n1, &["start", name]);
+        let mark = c.ok(n1, &["exec", name, "--", "cat", "/root/mark"]);
+        assert_eq!(mark.trim(), want, "{name}'s file");
+        let snaps = c.ok(n1, &["snapshot", "list", name, "--format", "csv"]);
+        assert!(snaps.contains("s1"), "{name}: {snaps}");
+        c.ok(n1, &["stop", "--force", name]);
+        c.ok(n1, &["snapshot", "restore", name, "s1"]);
+        c.ok(n1, &["start", name]);
+        let mark = c.ok(n1, &["exec", name, "--", "cat", "/root/mark"]);
+        assert_eq!(mark.trim(), "one", "{name} restored to s1");
+        c.ok(n1, &["delete", "--force", name]);
+    }
+
     // A snapshot copied to the other member: its content, as a volume of its own.
     c.ok(n1, &["copy", "c1/s1", "c4", "--target", "node2"]);
     c.ok(n1, &["start", "c4"]);

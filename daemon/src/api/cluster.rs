@@ -498,14 +498,32 @@ pub async fn internal_receive_instance(
     State(d): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult {
     let pool = q.get("pool").cloned().unwrap_or_else(|| "default".into());
+    let files = match q.get("format").map(String::as_str) {
+        None => None,
+        Some("files") => {
+            let list = headers
+                .get(crate::instance::migrate::SNAPSHOTS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("[]");
+            Some(serde_json::from_str::<Vec<String>>(list).map_err(|e| {
+                ApiError::bad_request(format!("the snapshot list of a file stream: {e}"))
+            })?)
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Unknown volume stream format {other:?}"
+            )))
+        }
+    };
     let stream = futures::TryStreamExt::map_err(body.into_data_stream(), |e| {
         std::io::Error::other(e.to_string())
     });
     let reader = tokio_util::io::StreamReader::new(stream);
-    crate::instance::migrate::receive(d.daemon.clone(), &name, &pool, reader).await?;
+    crate::instance::migrate::receive(d.daemon.clone(), &name, &pool, files, reader).await?;
     empty()
 }
 

@@ -388,13 +388,13 @@ pub struct InstancePost {
     _allow_inconsistent: IgnoredAny,
     // Incus's InstancePost has no JSON tags on these: Go writes them capitalized.
     #[serde(rename = "Config", alias = "config", default)]
-    _config: IgnoredAny,
+    config: Option<serde_json::Value>,
     // Incus's InstancePost has no JSON tags on these: Go writes them capitalized.
     #[serde(rename = "Devices", alias = "devices", default)]
-    _devices: IgnoredAny,
+    devices: Option<serde_json::Value>,
     // Incus's InstancePost has no JSON tags on these: Go writes them capitalized.
     #[serde(rename = "Profiles", alias = "profiles", default)]
-    _profiles: IgnoredAny,
+    profiles: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -404,6 +404,16 @@ pub struct TargetQuery {
     #[serde(default)]
     #[allow(dead_code)]
     project: Option<String>,
+}
+
+/// Whether an optional override in an `InstancePost` says anything.
+fn given(v: &Option<serde_json::Value>) -> bool {
+    v.as_ref().is_some_and(|v| match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Object(m) => !m.is_empty(),
+        serde_json::Value::Array(a) => !a.is_empty(),
+        _ => true,
+    })
 }
 
 pub async fn rename(
@@ -424,6 +434,17 @@ pub async fn rename(
                 "Moving an instance without its snapshots is not supported: move it whole, then delete them",
             ));
         }
+        // `incus move --config/--device/--profile`: overrides the move would not apply.
+        if given(&req.config) || given(&req.devices) || given(&req.profiles) {
+            return Err(ApiError::bad_request(
+                "Changing the configuration, devices or profiles while moving to another member is not supported: move it, then change it",
+            ));
+        }
+        if !req.pool.is_empty() || !req.project.is_empty() {
+            return Err(ApiError::bad_request(
+                "Moving to another member and another storage pool or project at once is not supported: copy it with --storage, then delete the original",
+            ));
+        }
         instance::get(&d, &name)?;
         let d2 = d.daemon.clone();
         let op = d.ops.spawn_task(
@@ -439,6 +460,11 @@ pub async fn rename(
     }
     if req.migration || req.target.is_some() || !req.pool.is_empty() || !req.project.is_empty() {
         return Err(ApiError::bad_request("Migration is not supported yet"));
+    }
+    if given(&req.config) || given(&req.devices) || given(&req.profiles) {
+        return Err(ApiError::bad_request(
+            "Changing the configuration, devices or profiles while renaming is not supported: rename it, then change it",
+        ));
     }
     crate::validate::instance_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     instance::get(&d, &name)?;

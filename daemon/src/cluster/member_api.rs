@@ -82,9 +82,14 @@ pub async fn post_stream(
     rt: &Member,
     addr: &str,
     path: &str,
+    headers: &[(&'static str, String)],
     reader: impl tokio::io::AsyncRead + Send + 'static,
 ) -> Result<(StatusCode, Bytes), super::peer::PeerError> {
-    let req = http::Request::post(path)
+    let mut req = http::Request::post(path);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let req = req
         .body(super::peer::reader_body(reader))
         .map_err(|source| super::peer::PeerError::Address {
             call: super::peer::Call {

@@ -96,18 +96,16 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     let pool = d.pool(&pool_name).ok_or_else(|| {
         InstanceError::Invalid(format!("Storage pool {pool_name:?} doesn't exist"))
     })?;
-    // The source on another member: its volume comes here as the pool's own stream, so
-    // the copy stays in the same pool.
+    // The pool the source's volume is in: a copy into another pool goes file by file.
+    let src_pool = {
+        let (_, src_devices) = super::expand(&d, &src)?;
+        root_pool(&src_devices)?
+    };
+    // The source on another member: its volume comes here as the pool's own stream (as
+    // files, into another pool).
     let remote = match d.cluster() {
         Some(rt) if !src.location.is_empty() && src.location != rt.name() => {
             super::migrate::stays_with_its_volumes(&req.name, &ed)?;
-            let (_, src_devices) = super::expand(&d, &src)?;
-            let src_pool = root_pool(&src_devices)?;
-            if src_pool != pool_name {
-                return Err(InstanceError::Invalid(format!(
-                    "A copy to another member stays in the source's storage pool {src_pool:?}, not {pool_name:?}"
-                )));
-            }
             let member = d.db.member(&src.location)?.ok_or_else(|| {
                 InstanceError::Failed(format!("member {} is not in the cluster", src.location))
             })?;
@@ -123,6 +121,10 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
         .unwrap_or(d.idmap);
     let mut fresh = config.clone();
     super::initial_volatile(&mut fresh, &ed, &shift.to_incus_json());
+    // A snapshot restored later takes its devices back: in another pool, its root disk
+    // must name the pool its files are now in.
+    // (Without a root disk of its own, the copy's comes from its profiles.)
+    let moved_root = (src_pool != pool_name).then(|| devices.get("root").cloned());
     let now = Utc::now();
     let lock = d.instance_lock(&req.name);
     let guard = lock.lock().await;
@@ -156,10 +158,34 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
             &member.address,
             (src_name, snap),
             &req.name,
-            &pool_name,
+            (&src_pool, &pool_name),
             &snapshots,
         )
         .await
+    } else if src_pool != pool_name {
+        let from_pool = d.pool(&src_pool).ok_or_else(|| {
+            InstanceError::Failed(format!("storage pool {src_pool:?} is not open"))
+        })?;
+        let (pool, from, to) = (pool.clone(), src_name.to_string(), req.name.clone());
+        let snap = snap.map(str::to_string);
+        let names: Vec<String> = snapshots.iter().map(|s| s.name.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            crate::storage::transfer::copy_across(
+                from_pool.as_ref(),
+                &from,
+                snap.as_deref(),
+                pool.as_ref(),
+                &to,
+                &names,
+            )?;
+            match quota {
+                Some(_) => pool.set_instance_quota(&to, quota),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| InstanceError::Failed(format!("internal task failed: {e}")))?
+        .map_err(InstanceError::from)
     } else {
         let (pool, from, to) = (pool.clone(), src_name.to_string(), req.name.clone());
         let snap = snap.map(str::to_string);
@@ -189,7 +215,16 @@ pub async fn copy(d: Arc<Daemon>, req: CopyRequest) -> Result<()> {
     }
     let cmds: Vec<Command> = snapshots
         .into_iter()
-        .map(|s| {
+        .map(|mut s| {
+            match &moved_root {
+                Some(Some(root)) => {
+                    s.devices.insert("root".into(), root.clone());
+                }
+                Some(None) => {
+                    s.devices.remove("root");
+                }
+                None => {}
+            }
             Command::CreateSnapshot(SnapshotRecord {
                 instance: req.name.clone(),
                 ..s
@@ -220,13 +255,14 @@ async fn pull(
     addr: &str,
     (from, snapshot): (&str, Option<&str>),
     to: &str,
-    pool_name: &str,
+    (from_pool, pool_name): (&str, &str),
     keep: &[SnapshotRecord],
 ) -> Result<()> {
     let body = serde_json::to_value(super::migrate::SendRequest {
         to: rt.name(),
         as_name: to.to_string(),
-        pool: pool_name.to_string(),
+        pool: from_pool.to_string(),
+        into_pool: (from_pool != pool_name).then(|| pool_name.to_string()),
         snapshot: snapshot.map(str::to_string),
     })
     .map_err(|e| InstanceError::Failed(e.to_string()))?;

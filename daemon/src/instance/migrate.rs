@@ -55,7 +55,10 @@ pub async fn move_to(d: Arc<Daemon>, name: &str, target: &str) -> Result<()> {
     let pool = d
         .pool(&pool_name)
         .ok_or_else(|| InstanceError::Failed(format!("storage pool {pool_name} is not open")))?;
-    stream_to(&rt, pool.clone(), name, &member.address, name, &pool_name)
+    let payload = Payload::Driver {
+        pool: pool_name.clone(),
+    };
+    stream_to(&rt, pool.clone(), name, &member.address, name, payload)
         .await
         .map_err(|e| match e {
             InstanceError::Failed(m) => InstanceError::Failed(format!("moving to {target}: {m}")),
@@ -100,19 +103,44 @@ async fn stream_to(
     name: &str,
     addr: &str,
     as_name: &str,
-    pool_name: &str,
+    payload: Payload,
 ) -> Result<()> {
     // The stream is written on a blocking thread into a pipe whose other end is the body.
     let (reader, writer) = tokio::io::duplex(1 << 20);
     let n = name.to_string();
+    let (path, headers) = match &payload {
+        Payload::Driver { pool } => (format!("{RECEIVE_PATH}/{as_name}?pool={pool}"), vec![]),
+        Payload::Files {
+            into, snapshots, ..
+        } => (
+            format!("{RECEIVE_PATH}/{as_name}?pool={into}&format=files"),
+            vec![(
+                SNAPSHOTS_HEADER,
+                serde_json::to_string(snapshots).unwrap_or_default(),
+            )],
+        ),
+    };
     let producer = tokio::task::spawn_blocking(move || {
         let mut out = tokio_util::io::SyncIoBridge::new(writer);
-        pool.send_instance(&n, &mut out)
+        match payload {
+            Payload::Driver { .. } => pool.send_instance(&n, &mut out),
+            Payload::Files {
+                snapshot,
+                snapshots,
+                ..
+            } => crate::storage::transfer::send(
+                pool.as_ref(),
+                &n,
+                snapshot.as_deref(),
+                &snapshots,
+                &mut out,
+            ),
+        }
     });
-    let path = format!("{RECEIVE_PATH}/{as_name}?pool={pool_name}");
-    let (status, answer) = crate::cluster::member_api::post_stream(rt, addr, &path, reader)
-        .await
-        .map_err(|e| failed(&format!("sending {name}"), e))?;
+    let (status, answer) =
+        crate::cluster::member_api::post_stream(rt, addr, &path, &headers, reader)
+            .await
+            .map_err(|e| failed(&format!("sending {name}"), e))?;
     producer
         .await
         .map_err(|e| failed("writing the transfer", e))?
@@ -130,6 +158,23 @@ async fn stream_to(
     Ok(())
 }
 
+/// How a volume travels to another member.
+enum Payload {
+    /// The driver's own stream of the instance and all its snapshots, into the same pool.
+    Driver { pool: String },
+    /// Files, into pool `into` of another driver: `snapshots`, then the volume (or one
+    /// `snapshot` of it).
+    Files {
+        into: String,
+        snapshot: Option<String>,
+        snapshots: Vec<String>,
+    },
+}
+
+/// The snapshot names of a file-level stream, in order (JSON): names may hold any
+/// character a query string would need escaping for.
+pub const SNAPSHOTS_HEADER: &str = "x-cairn-snapshots";
+
 /// What a member copying an instance here asks of the member the source lives on.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SendRequest {
@@ -139,6 +184,9 @@ pub struct SendRequest {
     #[serde(rename = "as")]
     pub as_name: String,
     pub pool: String,
+    /// The pool the copy goes into when it is not `pool`: a file-level copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into_pool: Option<String>,
     /// Copy this snapshot of the instance (as a volume without snapshots) instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
@@ -171,13 +219,32 @@ pub async fn send_copy(d: Arc<Daemon>, name: &str, req: SendRequest) -> Result<(
     let pool = d
         .pool(&req.pool)
         .ok_or_else(|| InstanceError::Failed(format!("storage pool {} is not open", req.pool)))?;
+    if let Some(into) = req.into_pool.filter(|p| *p != req.pool) {
+        let snapshots = match &req.snapshot {
+            Some(_) => vec![],
+            None => d.db.snapshots(name)?.into_iter().map(|s| s.name).collect(),
+        };
+        let payload = Payload::Files {
+            into,
+            snapshot: req.snapshot,
+            snapshots,
+        };
+        return stream_to(&rt, pool, name, &member.address, &req.as_name, payload).await;
+    }
+    let driver = Payload::Driver {
+        pool: req.pool.clone(),
+    };
     let Some(snap) = req.snapshot else {
-        return stream_to(&rt, pool, name, &member.address, &req.as_name, &req.pool).await;
+        return stream_to(&rt, pool, name, &member.address, &req.as_name, driver).await;
     };
     // A snapshot travels as a volume of its own: a local copy of it (a clone, a send
     // within the pool, or a file copy), streamed, then dropped.
     super::snapshot::get_snapshot(&d, name, &snap)?;
-    let staged = format!("cairn-send-{name}-{snap}");
+    let safe: String = snap
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let staged = format!("cairn-send-{name}-{safe}");
     if d.db.instance(&staged)?.is_some() {
         return Err(InstanceError::Conflict(format!(
             "An instance named {staged} is in the way of copying {name}/{snap}"
@@ -197,7 +264,7 @@ pub async fn send_copy(d: Arc<Daemon>, name: &str, req: SendRequest) -> Result<(
         &staged,
         &member.address,
         &req.as_name,
-        &req.pool,
+        driver,
     )
     .await;
     let t = staged.clone();
@@ -210,10 +277,13 @@ pub async fn send_copy(d: Arc<Daemon>, name: &str, req: SendRequest) -> Result<(
 }
 
 /// `POST /internal/cluster/instances/{name}?pool=P` on the target: unpacks the stream.
+/// `files` is a file-level stream's snapshot list (`Payload::Files`); `None`, the
+/// driver's own stream.
 pub async fn receive(
     d: Arc<Daemon>,
     name: &str,
     pool_name: &str,
+    files: Option<Vec<String>>,
     reader: impl tokio::io::AsyncRead + Send + Unpin + 'static,
 ) -> Result<()> {
     crate::validate::instance_name(name).map_err(|e| InstanceError::Invalid(e.to_string()))?;
@@ -228,7 +298,13 @@ pub async fn receive(
     };
     let n = name.to_string();
     tokio::task::spawn_blocking(move || {
-        pool.receive_instance(&n, &mut tokio_util::io::SyncIoBridge::new(reader))?;
+        let mut input = tokio_util::io::SyncIoBridge::new(reader);
+        match files {
+            Some(snapshots) => {
+                crate::storage::transfer::receive(pool.as_ref(), &n, &snapshots, &mut input)?
+            }
+            None => pool.receive_instance(&n, &mut input)?,
+        }
         match quota {
             Some(_) if pool.supports_quotas() => pool.set_instance_quota(&n, quota),
             _ => Ok(()),

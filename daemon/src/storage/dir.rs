@@ -196,6 +196,12 @@ impl StorageDriver for DirPool {
         self.source.join("containers").join(name)
     }
 
+    fn create_empty_instance(&self, name: &str) -> Result<(), StorageError> {
+        let p = self.instance_path(name);
+        fs::create_dir(&p).map_err(|e| self.io(e, format!("creating instance volume {name}")))?;
+        super::new_volume_root(&self.name, &p)
+    }
+
     fn snapshots_path(&self, name: &str) -> PathBuf {
         self.source.join("containers-snapshots").join(name)
     }

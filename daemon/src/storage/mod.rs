@@ -9,6 +9,7 @@ pub mod dir;
 pub mod mounts;
 pub mod size;
 pub mod stream;
+pub mod transfer;
 pub mod tree;
 pub mod wire;
 pub mod zfs;
@@ -204,6 +205,12 @@ pub trait StorageDriver: Send + Sync {
     fn instance_path(&self, name: &str) -> PathBuf;
     /// The directory holding all of an instance's snapshots.
     fn snapshots_path(&self, name: &str) -> PathBuf;
+    /// The files of one snapshot, read-only (what a file-level copy reads).
+    fn snapshot_files(&self, name: &str, snapshot: &str) -> PathBuf {
+        self.snapshots_path(name).join(snapshot)
+    }
+    /// A new, empty instance volume (a file-level copy from another pool fills it).
+    fn create_empty_instance(&self, name: &str) -> Result<(), StorageError>;
     fn rootfs_path(&self, name: &str) -> PathBuf {
         self.instance_path(name).join("rootfs")
     }

@@ -98,14 +98,46 @@ pub fn copy(src: &Path, dst: &Path, shift: Reshift) -> io::Result<()> {
     copy_dir(src, dst, shift, &mut links)
 }
 
+/// Makes the existing directory `dst` hold what `src` holds, and nothing else (owners,
+/// modes and times of `src`'s root too): a volume refilled from a snapshot.
+pub fn refill(src: &Path, dst: &Path) -> io::Result<()> {
+    clear(dst)?;
+    let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
+    fill_dir(src, dst, Reshift::NONE, &mut links)
+}
+
+/// Removes everything inside the directory `p`, keeping `p`.
+pub fn clear(p: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(p).map_err(|e| ctx(e, "listing", p))? {
+        let entry = entry.map_err(|e| ctx(e, "listing", p))?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(|e| ctx(e, "reading", &path))?;
+        if ft.is_dir() {
+            remove(&path)?;
+        } else {
+            fs::remove_file(&path).map_err(|e| ctx(e, "removing", &path))?;
+        }
+    }
+    Ok(())
+}
+
 fn copy_dir(
     src: &Path,
     dst: &Path,
     shift: Reshift,
     links: &mut HashMap<(u64, u64), std::path::PathBuf>,
 ) -> io::Result<()> {
-    let md = fs::symlink_metadata(src).map_err(|e| ctx(e, "reading", src))?;
     fs::create_dir(dst).map_err(|e| ctx(e, "creating directory", dst))?;
+    fill_dir(src, dst, shift, links)
+}
+
+fn fill_dir(
+    src: &Path,
+    dst: &Path,
+    shift: Reshift,
+    links: &mut HashMap<(u64, u64), std::path::PathBuf>,
+) -> io::Result<()> {
+    let md = fs::symlink_metadata(src).map_err(|e| ctx(e, "reading", src))?;
     let mut entries: Vec<_> = fs::read_dir(src)
         .map_err(|e| ctx(e, "listing", src))?
         .collect::<Result<_, _>>()

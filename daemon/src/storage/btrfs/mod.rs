@@ -479,6 +479,12 @@ impl StorageDriver for BtrfsPool {
         self.root.join("containers-snapshots").join(name)
     }
 
+    fn create_empty_instance(&self, name: &str) -> Result<(), StorageError> {
+        let p = self.instance_path(name);
+        self.subvolume_create(&p)?;
+        super::new_volume_root(&self.name, &p)
+    }
+
     fn send_instance(&self, name: &str, out: &mut dyn std::io::Write) -> Result<(), StorageError> {
         self.send_stream(name, out)
     }

@@ -532,6 +532,16 @@ impl StorageDriver for ZfsPool {
         self.mountpoint("containers", name)
     }
 
+    fn create_empty_instance(&self, name: &str) -> Result<(), StorageError> {
+        let ds = self.ds("containers", name);
+        self.zfs(format!("creating instance volume {name}"), &["create", &ds])?;
+        self.set_root_mode(&self.instance_path(name))
+    }
+
+    fn snapshot_files(&self, name: &str, s: &str) -> PathBuf {
+        self.snapshots_path(name).join(snap(s))
+    }
+
     fn send_instance(&self, name: &str, out: &mut dyn std::io::Write) -> Result<(), StorageError> {
         self.send_stream(name, out)
     }
