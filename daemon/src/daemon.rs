@@ -246,6 +246,45 @@ impl Daemon {
         }
         // One transaction for both: one commit on the first start.
         let mut first = Vec::new();
+        // The preseed's networks (the appliance's NAT bridge), made before the profile that
+        // puts eth0 on the first of them.
+        // First start only (no default profile yet): a network the operator deleted later
+        // stays deleted.
+        let mut networks = Vec::new();
+        let first_start = self.db.profile("default")?.is_none();
+        let preseed = crate::preseed::load(&self.paths.state.join("preseed.yaml"));
+        if let (true, Ok(Some(p))) = (first_start, preseed) {
+            for n in p.networks {
+                if self.db.network(&n.name)?.is_some() {
+                    continue;
+                }
+                match crate::network::manage::first_start_record(
+                    self,
+                    &n.name,
+                    &n.kind,
+                    &n.description,
+                    n.config,
+                ) {
+                    Ok(rec) => networks.push(rec),
+                    Err(e) => tracing::error!(network = %n.name, "the preseed's network: {e}"),
+                }
+            }
+        }
+        let nic: BTreeMap<String, String> = match networks.first() {
+            Some(n) => [
+                ("type", "nic"),
+                ("network", n.name.as_str()),
+                ("name", "eth0"),
+            ]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+            None => [("type", "nic"), ("nictype", "p2p"), ("name", "eth0")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        first.extend(networks.into_iter().map(Command::CreateNetwork));
         if self.db.profile("default")?.is_none() {
             let mut devices = BTreeMap::new();
             devices.insert(
@@ -255,13 +294,7 @@ impl Daemon {
                     .map(|(a, b)| (a.to_string(), b.to_string()))
                     .collect(),
             );
-            devices.insert(
-                "eth0".to_string(),
-                [("type", "nic"), ("nictype", "p2p"), ("name", "eth0")]
-                    .iter()
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .collect(),
-            );
+            devices.insert("eth0".to_string(), nic);
             first.push(Command::CreateProfile(ProfileRecord {
                 name: "default".into(),
                 description: "Default Cairn profile".into(),

@@ -13,6 +13,10 @@
 //!   - name: default
 //!     driver: zfs
 //!     config: {source: /dev/nvme1n1}
+//! networks:                     # made at the first start; the default profile's eth0 goes
+//!   - name: cairnbr0            # on the first one (instead of a bare p2p veth)
+//!     type: bridge
+//!     config: {ipv4.address: auto, ipv4.nat: "true", ipv6.address: none}
 //! ```
 
 use std::collections::BTreeMap;
@@ -39,6 +43,21 @@ pub struct Preseed {
     /// Pools made at the first start, before any other (the appliance's ZFS `default`).
     #[serde(default)]
     pub storage_pools: Vec<PreseedPool>,
+    /// Networks made at the first start (the appliance's `cairnbr0`).
+    #[serde(default)]
+    pub networks: Vec<PreseedNetwork>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PreseedNetwork {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub description: String,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -98,6 +117,10 @@ pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
             .map_err(|e| PreseedError::Invalid(format!("storage pool {}: {e}", pool.name)))?;
         (kind.validate)(&pool.config)
             .map_err(|e| PreseedError::Invalid(format!("storage pool {}: {e}", pool.name)))?;
+    }
+    for n in &p.networks {
+        crate::network::manage::check_preseed(&n.name, &n.kind, &n.config)
+            .map_err(|e| PreseedError::Invalid(format!("network {}: {e}", n.name)))?;
     }
     if let Some(c) = &p.cluster {
         c.validate()

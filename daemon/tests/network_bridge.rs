@@ -453,3 +453,62 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     let list = d.incus_ok(&["network", "list", "--format", "csv"]);
     assert!(!list.contains("br1") && !list.contains("br2"), "{list}");
 }
+
+/// The appliance's first start: cairn-init's preseed names a NAT bridge, cairnd makes it
+/// before anything else and the default profile's eth0 goes on it, so a container
+/// launched with no network option gets an address. A restart does not make it again
+/// once deleted. Also prints launch → IPv4 (the figure; not asserted).
+#[test]
+fn the_preseed_network_is_made_at_the_first_start_and_eth0_is_on_it() {
+    tools_present();
+    let ns_name = format!("cairnfs{}", std::process::id());
+    let mut ns = Namespaces(vec![]);
+    ns.add(&ns_name);
+    ip(&["-n", &ns_name, "link", "set", "lo", "up"]);
+    let preseed = "networks:\n- name: cairnbr0\n  type: bridge\n  config: {ipv4.address: auto, ipv4.nat: \"true\", ipv6.address: none}\n";
+    let mut d = TestDaemon::start_in_netns_with_preseed(&ns_name, preseed);
+    let _reap = DnsmasqReaper(d.state.join("networks"));
+
+    let list = d.incus_ok(&["network", "list", "--format", "csv"]);
+    assert!(list.contains("cairnbr0,bridge,YES"), "{list}");
+    let addr = d.incus_ok(&["network", "get", "cairnbr0", "ipv4.address"]);
+    assert!(
+        addr.trim().starts_with("10.") && addr.trim().ends_with(".1/24"),
+        "{addr}"
+    );
+    let profile = d.incus_ok(&["profile", "device", "show", "default"]);
+    assert!(profile.contains("network: cairnbr0"), "{profile}");
+    assert!(dnsmasq_pid(&d, "cairnbr0").is_some(), "dnsmasq runs");
+
+    d.import_busybox("bb");
+    let mut waits = Vec::new();
+    for name in ["c1", "c2", "c3"] {
+        let t = Instant::now();
+        d.incus_ok(&["launch", "bb", name]);
+        let mut got = String::new();
+        wait_for(&format!("{name}'s IPv4 in incus list"), 30, || {
+            got = d.incus_ok(&["list", name, "-c", "4", "--format", "csv"]);
+            got.contains("(eth0)")
+        });
+        waits.push(t.elapsed().as_millis());
+        let prefix = addr.trim().rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+        assert!(got.starts_with(prefix), "{name}: {got} not in {addr}");
+    }
+    waits.sort();
+    println!(
+        "launch -> IPv4 shown by incus list, on the preseed bridge: {:?} ms (p50 {} ms)",
+        waits,
+        waits[waits.len() / 2]
+    );
+    let ping = d.incus_ok(&["exec", "c1", "--", "ping", "-c1", "-W5", "c2.incus"]);
+    assert!(ping.contains("1 packets received"), "{ping}");
+    d.incus_ok(&["delete", "--force", "c1", "c2", "c3"]);
+
+    // Deleted by the operator, it stays deleted across a restart.
+    d.incus_ok(&["profile", "device", "remove", "default", "eth0"]);
+    d.incus_ok(&["network", "delete", "cairnbr0"]);
+    d.kill9();
+    d.spawn();
+    let list = d.incus_ok(&["network", "list", "--format", "csv"]);
+    assert!(!list.contains("cairnbr0"), "{list}");
+}

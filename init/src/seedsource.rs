@@ -111,6 +111,17 @@ pub fn preseed_yaml(
         /// The `default` pool cairnd makes at its first start.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         storage_pools: Vec<Pool<'a>>,
+        /// The instances' network cairnd makes at its first start (the default profile's
+        /// eth0 goes on it).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        networks: Vec<Net<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Net<'a> {
+        name: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        config: std::collections::BTreeMap<&'a str, &'a str>,
     }
     #[derive(serde::Serialize)]
     struct Pool<'a> {
@@ -151,6 +162,23 @@ pub fn preseed_yaml(
             })
             .into_iter()
             .collect(),
+        networks: {
+            let n = &seed.network.instances;
+            match n.kind.as_str() {
+                "bridge" => vec![Net {
+                    name: &n.name,
+                    kind: "bridge",
+                    config: [
+                        ("ipv4.address", n.ipv4_address.as_str()),
+                        ("ipv4.nat", "true"),
+                        ("ipv6.address", "none"),
+                    ]
+                    .into_iter()
+                    .collect(),
+                }],
+                _ => vec![],
+            }
+        },
     };
     serde_yaml::to_string(&p).unwrap_or_default()
 }
@@ -170,6 +198,13 @@ mod tests {
         assert_eq!(v["config"]["core.https_address"], ":8443");
         assert_eq!(v["certificates"][0]["name"], "lab");
         assert_eq!(v["certificates"][0]["type"], "client");
+        // With nothing in the seed, the instances get a NAT bridge.
+        assert_eq!(v["networks"][0]["name"], "cairnbr0");
+        assert_eq!(v["networks"][0]["config"]["ipv4.address"], "auto");
+        assert_eq!(v["networks"][0]["config"]["ipv4.nat"], "true");
+        let none = Seed::parse("network:\n  instances:\n    type: none\n").unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&preseed_yaml(&none, None, None)).unwrap();
+        assert!(v.get("networks").is_none(), "{v:?}");
     }
 
     #[test]

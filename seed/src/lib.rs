@@ -11,6 +11,10 @@
 //!     - mac: "52:54:00:00:01:01"
 //!       addresses: ["10.77.0.1/24"]
 //!       gateway: "10.77.0.254"     # optional
+//!   instances:                     # optional: the network the default profile's eth0 is on
+//!     type: bridge                 # bridge (the default: a NAT bridge on every member) or none
+//!     name: cairnbr0               # optional; the bridge's name
+//!     ipv4_address: auto           # optional; auto (a free 10.x.y.1/24) or a gateway CIDR
 //! trust:
 //!   https_address: ":8443"         # default
 //!   client_certificates:
@@ -120,6 +124,8 @@ impl Storage {
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
     pub interfaces: Vec<Interface>,
+    /// The instances' network, made on first boot.
+    pub instances: InstanceNetwork,
 }
 
 impl Default for Network {
@@ -129,7 +135,60 @@ impl Default for Network {
                 dhcp: true,
                 ..Interface::default()
             }],
+            instances: InstanceNetwork::default(),
         }
+    }
+}
+
+/// The network made on first boot for the instances (the default profile's eth0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceNetwork {
+    /// `bridge` (a NAT bridge with DHCP and DNS, on every member) or `none`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    /// `auto` or the bridge's gateway address in CIDR form (`10.10.0.1/24`).
+    pub ipv4_address: String,
+}
+
+impl Default for InstanceNetwork {
+    fn default() -> Self {
+        InstanceNetwork {
+            kind: "bridge".into(),
+            name: "cairnbr0".into(),
+            ipv4_address: "auto".into(),
+        }
+    }
+}
+
+impl InstanceNetwork {
+    pub fn validate(&self) -> Result<(), SeedError> {
+        let bad = |m: String| Err(SeedError::Invalid(format!("network.instances.{m}")));
+        match self.kind.as_str() {
+            "bridge" | "none" => {}
+            "ovn" => return bad("type ovn is not supported yet (bridge or none)".into()),
+            k => return bad(format!("type {k:?} is not bridge or none")),
+        }
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 15
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return bad(format!(
+                "name {:?} is not an interface name (at most 15 letters, digits, - or _)",
+                self.name
+            ));
+        }
+        if self.ipv4_address != "auto" && Cidr::parse(&self.ipv4_address).is_err() {
+            return bad(format!(
+                "ipv4_address {:?} is not auto or an IPv4 CIDR",
+                self.ipv4_address
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -326,6 +385,7 @@ impl Seed {
     /// Checks what the types cannot: hostname syntax, CIDR syntax, PEM framing.
     pub fn validate(&self) -> Result<(), SeedError> {
         self.storage.validate()?;
+        self.network.instances.validate()?;
         if let Some(h) = &self.hostname {
             if !valid_hostname(h) {
                 return Err(SeedError::Invalid(format!(
@@ -529,6 +589,28 @@ mod tests {
             "storage:\n  disk: /dev/sdb\n  size: 1GiB\n",
             "storage:\n  size: lots\n",
             "storage:\n  bogus: 1\n",
+        ] {
+            assert!(Seed::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_network_section() {
+        let s = Seed::parse("").unwrap();
+        assert_eq!(s.network.instances.kind, "bridge");
+        assert_eq!(s.network.instances.name, "cairnbr0");
+        let s = Seed::parse("network:\n  instances:\n    type: none\n").unwrap();
+        assert_eq!(s.network.instances.kind, "none");
+        // The management interfaces keep their default when only instances is given.
+        assert_eq!(s.network.interfaces.len(), 1);
+        Seed::parse("network:\n  instances:\n    ipv4_address: 10.10.0.1/24\n").unwrap();
+        for bad in [
+            "network:\n  instances:\n    type: ovn\n",
+            "network:\n  instances:\n    type: macvlan\n",
+            "network:\n  instances:\n    name: a-name-far-too-long\n",
+            "network:\n  instances:\n    name: \"br 0\"\n",
+            "network:\n  instances:\n    ipv4_address: lots\n",
+            "network:\n  instances:\n    bogus: 1\n",
         ] {
             assert!(Seed::parse(bad).is_err(), "{bad}");
         }

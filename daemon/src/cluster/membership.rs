@@ -527,6 +527,10 @@ pub async fn complete_join(
         tracing::warn!("opening the cluster's storage pools: {e}");
     }
     crate::pool::cluster::adopt_shares(d).await;
+    let d2 = d.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || crate::network::manage::resync(&d2)).await {
+        tracing::warn!("making the cluster's networks here: {e}");
+    }
     tracing::info!("joined the cluster as {name} (id {})", answer.id);
     Ok(())
 }

@@ -228,6 +228,73 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NetworkError::Io(format!("network task: {e}")))?
 }
 
+/// A preseed's network, checked without the host: name, type and keys.
+pub fn check_preseed(name: &str, kind: &str, config: &ConfigMap) -> Result<(), NetworkError> {
+    config::valid_name(name)?;
+    check_kind(kind)?;
+    let mut probe = config.clone();
+    if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
+        probe.insert("ipv4.address".into(), "none".into());
+    }
+    config::parse(name, &probe).map(drop)
+}
+
+/// The record of a network made at the first start (from the preseed), `auto` settled on
+/// a subnet from this host's routes; [`restore`] then makes it on the host.
+pub fn first_start_record(
+    d: &Daemon,
+    name: &str,
+    kind: &str,
+    description: &str,
+    mut config: ConfigMap,
+) -> Result<NetworkRecord, NetworkError> {
+    check_preseed(name, kind, &config)?;
+    if netlink::exists(name) {
+        return Err(NetworkError::Conflict(format!(
+            "Network {name:?} clashes with an existing interface of the host"
+        )));
+    }
+    config
+        .entry("ipv4.address".into())
+        .or_insert_with(|| "auto".into());
+    settle_subnet(d, name, &mut config)?;
+    config::parse(name, &config)?;
+    Ok(NetworkRecord {
+        name: name.to_string(),
+        kind: check_kind(kind)?.into(),
+        description: description.to_string(),
+        config,
+    })
+}
+
+/// After joining a cluster (its database replaced this member's): the cluster's networks
+/// are made here as recorded (a bridge this member made at its first start takes the
+/// cluster's config), and one the cluster does not have is taken down.
+pub fn resync(d: &Daemon) {
+    let names: Vec<String> = match d.db.networks() {
+        Ok(r) => r.into_iter().map(|r| r.name).collect(),
+        Err(e) => {
+            tracing::error!("listing networks after joining: {e}");
+            return;
+        }
+    };
+    let stale: Vec<(String, Arc<Bridge>)> = d
+        .networks
+        .lock()
+        .iter()
+        .filter(|(n, _)| !names.contains(n))
+        .map(|(n, b)| (n.clone(), b.clone()))
+        .collect();
+    for (name, drv) in stale {
+        match drv.delete() {
+            Ok(()) => tracing::info!("network {name} is not the cluster's: removed"),
+            Err(e) => tracing::error!("removing network {name}: {e}"),
+        }
+        d.networks.forget(&name);
+    }
+    restore(d);
+}
+
 /// `POST /1.0/networks`. An unset `ipv4.address` means `auto`, as in Incus.
 pub async fn create(
     d: &Arc<Daemon>,

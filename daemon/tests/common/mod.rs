@@ -122,11 +122,25 @@ impl TestDaemon {
         Self::start_in(Some(ns.to_string()))
     }
 
+    /// A cairnd in network namespace `ns` whose first start reads `preseed` (what cairn-init
+    /// writes on the appliance).
+    pub fn start_in_netns_with_preseed(ns: &str, preseed: &str) -> TestDaemon {
+        Self::start_with(Some(ns.to_string()), Some(preseed))
+    }
+
     fn start_in(netns: Option<String>) -> TestDaemon {
+        Self::start_with(netns, None)
+    }
+
+    fn start_with(netns: Option<String>, preseed: Option<&str>) -> TestDaemon {
         let root = TempDir::new("cairn-test");
         let state = root.path().join("state");
         let home = root.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
+        if let Some(p) = preseed {
+            std::fs::create_dir_all(&state).unwrap();
+            std::fs::write(state.join("preseed.yaml"), p).unwrap();
+        }
         let mut d = TestDaemon {
             root,
             state,
