@@ -42,6 +42,22 @@ fn io(e: std::io::Error) -> NetworkError {
     NetworkError::Io(e.to_string())
 }
 
+/// The interfaces that accept router advertisements now (`accept_ra` = 1), whose
+/// acceptance IPv6 forwarding would end.
+fn netlink_accepting_ra() -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir("/proc/sys/net/ipv6/conf") else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != "all" && n != "default" && n != "lo")
+        .filter(|n| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{n}/accept_ra"))
+                .is_ok_and(|v| v.trim() == "1")
+        })
+        .collect()
+}
+
 fn read_sys(name: &str, file: &str) -> String {
     std::fs::read_to_string(Path::new("/sys/class/net").join(name).join(file))
         .map(|s| s.trim().to_string())
@@ -68,22 +84,52 @@ impl NetworkDriver for Bridge {
             netlink::set_mtu(name, mtu).map_err(io)?;
         }
         let index = netlink::index(name).map_err(io)?;
+        if spec.ipv6.is_some() {
+            // No duplicate address detection on our own bridge: the address is usable at
+            // once (dnsmasq binds it), rather than tentative until a port comes up.
+            let sys = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
+            std::fs::write(&sys, "0")
+                .map_err(|e| NetworkError::Io(format!("writing {sys}: {e}")))?;
+        }
         for a in netlink::addresses().map_err(io)? {
-            let wanted = spec
-                .ipv4
-                .is_some_and(|c| a.addr == IpAddr::V4(c.addr) && a.prefix == c.prefix);
-            if a.index == index && a.addr.is_ipv4() && !wanted {
+            let wanted = match a.addr {
+                IpAddr::V4(v4) => spec
+                    .ipv4
+                    .is_some_and(|c| v4 == c.addr && a.prefix == c.prefix),
+                // The kernel's link-local address stays.
+                IpAddr::V6(v6) => {
+                    (v6.segments()[0] & 0xffc0) == 0xfe80
+                        || spec
+                            .ipv6
+                            .is_some_and(|c| v6 == c.addr && a.prefix == c.prefix)
+                }
+            };
+            if a.index == index && !wanted {
                 netlink::delete_address(name, a.addr, a.prefix).map_err(io)?;
             }
         }
         if let Some(c) = spec.ipv4 {
             netlink::replace_address(name, c.addr, c.prefix).map_err(io)?;
         }
+        if let Some(c) = spec.ipv6 {
+            netlink::replace_address6(name, c.addr, c.prefix).map_err(io)?;
+        }
         netlink::link_up(name).map_err(io)?;
         if spec.nat {
             // Per network namespace: what routing between the bridge and the uplink needs.
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                 .map_err(|e| NetworkError::Io(format!("enabling IPv4 forwarding: {e}")))?;
+        }
+        if spec.ipv6.is_some() {
+            // The bridge routes for its /64 (dnsmasq advertises it as a router). Forwarding
+            // turns off router advertisements being accepted on interfaces set to 1; the
+            // ones that take them (the uplink's SLAAC) are set to 2, which keeps them.
+            for iface in netlink_accepting_ra() {
+                let sys = format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra");
+                let _ = std::fs::write(&sys, "2");
+            }
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                .map_err(|e| NetworkError::Io(format!("enabling IPv6 forwarding: {e}")))?;
         }
         nft::apply(&spec)?;
         // dnsmasq reads its config once: a change of address, range or domain restarts it.
@@ -96,12 +142,15 @@ impl NetworkDriver for Bridge {
             }
         }
         tracing::info!(
-            "network {name}: bridge up, ipv4 {}, nat {}, dhcp {}",
+            "network {name}: bridge up, ipv4 {}, nat {}, dhcp {}, ipv6 {}",
             spec.ipv4
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "none".into()),
             spec.nat,
-            spec.dhcp
+            spec.dhcp,
+            spec.ipv6
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into()),
         );
         run.spec = Some(spec);
         Ok(())

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::NetworkError;
 
@@ -16,6 +16,8 @@ pub const BRIDGE_KEYS: &[&str] = &[
     "ipv4.dhcp",
     "ipv4.dhcp.ranges",
     "ipv6.address",
+    "ipv6.nat",
+    "ipv6.dhcp",
     "dns.domain",
     "bridge.mtu",
 ];
@@ -63,6 +65,86 @@ impl fmt::Display for Ipv4Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
+}
+
+/// An IPv6 address with its prefix length (`fd42:1:2:3::1/64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Cidr {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Ipv6Cidr {
+    fn mask(self) -> u128 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        }
+    }
+    pub fn network(self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) & self.mask())
+    }
+    pub fn overlaps(self, other: Ipv6Cidr) -> bool {
+        let p = self.prefix.min(other.prefix);
+        let m = Ipv6Cidr {
+            addr: self.addr,
+            prefix: p,
+        }
+        .mask();
+        u128::from(self.addr) & m == u128::from(other.addr) & m
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An IPv6 gateway for a bridge: a host address of a /64 (what SLAAC needs), neither the
+/// subnet's network address nor link-local, loopback or multicast.
+pub fn parse_gateway6(key: &str, v: &str) -> Result<Ipv6Cidr, NetworkError> {
+    let (a, p) = v.split_once('/').ok_or_else(|| {
+        bad(
+            key,
+            format!("{v:?} is not an address with a prefix (fd42:1:2:3::1/64)"),
+        )
+    })?;
+    let addr: Ipv6Addr = a
+        .parse()
+        .map_err(|_| bad(key, format!("{a:?} is not an IPv6 address")))?;
+    if p != "64" {
+        return Err(bad(
+            key,
+            format!("prefix {p:?}: a bridge's IPv6 subnet is a /64 (SLAAC needs one)"),
+        ));
+    }
+    let c = Ipv6Cidr { addr, prefix: 64 };
+    let link_local = (addr.segments()[0] & 0xffc0) == 0xfe80;
+    if addr == c.network()
+        || addr.is_loopback()
+        || addr.is_multicast()
+        || addr.is_unspecified()
+        || link_local
+    {
+        return Err(bad(key, format!("{v} cannot be a bridge address")));
+    }
+    Ok(c)
+}
+
+/// A random unique local /64 (fd00::/8 with a random 40-bit global id and subnet, RFC
+/// 4193) overlapping none of `used`; `seed` supplies the randomness.
+pub fn choose_auto6(used: &[Ipv6Cidr], seed: u64) -> Option<Ipv6Cidr> {
+    (0..1024u64).find_map(|i| {
+        let bits = seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) & 0x00ff_ffff_ffff_ffff;
+        let net = (0xfdu128 << 120) | (u128::from(bits) << 64);
+        let cand = Ipv6Cidr {
+            addr: Ipv6Addr::from(net | 1),
+            prefix: 64,
+        };
+        (!used.iter().any(|u| u.overlaps(cand))).then_some(cand)
+    })
 }
 
 fn bad(key: &str, msg: impl fmt::Display) -> NetworkError {
@@ -120,13 +202,18 @@ pub struct BridgeSpec {
     pub dhcp_ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
     pub domain: String,
     pub mtu: Option<u32>,
+    /// The bridge's IPv6 gateway; router advertisements make instances SLAAC addresses.
+    pub ipv6: Option<Ipv6Cidr>,
+    pub nat6: bool,
+    /// Stateless DHCPv6 (DNS server and domain) next to the router advertisements.
+    pub dhcp6: bool,
 }
 
 impl BridgeSpec {
     /// dnsmasq runs when it has something to serve: DHCP, or DNS for the instances' names
     /// (which also needs the bridge's address to listen on).
     pub fn wants_dnsmasq(&self) -> bool {
-        self.ipv4.is_some()
+        self.ipv4.is_some() || self.ipv6.is_some()
     }
     /// The DHCP ranges to hand out: the configured ones, or the whole subnet but the
     /// gateway's neighbour at the start (Incus's default: from .2 to the last host).
@@ -161,13 +248,18 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
         }
         Some(v) => Some(parse_gateway("ipv4.address", v)?),
     };
-    match get("ipv6.address").map(String::as_str) {
-        None | Some("none") => {}
-        Some(v) => {
-            return Err(bad(
-                "ipv6.address",
-                format!("{v:?}: IPv6 on bridges is not supported yet; only \"none\" is"),
+    let ipv6 = match get("ipv6.address").map(String::as_str) {
+        None | Some("none") => None,
+        Some("auto") => {
+            return Err(NetworkError::Invalid(
+                "ipv6.address=auto must be resolved before parsing".into(),
             ))
+        }
+        Some(v) => Some(parse_gateway6("ipv6.address", v)?),
+    };
+    for k in ["ipv6.nat", "ipv6.dhcp"] {
+        if ipv6.is_none() && get(k).is_some() {
+            return Err(bad(k, "needs ipv6.address"));
         }
     }
     let mut dhcp_ranges = Vec::new();
@@ -231,6 +323,9 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
         dhcp_ranges,
         domain,
         mtu,
+        ipv6,
+        nat6: boolean("ipv6.nat", config.get("ipv6.nat"), false)?,
+        dhcp6: boolean("ipv6.dhcp", config.get("ipv6.dhcp"), true)?,
     })
 }
 
@@ -372,8 +467,11 @@ mod tests {
         for (k, v) in [
             ("ipv4.firewall", "true"),
             ("bogus", "1"),
-            ("ipv6.address", "fd00::1/64"),
-            ("ipv6.address", "auto"),
+            ("ipv6.address", "fd00::/64"),
+            ("ipv6.address", "fd00::1/48"),
+            ("ipv6.address", "fe80::1/64"),
+            ("ipv6.address", "10.0.0.1/24"),
+            ("ipv6.nat", "true"),
             ("ipv4.nat", "maybe"),
             ("bridge.mtu", "9"),
             ("dns.domain", "a..b"),
@@ -385,6 +483,32 @@ mod tests {
             let e = parse("br1", &c).unwrap_err().to_string();
             assert!(e.contains(k), "{k}={v}: {e}");
         }
+    }
+
+    #[test]
+    fn ipv6_gateways_and_auto() {
+        let s = parse(
+            "br1",
+            &conf(&[
+                ("ipv4.address", "none"),
+                ("ipv6.address", "fd42:1:2:3::1/64"),
+                ("ipv6.nat", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.ipv6.unwrap().to_string(), "fd42:1:2:3::1/64");
+        assert!(s.nat6 && s.dhcp6 && s.wants_dnsmasq());
+        let used = Ipv6Cidr {
+            addr: "fd00::".parse().unwrap(),
+            prefix: 8,
+        };
+        assert_eq!(choose_auto6(&[used], 7), None);
+        let got = choose_auto6(&[], 7).unwrap();
+        assert_eq!(got.prefix, 64);
+        assert_eq!(got.addr.segments()[0] >> 8, 0xfd);
+        assert_eq!(u128::from(got.addr) & 0xffff_ffff_ffff_ffff, 1);
+        let again = choose_auto6(&[got], 7).unwrap();
+        assert_ne!(again.network(), got.network());
     }
 
     #[test]

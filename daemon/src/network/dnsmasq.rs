@@ -38,6 +38,9 @@ pub fn render(spec: &BridgeSpec, dir: &Path) -> String {
     if let Some(c) = spec.ipv4 {
         line(format!("listen-address={}", c.addr));
     }
+    if let Some(c) = spec.ipv6 {
+        line(format!("listen-address={}", c.addr));
+    }
     line(format!("domain={}", spec.domain));
     line(format!("local=/{}/", spec.domain));
     line("expand-hosts".into());
@@ -61,6 +64,26 @@ pub fn render(spec: &BridgeSpec, dir: &Path) -> String {
             }
             for (a, b) in spec.ranges() {
                 line(format!("dhcp-range={a},{b},{},1h", c.netmask()));
+            }
+        }
+    }
+    if spec.ipv6.is_some() {
+        // Router advertisements: instances make SLAAC addresses in the /64; stateless
+        // DHCPv6 adds the DNS server and domain. ra-names: dnsmasq learns the SLAAC
+        // addresses of the DHCPv4 clients' names (it pings them, on this bridge only).
+        line("enable-ra".into());
+        let mode = if spec.dhcp6 {
+            "ra-stateless,ra-names"
+        } else {
+            "ra-only"
+        };
+        line(format!(
+            "dhcp-range=::,constructor:{},{mode},64,1h",
+            spec.name
+        ));
+        if spec.dhcp6 {
+            if let Some(c) = spec.ipv6 {
+                line(format!("dhcp-option=option6:dns-server,[{}]", c.addr));
             }
         }
     }
@@ -350,6 +373,9 @@ mod tests {
             dhcp_ranges: vec![],
             domain: "lab".into(),
             mtu: Some(1400),
+            ipv6: None,
+            nat6: false,
+            dhcp6: true,
         }
     }
 
@@ -374,6 +400,19 @@ mod tests {
         s.dhcp = false;
         let c = render(&s, Path::new("/x"));
         assert!(!c.contains("dhcp-range") && c.contains("domain=lab"));
+        s.ipv6 = Some(crate::network::config::Ipv6Cidr {
+            addr: "fd42:1:2:3::1".parse().unwrap(),
+            prefix: 64,
+        });
+        let c = render(&s, Path::new("/x"));
+        for want in [
+            "listen-address=fd42:1:2:3::1\n",
+            "enable-ra\n",
+            "dhcp-range=::,constructor:br1,ra-stateless,ra-names,64,1h\n",
+            "dhcp-option=option6:dns-server,[fd42:1:2:3::1]\n",
+        ] {
+            assert!(c.contains(want), "{want:?} missing from\n{c}");
+        }
     }
 
     #[test]

@@ -187,9 +187,82 @@ fn subnets_in_use(d: &Daemon, except: &str) -> Result<Vec<(Ipv4Cidr, String)>, N
     Ok(used)
 }
 
+/// The IPv6 subnets in use here (the other managed networks', the host's global
+/// addresses and routes), each with what uses it.
+fn subnets6_in_use(
+    d: &Daemon,
+    except: &str,
+) -> Result<Vec<(config::Ipv6Cidr, String)>, NetworkError> {
+    let io = |e: std::io::Error| NetworkError::Io(format!("reading the host's addresses: {e}"));
+    let own = netlink::index(except).ok();
+    let mut used = Vec::new();
+    let mut own_subnet = None;
+    for r in d.db.networks()? {
+        let c = r
+            .config
+            .get("ipv6.address")
+            .and_then(|v| config::parse_gateway6("ipv6.address", v).ok());
+        if let Some(c) = c {
+            if r.name == except {
+                own_subnet = Some((c.network(), c.prefix));
+            } else {
+                used.push((c, format!("network {:?} ({c})", r.name)));
+            }
+        }
+    }
+    for a in netlink::addresses().map_err(io)? {
+        if let (IpAddr::V6(v6), false) = (a.addr, Some(a.index) == own) {
+            if a.scope == "global" && !v6.is_loopback() {
+                let c = config::Ipv6Cidr {
+                    addr: v6,
+                    prefix: a.prefix,
+                };
+                used.push((c, format!("an address of the host ({c})")));
+            }
+        }
+    }
+    for (net, prefix) in netlink::ipv6_routes().map_err(io)? {
+        if Some((net, prefix)) != own_subnet {
+            let c = config::Ipv6Cidr { addr: net, prefix };
+            used.push((c, format!("a route of the host ({c})")));
+        }
+    }
+    Ok(used)
+}
+
+/// `ipv6.address=auto` resolved to a free unique local /64; a given one checked.
+fn settle_subnet6(d: &Daemon, name: &str, config: &mut ConfigMap) -> Result<(), NetworkError> {
+    let wanted = config.get("ipv6.address").cloned();
+    match wanted.as_deref() {
+        Some("auto") => {
+            let used = subnets6_in_use(d, name)?;
+            let cidrs: Vec<config::Ipv6Cidr> = used.iter().map(|(c, _)| *c).collect();
+            let chosen = config::choose_auto6(&cidrs, rand::random()).ok_or_else(|| {
+                NetworkError::Invalid(
+                    "Invalid value for network config key \"ipv6.address\": no free unique local /64 for \"auto\"".into(),
+                )
+            })?;
+            tracing::info!("network {name}: ipv6.address=auto chose {chosen}");
+            config.insert("ipv6.address".into(), chosen.to_string());
+        }
+        Some(v) if v != "none" && !v.is_empty() => {
+            let c = config::parse_gateway6("ipv6.address", v)?;
+            let used = subnets6_in_use(d, name)?;
+            if let Some((_, what)) = used.iter().find(|(u, _)| u.overlaps(c)) {
+                return Err(NetworkError::Invalid(format!(
+                    "Invalid value for network config key \"ipv6.address\": {v} overlaps with {what}"
+                )));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Resolves `ipv4.address=auto` to a free /24 and refuses a subnet that overlaps one in use.
 /// Reads the host, so it runs on a blocking thread.
 fn settle_subnet(d: &Daemon, name: &str, config: &mut ConfigMap) -> Result<(), NetworkError> {
+    settle_subnet6(d, name, config)?;
     let used = subnets_in_use(d, name)?;
     match config.get("ipv4.address").map(String::as_str) {
         Some("auto") => {
@@ -235,6 +308,9 @@ pub fn check_preseed(name: &str, kind: &str, config: &ConfigMap) -> Result<(), N
     let mut probe = config.clone();
     if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
         probe.insert("ipv4.address".into(), "none".into());
+    }
+    if probe.get("ipv6.address").is_some_and(|v| v == "auto") {
+        probe.insert("ipv6.address".into(), "fd00::1/64".into());
     }
     config::parse(name, &probe).map(drop)
 }
@@ -364,6 +440,10 @@ async fn checked_config(
     let mut probe = config.clone();
     if probe.get("ipv4.address").map(String::as_str) == Some("auto") {
         probe.insert("ipv4.address".into(), "none".into());
+    }
+    // A placeholder /64 for the key checks; the real one is chosen below.
+    if probe.get("ipv6.address").map(String::as_str) == Some("auto") {
+        probe.insert("ipv6.address".into(), "fd00::1/64".into());
     }
     config::parse(name, &probe)?;
     let (d2, n) = (d.clone(), name.to_string());

@@ -104,6 +104,19 @@ pub fn replace_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()>
     .map_err(|e| context(e, &format!("setting {addr}/{prefix} on {name}")))
 }
 
+/// Adds the IPv6 `addr/prefix` to `name`, or refreshes it (`ip -6 addr replace`).
+pub fn replace_address6(name: &str, addr: std::net::Ipv6Addr, prefix: u8) -> io::Result<()> {
+    let mut msg = address_message(name, IpAddr::V6(addr), prefix)?;
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V6(addr)));
+    request(
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .map(drop)
+    .map_err(|e| context(e, &format!("setting {addr}/{prefix} on {name}")))
+}
+
 pub fn delete_address(name: &str, addr: IpAddr, prefix: u8) -> io::Result<()> {
     let msg = address_message(name, addr, prefix)?;
     request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK)
@@ -181,6 +194,34 @@ pub fn ipv4_routes() -> io::Result<Vec<(Ipv4Addr, u8)>> {
         });
         if let Some(d) = dest {
             out.push((d, m.header.destination_prefix_length));
+        }
+    }
+    Ok(out)
+}
+
+/// The IPv6 destinations of the main table's routes, as (network, prefix), less the
+/// default route, link-local and multicast ones.
+pub fn ipv6_routes() -> io::Result<Vec<(std::net::Ipv6Addr, u8)>> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet6;
+    let replies = request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
+    let mut out = Vec::new();
+    for r in replies {
+        let RouteNetlinkMessage::NewRoute(m) = r else {
+            continue;
+        };
+        if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.destination_prefix_length == 0 {
+            continue;
+        }
+        let dest = m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(*v6),
+            _ => None,
+        });
+        if let Some(d) = dest {
+            let link_local = (d.segments()[0] & 0xffc0) == 0xfe80;
+            if !link_local && !d.is_multicast() && !d.is_loopback() {
+                out.push((d, m.header.destination_prefix_length));
+            }
         }
     }
     Ok(out)

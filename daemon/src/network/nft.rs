@@ -21,17 +21,29 @@ pub fn render(spec: &BridgeSpec) -> String {
     // in other tables still get their say (an accept here is not final for them).
     s.push_str(&format!(
         "  chain input {{\n    type filter hook input priority filter; policy accept;\n    \
-         iifname \"{br}\" udp dport {{ 53, 67 }} accept\n    iifname \"{br}\" tcp dport 53 accept\n  }}\n"
+         iifname \"{br}\" udp dport {{ 53, 67, 547 }} accept\n    iifname \"{br}\" tcp dport 53 accept\n    \
+         iifname \"{br}\" icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} accept\n  }}\n"
     ));
     s.push_str(&format!(
         "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    \
          iifname \"{br}\" accept\n    oifname \"{br}\" accept\n  }}\n"
     ));
+    let mut nat = String::new();
     if let (true, Some(c)) = (spec.nat, spec.ipv4) {
         let net = format!("{}/{}", c.network(), c.prefix);
+        nat.push_str(&format!(
+            "    ip saddr {net} ip daddr != {net} masquerade\n"
+        ));
+    }
+    if let (true, Some(c)) = (spec.nat6, spec.ipv6) {
+        let net = format!("{}/{}", c.network(), c.prefix);
+        nat.push_str(&format!(
+            "    ip6 saddr {net} ip6 daddr != {net} masquerade\n"
+        ));
+    }
+    if !nat.is_empty() {
         s.push_str(&format!(
-            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-             ip saddr {net} ip daddr != {net} masquerade\n  }}\n"
+            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{nat}  }}\n"
         ));
     }
     s.push_str("}\n");
@@ -87,6 +99,12 @@ mod tests {
             dhcp_ranges: vec![],
             domain: "incus".into(),
             mtu: None,
+            ipv6: Some(crate::network::config::Ipv6Cidr {
+                addr: "fd42:1:2:3::1".parse().unwrap(),
+                prefix: 64,
+            }),
+            nat6: nat,
+            dhcp6: true,
         }
     }
 
@@ -107,6 +125,10 @@ mod tests {
         assert!(
             tables.iter().all(|l| l.contains("inet cairn_br_1")),
             "{tables:?}"
+        );
+        assert!(
+            r.contains("ip6 saddr fd42:1:2:3::/64 ip6 daddr != fd42:1:2:3::/64 masquerade"),
+            "{r}"
         );
         assert!(!render(&spec(false)).contains("masquerade"));
     }
