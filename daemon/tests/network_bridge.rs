@@ -601,6 +601,18 @@ fn ipv6_on_a_bridge_slaac_and_nat66() {
     );
     let state = d.incus_ok(&["network", "info", "br6"]);
     assert!(state.contains("fd42:97:0:1::1/64"), "{state}");
+    // ipv4.firewall=false: the IPv4 filtering rules leave the table, the IPv6 ones stay.
+    d.incus_ok(&["network", "set", "br6", "ipv4.firewall=false"]);
+    let table = in_ns(&ns_name, &["nft", "list", "table", "inet", "cairn_br6"]);
+    assert!(
+        !table.contains("nfproto ipv4") && table.contains("nfproto ipv6"),
+        "{table}"
+    );
+    let e = d.incus_err(&["network", "set", "br6", "ipv6.firewall=maybe"]);
+    assert!(e.contains("ipv6.firewall"), "{e}");
+    d.incus_ok(&["network", "unset", "br6", "ipv4.firewall"]);
+    let table = in_ns(&ns_name, &["nft", "list", "table", "inet", "cairn_br6"]);
+    assert!(table.contains("nfproto ipv4"), "{table}");
 
     d.import_busybox("bb");
     d.incus_ok(&["launch", "bb", "c6", "--network", "br6"]);

@@ -12,6 +12,8 @@ use super::NetworkError;
 /// Incus knows and Cairn does not yet is an error rather than silently ignored.
 pub const BRIDGE_KEYS: &[&str] = &[
     "ipv4.address",
+    "ipv4.firewall",
+    "ipv6.firewall",
     "ipv4.nat",
     "ipv4.dhcp",
     "ipv4.dhcp.ranges",
@@ -207,6 +209,10 @@ pub struct BridgeSpec {
     pub nat6: bool,
     /// Stateless DHCPv6 (DNS server and domain) next to the router advertisements.
     pub dhcp6: bool,
+    /// Incus's `ipv4.firewall`/`ipv6.firewall`: the filtering rules that let the
+    /// instances reach dnsmasq and be forwarded (the table's input and forward chains).
+    pub firewall4: bool,
+    pub firewall6: bool,
 }
 
 impl BridgeSpec {
@@ -326,6 +332,8 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
         ipv6,
         nat6: boolean("ipv6.nat", config.get("ipv6.nat"), false)?,
         dhcp6: boolean("ipv6.dhcp", config.get("ipv6.dhcp"), true)?,
+        firewall4: boolean("ipv4.firewall", config.get("ipv4.firewall"), true)?,
+        firewall6: boolean("ipv6.firewall", config.get("ipv6.firewall"), true)?,
     })
 }
 
@@ -465,7 +473,8 @@ mod tests {
     #[test]
     fn bad_keys_and_values_are_refused_with_the_key_named() {
         for (k, v) in [
-            ("ipv4.firewall", "true"),
+            ("ipv4.firewall", "sometimes"),
+            ("ipv4.routing", "true"),
             ("bogus", "1"),
             ("ipv6.address", "fd00::/64"),
             ("ipv6.address", "fd00::1/48"),

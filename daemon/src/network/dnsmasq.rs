@@ -376,6 +376,8 @@ mod tests {
             ipv6: None,
             nat6: false,
             dhcp6: true,
+            firewall4: true,
+            firewall6: true,
         }
     }
 

@@ -17,17 +17,42 @@ pub fn render(spec: &BridgeSpec) -> String {
     let t = table_name(&spec.name);
     let br = &spec.name;
     let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{\n");
-    // Accept what our dnsmasq serves, and forwarding to and from the bridge: base chains
-    // in other tables still get their say (an accept here is not final for them).
-    s.push_str(&format!(
-        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    \
-         iifname \"{br}\" udp dport {{ 53, 67, 547 }} accept\n    iifname \"{br}\" tcp dport 53 accept\n    \
-         iifname \"{br}\" icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} accept\n  }}\n"
-    ));
-    s.push_str(&format!(
-        "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    \
-         iifname \"{br}\" accept\n    oifname \"{br}\" accept\n  }}\n"
-    ));
+    // Accept what our dnsmasq serves, and forwarding to and from the bridge, per family
+    // as `ipv4.firewall`/`ipv6.firewall` ask (both default on). Base chains in other
+    // tables still get their say: an accept here is not final for them.
+    let mut input = String::new();
+    let mut forward = String::new();
+    for (on, fam, udp, extra) in [
+        (spec.firewall4, "ipv4", "53, 67", ""),
+        (
+            spec.firewall6 && spec.ipv6.is_some(),
+            "ipv6",
+            "53, 547",
+            "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
+        ),
+    ] {
+        if !on {
+            continue;
+        }
+        input.push_str(&format!(
+            "    iifname \"{br}\" meta nfproto {fam} udp dport {{ {udp} }} accept\n    \
+             iifname \"{br}\" meta nfproto {fam} tcp dport 53 accept\n"
+        ));
+        if !extra.is_empty() {
+            input.push_str(&format!("    iifname \"{br}\" {extra}\n"));
+        }
+        forward.push_str(&format!(
+            "    iifname \"{br}\" meta nfproto {fam} accept\n    oifname \"{br}\" meta nfproto {fam} accept\n"
+        ));
+    }
+    if !input.is_empty() {
+        s.push_str(&format!(
+            "  chain input {{\n    type filter hook input priority filter; policy accept;\n{input}  }}\n"
+        ));
+        s.push_str(&format!(
+            "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n"
+        ));
+    }
     let mut nat = String::new();
     if let (true, Some(c)) = (spec.nat, spec.ipv4) {
         let net = format!("{}/{}", c.network(), c.prefix);
@@ -105,6 +130,8 @@ mod tests {
             }),
             nat6: nat,
             dhcp6: true,
+            firewall4: true,
+            firewall6: true,
         }
     }
 
@@ -119,7 +146,22 @@ mod tests {
             r.contains("ip saddr 10.123.0.0/24 ip daddr != 10.123.0.0/24 masquerade"),
             "{r}"
         );
-        assert!(r.contains("iifname \"br-1\" accept"), "{r}");
+        assert!(
+            r.contains("iifname \"br-1\" meta nfproto ipv4 accept"),
+            "{r}"
+        );
+        assert!(
+            r.contains("iifname \"br-1\" meta nfproto ipv6 accept"),
+            "{r}"
+        );
+        let mut off = spec(true);
+        off.firewall4 = false;
+        off.firewall6 = false;
+        let r2 = render(&off);
+        assert!(
+            !r2.contains("chain input") && r2.contains("masquerade"),
+            "{r2}"
+        );
         // Nothing but our table is named.
         let tables: Vec<&str> = r.lines().filter(|l| l.contains("table ")).collect();
         assert!(
