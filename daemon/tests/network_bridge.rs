@@ -645,3 +645,151 @@ fn ipv6_on_a_bridge_slaac_and_nat66() {
     d.incus_ok(&["network", "delete", "auto6"]);
     assert!(in_ns_fails(&ns_name, &["ip", "link", "show", "br6"]));
 }
+
+/// Benchmark, not a test (`bash scripts/bench-network.sh` runs it): TCP throughput and
+/// ping RTT container↔container on one managed bridge, against host↔host over a veth
+/// pair between two namespaces in the same run; prints the figures, asserts nothing.
+#[test]
+#[ignore = "benchmark: bash scripts/bench-network.sh"]
+fn bench_bridge_against_veth() {
+    tools_present();
+    let pid = std::process::id();
+    let (ns_d, ns_a, ns_b) = (
+        format!("cairnbd{pid}"),
+        format!("cairnba{pid}"),
+        format!("cairnbb{pid}"),
+    );
+    let mut ns = Namespaces(vec![]);
+    for n in [&ns_d, &ns_a, &ns_b] {
+        ns.add(n);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+    }
+    // The baseline: two namespaces joined by a veth pair.
+    ip(&[
+        "-n", &ns_a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &ns_b,
+    ]);
+    ip(&["-n", &ns_a, "addr", "add", "192.0.2.1/24", "dev", "va"]);
+    ip(&["-n", &ns_b, "addr", "add", "192.0.2.2/24", "dev", "vb"]);
+    ip(&["-n", &ns_a, "link", "set", "va", "up"]);
+    ip(&["-n", &ns_b, "link", "set", "vb", "up"]);
+    // A listener's stdin stays open (`sleep |`): busybox nc closes on its stdin's end. Its
+    // output goes nowhere: a leftover `sleep` must not hold the test's stdout open.
+    let mb = 256;
+    let dd = format!("dd if=/dev/zero bs=64k count={}", mb * 16);
+    let run_pair = |listen: &mut dyn FnMut() -> std::process::Child,
+                    sender: &dyn Fn(&str) -> std::process::Output,
+                    peer: &str| {
+        let mut l = listen();
+        std::thread::sleep(Duration::from_millis(500));
+        // Timed here, the same way for both: busybox dd prints no rate.
+        let t = Instant::now();
+        let out = sender(&format!("{dd} | busybox nc -w1 {peer} 5001"));
+        let secs = t.elapsed().as_secs_f64();
+        let _ = l.kill();
+        let _ = l.wait();
+        if !out.status.success() {
+            println!(
+                "sending to {peer}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        format!(
+            "{:.0} MB/s ({secs:.2} s, the sender's last 1 s wait included)",
+            (mb << 20) as f64 / 1e6 / secs
+        )
+    };
+    let host_rate = run_pair(
+        &mut || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns_b,
+                    "sh",
+                    "-c",
+                    "sleep 60 | busybox nc -l -p 5001 >/dev/null",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        &|script| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns_a, "sh", "-c", script])
+                .output()
+                .unwrap()
+        },
+        "192.0.2.2",
+    );
+    let host_ping = in_ns(
+        &ns_a,
+        &[
+            "busybox",
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-q",
+            "192.0.2.2",
+        ],
+    );
+
+    let d = TestDaemon::start_in_netns(&ns_d);
+    let _reap = DnsmasqReaper(d.state.join("networks"));
+    d.incus_ok(&["network", "create", "brb", "ipv4.address=10.96.0.1/24"]);
+    d.import_busybox("bb");
+    for c in ["b1", "b2"] {
+        d.incus_ok(&["launch", "bb", c, "--network", "brb"]);
+    }
+    let mut peer = String::new();
+    wait_for("b2's IPv4", 30, || {
+        peer = d.incus_ok(&["list", "b2", "-c", "4", "--format", "csv"]);
+        peer.contains("(eth0)")
+    });
+    let peer = peer.split_whitespace().next().unwrap_or("").to_string();
+    wait_for("b1's IPv4", 30, || {
+        d.incus_ok(&["list", "b1", "-c", "4", "--format", "csv"])
+            .contains("(eth0)")
+    });
+    let bridge_rate = run_pair(
+        &mut || {
+            d.incus_cmd(&[
+                "exec",
+                "b2",
+                "--",
+                "sh",
+                "-c",
+                "sleep 60 | nc -l -p 5001 >/dev/null",
+            ])
+            .spawn()
+            .unwrap()
+        },
+        &|script| {
+            let script = script.replace("busybox nc", "nc");
+            d.incus_cmd(&["exec", "b1", "--", "sh", "-c", &script])
+                .output()
+                .unwrap()
+        },
+        &peer,
+    );
+    let bridge_ping = d.incus_ok(&[
+        "exec", "b1", "--", "ping", "-c", "20", "-i", "0.05", "-q", &peer,
+    ]);
+    let rtt = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("min/avg/max"))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    };
+    println!("TCP, {mb} MiB through busybox nc:");
+    println!("  host<->host over a veth pair     : {host_rate}");
+    println!("  container<->container on a bridge: {bridge_rate}");
+    println!("ping RTT:");
+    println!("  host<->host over a veth pair     : {}", rtt(&host_ping));
+    println!("  container<->container on a bridge: {}", rtt(&bridge_ping));
+    d.incus_ok(&["delete", "--force", "b1", "b2"]);
+    d.incus_ok(&["network", "delete", "brb"]);
+}
