@@ -18,31 +18,7 @@ use common::TestDaemon;
 
 #[path = "common/netns.rs"]
 mod netns;
-use netns::{ip, Namespaces};
-
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn in_ns_fails(ns: &str, args: &[&str]) -> bool {
-    !Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .expect("running ip netns exec")
-        .status
-        .success()
-}
+use netns::{in_ns, in_ns_fails, ip, DnsmasqReaper, Namespaces};
 
 fn dnsmasq_pid(d: &TestDaemon, net: &str) -> Option<i32> {
     let text =
@@ -53,32 +29,6 @@ fn dnsmasq_pid(d: &TestDaemon, net: &str) -> Option<i32> {
     String::from_utf8_lossy(&cmdline)
         .contains("dnsmasq")
         .then_some(pid)
-}
-
-/// Ends the dnsmasq processes the daemon started (they outlive cairnd by design), by the
-/// pids it recorded, so the namespace can go.
-struct DnsmasqReaper(std::path::PathBuf);
-impl Drop for DnsmasqReaper {
-    fn drop(&mut self) {
-        let Ok(rd) = std::fs::read_dir(&self.0) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let pidf = e.path().join("dnsmasq.pid");
-            if let Some(pid) = std::fs::read_to_string(&pidf)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            {
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmd).contains(&e.path().display().to_string()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-    }
 }
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -628,9 +578,8 @@ fn ipv6_on_a_bridge_slaac_and_nat66() {
     // The SLAAC address may still be tentative (duplicate address detection) and the
     // router's neighbour entry unresolved when `incus list` first shows it; on a loaded
     // CI machine that takes seconds, so the echo is retried rather than sent once.
-    let mut ping = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let ping = loop {
         let out = d.incus(&[
             "exec",
             "c6",
@@ -641,13 +590,13 @@ fn ipv6_on_a_bridge_slaac_and_nat66() {
             "-W2",
             "2001:db8:77::2",
         ]);
-        ping = format!(
+        let ping = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         if out.status.success() {
-            break;
+            break ping;
         }
         assert!(
             Instant::now() < deadline,
@@ -655,7 +604,7 @@ fn ipv6_on_a_bridge_slaac_and_nat66() {
             in_ns(&ns_name, &["ip", "-6", "neigh"])
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
     assert!(ping.contains("1 packets received"), "{ping}");
     d.incus_ok(&["delete", "--force", "c6"]);
     d.incus_ok(&["network", "delete", "br6"]);

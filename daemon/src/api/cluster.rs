@@ -409,6 +409,7 @@ pub async fn delete_member(
         })
         .collect();
     cmds.extend(crate::pool::cluster::drop_member_shares(&d, &name)?);
+    cmds.extend(crate::network::cluster::drop_member(&d, &name)?);
     // Its volumes' files went with it.
     for p in d.db.pools()? {
         for v in d.db.volumes(&p.name)? {

@@ -324,6 +324,14 @@ pub fn router(d: Arc<Daemon>) -> Router {
             axum::routing::delete(storage::internal_delete_share),
         )
         .route(
+            crate::network::cluster::MEMBER_PATH,
+            post(networks::internal_apply),
+        )
+        .route(
+            "/internal/cluster/networks/{name}",
+            axum::routing::delete(networks::internal_remove),
+        )
+        .route(
             crate::cluster::events_relay::EVENTS_PATH,
             get(cluster::internal_events),
         )

@@ -85,7 +85,12 @@ fn all_views(d: &AppState) -> Result<Vec<NetworkView>, ApiError> {
     Ok(out)
 }
 
-pub async fn list(State(d): State<AppState>, Query(q): Query<RecursionQuery>) -> ApiResult {
+pub async fn list(
+    State(d): State<AppState>,
+    Query(q): Query<RecursionQuery>,
+    Query(nq): Query<NetQuery>,
+) -> ApiResult {
+    nq.check_here(&d)?;
     let views = all_views(&d)?;
     if q.recursive() {
         return sync(views);
@@ -119,7 +124,12 @@ fn etag(r: &NetworkRecord) -> NetworkEtag<'_> {
     }
 }
 
-pub async fn get_one(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+pub async fn get_one(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NetQuery>,
+) -> ApiResult {
+    q.check_here(&d)?;
     if let Some(r) = d.db.network(&name)? {
         return sync_etag(manage::view(&d, &r)?, &etag(&r));
     }
@@ -141,9 +151,74 @@ pub struct NetworksPost {
     config: ConfigMap,
 }
 
-pub async fn create(State(d): State<AppState>, ApiJson(req): ApiJson<NetworksPost>) -> ApiResult {
+/// `?target=` and `?project=` on network requests: neither is ignored.
+#[derive(Deserialize, Default)]
+pub struct NetQuery {
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+}
+
+impl NetQuery {
+    fn target(&self) -> Option<&str> {
+        self.target.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// Networks live in the default project only, so far.
+    fn check_project(&self) -> Result<(), ApiError> {
+        match self.project.as_deref() {
+            None | Some("") | Some("default") => Ok(()),
+            Some(p) => Err(ApiError::not_found(format!("Project {p:?} not found"))),
+        }
+    }
+
+    /// A read measured on one member: the target (if any) must be this member; another
+    /// member's was forwarded there by `routing.rs`.
+    fn check_here(&self, d: &AppState) -> Result<(), ApiError> {
+        self.check_project()?;
+        let Some(t) = self.target() else {
+            return Ok(());
+        };
+        match d.cluster() {
+            None => Err(ApiError::bad_request(format!(
+                "Cannot target member {t:?}: this server is not clustered"
+            ))),
+            Some(rt) if rt.name() == t => Ok(()),
+            Some(_) => Err(ApiError::not_found(format!(
+                "Cluster member {t:?} not found"
+            ))),
+        }
+    }
+
+    /// A change: a network has no member-specific keys, so no change names a member.
+    fn refuse_target(&self) -> Result<(), ApiError> {
+        self.check_project()?;
+        match self.target() {
+            Some(t) => Err(ApiError::bad_request(format!(
+                "Bridge networks have no member-specific config: --target {t:?} does not apply"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+pub async fn create(
+    State(d): State<AppState>,
+    Query(q): Query<NetQuery>,
+    ApiJson(req): ApiJson<NetworksPost>,
+) -> ApiResult {
+    q.check_project()?;
     let url = format!("/1.0/networks/{}", req.name);
-    manage::create(&d.daemon, req.name, req.kind, req.description, req.config).await?;
+    manage::create(
+        &d.daemon,
+        req.name,
+        req.kind,
+        req.description,
+        req.config,
+        q.target(),
+    )
+    .await?;
     d.events
         .lifecycle("network-created", &url, serde_json::json!({}));
     let mut r = empty()?;
@@ -220,22 +295,31 @@ async fn update(
 pub async fn put(
     State(d): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<NetQuery>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<NetworkPut>,
 ) -> ApiResult {
+    q.refuse_target()?;
     update(d, name, headers, req, false).await
 }
 
 pub async fn patch(
     State(d): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<NetQuery>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<NetworkPut>,
 ) -> ApiResult {
+    q.refuse_target()?;
     update(d, name, headers, req, true).await
 }
 
-pub async fn delete(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+pub async fn delete(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NetQuery>,
+) -> ApiResult {
+    q.refuse_target()?;
     managed(&d, &name)?;
     manage::delete(&d.daemon, &name).await?;
     d.events.lifecycle(
@@ -265,7 +349,12 @@ fn managed_for_info(d: &AppState, name: &str) -> Result<NetworkRecord, ApiError>
     })
 }
 
-pub async fn state(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+pub async fn state(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NetQuery>,
+) -> ApiResult {
+    q.check_here(&d)?;
     managed_for_info(&d, &name)?;
     let d2 = d.clone();
     let st = tokio::task::spawn_blocking(move || d2.networks.state(&name))
@@ -274,7 +363,39 @@ pub async fn state(State(d): State<AppState>, Path(name): Path<String>) -> ApiRe
     sync(st)
 }
 
-pub async fn leases(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+/// In a cluster without a target: every member's leases, as Incus lists them.
+pub async fn leases(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NetQuery>,
+) -> ApiResult {
+    q.check_here(&d)?;
     managed_for_info(&d, &name)?;
-    sync(d.networks.leases(&name)?)
+    if d.cluster().is_some() && q.target().is_none() {
+        return sync(crate::network::cluster::leases(&d.daemon, &name).await?);
+    }
+    let mut leases = d.networks.leases(&name)?;
+    if d.cluster().is_some() {
+        let me = d.server_name();
+        for l in &mut leases {
+            l.location = me.clone();
+        }
+    }
+    sync(leases)
+}
+
+/// `POST /internal/cluster/networks`: another member making a cluster network asks this
+/// one to make (or change) its bridge.
+pub async fn internal_apply(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<crate::network::cluster::MemberRequest>,
+) -> ApiResult {
+    manage::apply_here(&d.daemon, &req.name, req.config).await?;
+    empty()
+}
+
+/// `DELETE /internal/cluster/networks/{name}`: this member's bridge goes.
+pub async fn internal_remove(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    manage::remove_here(&d.daemon, &name).await?;
+    empty()
 }

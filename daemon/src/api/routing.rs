@@ -3,7 +3,8 @@
 //! - `/1.0/instances/{name}…` goes to the member the instance is on, and
 //!   `/1.0/storage-pools/{pool}/volumes/custom/{name}…` to the member the volume is on;
 //! - `POST /1.0/instances?target=M` (and storage/network requests with `target=M`, and
-//!   `GET /1.0/resources?target=M` and a pool's `/resources`) go to M;
+//!   `GET /1.0/resources?target=M`, a pool's `/resources` and any network request) go
+//!   to M;
 //! - `/1.0/operations/{id}…` goes to the member running the operation (known from the
 //!   forwarded request that started it, or by asking the members).
 //!
@@ -107,7 +108,9 @@ fn destination(
                 _ => Destination::Here,
             },
         },
-        ["storage-pools", ..] | ["networks", ..] if method != Method::GET => {
+        // A network with a target is that member's bridge: its state, leases, config.
+        ["networks", ..] => target.map_or(Destination::Here, to_member),
+        ["storage-pools", ..] if method != Method::GET => {
             target.map_or(Destination::Here, to_member)
         }
         _ => Destination::Here,

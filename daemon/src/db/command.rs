@@ -95,6 +95,13 @@ pub enum Command {
     DeleteNetwork {
         name: String,
     },
+    /// `incus network create N --target M`: member M is added to pending network `N`
+    /// (inserted, of type `kind`, when there is none yet).
+    DefineNetworkMember {
+        network: String,
+        kind: String,
+        member: String,
+    },
 
     AddCertificate(CertificateRecord),
     UpdateCertificate(CertificateRecord),
@@ -161,7 +168,10 @@ impl Command {
             CreatePool(_) | UpdatePool(_) | DeletePool { .. } | SetPoolShare { .. } => {
                 Resource::Pools
             }
-            CreateNetwork(_) | UpdateNetwork(_) | DeleteNetwork { .. } => Resource::Networks,
+            CreateNetwork(_)
+            | UpdateNetwork(_)
+            | DeleteNetwork { .. }
+            | DefineNetworkMember { .. } => Resource::Networks,
             CreateVolume(_) | UpdateVolume(_) | DeleteVolume { .. } => Resource::Pools,
             AddCertificate(_) | UpdateCertificate(_) | DeleteCertificate { .. } => Resource::Trust,
             CreateToken(_) | DeleteToken { .. } => Resource::Trust,

@@ -123,13 +123,22 @@ pub struct PoolShare {
 /// A managed network. `kind` is its Incus type (`bridge`); `config` holds concrete values
 /// (an `ipv4.address=auto` is resolved before the record is written, so every member and
 /// every restart sees the same subnet).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetworkRecord {
     pub name: String,
     pub kind: String,
     pub description: String,
     pub config: ConfigMap,
+    /// Pending while defined on some members (`--target`) or being made on all of them.
+    #[serde(default)]
+    pub status: NetworkStatus,
+    /// In a cluster: the members it is defined on, each with whether it is made there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, bool>,
 }
+
+/// Networks go through the same states as pools in Incus.
+pub type NetworkStatus = PoolStatus;
 
 /// A custom storage volume (`incus storage volume create`): a filesystem volume of a pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

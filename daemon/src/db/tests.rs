@@ -321,6 +321,7 @@ fn networks_are_created_updated_and_deleted_by_commands() {
         kind: "bridge".into(),
         description: String::new(),
         config: [("ipv4.address".to_string(), "10.9.0.1/24".to_string())].into(),
+        ..NetworkRecord::default()
     };
     db.apply_unreplicated(&[Command::CreateNetwork(net.clone())])
         .unwrap();

@@ -99,7 +99,7 @@ pub fn host_line(hwaddr: &str, ipv4: Option<Ipv4Addr>, hostname: &str) -> String
 }
 
 /// One line of dnsmasq's leases file.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     pub hostname: String,
     pub hwaddr: String,

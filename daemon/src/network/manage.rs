@@ -14,7 +14,7 @@ use super::bridge::Bridge;
 use super::config::{self, Ipv4Cidr};
 use super::{netlink, NetworkDriver, NetworkError, NetworkState};
 use crate::daemon::Daemon;
-use crate::db::records::{ConfigMap, DeviceMap, NetworkRecord};
+use crate::db::records::{ConfigMap, DeviceMap, NetworkRecord, NetworkStatus};
 use crate::db::Command;
 
 /// The drivers of the managed networks that are up on this host.
@@ -24,6 +24,9 @@ pub struct Networks {
     /// One change at a time: a subnet check and the write it guards must not interleave
     /// with another create choosing the same subnet.
     changes: tokio::sync::Mutex<()>,
+    /// One change of this host's bridges at a time, whoever asked (this member's API or
+    /// another member making a cluster network here).
+    host: Mutex<()>,
 }
 
 impl Networks {
@@ -32,7 +35,17 @@ impl Networks {
             dir: dir.to_path_buf(),
             running: Mutex::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            host: Mutex::new(()),
         }
+    }
+
+    fn host_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this daemon runs network `name` here (its bridge is the daemon's own).
+    pub fn is_up(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Bridge>>> {
@@ -119,11 +132,22 @@ pub fn view(d: &Daemon, r: &NetworkRecord) -> Result<NetworkView, NetworkError> 
         description: r.description.clone(),
         kind: r.kind.clone(),
         managed: true,
-        status: "Created".into(),
+        status: r.status.as_str().into(),
         config: r.config.clone(),
         used_by: used_by(d, &r.name)?,
-        locations: vec![],
+        locations: locations(d, r)?,
         project: "default".into(),
+    })
+}
+
+/// The members a network is on: every member once Created, the defined ones before.
+fn locations(d: &Daemon, r: &NetworkRecord) -> Result<Vec<String>, NetworkError> {
+    if d.cluster().is_none() {
+        return Ok(vec![]);
+    }
+    Ok(match r.status {
+        NetworkStatus::Created => d.db.members()?.into_iter().map(|m| m.name).collect(),
+        _ => r.members.keys().cloned().collect(),
     })
 }
 
@@ -171,16 +195,15 @@ fn subnets_in_use(d: &Daemon, except: &str) -> Result<Vec<(Ipv4Cidr, String)>, N
             }
         }
     }
-    let own_subnet =
-        d.db.network(except)?
-            .and_then(|r| r.config.get("ipv4.address").cloned())
-            .and_then(|v| config::parse_gateway("ipv4.address", &v).ok())
-            .map(|c| (c.network(), c.prefix));
-    for (net, prefix) in netlink::ipv4_routes().map_err(io)? {
-        if Some((net, prefix)) != own_subnet && !net.is_loopback() {
+    // The network's own bridge's routes are its old subnet, free to be changed.
+    for r in netlink::ipv4_routes().map_err(io)? {
+        if (own.is_none() || r.oif != own) && !r.dest.is_loopback() {
             used.push((
-                Ipv4Cidr { addr: net, prefix },
-                format!("a route of the host ({net}/{prefix})"),
+                Ipv4Cidr {
+                    addr: r.dest,
+                    prefix: r.prefix,
+                },
+                format!("a route of the host ({}/{})", r.dest, r.prefix),
             ));
         }
     }
@@ -196,18 +219,13 @@ fn subnets6_in_use(
     let io = |e: std::io::Error| NetworkError::Io(format!("reading the host's addresses: {e}"));
     let own = netlink::index(except).ok();
     let mut used = Vec::new();
-    let mut own_subnet = None;
     for r in d.db.networks()? {
         let c = r
             .config
             .get("ipv6.address")
             .and_then(|v| config::parse_gateway6("ipv6.address", v).ok());
-        if let Some(c) = c {
-            if r.name == except {
-                own_subnet = Some((c.network(), c.prefix));
-            } else {
-                used.push((c, format!("network {:?} ({c})", r.name)));
-            }
+        if let (Some(c), false) = (c, r.name == except) {
+            used.push((c, format!("network {:?} ({c})", r.name)));
         }
     }
     for a in netlink::addresses().map_err(io)? {
@@ -221,9 +239,12 @@ fn subnets6_in_use(
             }
         }
     }
-    for (net, prefix) in netlink::ipv6_routes().map_err(io)? {
-        if Some((net, prefix)) != own_subnet {
-            let c = config::Ipv6Cidr { addr: net, prefix };
+    for r in netlink::ipv6_routes().map_err(io)? {
+        if own.is_none() || r.oif != own {
+            let c = config::Ipv6Cidr {
+                addr: r.dest,
+                prefix: r.prefix,
+            };
             used.push((c, format!("a route of the host ({c})")));
         }
     }
@@ -340,6 +361,7 @@ pub fn first_start_record(
         kind: check_kind(kind)?.into(),
         description: description.to_string(),
         config,
+        ..NetworkRecord::default()
     })
 }
 
@@ -371,30 +393,36 @@ pub fn resync(d: &Daemon) {
     restore(d);
 }
 
-/// `POST /1.0/networks`. An unset `ipv4.address` means `auto`, as in Incus.
+/// `POST /1.0/networks`. An unset `ipv4.address` means `auto`, as in Incus. In a cluster,
+/// `target` defines the network on one member (see [`super::cluster`]); without it the
+/// network is made on every member.
 pub async fn create(
     d: &Arc<Daemon>,
     name: String,
     kind: String,
     description: String,
     mut config: ConfigMap,
+    target: Option<&str>,
 ) -> Result<(), NetworkError> {
     config::valid_name(&name)?;
     let kind = check_kind(&kind)?;
-    // Incus creates a network on every member (pending, then created); until that is
-    // done here, a record only this member acted on would be a bridge missing elsewhere.
-    if d.cluster().is_some() {
-        return Err(NetworkError::Invalid(
-            "Managed networks are not supported in a cluster yet".into(),
-        ));
-    }
     let _one = d.networks.changes.lock().await;
-    if d.db.network(&name)?.is_some() {
+    if d.cluster().is_some() {
+        if let Some(t) = target {
+            return super::cluster::define(d, &name, kind, &config, t).await;
+        }
+    } else if let Some(t) = target {
+        return Err(NetworkError::Invalid(format!(
+            "Cannot target member {t:?}: this server is not clustered"
+        )));
+    }
+    let existing = d.db.network(&name)?;
+    if existing.is_some() && d.cluster().is_none() {
         return Err(NetworkError::Conflict(format!(
             "Network {name:?} already exists"
         )));
     }
-    if netlink::exists(&name) {
+    if netlink::exists(&name) && !d.networks.is_up(&name) {
         return Err(NetworkError::Conflict(format!(
             "Network {name:?} clashes with an existing interface of the host"
         )));
@@ -408,26 +436,67 @@ pub async fn create(
         kind: kind.into(),
         description,
         config,
+        ..NetworkRecord::default()
     };
+    if d.cluster().is_some() {
+        return super::cluster::create(d, existing, rec).await;
+    }
     d.write(vec![Command::CreateNetwork(rec.clone())]).await?;
-    let drv = d.networks.driver(&name);
-    let applied = {
-        let (drv, c) = (drv.clone(), rec.config.clone());
-        blocking(move || drv.apply(&c)).await
-    };
-    if let Err(e) = applied {
+    if let Err(e) = apply_here(d, &name, rec.config.clone()).await {
         tracing::error!("network {name}: creating it on the host failed, undoing: {e}");
-        let drv2 = drv.clone();
-        if let Err(e2) = blocking(move || drv2.delete()).await {
-            tracing::error!("network {name}: undoing: {e2}");
-        }
-        d.networks.forget(&name);
         d.write(vec![Command::DeleteNetwork { name: name.clone() }])
             .await?;
         return Err(e);
     }
     tracing::info!("network {name} created");
     Ok(())
+}
+
+/// This member's bridge made, or changed, to `config`: first what only this host can
+/// check (no other interface of that name, no subnet overlapping this host's routes),
+/// then the driver. A bridge this call made is taken down again when it fails.
+pub async fn apply_here(
+    d: &Arc<Daemon>,
+    name: &str,
+    config: ConfigMap,
+) -> Result<(), NetworkError> {
+    let (d, name) = (d.clone(), name.to_string());
+    blocking(move || {
+        let _host = d.networks.host_lock();
+        let fresh = !d.networks.is_up(&name);
+        if fresh && netlink::exists(&name) {
+            return Err(NetworkError::Conflict(format!(
+                "Network {name:?} clashes with an existing interface of the host"
+            )));
+        }
+        let mut checked = config.clone();
+        settle_subnet(&d, &name, &mut checked)?;
+        config::parse(&name, &checked)?;
+        let drv = d.networks.driver(&name);
+        if let Err(e) = drv.apply(&config) {
+            if fresh {
+                if let Err(e2) = drv.delete() {
+                    tracing::error!("network {name}: undoing: {e2}");
+                }
+                d.networks.forget(&name);
+            }
+            return Err(e);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// This member's bridge, dnsmasq and nft table removed (nothing to do when not up here).
+pub async fn remove_here(d: &Arc<Daemon>, name: &str) -> Result<(), NetworkError> {
+    let (d, name) = (d.clone(), name.to_string());
+    blocking(move || {
+        let _host = d.networks.host_lock();
+        d.networks.driver(&name).delete()?;
+        d.networks.forget(&name);
+        Ok(())
+    })
+    .await
 }
 
 /// Checks `config`, then settles `ipv4.address=auto` on a subnet. Bad keys are refused
@@ -465,6 +534,12 @@ pub async fn update(
 ) -> Result<(), NetworkError> {
     let _one = d.networks.changes.lock().await;
     let old = get(d, name)?;
+    if old.status != NetworkStatus::Created {
+        return Err(NetworkError::Invalid(format!(
+            "Network {name:?} is {}: create it without --target first",
+            old.status.as_str().to_lowercase()
+        )));
+    }
     let config = checked_config(d, name, config).await?;
     let rec = NetworkRecord {
         description,
@@ -472,16 +547,17 @@ pub async fn update(
         ..old.clone()
     };
     d.write(vec![Command::UpdateNetwork(rec.clone())]).await?;
-    let drv = d.networks.driver(name);
-    let applied = {
-        let (drv, c) = (drv.clone(), rec.config.clone());
-        blocking(move || drv.apply(&c)).await
+    let applied = if d.cluster().is_some() {
+        super::cluster::apply_all(d, &rec, &old).await
+    } else {
+        apply_here(d, name, rec.config.clone()).await
     };
     if let Err(e) = applied {
         tracing::error!("network {name}: applying the new config failed, going back: {e}");
-        let (drv2, c) = (drv.clone(), old.config.clone());
-        if let Err(e2) = blocking(move || drv2.apply(&c)).await {
-            tracing::error!("network {name}: re-applying the old config: {e2}");
+        if d.cluster().is_none() {
+            if let Err(e2) = apply_here(d, name, old.config.clone()).await {
+                tracing::error!("network {name}: re-applying the old config: {e2}");
+            }
         }
         d.write(vec![Command::UpdateNetwork(old)]).await?;
         return Err(e);
@@ -492,7 +568,7 @@ pub async fn update(
 /// `DELETE`: refused while a profile or instance has a NIC on it.
 pub async fn delete(d: &Arc<Daemon>, name: &str) -> Result<(), NetworkError> {
     let _one = d.networks.changes.lock().await;
-    get(d, name)?;
+    let rec = get(d, name)?;
     let users = used_by(d, name)?;
     if !users.is_empty() {
         return Err(NetworkError::InUse(format!(
@@ -500,13 +576,15 @@ pub async fn delete(d: &Arc<Daemon>, name: &str) -> Result<(), NetworkError> {
             users.join(", ")
         )));
     }
-    let drv = d.networks.driver(name);
-    blocking(move || drv.delete()).await?;
-    d.networks.forget(name);
-    d.write(vec![Command::DeleteNetwork {
-        name: name.to_string(),
-    }])
-    .await?;
+    if d.cluster().is_some() {
+        super::cluster::delete(d, rec).await?;
+    } else {
+        remove_here(d, name).await?;
+        d.write(vec![Command::DeleteNetwork {
+            name: name.to_string(),
+        }])
+        .await?;
+    }
     tracing::info!("network {name} deleted");
     Ok(())
 }
@@ -539,6 +617,13 @@ fn check_nic(
     let Some(rec) = rec else {
         return Ok(None);
     };
+    if rec.status != NetworkStatus::Created {
+        return Err(bad(format!(
+            "network {:?} is {}, not created on every member yet",
+            rec.name,
+            rec.status.as_str().to_lowercase()
+        )));
+    }
     let Some(v) = nic.get("ipv4.address").filter(|v| !v.is_empty()) else {
         return Ok(Some((rec, None)));
     };
@@ -617,7 +702,12 @@ pub fn restore(d: &Daemon) {
             return;
         }
     };
+    let me = d.server_name();
     for r in recs {
+        // A pending network is made by the create that finishes it, not at a restart.
+        if r.status != NetworkStatus::Created && r.members.get(&me) != Some(&true) {
+            continue;
+        }
         let drv = d.networks.driver(&r.name);
         match drv.apply(&r.config) {
             Ok(()) => tracing::info!("network {} restored", r.name),

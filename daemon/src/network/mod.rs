@@ -5,6 +5,7 @@
 //! HTTP types.
 
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod dnsmasq;
 pub mod manage;

@@ -174,11 +174,18 @@ pub fn addresses() -> io::Result<Vec<IfAddress>> {
     Ok(out)
 }
 
-/// The IPv4 destinations of the main table's routes, as (network, prefix); the default
-/// route is left out (it overlaps everything and says nothing about what is in use).
-pub fn ipv4_routes() -> io::Result<Vec<(Ipv4Addr, u8)>> {
+/// One route of the main table: its destination, prefix and the interface it goes out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<A> {
+    pub dest: A,
+    pub prefix: u8,
+    pub oif: Option<u32>,
+}
+
+/// The main table's routes of one family, less the default route.
+fn routes(family: AddressFamily) -> io::Result<Vec<Route<IpAddr>>> {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
+    msg.header.address_family = family;
     let replies = request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
     let mut out = Vec::new();
     for r in replies {
@@ -188,43 +195,61 @@ pub fn ipv4_routes() -> io::Result<Vec<(Ipv4Addr, u8)>> {
         if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.destination_prefix_length == 0 {
             continue;
         }
-        let dest = m.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(*v4),
-            _ => None,
-        });
-        if let Some(d) = dest {
-            out.push((d, m.header.destination_prefix_length));
+        let mut dest = None;
+        let mut oif = None;
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(v4)) => dest = Some(IpAddr::V4(*v4)),
+                RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                    dest = Some(IpAddr::V6(*v6))
+                }
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if let Some(dest) = dest {
+            out.push(Route {
+                dest,
+                prefix: m.header.destination_prefix_length,
+                oif,
+            });
         }
     }
     Ok(out)
 }
 
-/// The IPv6 destinations of the main table's routes, as (network, prefix), less the
-/// default route, link-local and multicast ones.
-pub fn ipv6_routes() -> io::Result<Vec<(std::net::Ipv6Addr, u8)>> {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet6;
-    let replies = request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
-    let mut out = Vec::new();
-    for r in replies {
-        let RouteNetlinkMessage::NewRoute(m) = r else {
-            continue;
-        };
-        if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.destination_prefix_length == 0 {
-            continue;
-        }
-        let dest = m.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(*v6),
-            _ => None,
-        });
-        if let Some(d) = dest {
-            let link_local = (d.segments()[0] & 0xffc0) == 0xfe80;
-            if !link_local && !d.is_multicast() && !d.is_loopback() {
-                out.push((d, m.header.destination_prefix_length));
+/// The IPv4 destinations of the main table's routes, less the default route.
+pub fn ipv4_routes() -> io::Result<Vec<Route<Ipv4Addr>>> {
+    Ok(routes(AddressFamily::Inet)?
+        .into_iter()
+        .filter_map(|r| match r.dest {
+            IpAddr::V4(dest) => Some(Route {
+                dest,
+                prefix: r.prefix,
+                oif: r.oif,
+            }),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// The IPv6 destinations of the main table's routes, less the default route, link-local
+/// and multicast ones.
+pub fn ipv6_routes() -> io::Result<Vec<Route<std::net::Ipv6Addr>>> {
+    Ok(routes(AddressFamily::Inet6)?
+        .into_iter()
+        .filter_map(|r| match r.dest {
+            IpAddr::V6(dest) => {
+                let link_local = (dest.segments()[0] & 0xffc0) == 0xfe80;
+                (!link_local && !dest.is_multicast() && !dest.is_loopback()).then_some(Route {
+                    dest,
+                    prefix: r.prefix,
+                    oif: r.oif,
+                })
             }
-        }
-    }
-    Ok(out)
+            IpAddr::V4(_) => None,
+        })
+        .collect())
 }
 
 /// Runs `f` in the network namespace of process `pid`, on a thread of its own: `setns`
@@ -340,7 +365,8 @@ mod tests {
                 .any(|a| a.index == i && a.addr == IpAddr::V4(ip) && a.prefix == 24));
             assert!(ipv4_routes()
                 .unwrap()
-                .contains(&(Ipv4Addr::new(10, 99, 0, 0), 24)));
+                .iter()
+                .any(|r| r.dest == Ipv4Addr::new(10, 99, 0, 0) && r.prefix == 24));
             delete_link("cbtest0").unwrap();
             assert!(!exists("cbtest0"));
         })

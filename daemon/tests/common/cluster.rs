@@ -135,6 +135,25 @@ impl Cluster {
         c
     }
 
+    /// One daemon per network namespace, `(namespace, address)` each, all on one port:
+    /// what each does to links, routes and nftables stays in its namespace.
+    pub fn start_in_netns(members: &[(String, String)]) -> Cluster {
+        let m = members
+            .iter()
+            .enumerate()
+            .map(|(i, (ns, addr))| Member {
+                name: format!("node{}", i + 1),
+                address: format!("{addr}:8443"),
+                d: TestDaemon::start_in_netns(ns),
+            })
+            .collect();
+        let c = Cluster { m };
+        for m in &c.m {
+            c.ok(m, &["config", "set", "core.https_address", &m.address]);
+        }
+        c
+    }
+
     pub fn logs(&self) -> String {
         self.m
             .iter()

@@ -225,9 +225,17 @@ impl TestDaemon {
     }
 
     /// Like [`incus_cmd`](Self::incus_cmd), killed after `secs` by coreutils' `timeout`
-    /// (exit status 124): a wedged daemon then fails the test instead of hanging it.
+    /// (exit status 124): a wedged daemon then fails the test instead of hanging it. With
+    /// a namespace, the client runs in it too: a cluster join dials the other members.
     pub fn incus_cmd_timeout(&self, secs: u64, args: &[&str]) -> Command {
-        let mut c = Command::new("timeout");
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "timeout"]);
+                c
+            }
+            None => Command::new("timeout"),
+        };
         c.arg(secs.to_string()).arg(incus_bin()).args(args);
         self.client_env(&mut c);
         c

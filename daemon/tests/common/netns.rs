@@ -1,6 +1,8 @@
 //! Network namespaces for tests that need a real (virtual) link: created with `ip netns`,
 //! deleted on drop even when the test fails. Included by path by the tests that use it.
 
+#![allow(dead_code)]
+
 use std::process::Command;
 
 /// Network namespaces created by this test, deleted on drop even when the test fails.
@@ -41,4 +43,54 @@ pub fn ip(args: &[&str]) {
         "ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+pub fn in_ns(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?} in {ns}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn in_ns_fails(ns: &str, args: &[&str]) -> bool {
+    !Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("running ip netns exec")
+        .status
+        .success()
+}
+
+/// Ends the dnsmasq processes the daemon started (they outlive cairnd by design), by the
+/// pids it recorded, so the namespace can go.
+pub struct DnsmasqReaper(pub std::path::PathBuf);
+impl Drop for DnsmasqReaper {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let pidf = e.path().join("dnsmasq.pid");
+            if let Some(pid) = std::fs::read_to_string(&pidf)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains(&e.path().display().to_string()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
 }
