@@ -67,7 +67,7 @@ fn malformed_requests_get_incus_errors() {
         (
             "POST",
             "/1.0/instances",
-            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"devices":{"x":{"type":"nic","nictype":"macvlan"}}}"#,
+            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"devices":{"x":{"type":"nic","nictype":"ipvlan"}}}"#,
             400,
             "nictype",
         ),

@@ -226,6 +226,7 @@ pub async fn profile_hotplug(d: &Daemon, profile: &ProfileRecord) -> Result<()> 
     let known = super::all_profiles(d)?;
     let mut updated = known.clone();
     updated.insert(profile.name.clone(), profile.clone());
+    let mut running = Vec::new();
     for rec in d.db.instances()? {
         if !rec.profiles.contains(&profile.name)
             || super::lxc_state(d, &rec.name) != super::lxc::LxcState::Running
@@ -234,10 +235,15 @@ pub async fn profile_hotplug(d: &Daemon, profile: &ProfileRecord) -> Result<()> 
         }
         let (_, old) = super::expand_from(&known, &rec.profiles, &rec.config, &rec.devices)?;
         let (_, new) = super::expand_from(&updated, &rec.profiles, &rec.config, &rec.devices)?;
-        let Some(shift) = running_shift(d, &rec.name) else {
+        // Every instance is checked before any disk moves: a refusal changes nothing.
+        super::refuse_live_nic_changes(&rec.name, &old, &new)?;
+        running.push((rec.name, old, new));
+    }
+    for (name, old, new) in running {
+        let Some(shift) = running_shift(d, &name) else {
             continue;
         };
-        hotplug(d, &rec.name, &old, &new, shift).await?;
+        hotplug(d, &name, &old, &new, shift).await?;
     }
     Ok(())
 }

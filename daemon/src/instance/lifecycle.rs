@@ -241,6 +241,17 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
     // Each start gets fresh host-side veth names, like Incus.
     let mut config = get(&d, name)?.config;
     for (dev, conf) in &ed {
+        // A macvlan's parent is the host's: without it the start would fail inside liblxc
+        // with a message that does not name the device.
+        if conf.get("nictype").map(String::as_str) == Some("macvlan") {
+            let parent = conf.get("parent").map(String::as_str).unwrap_or("");
+            if !crate::network::netlink::exists(parent) {
+                return Err(InstanceError::Invalid(format!(
+                    "Device {dev:?}: parent interface {parent:?} doesn't exist"
+                )));
+            }
+            continue;
+        }
         if conf.get("type").map(String::as_str) == Some("nic") && !conf.contains_key("host_name") {
             let key = format!("volatile.{dev}.host_name");
             let v = super::random_veth_name();
@@ -548,6 +559,7 @@ pub async fn update(
     // A running container gets its disks mounted and unmounted now, before the record
     // says so; a stopped one mounts them at its next start.
     if super::lxc_state(d, name) == LxcState::Running {
+        super::refuse_live_nic_changes(name, &old_ed, &ed)?;
         let shift = rec
             .config
             .get("volatile.last_state.idmap")

@@ -249,13 +249,22 @@ pub fn render(input: &RenderInput<'_>, host: &HostCaps) -> Result<String, Render
                 let i = nic_index;
                 nic_index += 1;
                 let ifname = dev.get("name").unwrap_or(dev_name);
-                w.set(&format!("lxc.net.{i}.type"), "veth")?;
+                let macvlan = dev.get("nictype").map(String::as_str) == Some("macvlan");
+                w.set(
+                    &format!("lxc.net.{i}.type"),
+                    if macvlan { "macvlan" } else { "veth" },
+                )?;
                 w.set(&format!("lxc.net.{i}.name"), ifname)?;
                 w.set(&format!("lxc.net.{i}.flags"), "up")?;
+                if macvlan {
+                    // Incus's mode: instances on one parent reach each other, not the host.
+                    w.set(&format!("lxc.net.{i}.macvlan.mode"), "bridge")?;
+                }
                 if let Some(h) = input
                     .config
                     .get(&format!("volatile.{dev_name}.host_name"))
                     .or(dev.get("host_name"))
+                    .filter(|_| !macvlan)
                 {
                     w.set(&format!("lxc.net.{i}.veth.pair"), h)?;
                 }
@@ -272,7 +281,11 @@ pub fn render(input: &RenderInput<'_>, host: &HostCaps) -> Result<String, Render
                 // managed type so far), so `network=` links like `parent=`.
                 let link = match dev.get("network").filter(|n| !n.is_empty()) {
                     Some(n) => Some(n),
-                    None if dev.get("nictype").map(String::as_str) == Some("bridged") => {
+                    None if matches!(
+                        dev.get("nictype").map(String::as_str),
+                        Some("bridged" | "macvlan")
+                    ) =>
+                    {
                         dev.get("parent")
                     }
                     None => None,
@@ -577,7 +590,7 @@ mod props {
             hostile(4),
         ];
         let kind = prop::sample::select(vec!["nic", "disk", "none"]);
-        let nictype = prop::sample::select(vec!["p2p", "bridged"]);
+        let nictype = prop::sample::select(vec!["p2p", "bridged", "macvlan"]);
         let device = (
             kind,
             nictype,
@@ -633,6 +646,7 @@ mod props {
                 "name",
                 "flags",
                 "veth.pair",
+                "macvlan.mode",
                 "hwaddr",
                 "mtu",
                 "link",

@@ -344,6 +344,38 @@ pub fn view_with(
     })
 }
 
+/// The NICs that `new` adds, removes or changes against `old`, by device name.
+pub fn nic_changes(old: &DeviceMap, new: &DeviceMap) -> Vec<String> {
+    let is_nic = |d: &BTreeMap<String, String>| d.get("type").map(String::as_str) == Some("nic");
+    let mut out: Vec<String> = old
+        .iter()
+        .filter(|(_, d)| is_nic(d))
+        .filter(|(n, d)| new.get(*n) != Some(d))
+        .map(|(n, _)| n.clone())
+        .collect();
+    out.extend(
+        new.iter()
+            .filter(|(n, d)| is_nic(d) && !old.contains_key(*n))
+            .map(|(n, _)| n.clone()),
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// NICs are set up when a container starts; until they are hotplugged, a change to a
+/// running container's NICs is refused rather than stored for a later start unannounced.
+pub fn refuse_live_nic_changes(name: &str, old: &DeviceMap, new: &DeviceMap) -> Result<()> {
+    let changed = nic_changes(old, new);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(InstanceError::Invalid(format!(
+        "Instance {name:?} is running: its NICs ({}) cannot be changed until it is stopped",
+        changed.join(", ")
+    )))
+}
+
 pub fn url(name: &str) -> String {
     format!("/1.0/instances/{name}")
 }

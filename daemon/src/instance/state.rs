@@ -121,20 +121,25 @@ fn memory_of(init: i32) -> MemoryView {
     MemoryView::default()
 }
 
-/// The addresses of the container's interfaces `ifnames`, measured in its network
-/// namespace (what DHCP gave it, not what the config asked for). A container whose
-/// namespace cannot be entered shows none rather than failing the whole state.
-fn measured_addresses(pid: i32, ifnames: Vec<String>) -> BTreeMap<String, Vec<AddressView>> {
+/// The container's interfaces `ifnames` as its network namespace has them: addresses
+/// (what DHCP gave it, not what the config asked for), MTU, MAC, state and counters. A
+/// container whose namespace cannot be entered shows none rather than failing the whole
+/// state.
+fn measured_nics(
+    pid: i32,
+    ifnames: Vec<String>,
+) -> BTreeMap<String, (crate::network::netlink::Link, Vec<AddressView>)> {
     let r = crate::network::netlink::in_netns_of(pid, move || {
         let all = crate::network::netlink::addresses()?;
+        let links = crate::network::netlink::links()?;
         let mut out = BTreeMap::new();
         for n in ifnames {
-            let Ok(i) = crate::network::netlink::index(&n) else {
+            let Some(link) = links.iter().find(|l| l.name == n) else {
                 continue;
             };
             let v: Vec<AddressView> = all
                 .iter()
-                .filter(|a| a.index == i)
+                .filter(|a| a.index == link.index)
                 .map(|a| AddressView {
                     family: if a.addr.is_ipv4() { "inet" } else { "inet6" }.into(),
                     address: a.addr.to_string(),
@@ -142,12 +147,12 @@ fn measured_addresses(pid: i32, ifnames: Vec<String>) -> BTreeMap<String, Vec<Ad
                     scope: a.scope.into(),
                 })
                 .collect();
-            out.insert(n, v);
+            out.insert(n, (link.clone(), v));
         }
         Ok(out)
     });
     r.unwrap_or_else(|e| {
-        tracing::debug!("reading the addresses in the netns of {pid}: {e}");
+        tracing::debug!("reading the interfaces in the netns of {pid}: {e}");
         BTreeMap::new()
     })
 }
@@ -158,41 +163,35 @@ fn nic_views(ec: &ConfigMap, ed: &DeviceMap, pid: i32) -> BTreeMap<String, Netwo
         .filter(|(_, c)| c.get("type").map(String::as_str) == Some("nic"))
         .map(|(dev, c)| c.get("name").cloned().unwrap_or_else(|| dev.clone()))
         .collect();
-    let mut measured = measured_addresses(pid, ifnames);
+    let mut measured = measured_nics(pid, ifnames);
     let mut out = BTreeMap::new();
     for (dev, conf) in ed {
         if conf.get("type").map(String::as_str) != Some("nic") {
             continue;
         }
         let ifname = conf.get("name").cloned().unwrap_or_else(|| dev.clone());
-        let addresses = measured.remove(&ifname).unwrap_or_default();
-        let dev = dev.as_str();
+        let Some((link, addresses)) = measured.remove(&ifname) else {
+            continue;
+        };
         let host_name = ec
             .get(&format!("volatile.{dev}.host_name"))
             .cloned()
             .unwrap_or_default();
-        // Counters from the host side of the veth, swapped to the container's view.
-        let stats = Path::new("/sys/class/net")
-            .join(&host_name)
-            .join("statistics");
         out.insert(
             ifname,
             NetworkView {
                 addresses,
                 counters: CountersView {
-                    bytes_received: read_u64(&stats.join("tx_bytes")),
-                    bytes_sent: read_u64(&stats.join("rx_bytes")),
-                    packets_received: read_u64(&stats.join("tx_packets")),
-                    packets_sent: read_u64(&stats.join("rx_packets")),
+                    bytes_received: link.rx_bytes,
+                    bytes_sent: link.tx_bytes,
+                    packets_received: link.rx_packets,
+                    packets_sent: link.tx_packets,
                     ..Default::default()
                 },
-                hwaddr: ec
-                    .get(&format!("volatile.{dev}.hwaddr"))
-                    .cloned()
-                    .unwrap_or_default(),
+                hwaddr: link.hwaddr,
                 host_name,
-                mtu: 1500,
-                state: "up".into(),
+                mtu: link.mtu,
+                state: if link.up { "up" } else { "down" }.into(),
                 kind: "broadcast".into(),
             },
         );

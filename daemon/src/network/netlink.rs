@@ -174,6 +174,61 @@ pub fn addresses() -> io::Result<Vec<IfAddress>> {
     Ok(out)
 }
 
+/// One interface as the kernel counts it: what `incus info` shows of a NIC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub hwaddr: String,
+    pub up: bool,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+/// Every interface of the calling thread's network namespace.
+pub fn links() -> io::Result<Vec<Link>> {
+    let replies = request(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        NLM_F_DUMP,
+    )?;
+    let mut out = Vec::new();
+    for r in replies {
+        let RouteNetlinkMessage::NewLink(m) = r else {
+            continue;
+        };
+        let mut l = Link {
+            index: m.header.index,
+            up: m.header.flags.contains(LinkFlags::Up),
+            ..Link::default()
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Mtu(v) => l.mtu = *v,
+                LinkAttribute::Address(b) if b.len() == 6 => {
+                    l.hwaddr = b
+                        .iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                }
+                LinkAttribute::Stats64(s) => {
+                    l.rx_bytes = s.rx_bytes;
+                    l.tx_bytes = s.tx_bytes;
+                    l.rx_packets = s.rx_packets;
+                    l.tx_packets = s.tx_packets;
+                }
+                _ => {}
+            }
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
 /// One route of the main table: its destination, prefix and the interface it goes out of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route<A> {

@@ -12,19 +12,26 @@ const DISK_KEYS: &[&str] = &[
     "required",
     "boot.priority",
 ];
+/// The keys every NIC takes; each type adds its own (Incus's, less what is not built:
+/// `vlan`, `limits.*`, `ipv6.address`, routes).
 const NIC_KEYS: &[&str] = &[
     "type",
     "nictype",
     "network",
-    "parent",
     "name",
     "hwaddr",
     "mtu",
-    "host_name",
     "boot.priority",
-    "ipv4.address",
-    "ipv6.address",
 ];
+
+fn nic_type_keys(nictype: &str) -> &'static [&'static str] {
+    match nictype {
+        "p2p" => &["host_name"],
+        "bridged" => &["parent", "host_name", "ipv4.address"],
+        "macvlan" => &["parent"],
+        _ => &[],
+    }
+}
 
 fn known_keys(
     dev: &str,
@@ -130,7 +137,24 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
                 }
             }
             Some("nic") => {
-                known_keys(name, d, NIC_KEYS)?;
+                // A NIC on a managed network is bridged (the only managed type so far).
+                let nictype = match (d.get("nictype"), d.get("network")) {
+                    (Some(t), _) => t.as_str(),
+                    (None, Some(_)) => "bridged",
+                    (None, None) => "",
+                };
+                // A missing or unsupported nictype is named below, before its keys.
+                let extra = nic_type_keys(nictype);
+                if !extra.is_empty() {
+                    for k in d.keys() {
+                        let known = NIC_KEYS.contains(&k.as_str())
+                            || extra.contains(&k.as_str())
+                            || k.starts_with("user.");
+                        if !known {
+                            return bad(&format!("key {k:?} does not apply to a {nictype} NIC"));
+                        }
+                    }
+                }
                 if let Some(net) = d.get("network") {
                     // As Incus: the network decides the NIC's type and its bridge.
                     for k in ["nictype", "parent"] {
@@ -149,6 +173,15 @@ pub fn devices(devices: &DeviceMap) -> Result<(), ValidationError> {
                     Some("bridged") => {
                         if d.get("parent").is_none_or(|p| p.is_empty()) {
                             return bad("a bridged NIC needs a parent bridge");
+                        }
+                    }
+                    Some("macvlan") => {
+                        let parent = d.get("parent").map(String::as_str).unwrap_or("");
+                        if parent.is_empty() {
+                            return bad("a macvlan NIC needs a parent interface");
+                        }
+                        if parent.len() > 15 || parent.contains('/') || parent.contains(' ') {
+                            return bad(&format!("parent {parent:?} is not an interface name"));
                         }
                     }
                     Some(other) => return bad(&format!("unsupported nictype {other:?}")),

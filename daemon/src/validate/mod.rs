@@ -467,8 +467,22 @@ mod tests {
         assert!(devices(&d).is_ok());
         d.get_mut("eth0")
             .unwrap()
-            .insert("nictype".into(), "macvlan".into());
+            .insert("nictype".into(), "ipvlan".into());
         assert!(devices(&d).is_err());
+        d.get_mut("eth0")
+            .unwrap()
+            .insert("nictype".into(), "macvlan".into());
+        assert!(devices(&d).is_err(), "macvlan without parent");
+        eth0_set(&mut d, "parent", "eth1");
+        assert!(devices(&d).is_ok());
+        eth0_set(&mut d, "host_name", "veth1");
+        assert!(devices(&d).is_err(), "host_name on macvlan");
+        d.get_mut("eth0").unwrap().remove("host_name");
+        d.get_mut("eth0").unwrap().remove("parent");
+        eth0_set(&mut d, "nictype", "p2p");
+        eth0_set(&mut d, "ipv4.address", "10.0.0.30");
+        assert!(devices(&d).is_err(), "a static address on p2p");
+        d.get_mut("eth0").unwrap().remove("ipv4.address");
         d.get_mut("eth0")
             .unwrap()
             .insert("nictype".into(), "bridged".into());
