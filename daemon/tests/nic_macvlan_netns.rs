@@ -1,7 +1,8 @@
 //! macvlan NICs with the real incus CLI: cairnd runs in a network namespace this test
 //! makes, whose `up0` is one end of a veth pair to an "outside" namespace. A container with
 //! `nictype=macvlan parent=up0` reaches the outside directly (no bridge, no NAT); `incus
-//! info` shows the address, MTU and counters measured in the container. Bad input: a
+//! info` shows the address, MTU and counters measured in the container; NICs changed,
+//! added (p2p, on a managed bridge) and removed while it runs are hotplugged. Bad input: a
 //! parent that does not exist (the start is refused, the daemon runs on), keys that do not
 //! apply to the NIC type. Needs root and `ip`; fails loudly without them.
 
@@ -139,10 +140,18 @@ fn a_macvlan_nic_reaches_the_parent_link() {
             && eth0["counters"]["bytes_received"].as_u64().unwrap() > 0,
         "{eth0}"
     );
-    // Not hotplugged yet: a change to a running container's NICs is refused, not stored.
-    let e = d.incus_err(&["config", "device", "set", "c1", "eth0", "mtu=1300"]);
-    assert!(e.contains("running") && e.contains("eth0"), "{e}");
-    let e = d.incus_err(&[
+    let mac = d.incus_ok(&["config", "get", "c1", "volatile.eth0.hwaddr"]);
+    assert_eq!(eth0["hwaddr"], mac.trim(), "{eth0}");
+
+    // Hotplugged into the running container: a changed macvlan, an added p2p veth, an
+    // added NIC on a managed bridge (which gets a DHCP lease), each removed again.
+    d.incus_ok(&["config", "device", "set", "c1", "eth0", "mtu=1300"]);
+    let link = d.incus_ok(&["exec", "c1", "--", "ip", "link", "show", "eth0"]);
+    assert!(
+        link.contains("mtu 1300") && link.contains(mac.trim()),
+        "{link}"
+    );
+    d.incus_ok(&[
         "config",
         "device",
         "add",
@@ -151,10 +160,60 @@ fn a_macvlan_nic_reaches_the_parent_link() {
         "nic",
         "nictype=p2p",
     ]);
-    assert!(e.contains("eth1"), "{e}");
-    let mtu = d.incus_ok(&["config", "device", "get", "c1", "eth0", "mtu"]);
-    assert_eq!(mtu.trim(), "1400");
-    let mac = d.incus_ok(&["config", "get", "c1", "volatile.eth0.hwaddr"]);
-    assert_eq!(eth0["hwaddr"], mac.trim(), "{eth0}");
+    let host = d.incus_ok(&["config", "get", "c1", "volatile.eth1.host_name"]);
+    assert!(
+        !netns::in_ns_fails(&ns_d, &["ip", "link", "show", host.trim()]),
+        "host end {host}"
+    );
+    d.incus_ok(&["exec", "c1", "--", "ip", "link", "show", "eth1"]);
+    d.incus_ok(&[
+        "network",
+        "create",
+        "br1",
+        "ipv4.address=10.78.0.1/24",
+        "ipv6.address=none",
+    ]);
+    let _reap = netns::DnsmasqReaper(d.state.join("networks"));
+    d.incus_ok(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "eth2",
+        "nic",
+        "network=br1",
+        "name=eth2",
+    ]);
+    d.incus_ok(&[
+        "exec", "c1", "--", "udhcpc", "-i", "eth2", "-n", "-q", "-t", "10",
+    ]);
+    let lease = d.incus_ok(&["network", "list-leases", "br1", "--format", "csv"]);
+    assert!(
+        lease.contains("c1,") && lease.contains("10.78.0."),
+        "{lease}"
+    );
+    let e = d.incus_err(&[
+        "config",
+        "device",
+        "add",
+        "c1",
+        "eth3",
+        "nic",
+        "nictype=p2p",
+        "name=eth0",
+    ]);
+    assert!(e.contains("already has an interface eth0"), "{e}");
+    d.incus_ok(&["config", "device", "remove", "c1", "eth1"]);
+    d.incus_ok(&["config", "device", "remove", "c1", "eth2"]);
+    assert!(netns::in_ns_fails(
+        &ns_d,
+        &["ip", "link", "show", host.trim()]
+    ));
+    let links = d.incus_ok(&["exec", "c1", "--", "ip", "-o", "link"]);
+    assert!(
+        !links.contains("eth1") && !links.contains("eth2") && links.contains("eth0"),
+        "{links}"
+    );
     d.incus_ok(&["delete", "--force", "c1"]);
+    d.incus_ok(&["network", "delete", "br1"]);
 }

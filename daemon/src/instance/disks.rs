@@ -220,7 +220,7 @@ pub async fn hotplug(
     Ok(())
 }
 
-/// Applies a profile change to the disks of the running instances that use it, before the
+/// Applies a profile change to the disks and NICs of the running instances that use it, before the
 /// profile is written (as [`hotplug`] does for one instance).
 pub async fn profile_hotplug(d: &Daemon, profile: &ProfileRecord) -> Result<()> {
     let known = super::all_profiles(d)?;
@@ -235,15 +235,14 @@ pub async fn profile_hotplug(d: &Daemon, profile: &ProfileRecord) -> Result<()> 
         }
         let (_, old) = super::expand_from(&known, &rec.profiles, &rec.config, &rec.devices)?;
         let (_, new) = super::expand_from(&updated, &rec.profiles, &rec.config, &rec.devices)?;
-        // Every instance is checked before any disk moves: a refusal changes nothing.
-        super::refuse_live_nic_changes(&rec.name, &old, &new)?;
-        running.push((rec.name, old, new));
+        running.push((rec.name, rec.config, old, new));
     }
-    for (name, old, new) in running {
+    for (name, mut config, old, new) in running {
         let Some(shift) = running_shift(d, &name) else {
             continue;
         };
         hotplug(d, &name, &old, &new, shift).await?;
+        super::nics::hotplug(d, &name, &old, &new, &mut config).await?;
     }
     Ok(())
 }

@@ -241,27 +241,8 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
     // Each start gets fresh host-side veth names, like Incus.
     let mut config = get(&d, name)?.config;
     for (dev, conf) in &ed {
-        // A macvlan's parent is the host's: without it the start would fail inside liblxc
-        // with a message that does not name the device.
-        if conf.get("nictype").map(String::as_str) == Some("macvlan") {
-            let parent = conf.get("parent").map(String::as_str).unwrap_or("");
-            if !crate::network::netlink::exists(parent) {
-                return Err(InstanceError::Invalid(format!(
-                    "Device {dev:?}: parent interface {parent:?} doesn't exist"
-                )));
-            }
-            continue;
-        }
-        if conf.get("type").map(String::as_str) == Some("nic") && !conf.contains_key("host_name") {
-            let key = format!("volatile.{dev}.host_name");
-            let v = super::random_veth_name();
-            d.write(vec![Command::SetInstanceVolatile {
-                name: name.into(),
-                key: key.clone(),
-                value: Some(v.clone()),
-            }])
-            .await?;
-            config.insert(key, v);
+        if conf.get("type").map(String::as_str) == Some("nic") {
+            prepare_nic(&d, name, dev, conf, &mut config).await?;
         }
     }
     let mut full = ec.clone();
@@ -533,6 +514,49 @@ pub async fn rename(d: Arc<Daemon>, from: &str, to: &str) -> Result<()> {
 
 /// Replaces the writable part of an instance (PUT), keeping the daemon's volatile keys.
 ///
+/// What a NIC needs before it is made: a macvlan's parent must exist (liblxc's own failure
+/// would not name the device); a NIC added after the instance was made gets its
+/// `volatile.<dev>.hwaddr` now (kept from then on, as Incus keeps it); a veth a fresh
+/// host-side name, each time. New volatile keys are written and put into `config`.
+pub async fn prepare_nic(
+    d: &Daemon,
+    name: &str,
+    dev: &str,
+    conf: &std::collections::BTreeMap<String, String>,
+    config: &mut ConfigMap,
+) -> Result<()> {
+    let macvlan = conf.get("nictype").map(String::as_str) == Some("macvlan");
+    if macvlan {
+        let parent = conf.get("parent").map(String::as_str).unwrap_or("");
+        if !crate::network::netlink::exists(parent) {
+            return Err(InstanceError::Invalid(format!(
+                "Device {dev:?}: parent interface {parent:?} doesn't exist"
+            )));
+        }
+    }
+    let mut fresh = Vec::new();
+    let mac_key = format!("volatile.{dev}.hwaddr");
+    if !conf.contains_key("hwaddr") && !config.contains_key(&mac_key) {
+        fresh.push((mac_key, super::random_hwaddr()));
+    }
+    if !macvlan && !conf.contains_key("host_name") {
+        fresh.push((
+            format!("volatile.{dev}.host_name"),
+            super::random_veth_name(),
+        ));
+    }
+    for (key, v) in fresh {
+        d.write(vec![Command::SetInstanceVolatile {
+            name: name.into(),
+            key: key.clone(),
+            value: Some(v.clone()),
+        }])
+        .await?;
+        config.insert(key, v);
+    }
+    Ok(())
+}
+
 /// Async for its write: it runs on the runtime, where a cluster write cannot block.
 pub async fn update(
     d: &Daemon,
@@ -559,13 +583,13 @@ pub async fn update(
     // A running container gets its disks mounted and unmounted now, before the record
     // says so; a stopped one mounts them at its next start.
     if super::lxc_state(d, name) == LxcState::Running {
-        super::refuse_live_nic_changes(name, &old_ed, &ed)?;
         let shift = rec
             .config
             .get("volatile.last_state.idmap")
             .and_then(|s| IdShift::from_incus_json(s))
             .unwrap_or_else(|| shift_for(d, &ec));
         super::disks::hotplug(d, name, &old_ed, &ed, shift).await?;
+        super::nics::hotplug(d, name, &old_ed, &ed, &mut config).await?;
     }
     let size = super::root_size(&ed)?;
     if size != super::root_size(&old_ed)? {

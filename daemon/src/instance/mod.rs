@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod lxc;
 pub mod lxc_config;
 pub mod migrate;
+pub mod nics;
 pub mod rootfs_access;
 pub mod sftp;
 pub mod snapshot;
@@ -361,19 +362,6 @@ pub fn nic_changes(old: &DeviceMap, new: &DeviceMap) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-/// NICs are set up when a container starts; until they are hotplugged, a change to a
-/// running container's NICs is refused rather than stored for a later start unannounced.
-pub fn refuse_live_nic_changes(name: &str, old: &DeviceMap, new: &DeviceMap) -> Result<()> {
-    let changed = nic_changes(old, new);
-    if changed.is_empty() {
-        return Ok(());
-    }
-    Err(InstanceError::Invalid(format!(
-        "Instance {name:?} is running: its NICs ({}) cannot be changed until it is stopped",
-        changed.join(", ")
-    )))
 }
 
 pub fn url(name: &str) -> String {

@@ -681,6 +681,16 @@ pub fn attach_nic(
     )
 }
 
+/// Forgets one NIC of an instance in every managed network's dnsmasq (the NIC is gone).
+pub fn detach_nic(d: &Daemon, instance: &str, device: &str) {
+    let drivers: Vec<Arc<Bridge>> = d.networks.lock().values().cloned().collect();
+    for drv in drivers {
+        if let Err(e) = drv.set_host(&format!("{instance}.{device}"), None) {
+            tracing::warn!("forgetting the DHCP host line of {instance}.{device}: {e}");
+        }
+    }
+}
+
 /// Forgets an instance's NICs in every managed network's dnsmasq (the instance is gone).
 pub fn forget_instance(d: &Daemon, instance: &str) {
     let drivers: Vec<Arc<Bridge>> = d.networks.lock().values().cloned().collect();

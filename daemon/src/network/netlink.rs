@@ -9,7 +9,10 @@ use netlink_packet_core::{
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    MacVlanMode,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -57,6 +60,83 @@ pub fn create_bridge(name: &str) -> io::Result<()> {
     )
     .map(drop)
     .map_err(|e| context(e, &format!("creating bridge {name}")))
+}
+
+/// Creates veth pair `host` and `peer`, both in this namespace, down.
+pub fn create_veth(host: &str, peer: &str) -> io::Result<()> {
+    let mut peer_msg = LinkMessage::default();
+    peer_msg
+        .attributes
+        .push(LinkAttribute::IfName(peer.to_string()));
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(host.to_string()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+    ]));
+    request(
+        RouteNetlinkMessage::NewLink(msg),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .map(drop)
+    .map_err(|e| context(e, &format!("creating veth pair {host}/{peer}")))
+}
+
+/// Creates macvlan `name` on `parent`, in bridge mode (Incus's), down.
+pub fn create_macvlan(name: &str, parent: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::Link(index(parent)?));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::MacVlan),
+        LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+            MacVlanMode::Bridge,
+        )])),
+    ]));
+    request(
+        RouteNetlinkMessage::NewLink(msg),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .map(drop)
+    .map_err(|e| context(e, &format!("creating macvlan {name} on {parent}")))
+}
+
+/// Moves link `name` into the network namespace of process `pid`.
+pub fn move_to_netns_of(name: &str, pid: i32) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index(name)?;
+    msg.attributes.push(LinkAttribute::NetNsPid(pid as u32));
+    request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("moving {name} into the netns of {pid}")))
+}
+
+/// Makes link `name` a port of bridge `bridge`.
+pub fn set_master(name: &str, bridge: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index(name)?;
+    msg.attributes
+        .push(LinkAttribute::Controller(index(bridge)?));
+    request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("adding {name} to bridge {bridge}")))
+}
+
+/// Renames link `name` to `new_name` and sets its MAC (`aa:bb:…`); the link must be down.
+pub fn rename_with_mac(name: &str, new_name: &str, mac: &str) -> io::Result<()> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("MAC {mac:?}")))?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index(name)?;
+    msg.attributes
+        .push(LinkAttribute::IfName(new_name.to_string()));
+    msg.attributes.push(LinkAttribute::Address(bytes));
+    request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("renaming {name} to {new_name}")))
 }
 
 /// Deletes link `name` (a bridge: its ports are released, not deleted).
