@@ -34,6 +34,19 @@ pub fn load_listed(list: &Path, dir: &Path) {
     }
 }
 
+/// What cairnd's first managed bridge needs (the bridge, a veth per container, its nft
+/// table with NAT). Loaded at boot at normal priority: left to the nice-19 host-module
+/// job, the kernel's own on-demand load waited behind it for 100-140 s under emulation.
+pub const BRIDGE_MODULES: &[&str] = &[
+    "bridge",
+    "veth",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_ct",
+    "nf_nat",
+];
+
 /// The modules an appliance host needs; missing ones (built in, or not in this kernel) are
 /// reported and skipped.
 pub const HOST_MODULES: &[&str] = &[

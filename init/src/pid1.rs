@@ -141,6 +141,11 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;
+    if seed.network.instances.kind == "bridge" {
+        let _ = std::thread::Builder::new()
+            .name("bridge-modules".into())
+            .spawn(|| kmod::ensure(kmod::BRIDGE_MODULES));
+    }
     let hostname = seed
         .hostname
         .clone()
