@@ -141,11 +141,7 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
 
     let loaded = seedsource::load(disk.as_deref());
     let seed = loaded.seed;
-    if seed.network.instances.kind == "bridge" {
-        let _ = std::thread::Builder::new()
-            .name("bridge-modules".into())
-            .spawn(|| kmod::ensure(kmod::BRIDGE_MODULES));
-    }
+
     let hostname = seed
         .hostname
         .clone()
@@ -202,6 +198,13 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
         .unwrap_or_default()
         .split_whitespace()
         .any(|w| w == "cairn.debug=1");
+    // A supervised job (PID 1's reaping would race a thread's own wait), at normal
+    // priority, next to cairnd: its first bridge needs them within seconds.
+    if seed.network.instances.kind == "bridge" {
+        let mut argv = vec!["/usr/sbin/modprobe", "-a", "-b", "-q"];
+        argv.extend_from_slice(kmod::BRIDGE_MODULES);
+        sup.add(ServiceSpec::job("bridge-modules", &argv));
+    }
     let specs: Vec<ServiceSpec> = services::after_network(debug);
     let has_cairnd = specs
         .iter()

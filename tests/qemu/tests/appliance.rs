@@ -561,9 +561,14 @@ fn launch_on_the_zfs_default_pool_and_a_volume_survives_a_reboot() {
         pools.contains("default,zfs") && pools.contains("CREATED"),
         "after reboot: {pools}"
     );
-    let state = run(&["list", "lab:c1", "-c", "s", "--format", "csv"]);
-    if !state.contains("RUNNING") {
-        run(&["start", "lab:c1"]);
+    // c1 was running at the shutdown: cairnd starts it again once its networks are up.
+    let start = std::time::Instant::now();
+    while !run(&["list", "lab:c1", "-c", "s", "--format", "csv"]).contains("RUNNING") {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "c1 was not started again after the reboot"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
     let hello = run(&["exec", "lab:c1", "--", "cat", "/data/hello"]);
     assert_eq!(hello.trim(), "hello", "the volume's file after the reboot");
@@ -596,8 +601,20 @@ fn operator_reads_services_and_logs_and_powers_off_through_the_os_api() {
         Some(serde_json::json!("running")),
         "services: {services}"
     );
-    let log = api::get_text(&lab.cert, &url, "/os/1.0/services/cairnd/log").expect("cairnd log");
-    assert!(log.contains("cairnd ready"), "cairnd's log: {log}");
+    // "cairnd ready" follows the API by the network restore (about a second under TCG).
+    let start = std::time::Instant::now();
+    loop {
+        let log =
+            api::get_text(&lab.cert, &url, "/os/1.0/services/cairnd/log").expect("cairnd log");
+        if log.contains("cairnd ready") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "cairnd's log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // cairn-init refuses names it does not supervise (404), path tricks included.
     for bad in ["nope", "..%2Finit"] {
         let path = format!("/os/1.0/services/{bad}/log");
