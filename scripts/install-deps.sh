@@ -3,7 +3,8 @@
 # (bindgen reads them), libclang, busybox-static (test images), lxcfs, uidmap, dnsmasq-base
 # (the DHCP server of the DHCP client test and of managed bridge networks), nftables (their
 # NAT), btrfs-progs (the btrfs storage driver), a root subordinate id range, the real incus
-# CLI (Debian trixie's incus-client) and pylxd in a venv.
+# CLI (Debian trixie's incus-client), pylxd in a venv, and ovn-central's programs (the
+# cairn-ovn tests; its services are not started).
 # Idempotent; safe to run on every CI start.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +21,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ovn-central (ovsdb-server, ovn-northd, ovn-nbctl) for the cairn-ovn tests, which run their
+# own daemons on unix sockets in a temporary directory: the package's services must not
+# start on this host, so invoke-rc.d is told no for the install (unless a policy exists).
+if ! dpkg-query -W -f='${Status}' ovn-central 2>/dev/null | grep -q 'install ok installed'; then
+  echo "install-deps: installing ovn-central (its services left stopped)"
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ovn-central >/dev/null
+  if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # liblxc insists on a subordinate range for root once newuidmap is installed.
