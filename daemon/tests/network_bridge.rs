@@ -210,6 +210,22 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     assert!(in_ns_fails(&ns_name, &["ip", "link", "show", "br3"]));
     assert!(d.is_alive(), "cairnd died on bad input:\n{}", d.log());
 
+    // A NAT source address and a lease time reach the table and dnsmasq's config.
+    d.incus_ok(&[
+        "network",
+        "set",
+        "br1",
+        "ipv4.nat.address=10.99.0.1",
+        "ipv4.dhcp.expiry=30m",
+    ]);
+    let table = in_ns(&ns_name, &["nft", "list", "table", "inet", "cairn_br1"]);
+    assert!(table.contains("snat ip to 10.99.0.1"), "{table}");
+    let conf = std::fs::read_to_string(d.state.join("networks/br1/dnsmasq.conf")).unwrap();
+    assert!(conf.contains(",30m\n"), "{conf}");
+    let e = d.incus_err(&["network", "set", "br1", "ipv4.dhcp.expiry=soon"]);
+    assert!(e.contains("ipv4.dhcp.expiry"), "{e}");
+    d.incus_ok(&["network", "unset", "br1", "ipv4.nat.address"]);
+
     // Set: re-applied live (NAT off drops the masquerade rule; a new address replaces the old).
     d.incus_ok(&["network", "set", "br1", "ipv4.nat=false"]);
     let table = in_ns(&ns_name, &["nft", "list", "table", "inet", "cairn_br1"]);

@@ -17,6 +17,8 @@ pub const BRIDGE_KEYS: &[&str] = &[
     "ipv4.nat",
     "ipv4.dhcp",
     "ipv4.dhcp.ranges",
+    "ipv4.dhcp.expiry",
+    "ipv4.nat.address",
     "ipv6.address",
     "ipv6.nat",
     "ipv6.dhcp",
@@ -202,6 +204,11 @@ pub struct BridgeSpec {
     pub nat: bool,
     pub dhcp: bool,
     pub dhcp_ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// The DHCPv4 lease time as dnsmasq takes it (`1h`, `45m`, `7200`, `infinite`).
+    pub dhcp_expiry: String,
+    /// `ipv4.nat.address`: the source address NATed traffic leaves with (SNAT), instead
+    /// of whatever the outgoing interface has (masquerade).
+    pub nat_address: Option<Ipv4Addr>,
     pub domain: String,
     pub mtu: Option<u32>,
     /// The bridge's IPv6 gateway; router advertisements make instances SLAAC addresses.
@@ -298,6 +305,28 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
             dhcp_ranges.push((a, b));
         }
     }
+    let dhcp_expiry = get("ipv4.dhcp.expiry")
+        .cloned()
+        .unwrap_or_else(|| "1h".into());
+    let expiry_ok = dhcp_expiry == "infinite"
+        || dhcp_expiry
+            .strip_suffix(['s', 'm', 'h', 'd', 'w'])
+            .unwrap_or(&dhcp_expiry)
+            .parse::<u32>()
+            .is_ok_and(|n| n > 0);
+    if !expiry_ok {
+        return Err(bad(
+            "ipv4.dhcp.expiry",
+            format!("{dhcp_expiry:?} is not a lease time (like 1h, 45m, 3600 or infinite)"),
+        ));
+    }
+    let nat_address = match get("ipv4.nat.address") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<Ipv4Addr>()
+                .map_err(|_| bad("ipv4.nat.address", format!("{v:?} is not an IPv4 address")))?,
+        ),
+    };
     let mtu = match get("bridge.mtu") {
         None => None,
         Some(v) => Some(
@@ -327,6 +356,8 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
         nat: boolean("ipv4.nat", config.get("ipv4.nat"), false)?,
         dhcp: boolean("ipv4.dhcp", config.get("ipv4.dhcp"), true)?,
         dhcp_ranges,
+        dhcp_expiry,
+        nat_address,
         domain,
         mtu,
         ipv6,
@@ -409,6 +440,27 @@ mod tests {
         ] {
             assert!(parse_gateway("k", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lease_time_and_nat_address() {
+        let base = [("ipv4.address", "10.1.2.1/24"), ("ipv4.nat", "true")];
+        let with = |k: &str, v: &str| {
+            let mut c = conf(&base);
+            c.insert(k.into(), v.into());
+            parse("br1", &c)
+        };
+        assert_eq!(parse("br1", &conf(&base)).unwrap().dhcp_expiry, "1h");
+        for ok in ["30m", "7200", "infinite", "2d"] {
+            assert_eq!(with("ipv4.dhcp.expiry", ok).unwrap().dhcp_expiry, ok);
+        }
+        for bad in ["soon", "0", "1y", "-5m", "1h,2h"] {
+            let e = with("ipv4.dhcp.expiry", bad).unwrap_err().to_string();
+            assert!(e.contains("ipv4.dhcp.expiry"), "{bad}: {e}");
+        }
+        let s = with("ipv4.nat.address", "192.0.2.9").unwrap();
+        assert_eq!(s.nat_address, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        assert!(with("ipv4.nat.address", "192.0.2.300").is_err());
     }
 
     #[test]

@@ -63,7 +63,11 @@ pub fn render(spec: &BridgeSpec, dir: &Path) -> String {
                 line(format!("dhcp-option-force=26,{m}"));
             }
             for (a, b) in spec.ranges() {
-                line(format!("dhcp-range={a},{b},{},1h", c.netmask()));
+                line(format!(
+                    "dhcp-range={a},{b},{},{}",
+                    c.netmask(),
+                    spec.dhcp_expiry
+                ));
             }
         }
     }
@@ -371,6 +375,8 @@ mod tests {
             nat: true,
             dhcp: true,
             dhcp_ranges: vec![],
+            dhcp_expiry: "1h".into(),
+            nat_address: None,
             domain: "lab".into(),
             mtu: Some(1400),
             ipv6: None,

@@ -56,9 +56,11 @@ pub fn render(spec: &BridgeSpec) -> String {
     let mut nat = String::new();
     if let (true, Some(c)) = (spec.nat, spec.ipv4) {
         let net = format!("{}/{}", c.network(), c.prefix);
-        nat.push_str(&format!(
-            "    ip saddr {net} ip daddr != {net} masquerade\n"
-        ));
+        let action = match spec.nat_address {
+            Some(a) => format!("snat to {a}"),
+            None => "masquerade".into(),
+        };
+        nat.push_str(&format!("    ip saddr {net} ip daddr != {net} {action}\n"));
     }
     if let (true, Some(c)) = (spec.nat6, spec.ipv6) {
         let net = format!("{}/{}", c.network(), c.prefix);
@@ -122,6 +124,8 @@ mod tests {
             nat,
             dhcp: true,
             dhcp_ranges: vec![],
+            dhcp_expiry: "1h".into(),
+            nat_address: None,
             domain: "incus".into(),
             mtu: None,
             ipv6: Some(crate::network::config::Ipv6Cidr {
@@ -153,6 +157,14 @@ mod tests {
         assert!(
             r.contains("iifname \"br-1\" meta nfproto ipv6 accept"),
             "{r}"
+        );
+        let mut snat = spec(true);
+        snat.nat_address = Some(Ipv4Addr::new(192, 0, 2, 9));
+        let r3 = render(&snat);
+        assert!(
+            r3.contains("ip daddr != 10.123.0.0/24 snat to 192.0.2.9")
+                && r3.matches("masquerade").count() == 1,
+            "{r3}"
         );
         let mut off = spec(true);
         off.firewall4 = false;
