@@ -186,7 +186,27 @@ fn zpool_create(pool: &str, zpool: &str, vdev: &Path, force: bool) -> Result<(),
     }
     args.push(zpool.as_ref());
     args.push(vdev.as_os_str());
-    runner::run("zpool", args).map(|_| ()).map_err(run_err(
+    let first = runner::run("zpool", &args);
+    // zpool labels a whole disk, then waits 30 s for udev to announce the new partition.
+    // On a loaded first boot (coldplug, module loads, emulation) udev's queue can take
+    // longer: wait for it to drain and try again, over the label zpool already wrote.
+    let result = match first {
+        Err(runner::RunError::Failed { ref stderr, .. })
+            if stderr.contains("failed to detect device partitions") =>
+        {
+            tracing::warn!(
+                pool,
+                "zpool create: udev was slow to show the partition; waiting for it and retrying"
+            );
+            let _ = runner::run("udevadm", ["settle", "--timeout=30"]);
+            if !force {
+                args.insert(1, "-f".as_ref());
+            }
+            runner::run("zpool", &args)
+        }
+        other => other,
+    };
+    result.map(|_| ()).map_err(run_err(
         pool,
         format!("creating zpool {zpool} on {}", vdev.display()),
     ))
