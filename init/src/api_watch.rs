@@ -4,7 +4,7 @@
 //! A probe never holds up the main loop for long: the connect is non-blocking (a daemon
 //! that stopped accepting fills its listen backlog, and a blocking connect would then wait
 //! forever), reads and writes time out. An appliance whose daemon hangs cannot be managed
-//! at all, so after [`HUNG_AFTER`] without an answer the watchdog writes where each of
+//! at all, so after [`HUNG_AFTER`] without an answer ([`STARTUP_GRACE`] before its first) the watchdog writes where each of
 //! cairnd's threads is waiting to the console (so the hang can be diagnosed from the
 //! serial log) and kills it; the supervisor starts it again. Containers keep running.
 
@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 pub const API_SOCKET: &str = "/var/lib/cairn/unix.socket";
 /// How long cairnd may go without answering (also after its start) before it is restarted.
 pub const HUNG_AFTER: Duration = Duration::from_secs(120);
+/// How long a freshly started cairnd may take to answer at all: a first start makes the
+/// preseed's pool (a zpool on a data disk waits for udev, which a loaded first boot keeps
+/// busy) before it listens, and killing it part way leaves a disk it then refuses.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(600);
 /// How often the watchdog asks once the boot's own probing is over.
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,6 +76,8 @@ pub struct Watchdog {
     pid: Option<Pid>,
     last_ok: Instant,
     next_probe: Instant,
+    /// Whether this process has answered once: until then [`STARTUP_GRACE`] applies.
+    has_answered: bool,
 }
 
 impl Watchdog {
@@ -80,12 +86,14 @@ impl Watchdog {
             pid: None,
             last_ok: now,
             next_probe: now,
+            has_answered: false,
         }
     }
 
     /// The boot's own probe saw an answer.
     pub fn answered(&mut self, now: Instant) {
         self.last_ok = now;
+        self.has_answered = true;
     }
 
     /// Called each main-loop turn with cairnd's pid (None while it is not running). Returns
@@ -101,6 +109,7 @@ impl Watchdog {
             self.pid = pid;
             self.last_ok = now;
             self.next_probe = now + PROBE_EVERY;
+            self.has_answered = false;
         }
         let pid = pid?;
         if now < self.next_probe {
@@ -109,9 +118,15 @@ impl Watchdog {
         self.next_probe = now + PROBE_EVERY;
         if probe() {
             self.last_ok = now;
+            self.has_answered = true;
             return None;
         }
-        if now.duration_since(self.last_ok) < HUNG_AFTER {
+        let limit = if self.has_answered {
+            HUNG_AFTER
+        } else {
+            STARTUP_GRACE
+        };
+        if now.duration_since(self.last_ok) < limit {
             return None;
         }
         self.last_ok = now;
@@ -122,10 +137,7 @@ impl Watchdog {
 /// Writes where each thread of `pid` waits (state, kernel wait channel, kernel stack) to the
 /// console, then kills it.
 pub fn restart_hung(pid: Pid) {
-    info!(
-        "cairnd (pid {pid}) has not answered on {API_SOCKET} for {} s: restarting it",
-        HUNG_AFTER.as_secs()
-    );
+    info!("cairnd (pid {pid}) has not answered on {API_SOCKET} in time: restarting it");
     for line in thread_report(pid.as_raw()) {
         info!("cairnd hung: {line}");
     }
@@ -176,16 +188,18 @@ mod tests {
         let silent = || false;
         assert_eq!(w.poll(t0, pid, silent), None);
         assert_eq!(w.poll(t0 + Duration::from_secs(60), pid, silent), None);
-        assert_eq!(w.poll(t0 + HUNG_AFTER, pid, silent), pid);
+        // Before its first answer it has the startup grace, not the hang limit.
+        assert_eq!(w.poll(t0 + HUNG_AFTER, pid, silent), None);
+        assert_eq!(w.poll(t0 + STARTUP_GRACE, pid, silent), pid);
         // The same hang is not reported again right away.
-        assert_eq!(w.poll(t0 + HUNG_AFTER + PROBE_EVERY, pid, silent), None);
+        assert_eq!(w.poll(t0 + STARTUP_GRACE + PROBE_EVERY, pid, silent), None);
         // A restarted daemon has the whole grace period again.
         let new = Some(Pid::from_raw(43));
-        let t1 = t0 + HUNG_AFTER * 2;
+        let t1 = t0 + STARTUP_GRACE * 2;
         assert_eq!(w.poll(t1, new, silent), None);
-        assert_eq!(w.poll(t1 + HUNG_AFTER - PROBE_EVERY, new, silent), None);
+        assert_eq!(w.poll(t1 + STARTUP_GRACE - PROBE_EVERY, new, silent), None);
         // Answers keep it alive however long it runs.
-        let t2 = t1 + HUNG_AFTER;
+        let t2 = t1 + STARTUP_GRACE;
         assert_eq!(w.poll(t2, new, || true), None);
         assert_eq!(w.poll(t2 + HUNG_AFTER - PROBE_EVERY, new, silent), None);
         assert_eq!(w.poll(t2 + HUNG_AFTER + PROBE_EVERY, new, silent), new);
