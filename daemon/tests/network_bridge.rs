@@ -226,6 +226,43 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     assert!(e.contains("ipv4.dhcp.expiry"), "{e}");
     d.incus_ok(&["network", "unset", "br1", "ipv4.nat.address"]);
 
+    // dns.mode=none: no local domain in dnsmasq; a bad mode is refused.
+    d.incus_ok(&["network", "set", "br1", "dns.mode=none"]);
+    let conf = std::fs::read_to_string(d.state.join("networks/br1/dnsmasq.conf")).unwrap();
+    assert!(!conf.contains("local=/"), "{conf}");
+    let e = d.incus_err(&["network", "set", "br1", "dns.mode=loud"]);
+    assert!(e.contains("dns.mode"), "{e}");
+    d.incus_ok(&["network", "unset", "br1", "dns.mode"]);
+
+    // bridge.external_interfaces: an unconfigured interface becomes a port and is let go
+    // again; a missing or addressed one is refused and the bridge keeps its ports.
+    ip(&[
+        "-n", &ns_name, "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p",
+    ]);
+    d.incus_ok(&["network", "set", "br1", "bridge.external_interfaces=ext0"]);
+    let ext = in_ns(&ns_name, &["ip", "-o", "link", "show", "dev", "ext0"]);
+    assert!(ext.contains("master br1"), "{ext}");
+    let e = d.incus_err(&[
+        "network",
+        "set",
+        "br1",
+        "bridge.external_interfaces=nosuch0",
+    ]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = d.incus_err(&["network", "set", "br1", "bridge.external_interfaces=up0"]);
+    assert!(e.contains("has addresses"), "{e}");
+    let ext = in_ns(&ns_name, &["ip", "-o", "link", "show", "dev", "ext0"]);
+    assert!(
+        ext.contains("master br1"),
+        "a refused change let ext0 go: {ext}"
+    );
+    let up0 = in_ns(&ns_name, &["ip", "-br", "addr", "show", "dev", "up0"]);
+    assert!(up0.contains("192.0.2.1/24"), "{up0}");
+    d.incus_ok(&["network", "unset", "br1", "bridge.external_interfaces"]);
+    let ext = in_ns(&ns_name, &["ip", "-o", "link", "show", "dev", "ext0"]);
+    assert!(!ext.contains("master"), "{ext}");
+    ip(&["-n", &ns_name, "link", "del", "ext0"]);
+
     // Set: re-applied live (NAT off drops the masquerade rule; a new address replaces the old).
     d.incus_ok(&["network", "set", "br1", "ipv4.nat=false"]);
     let table = in_ns(&ns_name, &["nft", "list", "table", "inet", "cairn_br1"]);
@@ -309,6 +346,24 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
         "c1 cannot reach the outside through NAT: {}",
         String::from_utf8_lossy(&ping.stdout)
     );
+    // ipv4.routing=false: the gateway still answers, nothing beyond it does.
+    d.incus_ok(&["network", "set", "br1", "ipv4.routing=false"]);
+    let table = in_ns(&ns_name, &["nft", "list", "table", "inet", "cairn_br1"]);
+    assert!(table.contains("reject"), "{table}");
+    let out_ping = |d: &TestDaemon, to: &str| {
+        d.incus_cmd_timeout(30, &["exec", "c1", "--", "ping", "-c1", "-W2", to])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        !out_ping(&d, "192.0.2.2"),
+        "forwarded with ipv4.routing=false"
+    );
+    assert!(out_ping(&d, "10.99.0.1"), "the gateway stopped answering");
+    d.incus_ok(&["network", "unset", "br1", "ipv4.routing"]);
+    assert!(out_ping(&d, "192.0.2.2"), "not forwarded again after unset");
     let show = d.incus_ok(&["network", "show", "br1"]);
     assert!(show.contains("/1.0/instances/c1"), "{show}");
     assert_nothing_readable_by_nobody(&d.state.join("networks"));

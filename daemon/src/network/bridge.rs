@@ -64,6 +64,48 @@ fn read_sys(name: &str, file: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Makes the spec's `bridge.external_interfaces` ports of the bridge, and releases those
+/// an earlier spec listed and this one does not. Like Incus, only an unconfigured
+/// interface is taken: an address on it would be cut off by the bridge.
+fn attach_external(spec: &BridgeSpec, before: Option<&BridgeSpec>) -> Result<(), NetworkError> {
+    let key = "bridge.external_interfaces";
+    let bridge = netlink::index(&spec.name).map_err(io)?;
+    let links = netlink::links().map_err(io)?;
+    let addrs = netlink::addresses().map_err(io)?;
+    for e in &spec.external {
+        let l = links.iter().find(|l| l.name == *e).ok_or_else(|| {
+            NetworkError::Invalid(format!(
+                "{key}: interface {e:?} does not exist on this server"
+            ))
+        })?;
+        if l.master == Some(bridge) {
+            continue;
+        }
+        if l.master.is_some() {
+            return Err(NetworkError::Invalid(format!(
+                "{key}: interface {e:?} is already a port of another bridge or bond"
+            )));
+        }
+        let configured = addrs.iter().any(|a| {
+            a.index == l.index
+                && !matches!(a.addr, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+        });
+        if configured {
+            return Err(NetworkError::Invalid(format!(
+                "{key}: interface {e:?} has addresses: only unconfigured interfaces can be bridged"
+            )));
+        }
+        netlink::set_master(e, &spec.name).map_err(io)?;
+        netlink::link_up(e).map_err(io)?;
+    }
+    for old in before.map(|b| b.external.as_slice()).unwrap_or_default() {
+        if !spec.external.contains(old) && netlink::exists(old) {
+            netlink::set_nomaster(old).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 impl NetworkDriver for Bridge {
     fn kind(&self) -> &'static str {
         "bridge"
@@ -115,12 +157,13 @@ impl NetworkDriver for Bridge {
             netlink::replace_address6(name, c.addr, c.prefix).map_err(io)?;
         }
         netlink::link_up(name).map_err(io)?;
-        if spec.nat {
+        attach_external(&spec, run.spec.as_ref())?;
+        if spec.ipv4.is_some() && spec.routing4 {
             // Per network namespace: what routing between the bridge and the uplink needs.
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                 .map_err(|e| NetworkError::Io(format!("enabling IPv4 forwarding: {e}")))?;
         }
-        if spec.ipv6.is_some() {
+        if spec.ipv6.is_some() && spec.routing6 {
             // The bridge routes for its /64 (dnsmasq advertises it as a router). Forwarding
             // turns off router advertisements being accepted on interfaces set to 1; the
             // ones that take them (the uplink's SLAAC) are set to 2, which keeps them.

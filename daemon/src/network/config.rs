@@ -22,9 +22,24 @@ pub const BRIDGE_KEYS: &[&str] = &[
     "ipv6.address",
     "ipv6.nat",
     "ipv6.dhcp",
+    "ipv4.routing",
+    "ipv6.routing",
     "dns.domain",
+    "dns.mode",
     "bridge.mtu",
+    "bridge.external_interfaces",
 ];
+
+/// Incus's `dns.mode`: which names dnsmasq gives the instances' addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsMode {
+    /// `<instance>.<dns.domain>` from the names cairnd gives dnsmasq (the default).
+    Managed,
+    /// The names the DHCP clients send.
+    Dynamic,
+    /// No records, and no local domain.
+    None,
+}
 
 /// An IPv4 address with its prefix length (`10.0.0.1/24`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +235,12 @@ pub struct BridgeSpec {
     /// instances reach dnsmasq and be forwarded (the table's input and forward chains).
     pub firewall4: bool,
     pub firewall6: bool,
+    /// `ipv4.routing`/`ipv6.routing`: whether traffic is forwarded in and out of the bridge.
+    pub routing4: bool,
+    pub routing6: bool,
+    pub dns_mode: DnsMode,
+    /// `bridge.external_interfaces`: unconfigured host interfaces made ports of the bridge.
+    pub external: Vec<String>,
 }
 
 impl BridgeSpec {
@@ -350,6 +371,59 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
             format!("{domain:?} is not a domain name"),
         ));
     }
+    let dns_mode = match get("dns.mode").map(String::as_str) {
+        None | Some("managed") => DnsMode::Managed,
+        Some("dynamic") => DnsMode::Dynamic,
+        Some("none") => DnsMode::None,
+        Some(o) => {
+            return Err(bad(
+                "dns.mode",
+                format!("{o:?} is not one of managed, dynamic, none"),
+            ))
+        }
+    };
+    let mut external: Vec<String> = Vec::new();
+    for e in get("bridge.external_interfaces")
+        .map(|v| v.split(',').map(str::trim).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if e.contains('/') {
+            return Err(bad(
+                "bridge.external_interfaces",
+                format!("{e:?}: the NAME/PARENT/VLAN form (a VLAN made on demand) is not supported; make the VLAN interface and name it"),
+            ));
+        }
+        valid_name(e).map_err(|_| {
+            bad(
+                "bridge.external_interfaces",
+                format!("{e:?} is not an interface name"),
+            )
+        })?;
+        if e == name {
+            return Err(bad(
+                "bridge.external_interfaces",
+                "a bridge cannot be its own port",
+            ));
+        }
+        if external.iter().any(|x| x == e) {
+            return Err(bad(
+                "bridge.external_interfaces",
+                format!("{e:?} is listed twice"),
+            ));
+        }
+        external.push(e.to_string());
+    }
+    for (k, needs) in [
+        ("ipv4.routing", ipv4.is_some()),
+        ("ipv6.routing", ipv6.is_some()),
+    ] {
+        if !needs && get(k).is_some() {
+            return Err(bad(
+                k,
+                format!("needs {}", k.replace(".routing", ".address")),
+            ));
+        }
+    }
     Ok(BridgeSpec {
         name: name.to_string(),
         ipv4,
@@ -365,6 +439,10 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
         dhcp6: boolean("ipv6.dhcp", config.get("ipv6.dhcp"), true)?,
         firewall4: boolean("ipv4.firewall", config.get("ipv4.firewall"), true)?,
         firewall6: boolean("ipv6.firewall", config.get("ipv6.firewall"), true)?,
+        routing4: boolean("ipv4.routing", config.get("ipv4.routing"), true)?,
+        routing6: boolean("ipv6.routing", config.get("ipv6.routing"), true)?,
+        dns_mode,
+        external,
     })
 }
 
@@ -526,7 +604,13 @@ mod tests {
     fn bad_keys_and_values_are_refused_with_the_key_named() {
         for (k, v) in [
             ("ipv4.firewall", "sometimes"),
-            ("ipv4.routing", "true"),
+            ("ipv4.routing", "sometimes"),
+            ("ipv6.routing", "false"),
+            ("dns.mode", "loud"),
+            ("bridge.external_interfaces", "eth1.5/eth1/5"),
+            ("bridge.external_interfaces", "br1"),
+            ("bridge.external_interfaces", "eth1,eth1"),
+            ("bridge.driver", "openvswitch"),
             ("bogus", "1"),
             ("ipv6.address", "fd00::/64"),
             ("ipv6.address", "fd00::1/48"),

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::config::BridgeSpec;
+use super::config::{BridgeSpec, DnsMode};
 use super::NetworkError;
 
 pub const PROGRAM: &str = "dnsmasq";
@@ -41,9 +41,11 @@ pub fn render(spec: &BridgeSpec, dir: &Path) -> String {
     if let Some(c) = spec.ipv6 {
         line(format!("listen-address={}", c.addr));
     }
-    line(format!("domain={}", spec.domain));
-    line(format!("local=/{}/", spec.domain));
-    line("expand-hosts".into());
+    if spec.dns_mode != DnsMode::None {
+        line(format!("domain={}", spec.domain));
+        line(format!("local=/{}/", spec.domain));
+        line("expand-hosts".into());
+    }
     if spec.dhcp {
         if let Some(c) = spec.ipv4 {
             line("dhcp-authoritative".into());
@@ -94,12 +96,18 @@ pub fn render(spec: &BridgeSpec, dir: &Path) -> String {
     out
 }
 
-/// One instance NIC's hosts-dir line: `mac[,ip],name` (dnsmasq's `dhcp-host` syntax).
-pub fn host_line(hwaddr: &str, ipv4: Option<Ipv4Addr>, hostname: &str) -> String {
-    match ipv4 {
-        Some(ip) => format!("{hwaddr},{ip},{hostname}\n"),
-        None => format!("{hwaddr},{hostname}\n"),
+/// One instance NIC's hosts-dir line: `mac[,ip][,name]` (dnsmasq's `dhcp-host` syntax);
+/// none when there is neither an address nor a name to give (`dns.mode` other than
+/// managed and no reservation), as Incus writes it.
+pub fn host_line(hwaddr: &str, ipv4: Option<Ipv4Addr>, hostname: Option<&str>) -> Option<String> {
+    let mut l = hwaddr.to_string();
+    if let Some(ip) = ipv4 {
+        l.push_str(&format!(",{ip}"));
     }
+    if let Some(h) = hostname {
+        l.push_str(&format!(",{h}"));
+    }
+    (l != hwaddr).then(|| l + "\n")
 }
 
 /// One line of dnsmasq's leases file.
@@ -384,6 +392,10 @@ mod tests {
             dhcp6: true,
             firewall4: true,
             firewall6: true,
+            routing4: true,
+            routing6: true,
+            dns_mode: crate::network::config::DnsMode::Managed,
+            external: vec![],
         }
     }
 
@@ -408,6 +420,10 @@ mod tests {
         s.dhcp = false;
         let c = render(&s, Path::new("/x"));
         assert!(!c.contains("dhcp-range") && c.contains("domain=lab"));
+        s.dns_mode = DnsMode::None;
+        let c = render(&s, Path::new("/x"));
+        assert!(!c.contains("domain=") && !c.contains("local="), "{c}");
+        s.dns_mode = DnsMode::Managed;
         s.ipv6 = Some(crate::network::config::Ipv6Cidr {
             addr: "fd42:1:2:3::1".parse().unwrap(),
             prefix: 64,
@@ -426,13 +442,19 @@ mod tests {
     #[test]
     fn host_lines_and_leases() {
         assert_eq!(
-            host_line("10:66:6a:00:00:01", None, "c1"),
+            host_line("10:66:6a:00:00:01", None, Some("c1")).unwrap(),
             "10:66:6a:00:00:01,c1\n"
         );
         assert_eq!(
-            host_line("10:66:6a:00:00:01", Some(Ipv4Addr::new(10, 0, 0, 9)), "c1"),
+            host_line(
+                "10:66:6a:00:00:01",
+                Some(Ipv4Addr::new(10, 0, 0, 9)),
+                Some("c1")
+            )
+            .unwrap(),
             "10:66:6a:00:00:01,10.0.0.9,c1\n"
         );
+        assert_eq!(host_line("10:66:6a:00:00:01", None, None), None);
         let text = "1700000000 10:66:6a:00:00:01 10.123.0.50 c1 01:10:66:6a:00:00:01\n\
                     1700000000 10:66:6a:00:00:02 10.123.0.9 * *\nduid 00:01\ngarbage\n";
         let l = parse_leases(text, &["10:66:6a:00:00:02".into()]);

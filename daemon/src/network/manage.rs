@@ -675,9 +675,15 @@ pub fn attach_nic(
             "Device {device:?}: hwaddr {hwaddr:?} is not a MAC address"
         )));
     }
+    // dns.mode=managed (the default) names the address after the instance; dynamic
+    // leaves the name to the client, none gives no name.
+    let managed = matches!(
+        rec.config.get("dns.mode").map(String::as_str),
+        None | Some("") | Some("managed")
+    );
     d.networks.driver(&rec.name).set_host(
         &format!("{instance}.{device}"),
-        Some(super::dnsmasq::host_line(hwaddr, ip, instance)),
+        super::dnsmasq::host_line(hwaddr, ip, managed.then_some(instance)),
     )
 }
 

@@ -122,6 +122,16 @@ pub fn set_master(name: &str, bridge: &str) -> io::Result<()> {
         .map_err(|e| context(e, &format!("adding {name} to bridge {bridge}")))
 }
 
+/// Takes link `name` out of the bridge it is a port of.
+pub fn set_nomaster(name: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index(name)?;
+    msg.attributes.push(LinkAttribute::Controller(0));
+    request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+        .map_err(|e| context(e, &format!("releasing {name} from its bridge")))
+}
+
 /// Renames link `name` to `new_name` and sets its MAC (`aa:bb:…`); the link must be down.
 pub fn rename_with_mac(name: &str, new_name: &str, mac: &str) -> io::Result<()> {
     let bytes: Vec<u8> = mac
@@ -266,6 +276,8 @@ pub struct Link {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// The index of the bridge (or bond) the link is a port of.
+    pub master: Option<u32>,
 }
 
 /// Every interface of the calling thread's network namespace.
@@ -288,6 +300,7 @@ pub fn links() -> io::Result<Vec<Link>> {
             match a {
                 LinkAttribute::IfName(n) => l.name = n.clone(),
                 LinkAttribute::Mtu(v) => l.mtu = *v,
+                LinkAttribute::Controller(i) if *i != 0 => l.master = Some(*i),
                 LinkAttribute::Address(b) if b.len() == 6 => {
                     l.hwaddr = b
                         .iter()

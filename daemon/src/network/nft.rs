@@ -22,10 +22,11 @@ pub fn render(spec: &BridgeSpec) -> String {
     // tables still get their say: an accept here is not final for them.
     let mut input = String::new();
     let mut forward = String::new();
-    for (on, fam, udp, extra) in [
-        (spec.firewall4, "ipv4", "53, 67", ""),
+    for (on, routed, fam, udp, extra) in [
+        (spec.firewall4, spec.routing4, "ipv4", "53, 67", ""),
         (
             spec.firewall6 && spec.ipv6.is_some(),
+            spec.routing6,
             "ipv6",
             "53, 547",
             "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
@@ -41,8 +42,11 @@ pub fn render(spec: &BridgeSpec) -> String {
         if !extra.is_empty() {
             input.push_str(&format!("    iifname \"{br}\" {extra}\n"));
         }
+        // `ipv4.routing=false`: the instances reach the host, nothing beyond it (the
+        // ports of the bridge still talk to each other: bridged, not forwarded).
+        let verdict = if routed { "accept" } else { "reject" };
         forward.push_str(&format!(
-            "    iifname \"{br}\" meta nfproto {fam} accept\n    oifname \"{br}\" meta nfproto {fam} accept\n"
+            "    iifname \"{br}\" meta nfproto {fam} {verdict}\n    oifname \"{br}\" meta nfproto {fam} {verdict}\n"
         ));
     }
     if !input.is_empty() {
@@ -136,6 +140,10 @@ mod tests {
             dhcp6: true,
             firewall4: true,
             firewall6: true,
+            routing4: true,
+            routing6: true,
+            dns_mode: crate::network::config::DnsMode::Managed,
+            external: vec![],
         }
     }
 
@@ -165,6 +173,14 @@ mod tests {
             r3.contains("ip daddr != 10.123.0.0/24 snat to 192.0.2.9")
                 && r3.matches("masquerade").count() == 1,
             "{r3}"
+        );
+        let mut unrouted = spec(true);
+        unrouted.routing4 = false;
+        let r4 = render(&unrouted);
+        assert!(
+            r4.contains("iifname \"br-1\" meta nfproto ipv4 reject")
+                && r4.contains("oifname \"br-1\" meta nfproto ipv6 accept"),
+            "{r4}"
         );
         let mut off = spec(true);
         off.firewall4 = false;
