@@ -2,7 +2,8 @@
 # Installs what building and testing cairnd needs on a Debian 12 host: liblxc and its headers
 # (bindgen reads them), libclang, busybox-static (test images), lxcfs, uidmap, dnsmasq-base
 # (the DHCP server of the DHCP client test and of managed bridge networks), nftables (their
-# NAT), btrfs-progs (the btrfs storage driver), a root subordinate id range, the real incus
+# NAT), btrfs-progs (the btrfs storage driver), fdisk (sfdisk: a zfs pool's disk is
+# partitioned by cairnd), a root subordinate id range, the real incus
 # CLI (Debian trixie's incus-client), pylxd in a venv, and ovn-central's programs (the
 # cairn-ovn tests; its services are not started).
 # Idempotent; safe to run on every CI start.
@@ -12,7 +13,8 @@ cache=${CAIRN_CACHE:-/var/cache/cairn}
 mkdir -p "$cache"
 
 pkgs=(lxc lxc-dev liblxc1 libclang-dev clang busybox-static lxcfs uidmap iproute2 pkg-config
-      ca-certificates curl python3 openssh-client dnsmasq-base nftables btrfs-progs)
+      ca-certificates curl python3 openssh-client dnsmasq-base nftables btrfs-progs
+      fdisk)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -19,6 +19,7 @@
 //! while the CLI is the interface OpenZFS keeps stable and its errors are what an operator
 //! would see running the command by hand. A launch costs one `zfs clone`.
 
+mod disk;
 mod send;
 mod setup;
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::super::backing::{self, run_err};
 use super::super::size::parse_bytes;
 use super::super::{check_known_options, PoolConfig, PoolPaths, StorageDriver, StorageError};
-use super::{ZfsPool, LAYOUT};
+use super::{disk, ZfsPool, LAYOUT};
 use crate::runner;
 
 const OPTIONS: &[&str] = &[
@@ -186,26 +186,7 @@ fn zpool_create(pool: &str, zpool: &str, vdev: &Path, force: bool) -> Result<(),
     }
     args.push(zpool.as_ref());
     args.push(vdev.as_os_str());
-    let first = runner::run("zpool", &args);
-    // zpool labels a whole disk, then waits 30 s for udev to announce the new partition.
-    // On a loaded first boot (coldplug, module loads, emulation) udev's queue can take
-    // longer: wait for it to drain and try again, over the label zpool already wrote.
-    let result = match first {
-        Err(runner::RunError::Failed { ref stderr, .. })
-            if stderr.contains("failed to detect device partitions") =>
-        {
-            tracing::warn!(
-                pool,
-                "zpool create: udev was slow to show the partition; waiting for it and retrying"
-            );
-            let _ = runner::run("udevadm", ["settle", "--timeout=30"]);
-            if !force {
-                args.insert(1, "-f".as_ref());
-            }
-            runner::run("zpool", &args)
-        }
-        other => other,
-    };
+    let result = runner::run("zpool", &args);
     result.map(|_| ()).map_err(run_err(
         pool,
         format!("creating zpool {zpool} on {}", vdev.display()),
@@ -247,14 +228,34 @@ pub(super) fn create(
             out.insert("size".into(), backing::format_size(bytes));
         }
         Backing::Device(dev) => {
-            let found = backing::check_device(pool, config, dev)?;
+            // A disk this pool's cairnd began to prepare and did not finish is taken again.
+            let mut checked = config.clone();
+            if disk::is_own_empty_label(pool, dev) {
+                checked.insert("source.wipe".into(), "true".into());
+            }
+            let found = backing::check_device(pool, &checked, dev)?;
             if exists(&ds) {
                 return Err(StorageError::InvalidValue {
                     key: "zfs.pool_name".into(),
                     reason: format!("a zfs pool named {ds} is already imported"),
                 });
             }
-            zpool_create(pool, &ds, dev, found.is_some())?;
+            if let Some(held) = found {
+                tracing::info!(pool, disk = %dev.display(), held, "erasing the disk");
+            }
+            // Held until the pool has the partition open (disk.rs says why).
+            let locked = disk::lock(dev)
+                .map_err(|e| StorageError::io(pool, format!("locking {}", dev.display()), e))?;
+            let part = disk::prepare(pool, dev).map_err(run_err(
+                pool,
+                format!("partitioning {} for the zpool", dev.display()),
+            ))?;
+            if let Err(e) = zpool_create(pool, &ds, &part, true) {
+                drop(locked);
+                disk::erase(dev);
+                return Err(e);
+            }
+            drop(locked);
         }
         Backing::Dataset(d) => {
             if out.get("size").is_some_and(|s| !s.is_empty()) {
@@ -288,8 +289,9 @@ pub(super) fn create(
                 let _ = runner::run("zpool", ["destroy", "-f", ds.as_str()]);
                 let _ = fs::remove_file(file);
             }
-            Backing::Device(_) => {
+            Backing::Device(dev) => {
                 let _ = runner::run("zpool", ["destroy", "-f", ds.as_str()]);
+                disk::erase(dev);
             }
             Backing::Dataset(_) => {}
         }
@@ -338,9 +340,14 @@ pub(super) fn open(
             (true, Some(file.clone()))
         }
         Backing::Device(dev) => {
-            // zpool puts its label on a partition of a whole disk it is given: when the
-            // disk itself is not the vdev, the pool is searched for among all devices.
-            import(pool, &ds, dev).or_else(|_| import(pool, &ds, Path::new("/dev")))?;
+            // The vdev is the disk's first partition (disk.rs); a pool made on the whole
+            // disk (by zpool itself, or before this layout) is searched for among all
+            // devices.
+            let part = disk::partition(dev, 1);
+            part.as_deref()
+                .map_or_else(|| import(pool, &ds, dev), |p| import(pool, &ds, p))
+                .or_else(|_| import(pool, &ds, dev))
+                .or_else(|_| import(pool, &ds, Path::new("/dev")))?;
             (true, None)
         }
         Backing::Dataset(_) => (false, None),
