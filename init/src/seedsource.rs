@@ -198,14 +198,13 @@ mod tests {
         assert_eq!(v["config"]["core.https_address"], ":8443");
         assert_eq!(v["certificates"][0]["name"], "lab");
         assert_eq!(v["certificates"][0]["type"], "client");
-        // With nothing in the seed, no instance network (for now); asked for, a NAT bridge.
-        assert!(v.get("networks").is_none(), "{v:?}");
-        let bridge = Seed::parse("network:\n  instances:\n    type: bridge\n").unwrap();
-        let v: serde_yaml::Value =
-            serde_yaml::from_str(&preseed_yaml(&bridge, None, None)).unwrap();
+        // With nothing in the seed, the instances get a NAT bridge.
         assert_eq!(v["networks"][0]["name"], "cairnbr0");
         assert_eq!(v["networks"][0]["config"]["ipv4.address"], "auto");
         assert_eq!(v["networks"][0]["config"]["ipv4.nat"], "true");
+        let none = Seed::parse("network:\n  instances:\n    type: none\n").unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&preseed_yaml(&none, None, None)).unwrap();
+        assert!(v.get("networks").is_none(), "{v:?}");
     }
 
     #[test]

@@ -12,8 +12,7 @@
 //!       addresses: ["10.77.0.1/24"]
 //!       gateway: "10.77.0.254"     # optional
 //!   instances:                     # optional: the network the default profile's eth0 is on
-//!     type: bridge                 # bridge (a NAT bridge on every member) or none (the default
-//!                                  # for now: see daemon/README.md, "The appliance's network")
+//!     type: bridge                 # bridge (the default: a NAT bridge on every member) or none
 //!     name: cairnbr0               # optional; the bridge's name
 //!     ipv4_address: auto           # optional; auto (a free 10.x.y.1/24) or a gateway CIDR
 //! trust:
@@ -156,9 +155,7 @@ pub struct InstanceNetwork {
 impl Default for InstanceNetwork {
     fn default() -> Self {
         InstanceNetwork {
-            // Off until the first boot's bridge and nftables modules load without slowing
-            // cluster formation under emulation (daemon/README.md).
-            kind: "none".into(),
+            kind: "bridge".into(),
             name: "cairnbr0".into(),
             ipv4_address: "auto".into(),
         }
@@ -600,10 +597,10 @@ mod tests {
     #[test]
     fn instance_network_section() {
         let s = Seed::parse("").unwrap();
-        assert_eq!(s.network.instances.kind, "none");
-        assert_eq!(s.network.instances.name, "cairnbr0");
-        let s = Seed::parse("network:\n  instances:\n    type: bridge\n").unwrap();
         assert_eq!(s.network.instances.kind, "bridge");
+        assert_eq!(s.network.instances.name, "cairnbr0");
+        let s = Seed::parse("network:\n  instances:\n    type: none\n").unwrap();
+        assert_eq!(s.network.instances.kind, "none");
         // The management interfaces keep their default when only instances is given.
         assert_eq!(s.network.interfaces.len(), 1);
         Seed::parse("network:\n  instances:\n    ipv4_address: 10.10.0.1/24\n").unwrap();

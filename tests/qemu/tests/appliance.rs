@@ -201,6 +201,23 @@ fn root_is_read_only_and_a_flipped_byte_refuses_the_boot() {
     let _ = std::fs::remove_file(copy);
 }
 
+/// Polls `incus list NAME -c 4` through `run` until the instance shows an IPv4 address
+/// (its DHCP client has a lease from the node's bridge), within `limit`.
+fn wait_for_ipv4(run: &dyn Fn(&[&str]) -> String, name: &str, limit: Duration) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let got = run(&["list", name, "-c", "4", "--format", "csv"]);
+        if got.contains("(eth0)") {
+            return got.trim().to_string();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} has no IPv4 address after {limit:?}: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn flip_byte(path: &std::path::Path, offset: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
@@ -391,9 +408,18 @@ fn launch_on_the_zfs_default_pool_and_a_volume_survives_a_reboot() {
         "--alias",
         "busybox",
     ]);
+    // With nothing in the seed, the instances' network is a NAT bridge made at first boot,
+    // and the default profile's eth0 is on it.
+    let nets = run(&["network", "list", "lab:", "--format", "csv"]);
+    assert!(nets.contains("cairnbr0,bridge,YES"), "network list: {nets}");
     let launch = std::time::Instant::now();
     run(&["launch", "lab:busybox", "lab:c1"]);
     println!("launch on zfs: {:.1} s", launch.elapsed().as_secs_f64());
+    let addr = wait_for_ipv4(&run, "lab:c1", Duration::from_secs(90));
+    println!(
+        "launch -> IPv4 on cairnbr0: {:.1} s ({addr})",
+        launch.elapsed().as_secs_f64()
+    );
     let os = run(&["exec", "lab:c1", "--", "cat", "/etc/os-release"]);
     assert!(os.contains("ID=busybox"), "exec output: {os}");
 
@@ -708,6 +734,12 @@ fn three_nodes_with_one_seed_form_a_cluster() {
     assert!(where_.contains("c1,RUNNING,cnode2"), "{where_}");
     let host = run(&["exec", "rack:c1", "--", "hostname"]);
     assert_eq!(host.trim(), "c1");
+    // Every member made the cluster's cairnbr0 (a joiner's own first-boot bridge took the
+    // cluster's config): the container on cnode2 gets an address from it.
+    let nets = run(&["network", "list", "rack:", "--format", "csv"]);
+    assert!(nets.contains("cairnbr0,bridge,YES"), "network list: {nets}");
+    let addr = wait_for_ipv4(&run, "rack:c1", Duration::from_secs(90));
+    println!("c1 on cnode2 has {addr}");
 
     // Every member made its share of the zfs default pool on its own data disk; a stopped
     // container moves between members as a zfs send stream, snapshots and all.
