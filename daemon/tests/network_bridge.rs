@@ -289,6 +289,17 @@ fn bridge_networks_inside_a_namespace_of_their_own() {
     let info = d.incus_ok(&["network", "info", "br1"]);
     assert!(info.contains("10.99.0.1/24"), "{info}");
     d.incus_ok(&["network", "list-leases", "br1"]);
+    // A host interface cairnd does not manage has a measured state too (as in Incus).
+    let info = d.incus_ok(&["network", "info", "up0"]);
+    assert!(
+        info.contains("192.0.2.1/24") && info.contains("broadcast"),
+        "{info}"
+    );
+    let (code, body) = d.http("GET", "/1.0/networks/lo/state", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"type\":\"loopback\""), "{body}");
+    let (code, _) = d.http("GET", "/1.0/networks/nosuch0/state", None);
+    assert_eq!(code, 404);
 
     // In use by a profile: delete refused.
     d.incus_ok(&["profile", "create", "onbr1"]);

@@ -342,7 +342,7 @@ pub async fn rename(State(d): State<AppState>, Path(name): Path<String>) -> ApiR
 fn managed_for_info(d: &AppState, name: &str) -> Result<NetworkRecord, ApiError> {
     managed(d, name).map_err(|e| {
         if e.status == axum::http::StatusCode::BAD_REQUEST {
-            ApiError::bad_request("State and leases are only shown for managed networks, for now")
+            ApiError::bad_request("Leases are only kept for managed networks")
         } else {
             e
         }
@@ -355,11 +355,22 @@ pub async fn state(
     Query(q): Query<NetQuery>,
 ) -> ApiResult {
     q.check_here(&d)?;
-    managed_for_info(&d, &name)?;
+    // Any host interface has a state, managed or not (as in Incus).
+    let is_managed = match managed(&d, &name) {
+        Ok(_) => true,
+        Err(e) if e.status == axum::http::StatusCode::BAD_REQUEST => false,
+        Err(e) => return Err(e),
+    };
     let d2 = d.clone();
-    let st = tokio::task::spawn_blocking(move || d2.networks.state(&name))
-        .await
-        .map_err(ApiError::internal)??;
+    let st = tokio::task::spawn_blocking(move || {
+        if is_managed {
+            d2.networks.state(&name)
+        } else {
+            crate::network::iface::state(&name)
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
     sync(st)
 }
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use super::config::{self, BridgeSpec};
 use super::dnsmasq::{self, Dnsmasq, Lease};
-use super::{netlink, nft, NetworkDriver, NetworkError, NetworkState, StateAddress};
+use super::{netlink, nft, NetworkDriver, NetworkError, NetworkState};
 use crate::db::records::ConfigMap;
 
 pub struct Bridge {
@@ -56,12 +56,6 @@ fn netlink_accepting_ra() -> Vec<String> {
                 .is_ok_and(|v| v.trim() == "1")
         })
         .collect()
-}
-
-fn read_sys(name: &str, file: &str) -> String {
-    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join(file))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Makes the spec's `bridge.external_interfaces` ports of the bridge, and releases those
@@ -267,42 +261,8 @@ impl NetworkDriver for Bridge {
     }
 
     fn state(&self) -> Result<NetworkState, NetworkError> {
-        let name = &self.name;
-        let index = netlink::index(name).map_err(io)?;
-        let addresses = netlink::addresses()
-            .map_err(io)?
-            .into_iter()
-            .filter(|a| a.index == index)
-            .map(|a| StateAddress::from(&a))
-            .collect();
-        let stat = |f: &str| {
-            read_sys(name, &format!("statistics/{f}"))
-                .parse()
-                .unwrap_or(0)
-        };
-        Ok(NetworkState {
-            addresses,
-            counters: super::Counters {
-                bytes_received: stat("rx_bytes"),
-                bytes_sent: stat("tx_bytes"),
-                packets_received: stat("rx_packets"),
-                packets_sent: stat("tx_packets"),
-            },
-            hwaddr: read_sys(name, "address"),
-            mtu: read_sys(name, "mtu").parse().unwrap_or(0),
-            state: if read_sys(name, "flags")
-                .trim_start_matches("0x")
-                .chars()
-                .last()
-                .and_then(|c| c.to_digit(16))
-                .is_some_and(|f| f & 1 == 1)
-            {
-                "up".into()
-            } else {
-                "down".into()
-            },
-            kind: "broadcast".into(),
-            dnsmasq_pid: self.lock().dnsmasq.as_ref().and_then(Dnsmasq::pid),
-        })
+        let mut st = super::iface::state(&self.name)?;
+        st.dnsmasq_pid = self.lock().dnsmasq.as_ref().and_then(Dnsmasq::pid);
+        Ok(st)
     }
 }

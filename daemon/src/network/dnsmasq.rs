@@ -27,6 +27,10 @@ pub fn render(spec: &BridgeSpec, dir: &Path) -> String {
     };
     line("# Written by cairnd; rewritten at every change of the network.".into());
     line("keep-in-foreground".into());
+    // No pid file: dnsmasq's default, /var/run/dnsmasq.pid, is one file for every network,
+    // and two dnsmasqs starting at once made one of them exit ("File exists"). cairnd
+    // records the pid itself (dnsmasq.pid in the network's dir).
+    line("pid-file=".into());
     line("strict-order".into());
     // Only the bridge: never answer on the host's other links.
     line("bind-interfaces".into());
@@ -420,6 +424,7 @@ mod tests {
         s.dhcp = false;
         let c = render(&s, Path::new("/x"));
         assert!(!c.contains("dhcp-range") && c.contains("domain=lab"));
+        assert!(c.contains("\npid-file=\n"), "a shared pid file: {c}");
         s.dns_mode = DnsMode::None;
         let c = render(&s, Path::new("/x"));
         assert!(!c.contains("domain=") && !c.contains("local="), "{c}");

@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod dnsmasq;
+pub mod iface;
 pub mod manage;
 pub mod netlink;
 pub mod nft;
