@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Network namespaces created by this test, deleted on drop even when the test fails.
 pub struct Namespaces(pub Vec<String>);
@@ -92,5 +94,36 @@ impl Drop for DnsmasqReaper {
                 }
             }
         }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; fails the test after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Root and the tools the bridge tests run; fails loudly without them.
+pub fn tools_present() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces, bridges, nftables); run it as root"
+    );
+    for t in ["ip", "nft", "dnsmasq", "curl", "setpriv"] {
+        let found = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .chain(["/usr/sbin", "/sbin"])
+            .any(|d| Path::new(d).join(t).exists());
+        assert!(
+            found,
+            "this test needs {t} (scripts/install-deps.sh installs it)"
+        );
     }
 }

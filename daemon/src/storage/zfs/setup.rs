@@ -186,8 +186,7 @@ fn zpool_create(pool: &str, zpool: &str, vdev: &Path, force: bool) -> Result<(),
     }
     args.push(zpool.as_ref());
     args.push(vdev.as_os_str());
-    let result = runner::run("zpool", &args);
-    result.map(|_| ()).map_err(run_err(
+    runner::run("zpool", &args).map(|_| ()).map_err(run_err(
         pool,
         format!("creating zpool {zpool} on {}", vdev.display()),
     ))
@@ -343,11 +342,8 @@ pub(super) fn open(
             // The vdev is the disk's first partition (disk.rs); a pool made on the whole
             // disk (by zpool itself, or before this layout) is searched for among all
             // devices.
-            let part = disk::partition(dev, 1);
-            part.as_deref()
-                .map_or_else(|| import(pool, &ds, dev), |p| import(pool, &ds, p))
-                .or_else(|_| import(pool, &ds, dev))
-                .or_else(|_| import(pool, &ds, Path::new("/dev")))?;
+            let vdev = disk::partition(dev, 1).unwrap_or_else(|| dev.clone());
+            import(pool, &ds, &vdev).or_else(|_| import(pool, &ds, Path::new("/dev")))?;
             (true, None)
         }
         Backing::Dataset(_) => (false, None),
