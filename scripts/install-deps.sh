@@ -4,8 +4,9 @@
 # (the DHCP server of the DHCP client test and of managed bridge networks), nftables (their
 # NAT), btrfs-progs (the btrfs storage driver), fdisk (sfdisk: a zfs pool's disk is
 # partitioned by cairnd), a root subordinate id range, the real incus
-# CLI (Debian trixie's incus-client), pylxd in a venv, and ovn-central's programs (the
-# cairn-ovn tests; its services are not started).
+# CLI (Debian trixie's incus-client), pylxd in a venv, and OVN with Open vSwitch
+# (ovn-central, ovn-host, openvswitch-switch: the OVN tests run their own daemons; the
+# packages' services are not started).
 # Idempotent; safe to run on every CI start.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,11 +26,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# ovn-central (ovsdb-server, ovn-northd, ovn-nbctl) for the cairn-ovn tests, which run their
-# own daemons on unix sockets in a temporary directory: the package's services must not
-# start on this host, so invoke-rc.d is told no for the install (unless a policy exists).
-if ! dpkg-query -W -f='${Status}' ovn-central 2>/dev/null | grep -q 'install ok installed'; then
-  echo "install-deps: installing ovn-central (its services left stopped)"
+# ovn-central (ovsdb-server, ovn-northd, ovn-nbctl), ovn-host (ovn-controller) and
+# openvswitch-switch (ovs-vswitchd) for the OVN tests, which run their own daemons on unix
+# sockets in a temporary directory inside a network namespace: the packages' services must
+# not start on this host, so invoke-rc.d is told no for the install (unless a policy exists).
+ovn_missing=()
+for p in ovn-central ovn-host openvswitch-switch; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || ovn_missing+=("$p")
+done
+if [ ${#ovn_missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${ovn_missing[*]} (their services left stopped)"
   made_policy=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
@@ -37,7 +43,7 @@ if ! dpkg-query -W -f='${Status}' ovn-central 2>/dev/null | grep -q 'install ok 
     made_policy=1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ovn-central >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${ovn_missing[@]}" >/dev/null
   if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 

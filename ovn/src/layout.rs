@@ -1,5 +1,5 @@
 //! An OVN network's northbound rows, named as Incus names them (`<prefix>-lr`,
-//! `<prefix>-ls-int`, `<prefix>-lr-lrp-int`, …, the prefix being `cairn-net<id>`), so an
+//! `<prefix>-ls-int`, `<prefix>-lr-lrp-int`, …, the prefix being `cairn-net-<name>`), so an
 //! operator who knows Incus's layout reads `ovn-nbctl show` the same way:
 //!
 //! ```text
@@ -27,12 +27,14 @@ pub struct UplinkSpec {
     pub mac: String,
     /// Chassis that may host the router's external port, with their priorities.
     pub gateway_chassis: Vec<(String, u16)>,
+    /// Whether what leaves the network is SNATed to `address` (Incus's `ipv4.nat`).
+    pub snat: bool,
 }
 
 /// One OVN network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkSpec {
-    /// `cairn-net<id>`: every row of the network is named from it.
+    /// `cairn-net-<name>`: every row of the network is named from it.
     pub prefix: String,
     pub gateway: Ipv4Addr,
     pub prefix_len: u8,
@@ -65,7 +67,8 @@ impl NetworkSpec {
     pub fn ext_switch(&self) -> String {
         format!("{}-ls-ext", self.prefix)
     }
-    fn router_port(&self, side: &str) -> String {
+    /// `<prefix>-lr-lrp-int` or `-ext`: the router's port on either switch.
+    pub fn router_port(&self, side: &str) -> String {
         format!("{}-lrp-{side}", self.router())
     }
     fn switch_router_port(&self, switch: &str) -> String {
@@ -109,7 +112,7 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_mac(s: &str) -> bool {
@@ -211,14 +214,24 @@ pub fn create(nb: &Northbound, n: &NetworkSpec) -> Result<(), OvnError> {
                 &prio.to_string(),
             ]));
         }
-        cmds.push(cmd(&[
-            "--may-exist",
-            "lr-nat-add",
-            &lr,
-            "snat",
-            &u.address.to_string(),
-            &n.subnet(),
-        ]));
+        if u.snat {
+            cmds.push(cmd(&[
+                "--may-exist",
+                "lr-nat-add",
+                &lr,
+                "snat",
+                &u.address.to_string(),
+                &n.subnet(),
+            ]));
+        } else {
+            cmds.push(cmd(&[
+                "--if-exists",
+                "lr-nat-del",
+                &lr,
+                "snat",
+                &n.subnet(),
+            ]));
+        }
         cmds.push(cmd(&[
             "--may-exist",
             "lr-route-add",
@@ -279,7 +292,55 @@ pub fn delete(nb: &Northbound, n: &NetworkSpec) -> Result<(), OvnError> {
     for uuid in rows.split_whitespace() {
         cmds.push(cmd(&["dhcp-options-del", uuid]));
     }
+    let dns = nb.one(&["--bare", "--columns=_uuid", "find", "dns", &key])?;
+    for uuid in dns.split_whitespace() {
+        cmds.push(cmd(&["destroy", "dns", uuid]));
+    }
     nb.run(&cmds).map(drop)
+}
+
+/// The UUID of the network's DNS row (attached to its internal switch), made if missing.
+fn dns_row(nb: &Northbound, n: &NetworkSpec) -> Result<String, OvnError> {
+    let key = format!("external_ids:cairn-network={}", n.prefix);
+    let find = || -> Result<Option<String>, OvnError> {
+        let found = nb.one(&["--bare", "--columns=_uuid", "find", "dns", &key])?;
+        Ok(found.split_whitespace().next().map(String::from))
+    };
+    if let Some(u) = find()? {
+        return Ok(u);
+    }
+    nb.run(&[
+        cmd(&["--id=@d", "create", "dns", &key]),
+        cmd(&[
+            "add",
+            "logical_switch",
+            &n.int_switch(),
+            "dns_records",
+            "@d",
+        ]),
+    ])?;
+    find()?.ok_or_else(|| OvnError::Invalid(format!("no DNS row for {}", n.prefix)))
+}
+
+/// Makes `hostname.<dns domain>` resolve to `ip` for the network's instances (OVN answers
+/// it from the DNS row), or with `None` forgets the name.
+pub fn set_dns_record(
+    nb: &Northbound,
+    n: &NetworkSpec,
+    hostname: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<(), OvnError> {
+    n.check()?;
+    if !valid_name(hostname) {
+        return Err(OvnError::Invalid(format!("host name {hostname:?}")));
+    }
+    let fqdn = format!("{hostname}.{}", n.dns_domain).to_lowercase();
+    let row = dns_row(nb, n)?;
+    match ip {
+        Some(ip) => nb.one(&["set", "dns", &row, &format!("records:\"{fqdn}\"=\"{ip}\"")]),
+        None => nb.one(&["remove", "dns", &row, "records", &format!("\"{fqdn}\"")]),
+    }
+    .map(drop)
 }
 
 /// Adds (or converges) an instance's port: its MAC with a static or dynamic address, and
@@ -304,6 +365,7 @@ pub fn add_port(nb: &Northbound, n: &NetworkSpec, p: &PortSpec) -> Result<String
             "logical_switch_port",
             &name,
             &format!("external_ids:cairn-hostname={}", p.hostname),
+            &format!("external_ids:cairn-network={}", n.prefix),
         ]),
     ])?;
     Ok(name)
@@ -333,6 +395,79 @@ pub fn remove_port(nb: &Northbound, port: &str) -> Result<(), OvnError> {
     nb.one(&["--if-exists", "lsp-del", port]).map(drop)
 }
 
+/// An instance port as the northbound database has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortInfo {
+    pub name: String,
+    /// The network's prefix (`external_ids:cairn-network`).
+    pub network: String,
+    pub hostname: String,
+    pub mac: String,
+    /// Its address: the static one, or the one OVN's IPAM gave it.
+    pub address: Option<Ipv4Addr>,
+    pub dynamic: bool,
+}
+
+/// The instance ports of `network` (a prefix), or of every network with `None`; only those
+/// of instance `hostname` when given.
+pub fn ports(
+    nb: &Northbound,
+    network: Option<&str>,
+    hostname: Option<&str>,
+) -> Result<Vec<PortInfo>, OvnError> {
+    let mut filter = vec![
+        "--format=csv".to_string(),
+        "--data=bare".into(),
+        "--no-headings".into(),
+        "--columns=name,addresses,dynamic_addresses,external_ids".into(),
+        "find".into(),
+        "logical_switch_port".into(),
+    ];
+    if let Some(n) = network {
+        filter.push(format!("external_ids:cairn-network={n}"));
+    }
+    if let Some(h) = hostname {
+        filter.push(format!("external_ids:cairn-hostname={h}"));
+    }
+    let out = nb.run(&[filter])?;
+    Ok(out
+        .lines()
+        .filter_map(parse_port_row)
+        .filter(|p| !p.hostname.is_empty())
+        .collect())
+}
+
+/// One `--format=csv --data=bare` row: `name,addresses,dynamic_addresses,external_ids`
+/// (external_ids as space-separated `k=v`).
+fn parse_port_row(line: &str) -> Option<PortInfo> {
+    // CSV quotes a field with spaces; none of these fields holds a comma or a quote.
+    let cols: Vec<&str> = line.splitn(4, ',').map(|c| c.trim_matches('"')).collect();
+    let [name, addresses, dynamic, ids] = cols.as_slice() else {
+        return None;
+    };
+    let id = |k: &str| {
+        ids.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (hostname, network) = (id("cairn-hostname="), id("cairn-network="));
+    let mut words = addresses.split_whitespace();
+    let mac = words.next().unwrap_or_default().to_string();
+    let fixed = words.find_map(|w| w.parse::<Ipv4Addr>().ok());
+    let dynamic_ip = dynamic
+        .split_whitespace()
+        .find_map(|w| w.parse::<Ipv4Addr>().ok());
+    Some(PortInfo {
+        name: name.to_string(),
+        network,
+        hostname,
+        mac,
+        address: fixed.or(dynamic_ip),
+        dynamic: fixed.is_none(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +483,21 @@ mod tests {
             dns_servers: vec![],
             uplink: None,
         }
+    }
+
+    #[test]
+    fn port_rows_parse() {
+        let p = parse_port_row(
+            "cairn-net-a-instance-u1-eth0,10:66:6a:00:00:01 dynamic,10:66:6a:00:00:01 10.50.0.2,cairn-hostname=c1 cairn-network=cairn-net-a",
+        )
+        .unwrap();
+        assert_eq!(p.hostname, "c1");
+        assert_eq!(p.network, "cairn-net-a");
+        assert_eq!(p.address, Some("10.50.0.2".parse().unwrap()));
+        assert!(p.dynamic);
+        let p = parse_port_row("p,10:66:6a:00:00:02 10.50.0.9,,cairn-hostname=c2").unwrap();
+        assert_eq!(p.address, Some("10.50.0.9".parse().unwrap()));
+        assert!(!p.dynamic);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 pub mod layout;
 mod nbctl;
 
-pub use layout::{NetworkSpec, PortSpec, UplinkSpec};
+pub use layout::{NetworkSpec, PortInfo, PortSpec, UplinkSpec};
+pub mod southbound;
 pub use nbctl::Northbound;
 
 /// Why a northbound operation failed.

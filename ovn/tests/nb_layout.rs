@@ -130,6 +130,7 @@ fn spec() -> NetworkSpec {
             gateway: "192.0.2.1".parse().unwrap(),
             mac: "10:66:6a:00:01:03".into(),
             gateway_chassis: vec![],
+            snat: true,
         }),
     }
 }

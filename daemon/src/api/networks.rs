@@ -364,7 +364,7 @@ pub async fn state(
     let d2 = d.clone();
     let st = tokio::task::spawn_blocking(move || {
         if is_managed {
-            d2.networks.state(&name)
+            manage::state(&d2, &name)
         } else {
             crate::network::iface::state(&name)
         }
@@ -385,7 +385,10 @@ pub async fn leases(
     if d.cluster().is_some() && q.target().is_none() {
         return sync(crate::network::cluster::leases(&d.daemon, &name).await?);
     }
-    let mut leases = d.networks.leases(&name)?;
+    let (d2, n2) = (d.clone(), name.clone());
+    let mut leases = tokio::task::spawn_blocking(move || manage::leases(&d2, &n2))
+        .await
+        .map_err(ApiError::internal)??;
     if d.cluster().is_some() {
         let me = d.server_name();
         for l in &mut leases {

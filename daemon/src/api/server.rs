@@ -43,6 +43,12 @@ pub const API_EXTENSIONS: &[&str] = &[
     "network",
     "network_state",
     "network_leases",
+    "network_type_ovn",
+    "network_type_physical",
+    "network_ovn_nat",
+    "network_state_ovn",
+    "network_state_ovn_lr",
+    "network_ovn_isolated",
     "instance_nic_network",
     "container_backup",
     "clustering",
@@ -214,6 +220,9 @@ fn check_server_key(key: &str, value: &str) -> Result<(), ApiError> {
                 "Invalid value for core.https_tls12: {value:?} (true or false)"
             ))),
         },
+        crate::network::ovn::NB_KEY => {
+            crate::network::ovn::check_nb_connection(value).map_err(ApiError::bad_request)
+        }
         "cluster.max_voters" => match value.parse::<u64>() {
             Ok(v) if v >= 3 && v % 2 == 1 => Ok(()),
             _ => Err(ApiError::bad_request(format!(

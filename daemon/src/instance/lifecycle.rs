@@ -266,7 +266,8 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
     }
 
     // Volume disks become bind mounts of the volumes' directories, owned for this map.
-    let mounted = super::disks::resolve(&d, name, &ed, want).await?;
+    let mut mounted = super::disks::resolve(&d, name, &ed, want).await?;
+    crate::network::manage::link_free(&d, &mut mounted).map_err(nic_error)?;
     let log_dir = d.instance_log_dir(name);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| InstanceError::Failed(format!("creating {}: {e}", log_dir.display())))?;

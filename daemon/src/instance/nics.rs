@@ -97,6 +97,11 @@ async fn add(
     // The dnsmasq reservation first, so the container's first DHCP request finds it.
     crate::network::manage::attach_nic(d, name, dev, conf, &mac)
         .map_err(|e| InstanceError::Invalid(e.to_string()))?;
+    // A NIC on an OVN network was bound to the integration bridge above: no master.
+    let mut devs: DeviceMap = [(dev.to_string(), conf.clone())].into_iter().collect();
+    crate::network::manage::link_free(d, &mut devs)
+        .map_err(|e| InstanceError::Invalid(e.to_string()))?;
+    let conf = &devs[dev];
     let inside = ifname(dev, conf).to_string();
     let mtu: Option<u32> = conf.get("mtu").and_then(|m| m.parse().ok());
     let macvlan = conf.get("nictype").map(String::as_str) == Some("macvlan");

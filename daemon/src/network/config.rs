@@ -166,10 +166,55 @@ pub fn choose_auto6(used: &[Ipv6Cidr], seed: u64) -> Option<Ipv6Cidr> {
     })
 }
 
-fn bad(key: &str, msg: impl fmt::Display) -> NetworkError {
+pub(super) fn bad(key: &str, msg: impl fmt::Display) -> NetworkError {
     NetworkError::Invalid(format!(
         "Invalid value for network config key {key:?}: {msg}"
     ))
+}
+
+/// `FIRST-LAST[,FIRST-LAST…]`, each an ascending range inside subnet `c`.
+pub fn ranges(key: &str, v: &str, c: Ipv4Cidr) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, NetworkError> {
+    let mut out = Vec::new();
+    for r in v.split(',').map(str::trim) {
+        let (a, b) = r
+            .split_once('-')
+            .ok_or_else(|| bad(key, format!("{r:?} is not FIRST-LAST")))?;
+        let ip = |s: &str| {
+            s.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| bad(key, format!("{s:?} is not an IPv4 address")))
+        };
+        let (a, b) = (ip(a)?, ip(b)?);
+        if u32::from(a) > u32::from(b) || !c.contains(a) || !c.contains(b) {
+            return Err(bad(
+                key,
+                format!(
+                    "{r} is not an ascending range inside {}",
+                    Ipv4Cidr {
+                        addr: c.network(),
+                        prefix: c.prefix
+                    }
+                ),
+            ));
+        }
+        out.push((a, b));
+    }
+    Ok(out)
+}
+
+/// A DNS domain (`dns.domain`): dot-separated labels of letters, digits and `-`.
+pub fn check_domain(v: &str) -> Result<(), NetworkError> {
+    if v.len() > 253
+        || !v.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+        })
+    {
+        return Err(bad("dns.domain", format!("{v:?} is not a domain name")));
+    }
+    Ok(())
 }
 
 /// A gateway address for a bridge: `a.b.c.d/n` with n in 8..=30 and a host address (neither
@@ -202,7 +247,7 @@ pub fn parse_gateway(key: &str, v: &str) -> Result<Ipv4Cidr, NetworkError> {
     Ok(c)
 }
 
-fn boolean(key: &str, v: Option<&String>, default: bool) -> Result<bool, NetworkError> {
+pub(super) fn boolean(key: &str, v: Option<&String>, default: bool) -> Result<bool, NetworkError> {
     match v.map(String::as_str) {
         None | Some("") => Ok(default),
         Some("true" | "1" | "yes" | "on") => Ok(true),
@@ -301,30 +346,7 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
         let Some(c) = ipv4 else {
             return Err(bad("ipv4.dhcp.ranges", "needs ipv4.address"));
         };
-        for r in v.split(',').map(str::trim) {
-            let (a, b) = r
-                .split_once('-')
-                .ok_or_else(|| bad("ipv4.dhcp.ranges", format!("{r:?} is not FIRST-LAST")))?;
-            let ip = |s: &str| {
-                s.trim()
-                    .parse::<Ipv4Addr>()
-                    .map_err(|_| bad("ipv4.dhcp.ranges", format!("{s:?} is not an IPv4 address")))
-            };
-            let (a, b) = (ip(a)?, ip(b)?);
-            if u32::from(a) > u32::from(b) || !c.contains(a) || !c.contains(b) {
-                return Err(bad(
-                    "ipv4.dhcp.ranges",
-                    format!(
-                        "{r} is not an ascending range inside {}",
-                        Ipv4Cidr {
-                            addr: c.network(),
-                            prefix: c.prefix
-                        }
-                    ),
-                ));
-            }
-            dhcp_ranges.push((a, b));
-        }
+        dhcp_ranges = ranges("ipv4.dhcp.ranges", v, c)?;
     }
     let dhcp_expiry = get("ipv4.dhcp.expiry")
         .cloned()
@@ -358,19 +380,7 @@ pub fn parse(name: &str, config: &BTreeMap<String, String>) -> Result<BridgeSpec
         ),
     };
     let domain = get("dns.domain").cloned().unwrap_or_else(|| "incus".into());
-    if domain.len() > 253
-        || !domain.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !l.starts_with('-')
-        })
-    {
-        return Err(bad(
-            "dns.domain",
-            format!("{domain:?} is not a domain name"),
-        ));
-    }
+    check_domain(&domain)?;
     let dns_mode = match get("dns.mode").map(String::as_str) {
         None | Some("managed") => DnsMode::Managed,
         Some("dynamic") => DnsMode::Dynamic,

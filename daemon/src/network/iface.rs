@@ -46,17 +46,18 @@ pub fn state(name: &str) -> Result<NetworkState, NetworkError> {
         u32::from_str_radix(read_sys(name, "flags").trim_start_matches("0x"), 16).unwrap_or(0);
     Ok(NetworkState {
         addresses,
-        counters: Counters {
+        counters: Some(Counters {
             bytes_received: stat("rx_bytes"),
             bytes_sent: stat("tx_bytes"),
             packets_received: stat("rx_packets"),
             packets_sent: stat("tx_packets"),
-        },
+        }),
         hwaddr: read_sys(name, "address"),
         mtu: read_sys(name, "mtu").parse().unwrap_or(0),
         state: if flags & IFF_UP != 0 { "up" } else { "down" }.into(),
         kind: kind(flags).into(),
         dnsmasq_pid: None,
+        ovn: None,
     })
 }
 

@@ -81,6 +81,26 @@ impl Networks {
     }
 }
 
+/// `GET /1.0/networks/{name}/state` of a managed network, measured (blocking).
+pub fn state(d: &Daemon, name: &str) -> Result<NetworkState, NetworkError> {
+    let rec = get(d, name)?;
+    match rec.kind.as_str() {
+        "ovn" => super::ovn::state(&rec),
+        "physical" => super::ovn::uplink::state(&rec),
+        _ => d.networks.state(name),
+    }
+}
+
+/// A managed network's leases here (blocking).
+pub fn leases(d: &Daemon, name: &str) -> Result<Vec<super::dnsmasq::Lease>, NetworkError> {
+    let rec = get(d, name)?;
+    match rec.kind.as_str() {
+        "ovn" => super::ovn::leases(d, &rec),
+        "physical" => Ok(vec![]),
+        _ => d.networks.leases(name),
+    }
+}
+
 /// A network as `GET /1.0/networks/{name}` shows it (Incus's `api.Network`).
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkView {
@@ -134,7 +154,17 @@ pub fn view(d: &Daemon, r: &NetworkRecord) -> Result<NetworkView, NetworkError> 
         managed: true,
         status: r.status.as_str().into(),
         config: r.config.clone(),
-        used_by: used_by(d, &r.name)?,
+        used_by: {
+            let mut u = used_by(d, &r.name)?;
+            if r.kind == "physical" {
+                for n in d.db.networks()? {
+                    if n.kind == "ovn" && n.config.get("network") == Some(&r.name) {
+                        u.push(format!("/1.0/networks/{}", n.name));
+                    }
+                }
+            }
+            u
+        },
         locations: locations(d, r)?,
         project: "default".into(),
     })
@@ -174,12 +204,15 @@ fn subnets_in_use(d: &Daemon, except: &str) -> Result<Vec<(Ipv4Cidr, String)>, N
         if r.name == except {
             continue;
         }
-        if let Some(c) = r
-            .config
-            .get("ipv4.address")
-            .and_then(|v| config::parse_gateway("ipv4.address", v).ok())
-        {
-            used.push((c, format!("network {:?} ({c})", r.name)));
+        // A physical uplink's subnet is its gateway's.
+        for key in ["ipv4.address", "ipv4.gateway"] {
+            if let Some(c) = r
+                .config
+                .get(key)
+                .and_then(|v| config::parse_gateway(key, v).ok())
+            {
+                used.push((c, format!("network {:?} ({c})", r.name)));
+            }
         }
     }
     for a in netlink::addresses().map_err(io)? {
@@ -282,7 +315,11 @@ fn settle_subnet6(d: &Daemon, name: &str, config: &mut ConfigMap) -> Result<(), 
 
 /// Resolves `ipv4.address=auto` to a free /24 and refuses a subnet that overlaps one in use.
 /// Reads the host, so it runs on a blocking thread.
-fn settle_subnet(d: &Daemon, name: &str, config: &mut ConfigMap) -> Result<(), NetworkError> {
+pub(super) fn settle_subnet(
+    d: &Daemon,
+    name: &str,
+    config: &mut ConfigMap,
+) -> Result<(), NetworkError> {
     settle_subnet6(d, name, config)?;
     let used = subnets_in_use(d, name)?;
     match config.get("ipv4.address").map(String::as_str) {
@@ -308,13 +345,15 @@ fn settle_subnet(d: &Daemon, name: &str, config: &mut ConfigMap) -> Result<(), N
 fn check_kind(kind: &str) -> Result<&'static str, NetworkError> {
     match kind {
         "" | "bridge" => Ok("bridge"),
+        "ovn" => Ok("ovn"),
+        "physical" => Ok("physical"),
         other => Err(NetworkError::Invalid(format!(
-            "Network type {other:?} is not supported (only \"bridge\" is, for now)"
+            "Network type {other:?} is not supported (bridge, ovn and physical are)"
         ))),
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
 ) -> Result<T, NetworkError> {
     tokio::task::spawn_blocking(f)
@@ -325,7 +364,11 @@ async fn blocking<T: Send + 'static>(
 /// A preseed's network, checked without the host: name, type and keys.
 pub fn check_preseed(name: &str, kind: &str, config: &ConfigMap) -> Result<(), NetworkError> {
     config::valid_name(name)?;
-    check_kind(kind)?;
+    if check_kind(kind)? != "bridge" {
+        return Err(NetworkError::Invalid(format!(
+            "Network {name:?}: a preseed may make bridge networks only, for now"
+        )));
+    }
     let mut probe = config.clone();
     if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
         probe.insert("ipv4.address".into(), "none".into());
@@ -407,6 +450,16 @@ pub async fn create(
     config::valid_name(&name)?;
     let kind = check_kind(&kind)?;
     let _one = d.networks.changes.lock().await;
+    if kind != "bridge" && target.is_some() {
+        return Err(NetworkError::Invalid(format!(
+            "A {kind} network is not defined per member: create it without --target"
+        )));
+    }
+    match kind {
+        "ovn" => return super::ovn::create(d, name, description, config).await,
+        "physical" => return super::ovn::uplink::create(d, name, description, config).await,
+        _ => {}
+    }
     if d.cluster().is_some() {
         if let Some(t) = target {
             return super::cluster::define(d, &name, kind, &config, t).await;
@@ -534,6 +587,11 @@ pub async fn update(
 ) -> Result<(), NetworkError> {
     let _one = d.networks.changes.lock().await;
     let old = get(d, name)?;
+    match old.kind.as_str() {
+        "ovn" => return super::ovn::update(d, old, description, config).await,
+        "physical" => return super::ovn::uplink::update(d, old, description, config).await,
+        _ => {}
+    }
     if old.status != NetworkStatus::Created {
         return Err(NetworkError::Invalid(format!(
             "Network {name:?} is {}: create it without --target first",
@@ -576,6 +634,11 @@ pub async fn delete(d: &Arc<Daemon>, name: &str) -> Result<(), NetworkError> {
             users.join(", ")
         )));
     }
+    match rec.kind.as_str() {
+        "ovn" => return super::ovn::delete(d, rec).await,
+        "physical" => return super::ovn::uplink::delete(d, rec).await,
+        _ => {}
+    }
     if d.cluster().is_some() {
         super::cluster::delete(d, rec).await?;
     } else {
@@ -617,6 +680,12 @@ fn check_nic(
     let Some(rec) = rec else {
         return Ok(None);
     };
+    if rec.kind == "physical" {
+        return Err(bad(format!(
+            "network {:?} is a physical uplink: instance NICs go on the OVN networks that use it",
+            rec.name
+        )));
+    }
     if rec.status != NetworkStatus::Created {
         return Err(bad(format!(
             "network {:?} is {}, not created on every member yet",
@@ -675,6 +744,9 @@ pub fn attach_nic(
             "Device {device:?}: hwaddr {hwaddr:?} is not a MAC address"
         )));
     }
+    if rec.kind == "ovn" {
+        return super::ovn::attach(d, &rec, instance, device, hwaddr, ip);
+    }
     // dns.mode=managed (the default) names the address after the instance; dynamic
     // leaves the name to the client, none gives no name.
     let managed = matches!(
@@ -687,8 +759,35 @@ pub fn attach_nic(
     )
 }
 
+/// The host side of a NIC on an OVN network is a port of the integration bridge, bound by
+/// [`attach_nic`], not a bridge of the network's name: such NICs lose `network=` for
+/// liblxc (no link) and get the overlay's MTU when they set none.
+pub fn link_free(d: &Daemon, devices: &mut DeviceMap) -> Result<(), NetworkError> {
+    for nic in devices.values_mut() {
+        if nic.get("type").map(String::as_str) != Some("nic") {
+            continue;
+        }
+        let Some(net) = nic.get("network").filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let Some(rec) = d.db.network(net)? else {
+            continue;
+        };
+        if rec.kind == "ovn" {
+            nic.remove("network");
+            if let (false, Some(m)) = (nic.contains_key("mtu"), super::ovn::nic_mtu(&rec)) {
+                nic.insert("mtu".into(), m.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Forgets one NIC of an instance in every managed network's dnsmasq (the NIC is gone).
 pub fn detach_nic(d: &Daemon, instance: &str, device: &str) {
+    if let Err(e) = super::ovn::forget(d, instance, Some(device)) {
+        tracing::warn!("forgetting the OVN port of {instance}.{device}: {e}");
+    }
     let drivers: Vec<Arc<Bridge>> = d.networks.lock().values().cloned().collect();
     for drv in drivers {
         if let Err(e) = drv.set_host(&format!("{instance}.{device}"), None) {
@@ -699,6 +798,9 @@ pub fn detach_nic(d: &Daemon, instance: &str, device: &str) {
 
 /// Forgets an instance's NICs in every managed network's dnsmasq (the instance is gone).
 pub fn forget_instance(d: &Daemon, instance: &str) {
+    if let Err(e) = super::ovn::forget(d, instance, None) {
+        tracing::warn!("forgetting the OVN ports of {instance}: {e}");
+    }
     let drivers: Vec<Arc<Bridge>> = d.networks.lock().values().cloned().collect();
     for drv in drivers {
         if let Err(e) = drv.forget_hosts_of(instance) {
@@ -724,8 +826,14 @@ pub fn restore(d: &Daemon) {
         if r.status != NetworkStatus::Created && r.members.get(&me) != Some(&true) {
             continue;
         }
-        let drv = d.networks.driver(&r.name);
-        match drv.apply(&r.config) {
+        let done = match r.kind.as_str() {
+            "ovn" => super::ovn::restore(d, &r),
+            "physical" => {
+                super::physical::parse(&r.config).and_then(|p| super::physical::apply(&p))
+            }
+            _ => d.networks.driver(&r.name).apply(&r.config),
+        };
+        match done {
             Ok(()) => tracing::info!("network {} restored", r.name),
             Err(e) => tracing::error!("restoring network {}: {e}", r.name),
         }

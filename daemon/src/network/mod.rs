@@ -1,8 +1,9 @@
-//! Managed networks. `bridge` is the one type so far: a Linux bridge made over rtnetlink
-//! (`netlink`), its own dnsmasq (`dnsmasq`) and nftables table (`nft`), its keys checked
-//! once (`config`). `manage` is the service the API calls: records through the db, the
-//! host side through the drivers, restore at start. Drivers never import `crate::api` or
-//! HTTP types.
+//! Managed networks. `bridge`: a Linux bridge made over rtnetlink (`netlink`), its own
+//! dnsmasq (`dnsmasq`) and nftables table (`nft`), its keys checked once (`config`).
+//! `ovn`: an overlay in OVN's northbound database (the `cairn-ovn` crate) with this host's
+//! Open vSwitch side (`ovs`), on a `physical` uplink. `manage` is the service the API
+//! calls: records through the db, the host side through the drivers, restore at start.
+//! Drivers never import `crate::api` or HTTP types.
 
 pub mod bridge;
 pub mod cluster;
@@ -12,6 +13,10 @@ pub mod iface;
 pub mod manage;
 pub mod netlink;
 pub mod nft;
+pub mod ovn;
+pub mod ovn_config;
+pub mod ovs;
+pub mod physical;
 
 use serde::Serialize;
 
@@ -36,6 +41,8 @@ pub enum NetworkError {
     Dnsmasq(String),
     #[error("nftables: {0}")]
     Firewall(String),
+    #[error("{0}")]
+    Ovn(String),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
 }
@@ -59,7 +66,9 @@ pub trait NetworkDriver: Send + Sync {
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkState {
     pub addresses: Vec<StateAddress>,
-    pub counters: Counters,
+    /// Measured on a host interface; `None` for an overlay, which has none here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
     pub hwaddr: String,
     pub mtu: u32,
     pub state: String,
@@ -67,6 +76,18 @@ pub struct NetworkState {
     pub kind: String,
     #[serde(skip)]
     pub dnsmasq_pid: Option<u32>,
+    /// OVN networks only (Incus's `api.NetworkStateOVN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ovn: Option<OvnState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OvnState {
+    pub chassis: String,
+    pub logical_router: String,
+    pub logical_switch: String,
+    pub uplink_ipv4: String,
+    pub uplink_ipv6: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,708 @@
+//! The `ovn` network type: an overlay whose rows live in OVN's northbound database
+//! (`cairn-ovn` lays them out), reached at `network.ovn.northbound_connection`; this host's
+//! part is its Open vSwitch (`ovs`): the uplink's OVS bridge mapped for ovn-controller, and
+//! each instance NIC's port on the integration bridge bound to its logical switch port.
+//!
+//! A create writes the record, then the uplink and the northbound rows; when either fails,
+//! both are undone and the record deleted, so an unreachable database leaves nothing.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use cairn_ovn::{layout, NetworkSpec, Northbound, OvnError, PortSpec, UplinkSpec};
+
+use super::config::Ipv4Cidr;
+use super::dnsmasq::Lease;
+use super::ovn_config::{self, OvnSpec, VOLATILE_UPLINK_IPV4};
+use super::physical::{self, PhysicalSpec};
+use super::{netlink, ovs, NetworkError, NetworkState, StateAddress};
+use crate::daemon::Daemon;
+use crate::db::records::{ConfigMap, NetworkRecord, NetworkStatus};
+use crate::db::Command;
+
+/// Incus's server key for the northbound database's address.
+pub const NB_KEY: &str = "network.ovn.northbound_connection";
+/// Incus's default: the database of an OVN central on this host.
+const DEFAULT_NB: &str = "unix:/run/ovn/ovnnb_db.sock";
+/// ovn-controller's integration bridge (its default name).
+pub const INTEGRATION_BRIDGE: &str = "br-int";
+
+impl From<OvnError> for NetworkError {
+    fn from(e: OvnError) -> Self {
+        match e {
+            OvnError::Invalid(m) => NetworkError::Invalid(m),
+            e => NetworkError::Ovn(e.to_string()),
+        }
+    }
+}
+
+/// The northbound database this daemon talks to.
+pub fn northbound(d: &Daemon) -> Result<Northbound, NetworkError> {
+    let conf = d.db.server_config()?;
+    let db = conf
+        .get(NB_KEY)
+        .filter(|v| !v.is_empty())
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_NB);
+    Ok(Northbound::new(db).with_timeout(std::time::Duration::from_secs(5)))
+}
+
+/// Checks a `network.ovn.northbound_connection` value: OVSDB connection strings, comma
+/// separated (`tcp:IP:PORT`, `ssl:IP:PORT`, `unix:PATH`).
+pub fn check_nb_connection(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    for c in v.split(',') {
+        let ok = match c.split_once(':') {
+            Some(("unix", p)) => p.starts_with('/'),
+            Some(("tcp" | "ssl", rest)) => rest
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "Invalid value for {NB_KEY}: {c:?} (tcp:IP:PORT, ssl:IP:PORT or unix:PATH, comma separated)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn prefix(name: &str) -> String {
+    format!("cairn-net-{name}")
+}
+
+fn fnv32(s: &str) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in s.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x01000193);
+    }
+    h
+}
+
+/// The OVS bridge an uplink is reached through on this host (an interface name: 12
+/// characters, whatever the uplink's name).
+fn uplink_bridge(uplink: &str) -> String {
+    format!("covn{:08x}", fnv32(uplink))
+}
+
+fn physical_of(d: &Daemon, uplink: &str) -> Result<PhysicalSpec, NetworkError> {
+    let rec =
+        d.db.network(uplink)?
+            .ok_or_else(|| NetworkError::Invalid(format!("Uplink network {uplink:?} not found")))?;
+    if rec.kind != "physical" {
+        return Err(NetworkError::Invalid(format!(
+            "Uplink network {uplink:?} is of type {:?}, not physical",
+            rec.kind
+        )));
+    }
+    physical::parse(&rec.config)
+}
+
+/// Connects uplink `name` to this host's OVS: a parent that is a Linux bridge gets a veth
+/// pair into it (Incus's way, leaving the bridge's other ports alone); any other parent is
+/// itself made a port of the OVS bridge.
+fn connect_uplink(name: &str, p: &PhysicalSpec) -> Result<(), NetworkError> {
+    physical::apply(p)?;
+    let br = uplink_bridge(name);
+    let io = |e: std::io::Error| NetworkError::Io(format!("uplink {name}: {e}"));
+    let port = if std::path::Path::new("/sys/class/net")
+        .join(&p.parent)
+        .join("bridge")
+        .exists()
+    {
+        let (outer, inner) = (format!("{br}a"), format!("{br}b"));
+        if !netlink::exists(&outer) {
+            netlink::create_veth(&outer, &inner).map_err(io)?;
+        }
+        netlink::set_master(&outer, &p.parent).map_err(io)?;
+        netlink::link_up(&outer).map_err(io)?;
+        netlink::link_up(&inner).map_err(io)?;
+        inner
+    } else {
+        p.parent.clone()
+    };
+    ovs::connect_uplink(&br, &port, name)
+}
+
+fn disconnect_uplink(name: &str) -> Result<(), NetworkError> {
+    let br = uplink_bridge(name);
+    ovs::disconnect_uplink(&br, name)?;
+    let outer = format!("{br}a");
+    if netlink::exists(&outer) {
+        netlink::delete_link(&outer)
+            .map_err(|e| NetworkError::Io(format!("uplink {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Whether another OVN network than `except` uses uplink `uplink`.
+fn uplink_shared(d: &Daemon, uplink: &str, except: &str) -> Result<bool, NetworkError> {
+    Ok(d.db.networks()?.iter().any(|r| {
+        r.kind == "ovn"
+            && r.name != except
+            && r.config.get("network").map(String::as_str) == Some(uplink)
+    }))
+}
+
+/// The northbound layout of network `name` as `spec` wants it.
+fn layout_spec(
+    d: &Daemon,
+    name: &str,
+    spec: &OvnSpec,
+    chassis: Option<String>,
+) -> Result<NetworkSpec, NetworkError> {
+    let uplink = match &spec.uplink {
+        None => None,
+        Some(u) => {
+            let p = physical_of(d, u)?;
+            let gw = p.gateway.ok_or_else(|| {
+                NetworkError::Invalid(format!("Uplink network {u:?} has no ipv4.gateway"))
+            })?;
+            let address = spec.uplink_ipv4.ok_or_else(|| {
+                NetworkError::Invalid(format!("Network {name:?} has no uplink address yet"))
+            })?;
+            Some(UplinkSpec {
+                physnet: u.clone(),
+                address,
+                prefix_len: gw.prefix,
+                gateway: gw.addr,
+                mac: ovn_config::derived_mac(name, "ext"),
+                gateway_chassis: chassis.into_iter().map(|c| (c, 1)).collect(),
+                snat: spec.nat,
+            })
+        }
+    };
+    let dns_servers = match &spec.uplink {
+        Some(u) => {
+            let p = physical_of(d, u)?;
+            if p.nameservers.is_empty() {
+                p.gateway.map(|g| vec![g.addr]).unwrap_or_default()
+            } else {
+                p.nameservers
+            }
+        }
+        None => vec![],
+    };
+    Ok(NetworkSpec {
+        prefix: prefix(name),
+        gateway: spec.ipv4.addr,
+        prefix_len: spec.ipv4.prefix,
+        mac: spec
+            .hwaddr
+            .clone()
+            .unwrap_or_else(|| ovn_config::derived_mac(name, "int")),
+        mtu: spec.mtu,
+        dns_domain: spec.domain.clone(),
+        dns_servers,
+        uplink,
+    })
+}
+
+/// The first address of the uplink's `ipv4.ovn.ranges` no other OVN network's router has.
+fn allocate_uplink_ip(d: &Daemon, name: &str, uplink: &str) -> Result<Ipv4Addr, NetworkError> {
+    let p = physical_of(d, uplink)?;
+    if p.ovn_ranges.is_empty() {
+        return Err(NetworkError::Invalid(format!(
+            "Uplink network {uplink:?} has no ipv4.ovn.ranges for the routers' addresses"
+        )));
+    }
+    let taken: Vec<Ipv4Addr> =
+        d.db.networks()?
+            .iter()
+            .filter(|r| r.kind == "ovn" && r.name != name)
+            .filter(|r| r.config.get("network").map(String::as_str) == Some(uplink))
+            .filter_map(|r| r.config.get(VOLATILE_UPLINK_IPV4)?.parse().ok())
+            .collect();
+    let free = p.ovn_addresses().find(|a| !taken.contains(a));
+    free.ok_or_else(|| {
+        NetworkError::Invalid(format!(
+            "Uplink network {uplink:?}: every address of ipv4.ovn.ranges is taken"
+        ))
+    })
+}
+
+/// Settles `auto`, allocates the router's uplink address and checks the result: the config
+/// to record.
+fn settle(d: &Daemon, name: &str, mut config: ConfigMap) -> Result<ConfigMap, NetworkError> {
+    // Keys first, so a bad key is named before any subnet is chosen.
+    let mut probe = config.clone();
+    if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
+        probe.insert("ipv4.address".into(), "10.0.0.1/24".into());
+    }
+    let first = ovn_config::parse(&probe)?;
+    config
+        .entry("ipv4.address".into())
+        .or_insert_with(|| "auto".into());
+    super::manage::settle_subnet(d, name, &mut config)?;
+    if let Some(u) = &first.uplink {
+        let p = physical_of(d, u)?;
+        if !config.contains_key(VOLATILE_UPLINK_IPV4) {
+            let ip = allocate_uplink_ip(d, name, u)?;
+            config.insert(VOLATILE_UPLINK_IPV4.into(), ip.to_string());
+        }
+        let spec = ovn_config::parse(&config)?;
+        if let (Some(g), Some(ip)) = (p.gateway, spec.uplink_ipv4) {
+            if !g.contains(ip) {
+                return Err(NetworkError::Invalid(format!(
+                    "{VOLATILE_UPLINK_IPV4} {ip} is outside uplink {u:?}'s subnet"
+                )));
+            }
+        }
+    }
+    ovn_config::parse(&config)?;
+    Ok(config)
+}
+
+/// This host's side and the northbound rows, made (or converged) to `rec`'s config.
+fn apply(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
+    let spec = ovn_config::parse(&rec.config)?;
+    if !ovs::available() {
+        return Err(NetworkError::Invalid(
+            "Open vSwitch is not running on this host: OVN networks need it".into(),
+        ));
+    }
+    if let Some(u) = &spec.uplink {
+        connect_uplink(u, &physical_of(d, u)?)?;
+    }
+    let chassis = ovs::system_id()?;
+    let nb = northbound(d)?;
+    layout::create(&nb, &layout_spec(d, &rec.name, &spec, chassis)?)?;
+    Ok(())
+}
+
+/// Removes what [`apply`] made: the northbound rows, and the uplink's OVS bridge when no
+/// other OVN network needs it.
+fn teardown(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
+    let nb = northbound(d)?;
+    let spec = ovn_config::parse(&rec.config)?;
+    // The delete needs only the names: no uplink lookup (the uplink may be half-made).
+    let names = NetworkSpec {
+        prefix: prefix(&rec.name),
+        gateway: spec.ipv4.addr,
+        prefix_len: spec.ipv4.prefix,
+        mac: ovn_config::derived_mac(&rec.name, "int"),
+        mtu: spec.mtu,
+        dns_domain: spec.domain.clone(),
+        dns_servers: vec![],
+        uplink: None,
+    };
+    layout::delete(&nb, &names)?;
+    if let Some(u) = &spec.uplink {
+        if !uplink_shared(d, u, &rec.name)? && ovs::available() {
+            disconnect_uplink(u)?;
+        }
+    }
+    Ok(())
+}
+
+fn refuse_cluster(d: &Daemon) -> Result<(), NetworkError> {
+    if d.cluster().is_some() {
+        return Err(NetworkError::Invalid(
+            "OVN and physical networks are not supported in a cluster yet (the OVN central databases are not run across the members yet)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /1.0/networks` with `type=ovn`.
+pub async fn create(
+    d: &Arc<Daemon>,
+    name: String,
+    description: String,
+    config: ConfigMap,
+) -> Result<(), NetworkError> {
+    refuse_cluster(d)?;
+    if d.db.network(&name)?.is_some() {
+        return Err(NetworkError::Conflict(format!(
+            "Network {name:?} already exists"
+        )));
+    }
+    let (d2, n) = (d.clone(), name.clone());
+    let config = super::manage::blocking(move || settle(&d2, &n, config)).await?;
+    let rec = NetworkRecord {
+        name: name.clone(),
+        kind: "ovn".into(),
+        description,
+        config,
+        ..NetworkRecord::default()
+    };
+    d.write(vec![Command::CreateNetwork(rec.clone())]).await?;
+    let (d2, r2) = (d.clone(), rec.clone());
+    let made = super::manage::blocking(move || {
+        apply(&d2, &r2).inspect_err(|_| {
+            if let Err(e2) = teardown(&d2, &r2) {
+                tracing::error!("network {}: undoing: {e2}", r2.name);
+            }
+        })
+    })
+    .await;
+    if let Err(e) = made {
+        tracing::error!("network {name}: creating it failed, undoing: {e}");
+        d.write(vec![Command::DeleteNetwork { name }]).await?;
+        return Err(e);
+    }
+    tracing::info!("network {name} (ovn) created");
+    Ok(())
+}
+
+/// `PUT`/`PATCH`: the uplink is fixed once made; its router address is kept.
+pub async fn update(
+    d: &Arc<Daemon>,
+    old: NetworkRecord,
+    description: String,
+    mut config: ConfigMap,
+) -> Result<(), NetworkError> {
+    if config.get("network") != old.config.get("network") {
+        return Err(NetworkError::Invalid(
+            "The uplink (network) of an OVN network cannot be changed".into(),
+        ));
+    }
+    if let Some(v) = old.config.get(VOLATILE_UPLINK_IPV4) {
+        config
+            .entry(VOLATILE_UPLINK_IPV4.into())
+            .or_insert_with(|| v.clone());
+    }
+    let (d2, n) = (d.clone(), old.name.clone());
+    let config = super::manage::blocking(move || {
+        if !config.contains_key("ipv4.address") {
+            return Err(NetworkError::Invalid(
+                "Invalid value for network config key \"ipv4.address\": an OVN network needs an IPv4 subnet".into(),
+            ));
+        }
+        settle(&d2, &n, config)
+    })
+    .await?;
+    let rec = NetworkRecord {
+        description,
+        config,
+        ..old.clone()
+    };
+    d.write(vec![Command::UpdateNetwork(rec.clone())]).await?;
+    let (d2, r2) = (d.clone(), rec.clone());
+    if let Err(e) = super::manage::blocking(move || apply(&d2, &r2)).await {
+        tracing::error!(
+            "network {}: applying the new config failed, going back: {e}",
+            old.name
+        );
+        d.write(vec![Command::UpdateNetwork(old.clone())]).await?;
+        let (d2, o2) = (d.clone(), old);
+        if let Err(e2) = super::manage::blocking(move || apply(&d2, &o2)).await {
+            tracing::error!("re-applying the old config: {e2}");
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `DELETE` (the caller checked it is unused).
+pub async fn delete(d: &Arc<Daemon>, rec: NetworkRecord) -> Result<(), NetworkError> {
+    let (d2, r2) = (d.clone(), rec.clone());
+    super::manage::blocking(move || teardown(&d2, &r2)).await?;
+    d.write(vec![Command::DeleteNetwork {
+        name: rec.name.clone(),
+    }])
+    .await?;
+    tracing::info!("network {} (ovn) deleted", rec.name);
+    Ok(())
+}
+
+/// At daemon start: the uplink's OVS side again (the northbound rows are the database's).
+pub fn restore(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
+    let spec = ovn_config::parse(&rec.config)?;
+    if let Some(u) = &spec.uplink {
+        connect_uplink(u, &physical_of(d, u)?)?;
+    }
+    Ok(())
+}
+
+/// `GET /1.0/networks/{name}/state` of an OVN network, as Incus shows it: the router's
+/// gateway address, its MAC and MTU, and the `ovn` part with the active chassis (read from
+/// the southbound database ovn-controller reaches, `external_ids:ovn-remote`).
+pub fn state(rec: &NetworkRecord) -> Result<NetworkState, NetworkError> {
+    let spec = ovn_config::parse(&rec.config)?;
+    let net = layout_spec_names(rec, &spec);
+    let chassis = match (&spec.uplink, ovs::ovn_remote()?) {
+        (Some(_), Some(sb)) => cairn_ovn::southbound::active_chassis(&sb, &net.router_port("ext"))?,
+        _ => None,
+    };
+    Ok(NetworkState {
+        addresses: vec![StateAddress {
+            family: "inet".into(),
+            address: spec.ipv4.addr.to_string(),
+            netmask: spec.ipv4.prefix.to_string(),
+            scope: "link".into(),
+        }],
+        counters: None,
+        hwaddr: net.mac.clone(),
+        mtu: spec.mtu,
+        state: "up".into(),
+        kind: "broadcast".into(),
+        dnsmasq_pid: None,
+        ovn: Some(super::OvnState {
+            chassis: chassis.unwrap_or_default(),
+            logical_router: net.router(),
+            logical_switch: net.int_switch(),
+            uplink_ipv4: spec.uplink_ipv4.map(|a| a.to_string()).unwrap_or_default(),
+            uplink_ipv6: String::new(),
+        }),
+    })
+}
+
+fn layout_spec_names(rec: &NetworkRecord, spec: &OvnSpec) -> NetworkSpec {
+    NetworkSpec {
+        prefix: prefix(&rec.name),
+        gateway: spec.ipv4.addr,
+        prefix_len: spec.ipv4.prefix,
+        mac: spec
+            .hwaddr
+            .clone()
+            .unwrap_or_else(|| ovn_config::derived_mac(&rec.name, "int")),
+        mtu: spec.mtu,
+        dns_domain: spec.domain.clone(),
+        dns_servers: vec![],
+        uplink: None,
+    }
+}
+
+/// The instance ports' addresses, as Incus lists an OVN network's leases (static for a
+/// NIC with `ipv4.address`, dynamic for one OVN's IPAM chose).
+pub fn leases(d: &Daemon, rec: &NetworkRecord) -> Result<Vec<Lease>, NetworkError> {
+    let nb = northbound(d)?;
+    let ports = layout::ports(&nb, Some(&prefix(&rec.name)), None)?;
+    Ok(ports
+        .into_iter()
+        .filter_map(|p| {
+            Some(Lease {
+                hostname: p.hostname,
+                hwaddr: p.mac,
+                address: p.address?.to_string(),
+                kind: if p.dynamic { "dynamic" } else { "static" }.into(),
+                location: String::new(),
+                project: "default".into(),
+            })
+        })
+        .collect())
+}
+
+/// The instance NIC `device` of `instance` on OVN network `rec`: its logical switch port
+/// (MAC, static or dynamic address, DHCP options, name for DNS), and the veth's host end
+/// `host_name` bound to it on the integration bridge. The veth may not exist yet: OVS takes
+/// it when liblxc makes it.
+pub fn attach(
+    d: &Daemon,
+    rec: &NetworkRecord,
+    instance: &str,
+    device: &str,
+    hwaddr: &str,
+    address: Option<Ipv4Addr>,
+) -> Result<(), NetworkError> {
+    let spec = ovn_config::parse(&rec.config)?;
+    let inst =
+        d.db.instance(instance)?
+            .ok_or_else(|| NetworkError::NotFound(format!("Instance {instance:?} not found")))?;
+    let uuid = inst
+        .config
+        .get("volatile.uuid")
+        .cloned()
+        .unwrap_or_else(|| instance.to_string());
+    let host_name = inst
+        .devices
+        .get(device)
+        .and_then(|c| c.get("host_name"))
+        .or_else(|| inst.config.get(&format!("volatile.{device}.host_name")))
+        .cloned()
+        .ok_or_else(|| {
+            NetworkError::Invalid(format!("Device {device:?} has no host-side name yet"))
+        })?;
+    if let Some(ip) = address {
+        if !spec.ipv4.contains(ip) || ip == spec.ipv4.addr {
+            return Err(NetworkError::Invalid(format!(
+                "Device {device:?}: ipv4.address {ip} is not a host address of network {:?} ({}) other than its gateway",
+                rec.name, spec.ipv4
+            )));
+        }
+    }
+    let nb = northbound(d)?;
+    let net = layout_spec_names(rec, &spec);
+    let port = layout::add_port(
+        &nb,
+        &net,
+        &PortSpec {
+            instance_uuid: uuid,
+            device: device.to_string(),
+            mac: hwaddr.to_lowercase(),
+            address,
+            hostname: instance.to_string(),
+        },
+    )?;
+    ovs::bind_port(INTEGRATION_BRIDGE, &host_name, &port)?;
+    // The name resolves once the port has its address (ovn-northd's IPAM picks a dynamic
+    // one within milliseconds of the port's creation).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let ip = loop {
+        match layout::port_address(&nb, &port)? {
+            Some(ip) => break Some(ip),
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            None => break None,
+        }
+    };
+    match ip {
+        Some(ip) => layout::set_dns_record(&nb, &net, instance, Some(ip))?,
+        None => tracing::warn!("{instance}.{device}: no address from OVN yet, no DNS name"),
+    }
+    Ok(())
+}
+
+/// Forgets the ports of `instance` (every NIC of it with `device: None`) on every OVN
+/// network: logical switch ports and their OVS bindings.
+pub fn forget(d: &Daemon, instance: &str, device: Option<&str>) -> Result<(), NetworkError> {
+    if !d.db.networks()?.iter().any(|r| r.kind == "ovn") {
+        return Ok(());
+    }
+    let nb = northbound(d)?;
+    for p in layout::ports(&nb, None, Some(instance))? {
+        if device.is_some_and(|dev| !p.name.ends_with(&format!("-{dev}"))) {
+            continue;
+        }
+        layout::remove_port(&nb, &p.name)?;
+        if ovs::available() {
+            ovs::unbind(&p.name)?;
+        }
+        let net = p.network.strip_prefix("cairn-net-").unwrap_or_default();
+        if let Some(rec) = d.db.network(net)?.filter(|r| r.kind == "ovn") {
+            let spec = ovn_config::parse(&rec.config)?;
+            layout::set_dns_record(&nb, &layout_spec_names(&rec, &spec), instance, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// The MTU NICs on `rec` get when they set none (the overlay's).
+pub fn nic_mtu(rec: &NetworkRecord) -> Option<u32> {
+    ovn_config::parse(&rec.config).ok().map(|s| s.mtu)
+}
+
+/// Physical networks: create and delete without an OVS side of their own.
+pub mod uplink {
+    use super::*;
+
+    pub async fn create(
+        d: &Arc<Daemon>,
+        name: String,
+        description: String,
+        config: ConfigMap,
+    ) -> Result<(), NetworkError> {
+        refuse_cluster(d)?;
+        if d.db.network(&name)?.is_some() {
+            return Err(NetworkError::Conflict(format!(
+                "Network {name:?} already exists"
+            )));
+        }
+        let spec = physical::parse(&config)?;
+        if let Some(g) = spec.gateway {
+            // A host route to the gateway's subnet is the uplink's own: only managed
+            // networks may not overlap it.
+            overlaps_managed(d, &name, g)?;
+        }
+        let s2 = spec.clone();
+        super::super::manage::blocking(move || physical::apply(&s2)).await?;
+        d.write(vec![Command::CreateNetwork(NetworkRecord {
+            name: name.clone(),
+            kind: "physical".into(),
+            description,
+            config,
+            status: NetworkStatus::Created,
+            ..NetworkRecord::default()
+        })])
+        .await?;
+        tracing::info!("network {name} (physical, on {}) created", spec.parent);
+        Ok(())
+    }
+
+    fn overlaps_managed(d: &Daemon, name: &str, g: Ipv4Cidr) -> Result<(), NetworkError> {
+        for r in d.db.networks()? {
+            if r.name == name {
+                continue;
+            }
+            for key in ["ipv4.address", "ipv4.gateway"] {
+                if let Some(c) = r
+                    .config
+                    .get(key)
+                    .and_then(|v| super::super::config::parse_gateway(key, v).ok())
+                {
+                    if c.overlaps(g) {
+                        return Err(NetworkError::Invalid(format!(
+                            "Invalid value for network config key \"ipv4.gateway\": {g} overlaps with network {:?} ({c})",
+                            r.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn update(
+        d: &Arc<Daemon>,
+        old: NetworkRecord,
+        description: String,
+        config: ConfigMap,
+    ) -> Result<(), NetworkError> {
+        let spec = physical::parse(&config)?;
+        if uplink_users(d, &old.name)? && config.get("parent") != old.config.get("parent") {
+            return Err(NetworkError::InUse(format!(
+                "The parent of uplink {:?} cannot change while OVN networks use it",
+                old.name
+            )));
+        }
+        let s2 = spec.clone();
+        super::super::manage::blocking(move || physical::apply(&s2)).await?;
+        d.write(vec![Command::UpdateNetwork(NetworkRecord {
+            description,
+            config,
+            ..old
+        })])
+        .await?;
+        Ok(())
+    }
+
+    /// Whether OVN networks use uplink `name` (then it cannot be deleted).
+    pub fn uplink_users(d: &Daemon, name: &str) -> Result<bool, NetworkError> {
+        uplink_shared(d, name, "")
+    }
+
+    pub async fn delete(d: &Arc<Daemon>, rec: NetworkRecord) -> Result<(), NetworkError> {
+        let users: Vec<String> = d
+            .db
+            .networks()?
+            .into_iter()
+            .filter(|r| {
+                r.kind == "ovn" && r.config.get("network").map(String::as_str) == Some(&rec.name)
+            })
+            .map(|r| format!("/1.0/networks/{}", r.name))
+            .collect();
+        if !users.is_empty() {
+            return Err(NetworkError::InUse(format!(
+                "The network is currently in use (by {})",
+                users.join(", ")
+            )));
+        }
+        d.write(vec![Command::DeleteNetwork {
+            name: rec.name.clone(),
+        }])
+        .await?;
+        tracing::info!("network {} (physical) deleted", rec.name);
+        Ok(())
+    }
+
+    /// `GET …/state` of a physical network: its parent's, measured.
+    pub fn state(rec: &NetworkRecord) -> Result<NetworkState, NetworkError> {
+        let p = physical::parse(&rec.config)?;
+        super::super::iface::state(&p.parent)
+    }
+}
