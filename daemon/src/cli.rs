@@ -153,6 +153,9 @@ async fn run(opts: Options) -> Result<(), String> {
         );
         let _ = d.raft_heartbeat.set(Duration::from_millis(ms));
     }
+    if preseed.as_ref().is_some_and(|p| p.ovn.is_some()) {
+        let _ = d.ovn_services.set(true);
+    }
     let router = crate::api::router(d.clone());
     d.https.set_router(router.clone());
     let unix = crate::listener::bind_unix(&d.paths.unix_socket)
@@ -213,6 +216,9 @@ async fn run(opts: Options) -> Result<(), String> {
             .unwrap_or_default()
     );
     tokio::spawn(resume_instances(d.clone()));
+    if crate::network::ovn_services::enabled(&d) {
+        tokio::spawn(crate::network::ovn_services::run_loop(d.clone()));
+    }
     tokio::spawn(raft_watchdog(d.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};

@@ -71,6 +71,8 @@ pub struct Daemon {
     /// The Raft heartbeat from the cluster seed, read at each start before membership
     /// resumes (else the default of `cluster::node::Config`).
     pub raft_heartbeat: std::sync::OnceLock<std::time::Duration>,
+    /// Whether this daemon runs the OVN control plane (the preseed's `ovn:` part).
+    pub ovn_services: std::sync::OnceLock<bool>,
     /// The cluster this member belongs to, once enabled or joined.
     cluster: RwLock<Option<Arc<crate::cluster::member::Member>>>,
     pub events: EventHub,
@@ -215,6 +217,7 @@ impl Daemon {
             cluster: RwLock::new(None),
             seed_keys: std::sync::OnceLock::new(),
             raft_heartbeat: std::sync::OnceLock::new(),
+            ovn_services: std::sync::OnceLock::new(),
             pools: RwLock::new(BTreeMap::new()),
             networks: crate::network::manage::Networks::new(&paths.networks),
             cert: RwLock::new(Arc::new(cert)),

@@ -17,6 +17,8 @@
 //!   - name: cairnbr0            # on the first one (instead of a bare p2p veth)
 //!     type: bridge
 //!     config: {ipv4.address: auto, ipv4.nat: "true", ipv6.address: none}
+//! ovn: {}                       # in a cluster: run this member's part of the OVN control
+//!                               # plane (network::ovn_services)
 //! ```
 
 use std::collections::BTreeMap;
@@ -46,7 +48,16 @@ pub struct Preseed {
     /// Networks made at the first start (the appliance's `cairnbr0`).
     #[serde(default)]
     pub networks: Vec<PreseedNetwork>,
+    /// The appliance's OVN: present, this member runs its part of the cluster's OVN
+    /// control plane (`network::ovn_services`).
+    #[serde(default)]
+    pub ovn: Option<PreseedOvn>,
 }
+
+/// The preseed's `ovn:` part.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PreseedOvn {}
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]

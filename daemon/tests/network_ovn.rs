@@ -40,17 +40,23 @@ fn exec_ok(d: &TestDaemon, c: &str, args: &[&str]) -> bool {
         .success()
 }
 
-fn dhcp(d: &TestDaemon, c: &str) {
+fn dhcp(d: &TestDaemon, stack: &OvnStack, c: &str) {
     let out = d
         .incus_cmd_timeout(60, &["exec", c, "--", "sh", "-c", DHCP])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "udhcpc in {c}: {}{}\n--- cairnd log ---\n{}",
+        "udhcpc in {c}: {}{}\n--- cairnd log ---\n{}\n--- nb ---\n{}\n--- ovs ---\n{}\n--- ports ---\n{}\n--- controller ---\n{}\n--- vswitchd ---\n{}\n--- instance ---\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        d.log()
+        d.log(),
+        stack.nbctl(&["show"]),
+        stack.vsctl(&["show"]),
+        stack.vsctl(&["--columns=name,external_ids,ofport,error", "list", "interface"]),
+        stack.log("controller"),
+        stack.log("vswitchd"),
+        d.incus_ok(&["config", "show", c, "--expanded"]),
     );
 }
 
@@ -206,8 +212,8 @@ fn ovn_networks_on_a_physical_uplink() {
     d.import_busybox("bb");
     d.incus_ok(&["launch", "bb", "c1", "--network", "ovn0"]);
     d.incus_ok(&["launch", "bb", "c2", "--network", "ovn0"]);
-    dhcp(&d, "c1");
-    dhcp(&d, "c2");
+    dhcp(&d, &stack, "c1");
+    dhcp(&d, &stack, "c2");
     let c1 = address_of(&d, "c1", &prefix);
     let c2 = address_of(&d, "c2", &prefix);
     assert_ne!(c1, c2);
@@ -251,7 +257,7 @@ fn ovn_networks_on_a_physical_uplink() {
         &format!("ipv4.address={fixed}"),
     ]);
     d.incus_ok(&["start", "c3"]);
-    dhcp(&d, "c3");
+    dhcp(&d, &stack, "c3");
     assert_eq!(address_of(&d, "c3", &prefix), fixed);
     let leases = d.incus_ok(&["network", "list-leases", "ovn0", "--format", "csv"]);
     for (c, ip) in [("c1", &c1), ("c2", &c2), ("c3", &fixed)] {
@@ -299,7 +305,7 @@ fn ovn_networks_on_a_physical_uplink() {
     let prefix2 = sub2.trim().trim_end_matches("1/24").to_string();
     assert_ne!(prefix2, prefix);
     d.incus_ok(&["launch", "bb", "t1", "--network", "tenant2"]);
-    dhcp(&d, "t1");
+    dhcp(&d, &stack, "t1");
     address_of(&d, "t1", &prefix2);
     assert!(
         exec_ok(&d, "t1", &["ping", "-c1", "-W3", "192.0.2.1"]),

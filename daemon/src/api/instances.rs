@@ -306,7 +306,7 @@ async fn update(
     crate::validate::instance_config(&user_keys, false)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     crate::validate::devices(&devices).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    crate::network::manage::check_nics(&d, &devices)?;
+    crate::network::nics::check_nics(&d, &devices)?;
     crate::instance::disks::check(&d, &devices)?;
     let profiles = req
         .profiles

@@ -404,7 +404,10 @@ pub async fn internal_apply(
     State(d): State<AppState>,
     ApiJson(req): ApiJson<crate::network::cluster::MemberRequest>,
 ) -> ApiResult {
-    manage::apply_here(&d.daemon, &req.name, req.config).await?;
+    match req.kind.as_str() {
+        "" | "bridge" => manage::apply_here(&d.daemon, &req.name, req.config).await?,
+        _ => crate::network::ovn::member_request(&d.daemon, req).await?,
+    }
     empty()
 }
 

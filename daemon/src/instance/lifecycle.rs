@@ -65,7 +65,7 @@ pub fn precheck_create(d: &Daemon, req: &CreateRequest) -> Result<()> {
     let (ec, ed) = expand_with(d, &profiles, &req.config, &req.devices)?;
     crate::validate::instance_config(&ec, true)?;
     crate::validate::devices(&ed)?;
-    crate::network::manage::check_nics(d, &ed).map_err(nic_error)?;
+    crate::network::nics::check_nics(d, &ed).map_err(nic_error)?;
     super::disks::check(d, &ed)?;
     let pool = root_pool(&ed)?;
     let Some(pool) = d.pool(&pool) else {
@@ -206,7 +206,7 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
     let (ec, ed) = expand(&d, &rec)?;
     // A NIC on a managed network that is gone would fail deep in liblxc ("no such
     // device"): say which network is missing instead.
-    crate::network::manage::check_nics(&d, &ed).map_err(nic_error)?;
+    crate::network::nics::check_nics(&d, &ed).map_err(nic_error)?;
     super::disks::check(&d, &ed)?;
     let pool_name = root_pool(&ed)?;
     let pool = d
@@ -262,12 +262,12 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
         else {
             continue;
         };
-        crate::network::manage::attach_nic(&d, name, dev, conf, mac).map_err(nic_error)?;
+        crate::network::nics::attach_nic(&d, name, dev, conf, mac).map_err(nic_error)?;
     }
 
     // Volume disks become bind mounts of the volumes' directories, owned for this map.
     let mut mounted = super::disks::resolve(&d, name, &ed, want).await?;
-    crate::network::manage::link_free(&d, &mut mounted).map_err(nic_error)?;
+    crate::network::nics::link_free(&d, &mut mounted).map_err(nic_error)?;
     let log_dir = d.instance_log_dir(name);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| InstanceError::Failed(format!("creating {}: {e}", log_dir.display())))?;
@@ -320,6 +320,12 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
             "Failed to start instance {name}: {e}{}{tail}",
             if tail.is_empty() { "" } else { "\n" }
         )));
+    }
+    {
+        // A NIC left unbound would give no error of its own: say it here. The container
+        // runs; its next start binds it again.
+        let (d2, n, devs) = (d.clone(), name.to_string(), ed.clone());
+        blocking(move || crate::network::nics::plug(&d2, &n, &devs).map_err(nic_error)).await?;
     }
     d.write(vec![Command::SetInstanceVolatile {
         name: name.into(),
@@ -460,7 +466,7 @@ pub async fn delete(d: Arc<Daemon>, name: &str) -> Result<()> {
     }
     d.write(vec![Command::DeleteInstance { name: name.into() }])
         .await?;
-    crate::network::manage::forget_instance(&d, name);
+    crate::network::nics::forget_instance(&d, name);
     let _ = crate::storage::tree::remove(&d.paths.lxc.join(name));
     let _ = crate::storage::tree::remove(&d.instance_log_dir(name));
     d.events

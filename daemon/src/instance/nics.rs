@@ -75,7 +75,7 @@ async fn remove(
     .await
     .map_err(|e| InstanceError::Failed(e.to_string()))?
     .map_err(failed(what))?;
-    crate::network::manage::detach_nic(d, name, dev);
+    crate::network::nics::detach_nic(d, name, dev);
     tracing::info!(instance = %name, "NIC {dev} removed");
     Ok(())
 }
@@ -95,12 +95,13 @@ async fn add(
         .cloned()
         .unwrap_or_default();
     // The dnsmasq reservation first, so the container's first DHCP request finds it.
-    crate::network::manage::attach_nic(d, name, dev, conf, &mac)
+    crate::network::nics::attach_nic(d, name, dev, conf, &mac)
         .map_err(|e| InstanceError::Invalid(e.to_string()))?;
     // A NIC on an OVN network was bound to the integration bridge above: no master.
     let mut devs: DeviceMap = [(dev.to_string(), conf.clone())].into_iter().collect();
-    crate::network::manage::link_free(d, &mut devs)
+    crate::network::nics::link_free(d, &mut devs)
         .map_err(|e| InstanceError::Invalid(e.to_string()))?;
+    let original = conf.clone();
     let conf = &devs[dev];
     let inside = ifname(dev, conf).to_string();
     let mtu: Option<u32> = conf.get("mtu").and_then(|m| m.parse().ok());
@@ -162,9 +163,12 @@ async fn add(
     .await
     .map_err(|e| InstanceError::Failed(e.to_string()))?;
     if let Err(e) = made {
-        crate::network::manage::detach_nic(d, name, dev);
+        crate::network::nics::detach_nic(d, name, dev);
         return Err(failed(what)(e));
     }
+    let devs: DeviceMap = [(dev.to_string(), original.clone())].into_iter().collect();
+    crate::network::nics::plug(d, name, &devs)
+        .map_err(|e| InstanceError::Invalid(e.to_string()))?;
     tracing::info!(instance = %name, "NIC {dev} added");
     Ok(())
 }

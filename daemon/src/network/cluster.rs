@@ -29,10 +29,17 @@ pub const MEMBER_PATH: &str = "/internal/cluster/networks";
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a member is asked to make (or change its bridge to).
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct MemberRequest {
     pub name: String,
     pub config: ConfigMap,
+    /// What to do with it: empty or `bridge` (make or change the bridge), `physical` (check
+    /// and bring up the parent), `ovn-uplink` (connect uplink `name` to this member's OVS,
+    /// or with `remove` disconnect it).
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub remove: bool,
 }
 
 /// `--target M`: records that member M has the network; nothing is made yet.
@@ -270,14 +277,25 @@ async fn apply_remote(
     name: &str,
     config: &ConfigMap,
 ) -> Result<(), NetworkError> {
+    member_call(
+        d,
+        addr,
+        &MemberRequest {
+            name: name.to_string(),
+            config: config.clone(),
+            kind: String::new(),
+            remove: false,
+        },
+    )
+    .await
+}
+
+/// Sends `req` to the member at `addr` (`POST /internal/cluster/networks`).
+pub async fn member_call(d: &Daemon, addr: &str, req: &MemberRequest) -> Result<(), NetworkError> {
     let rt = d
         .cluster()
         .ok_or_else(|| NetworkError::Io("This server is not clustered".into()))?;
-    let body = serde_json::to_value(MemberRequest {
-        name: name.to_string(),
-        config: config.clone(),
-    })
-    .map_err(|e| NetworkError::Io(e.to_string()))?;
+    let body = serde_json::to_value(req).map_err(|e| NetworkError::Io(e.to_string()))?;
     let (status, answer) = crate::cluster::member_api::call(
         &rt,
         addr,

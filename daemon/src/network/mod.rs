@@ -13,8 +13,10 @@ pub mod iface;
 pub mod manage;
 pub mod netlink;
 pub mod nft;
+pub mod nics;
 pub mod ovn;
 pub mod ovn_config;
+pub mod ovn_services;
 pub mod ovs;
 pub mod physical;
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use cairn_ovn::{layout, NetworkSpec, Northbound, OvnError, PortSpec, UplinkSpec};
 
+use super::cluster::MemberRequest;
 use super::config::Ipv4Cidr;
 use super::dnsmasq::Lease;
 use super::ovn_config::{self, OvnSpec, VOLATILE_UPLINK_IPV4};
@@ -37,14 +38,23 @@ impl From<OvnError> for NetworkError {
 }
 
 /// The northbound database this daemon talks to.
+/// The northbound database this daemon talks to: `network.ovn.northbound_connection`;
+/// unset, the cluster's own when cairnd runs the OVN services (the appliance), else
+/// Incus's default on this host.
 pub fn northbound(d: &Daemon) -> Result<Northbound, NetworkError> {
     let conf = d.db.server_config()?;
-    let db = conf
-        .get(NB_KEY)
-        .filter(|v| !v.is_empty())
-        .map(String::as_str)
-        .unwrap_or(DEFAULT_NB);
-    Ok(Northbound::new(db).with_timeout(std::time::Duration::from_secs(5)))
+    let db = match conf.get(NB_KEY).filter(|v| !v.is_empty()) {
+        Some(v) => v.clone(),
+        None => match super::ovn_services::enabled(d)
+            .then(|| super::ovn_services::plan(d))
+            .transpose()?
+            .flatten()
+        {
+            Some(p) => p.nb(),
+            None => DEFAULT_NB.to_string(),
+        },
+    };
+    Ok(Northbound::new(&db).with_timeout(std::time::Duration::from_secs(5)))
 }
 
 /// Checks a `network.ovn.northbound_connection` value: OVSDB connection strings, comma
@@ -152,7 +162,7 @@ fn layout_spec(
     d: &Daemon,
     name: &str,
     spec: &OvnSpec,
-    chassis: Option<String>,
+    chassis: Vec<(String, u16)>,
 ) -> Result<NetworkSpec, NetworkError> {
     let uplink = match &spec.uplink {
         None => None,
@@ -170,7 +180,7 @@ fn layout_spec(
                 prefix_len: gw.prefix,
                 gateway: gw.addr,
                 mac: ovn_config::derived_mac(name, "ext"),
-                gateway_chassis: chassis.into_iter().map(|c| (c, 1)).collect(),
+                gateway_chassis: chassis,
                 snat: spec.nat,
             })
         }
@@ -256,65 +266,134 @@ fn settle(d: &Daemon, name: &str, mut config: ConfigMap) -> Result<ConfigMap, Ne
     Ok(config)
 }
 
-/// This host's side and the northbound rows, made (or converged) to `rec`'s config.
-fn apply(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
+/// The chassis that may hold the routers' gateway ports, with priorities: every member
+/// (its chassis is named after it), the first by id preferred; standalone, this host's.
+fn gateway_chassis(d: &Daemon) -> Result<Vec<(String, u16)>, NetworkError> {
+    if d.cluster().is_none() {
+        return Ok(ovs::system_id()?.into_iter().map(|c| (c, 1)).collect());
+    }
+    let mut members = d.db.members()?;
+    members.sort_by_key(|m| m.id);
+    Ok(members
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (m.name, 100u16.saturating_sub(i as u16).max(1)))
+        .collect())
+}
+
+/// The northbound rows, made (or converged) to `rec`'s config. Blocking.
+fn apply_nb(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
     let spec = ovn_config::parse(&rec.config)?;
-    if !ovs::available() {
-        return Err(NetworkError::Invalid(
-            "Open vSwitch is not running on this host: OVN networks need it".into(),
-        ));
-    }
-    if let Some(u) = &spec.uplink {
-        connect_uplink(u, &physical_of(d, u)?)?;
-    }
-    let chassis = ovs::system_id()?;
+    let chassis = gateway_chassis(d)?;
     let nb = northbound(d)?;
     layout::create(&nb, &layout_spec(d, &rec.name, &spec, chassis)?)?;
     Ok(())
 }
 
-/// Removes what [`apply`] made: the northbound rows, and the uplink's OVS bridge when no
-/// other OVN network needs it.
-fn teardown(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
+/// The northbound rows of `rec` removed. Blocking.
+fn teardown_nb(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
     let nb = northbound(d)?;
     let spec = ovn_config::parse(&rec.config)?;
     // The delete needs only the names: no uplink lookup (the uplink may be half-made).
-    let names = NetworkSpec {
-        prefix: prefix(&rec.name),
-        gateway: spec.ipv4.addr,
-        prefix_len: spec.ipv4.prefix,
-        mac: ovn_config::derived_mac(&rec.name, "int"),
-        mtu: spec.mtu,
-        dns_domain: spec.domain.clone(),
-        dns_servers: vec![],
-        uplink: None,
-    };
-    layout::delete(&nb, &names)?;
+    layout::delete(&nb, &layout_spec_names(rec, &spec))?;
+    Ok(())
+}
+
+/// What one member does for a network it does not make alone (`MemberRequest.kind`):
+/// `physical` checks and brings up an uplink's parent, `ovn-uplink` connects the uplink
+/// to this member's OVS (or with `remove` disconnects it).
+pub async fn member_request(d: &Arc<Daemon>, req: MemberRequest) -> Result<(), NetworkError> {
+    let _ = d;
+    super::manage::blocking(move || match (req.kind.as_str(), req.remove) {
+        ("physical", _) => physical::apply(&physical::parse(&req.config)?),
+        ("ovn-uplink", false) => {
+            if !ovs::available() {
+                return Err(NetworkError::Invalid(
+                    "Open vSwitch is not running on this host: OVN networks need it".into(),
+                ));
+            }
+            connect_uplink(&req.name, &physical::parse(&req.config)?)
+        }
+        ("ovn-uplink", true) => match ovs::available() {
+            true => disconnect_uplink(&req.name),
+            false => Ok(()),
+        },
+        (k, _) => Err(NetworkError::Invalid(format!(
+            "Unknown network member request {k:?}"
+        ))),
+    })
+    .await
+}
+
+/// Runs `req` here and on every other member, in turn; the first failure names its member.
+async fn on_every_member(d: &Arc<Daemon>, req: MemberRequest) -> Result<(), NetworkError> {
+    if d.cluster().is_none() {
+        return member_request(d, req).await;
+    }
+    let me = d.server_name();
+    let mut members = d.db.members()?;
+    members.sort_by_key(|m| m.name != me);
+    for m in members {
+        let r = if m.name == me {
+            member_request(d, req.clone()).await
+        } else {
+            super::cluster::member_call(d, &m.address, &req).await
+        };
+        r.map_err(|e| match e {
+            NetworkError::Invalid(msg) => {
+                NetworkError::Invalid(format!("Failed on member {}: {msg}", m.name))
+            }
+            e => NetworkError::Io(format!("Failed on member {}: {e}", m.name)),
+        })?;
+    }
+    Ok(())
+}
+
+fn uplink_request(d: &Daemon, uplink: &str, remove: bool) -> Result<MemberRequest, NetworkError> {
+    let rec =
+        d.db.network(uplink)?
+            .ok_or_else(|| NetworkError::Invalid(format!("Uplink network {uplink:?} not found")))?;
+    Ok(MemberRequest {
+        name: uplink.to_string(),
+        config: rec.config,
+        kind: "ovn-uplink".into(),
+        remove,
+    })
+}
+
+/// The uplink connected on every member, then the northbound rows.
+async fn make(d: &Arc<Daemon>, rec: &NetworkRecord) -> Result<(), NetworkError> {
+    let spec = ovn_config::parse(&rec.config)?;
     if let Some(u) = &spec.uplink {
-        if !uplink_shared(d, u, &rec.name)? && ovs::available() {
-            disconnect_uplink(u)?;
+        on_every_member(d, uplink_request(d, u, false)?).await?;
+    }
+    let (d2, r2) = (d.clone(), rec.clone());
+    super::manage::blocking(move || apply_nb(&d2, &r2)).await
+}
+
+/// The northbound rows removed, then the uplink disconnected everywhere when no other OVN
+/// network uses it. A failure to disconnect is logged: the rows are what matters.
+async fn unmake(d: &Arc<Daemon>, rec: &NetworkRecord) -> Result<(), NetworkError> {
+    let (d2, r2) = (d.clone(), rec.clone());
+    super::manage::blocking(move || teardown_nb(&d2, &r2)).await?;
+    let spec = ovn_config::parse(&rec.config)?;
+    if let Some(u) = &spec.uplink {
+        if !uplink_shared(d, u, &rec.name)? {
+            if let Err(e) = on_every_member(d, uplink_request(d, u, true)?).await {
+                tracing::warn!("network {}: disconnecting uplink {u}: {e}", rec.name);
+            }
         }
     }
     Ok(())
 }
 
-fn refuse_cluster(d: &Daemon) -> Result<(), NetworkError> {
-    if d.cluster().is_some() {
-        return Err(NetworkError::Invalid(
-            "OVN and physical networks are not supported in a cluster yet (the OVN central databases are not run across the members yet)".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// `POST /1.0/networks` with `type=ovn`.
+/// `POST /1.0/networks` with `type=ovn`: one record for the whole cluster.
 pub async fn create(
     d: &Arc<Daemon>,
     name: String,
     description: String,
     config: ConfigMap,
 ) -> Result<(), NetworkError> {
-    refuse_cluster(d)?;
     if d.db.network(&name)?.is_some() {
         return Err(NetworkError::Conflict(format!(
             "Network {name:?} already exists"
@@ -327,20 +406,15 @@ pub async fn create(
         kind: "ovn".into(),
         description,
         config,
+        status: NetworkStatus::Created,
         ..NetworkRecord::default()
     };
     d.write(vec![Command::CreateNetwork(rec.clone())]).await?;
-    let (d2, r2) = (d.clone(), rec.clone());
-    let made = super::manage::blocking(move || {
-        apply(&d2, &r2).inspect_err(|_| {
-            if let Err(e2) = teardown(&d2, &r2) {
-                tracing::error!("network {}: undoing: {e2}", r2.name);
-            }
-        })
-    })
-    .await;
-    if let Err(e) = made {
+    if let Err(e) = make(d, &rec).await {
         tracing::error!("network {name}: creating it failed, undoing: {e}");
+        if let Err(e2) = unmake(d, &rec).await {
+            tracing::error!("network {name}: undoing: {e2}");
+        }
         d.write(vec![Command::DeleteNetwork { name }]).await?;
         return Err(e);
     }
@@ -381,15 +455,13 @@ pub async fn update(
         ..old.clone()
     };
     d.write(vec![Command::UpdateNetwork(rec.clone())]).await?;
-    let (d2, r2) = (d.clone(), rec.clone());
-    if let Err(e) = super::manage::blocking(move || apply(&d2, &r2)).await {
+    if let Err(e) = make(d, &rec).await {
         tracing::error!(
             "network {}: applying the new config failed, going back: {e}",
             old.name
         );
         d.write(vec![Command::UpdateNetwork(old.clone())]).await?;
-        let (d2, o2) = (d.clone(), old);
-        if let Err(e2) = super::manage::blocking(move || apply(&d2, &o2)).await {
+        if let Err(e2) = make(d, &old).await {
             tracing::error!("re-applying the old config: {e2}");
         }
         return Err(e);
@@ -397,10 +469,10 @@ pub async fn update(
     Ok(())
 }
 
-/// `DELETE` (the caller checked it is unused).
+/// `DELETE` (the caller checked it is unused). An unreachable database refuses it, so no
+/// rows are left without a record.
 pub async fn delete(d: &Arc<Daemon>, rec: NetworkRecord) -> Result<(), NetworkError> {
-    let (d2, r2) = (d.clone(), rec.clone());
-    super::manage::blocking(move || teardown(&d2, &r2)).await?;
+    unmake(d, &rec).await?;
     d.write(vec![Command::DeleteNetwork {
         name: rec.name.clone(),
     }])
@@ -409,7 +481,8 @@ pub async fn delete(d: &Arc<Daemon>, rec: NetworkRecord) -> Result<(), NetworkEr
     Ok(())
 }
 
-/// At daemon start: the uplink's OVS side again (the northbound rows are the database's).
+/// At daemon start: the uplink's OVS side here again (the northbound rows are the
+/// database's).
 pub fn restore(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
     let spec = ovn_config::parse(&rec.config)?;
     if let Some(u) = &spec.uplink {
@@ -487,10 +560,9 @@ pub fn leases(d: &Daemon, rec: &NetworkRecord) -> Result<Vec<Lease>, NetworkErro
         .collect())
 }
 
-/// The instance NIC `device` of `instance` on OVN network `rec`: its logical switch port
-/// (MAC, static or dynamic address, DHCP options, name for DNS), and the veth's host end
-/// `host_name` bound to it on the integration bridge. The veth may not exist yet: OVS takes
-/// it when liblxc makes it.
+/// The instance NIC `device` of `instance` on OVN network `rec`, before the instance
+/// starts: its logical switch port (MAC, static or dynamic address, DHCP options) and its
+/// DNS name. [`plug`] binds the veth once it is up.
 pub fn attach(
     d: &Daemon,
     rec: &NetworkRecord,
@@ -508,15 +580,6 @@ pub fn attach(
         .get("volatile.uuid")
         .cloned()
         .unwrap_or_else(|| instance.to_string());
-    let host_name = inst
-        .devices
-        .get(device)
-        .and_then(|c| c.get("host_name"))
-        .or_else(|| inst.config.get(&format!("volatile.{device}.host_name")))
-        .cloned()
-        .ok_or_else(|| {
-            NetworkError::Invalid(format!("Device {device:?} has no host-side name yet"))
-        })?;
     if let Some(ip) = address {
         if !spec.ipv4.contains(ip) || ip == spec.ipv4.addr {
             return Err(NetworkError::Invalid(format!(
@@ -538,7 +601,6 @@ pub fn attach(
             hostname: instance.to_string(),
         },
     )?;
-    ovs::bind_port(INTEGRATION_BRIDGE, &host_name, &port)?;
     // The name resolves once the port has its address (ovn-northd's IPAM picks a dynamic
     // one within milliseconds of the port's creation).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -556,6 +618,43 @@ pub fn attach(
         None => tracing::warn!("{instance}.{device}: no address from OVN yet, no DNS name"),
     }
     Ok(())
+}
+
+/// Binds NIC `device` of running `instance` on `rec`: the veth's host end, up, becomes the
+/// integration bridge's port for its logical switch port. After the veth is made and up:
+/// OVS's userspace datapath keeps a socket it opened on a link still down unusable.
+pub fn plug(
+    d: &Daemon,
+    rec: &NetworkRecord,
+    instance: &str,
+    device: &str,
+) -> Result<(), NetworkError> {
+    let spec = ovn_config::parse(&rec.config)?;
+    let inst =
+        d.db.instance(instance)?
+            .ok_or_else(|| NetworkError::NotFound(format!("Instance {instance:?} not found")))?;
+    let uuid = inst
+        .config
+        .get("volatile.uuid")
+        .cloned()
+        .unwrap_or_else(|| instance.to_string());
+    let host_name = inst
+        .devices
+        .get(device)
+        .and_then(|c| c.get("host_name"))
+        .or_else(|| inst.config.get(&format!("volatile.{device}.host_name")))
+        .cloned()
+        .ok_or_else(|| {
+            NetworkError::Invalid(format!("Device {device:?} has no host-side name yet"))
+        })?;
+    let port = layout_spec_names(rec, &spec).port_name(&PortSpec {
+        instance_uuid: uuid,
+        device: device.to_string(),
+        mac: String::new(),
+        address: None,
+        hostname: instance.to_string(),
+    });
+    ovs::bind_port(INTEGRATION_BRIDGE, &host_name, &port)
 }
 
 /// Forgets the ports of `instance` (every NIC of it with `device: None`) on every OVN
@@ -597,7 +696,6 @@ pub mod uplink {
         description: String,
         config: ConfigMap,
     ) -> Result<(), NetworkError> {
-        refuse_cluster(d)?;
         if d.db.network(&name)?.is_some() {
             return Err(NetworkError::Conflict(format!(
                 "Network {name:?} already exists"
@@ -609,8 +707,8 @@ pub mod uplink {
             // networks may not overlap it.
             overlaps_managed(d, &name, g)?;
         }
-        let s2 = spec.clone();
-        super::super::manage::blocking(move || physical::apply(&s2)).await?;
+        // The parent must exist on every member (one name for all of them, so far).
+        on_every_member(d, physical_request(&name, &config)).await?;
         d.write(vec![Command::CreateNetwork(NetworkRecord {
             name: name.clone(),
             kind: "physical".into(),
@@ -622,6 +720,15 @@ pub mod uplink {
         .await?;
         tracing::info!("network {name} (physical, on {}) created", spec.parent);
         Ok(())
+    }
+
+    fn physical_request(name: &str, config: &ConfigMap) -> MemberRequest {
+        MemberRequest {
+            name: name.to_string(),
+            config: config.clone(),
+            kind: "physical".into(),
+            remove: false,
+        }
     }
 
     fn overlaps_managed(d: &Daemon, name: &str, g: Ipv4Cidr) -> Result<(), NetworkError> {
@@ -653,15 +760,14 @@ pub mod uplink {
         description: String,
         config: ConfigMap,
     ) -> Result<(), NetworkError> {
-        let spec = physical::parse(&config)?;
+        physical::parse(&config)?;
         if uplink_users(d, &old.name)? && config.get("parent") != old.config.get("parent") {
             return Err(NetworkError::InUse(format!(
                 "The parent of uplink {:?} cannot change while OVN networks use it",
                 old.name
             )));
         }
-        let s2 = spec.clone();
-        super::super::manage::blocking(move || physical::apply(&s2)).await?;
+        on_every_member(d, physical_request(&old.name, &config)).await?;
         d.write(vec![Command::UpdateNetwork(NetworkRecord {
             description,
             config,

@@ -44,6 +44,23 @@ pub fn ovn_remote() -> Result<Option<String>, NetworkError> {
     Ok((!v.is_empty()).then(|| v.to_string()))
 }
 
+/// Makes this host chassis `name` of the OVN whose southbound database is `sb`, its
+/// Geneve tunnels on `encap_ip` (other external ids, like a test's datapath type, kept).
+pub fn set_chassis(name: &str, sb: &str, encap_ip: &str) -> Result<(), NetworkError> {
+    vsctl(&[
+        "--timeout=5",
+        "set",
+        "open_vswitch",
+        ".",
+        &format!("external_ids:system-id={name}"),
+        &format!("external_ids:hostname={name}"),
+        &format!("external_ids:ovn-remote=\"{sb}\""),
+        "external_ids:ovn-encap-type=geneve",
+        &format!("external_ids:ovn-encap-ip={encap_ip}"),
+    ])
+    .map(drop)
+}
+
 /// The names of the ports whose interface is bound to `iface_id`.
 fn ports_bound_to(iface_id: &str) -> Result<Vec<String>, NetworkError> {
     let out = vsctl(&[

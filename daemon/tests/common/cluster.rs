@@ -138,13 +138,24 @@ impl Cluster {
     /// One daemon per network namespace, `(namespace, address)` each, all on one port:
     /// what each does to links, routes and nftables stays in its namespace.
     pub fn start_in_netns(members: &[(String, String)]) -> Cluster {
+        let none: Vec<Vec<(String, String)>> = members.iter().map(|_| vec![]).collect();
+        Self::start_in_netns_with(members, None, &none)
+    }
+
+    /// As [`Cluster::start_in_netns`], each daemon with `preseed` and its own `env`.
+    pub fn start_in_netns_with(
+        members: &[(String, String)],
+        preseed: Option<&str>,
+        env: &[Vec<(String, String)>],
+    ) -> Cluster {
         let m = members
             .iter()
+            .zip(env)
             .enumerate()
-            .map(|(i, (ns, addr))| Member {
+            .map(|(i, ((ns, addr), env))| Member {
                 name: format!("node{}", i + 1),
                 address: format!("{addr}:8443"),
-                d: TestDaemon::start_in_netns(ns),
+                d: TestDaemon::start_in_netns_full(ns, preseed, env.clone()),
             })
             .collect();
         let c = Cluster { m };

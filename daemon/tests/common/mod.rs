@@ -109,6 +109,8 @@ pub struct TestDaemon {
     /// Run cairnd inside this network namespace (`ip netns exec`), so what it does to
     /// links, routes and nftables stays there.
     pub netns: Option<String>,
+    /// Extra environment of cairnd (`OVS_RUNDIR` for a member's own Open vSwitch).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -133,6 +135,23 @@ impl TestDaemon {
     }
 
     fn start_with(netns: Option<String>, preseed: Option<&str>) -> TestDaemon {
+        Self::start_full(netns, preseed, vec![])
+    }
+
+    /// A cairnd in namespace `ns`, with an optional preseed and extra environment.
+    pub fn start_in_netns_full(
+        ns: &str,
+        preseed: Option<&str>,
+        env: Vec<(String, String)>,
+    ) -> TestDaemon {
+        Self::start_full(Some(ns.to_string()), preseed, env)
+    }
+
+    fn start_full(
+        netns: Option<String>,
+        preseed: Option<&str>,
+        env: Vec<(String, String)>,
+    ) -> TestDaemon {
         let root = TempDir::new("cairn-test");
         let state = root.path().join("state");
         let home = root.path().join("home");
@@ -146,6 +165,7 @@ impl TestDaemon {
             state,
             home,
             netns,
+            env,
             child: None,
         };
         d.spawn();
@@ -168,6 +188,7 @@ impl TestDaemon {
             }
             None => Command::new(env!("CARGO_BIN_EXE_cairnd")),
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd
             .arg("--state-dir")
             .arg(&self.state)

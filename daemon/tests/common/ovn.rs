@@ -47,35 +47,105 @@ fn wait_socket(p: &Path) {
     }
 }
 
+pub fn need_tools() {
+    for t in TOOLS {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{t} is missing: run scripts/install-deps.sh (ovn-central, ovn-host, openvswitch-switch)"
+        );
+    }
+}
+
 impl OvnStack {
-    /// Starts it all in namespace `ns`, the chassis named `chassis`.
-    pub fn start(ns: &str, chassis: &str) -> OvnStack {
-        for t in TOOLS {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            assert!(
-                found,
-                "{t} is missing: run scripts/install-deps.sh (ovn-central, ovn-host, openvswitch-switch)"
-            );
-        }
-        let dir = std::env::temp_dir().join(format!("cairn-ovn-{}-{chassis}", std::process::id()));
+    fn new(ns: &str, tag: &str) -> OvnStack {
+        need_tools();
+        let dir = std::env::temp_dir().join(format!("cairn-ovn-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let s = OvnStack {
-            dir: dir.clone(),
+        OvnStack {
+            dir,
             ns: ns.to_string(),
+        }
+    }
+
+    /// Only Open vSwitch in namespace `ns` (what cairn-init runs on the appliance), with
+    /// the userspace datapath for the bridges ovn-controller makes, and a `br-phy` bridge
+    /// that takes over `underlay` (an interface) and its address `cidr`: OVS's userspace
+    /// Geneve tunnels route and resolve their underlay through such a bridge.
+    pub fn ovs_only(ns: &str, tag: &str, underlay: &str, cidr: &str) -> OvnStack {
+        let s = OvnStack::new(ns, tag);
+        s.start_ovs();
+        s.vsctl(&[
+            "set",
+            "open_vswitch",
+            ".",
+            "external_ids:ovn-bridge-datapath-type=netdev",
+        ]);
+        s.vsctl(&[
+            "add-br",
+            "br-phy",
+            "--",
+            "set",
+            "bridge",
+            "br-phy",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "br-phy",
+            underlay,
+        ]);
+        let ipc = |args: &[&str]| {
+            run(Command::new("ip").args(["-n", ns]).args(args));
         };
+        ipc(&["addr", "flush", "dev", underlay]);
+        ipc(&["addr", "add", cidr, "dev", "br-phy"]);
+        ipc(&["link", "set", "br-phy", "up"]);
+        s
+    }
+
+    fn start_ovs(&self) {
+        let dir = &self.dir;
+        let d = |f: &str| dir.join(f).display().to_string();
+        run(Command::new("ovsdb-tool").args([
+            "create",
+            &d("conf.db"),
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ]));
+        self.daemon(&[
+            "ovsdb-server",
+            &d("conf.db"),
+            &format!("--remote=punix:{}", d("db.sock")),
+            &format!("--pidfile={}", d("conf.pid")),
+            &format!("--unixctl={}", d("conf.ctl")),
+            &format!("--log-file={}", d("conf.log")),
+        ]);
+        wait_socket(&dir.join("db.sock"));
+        self.vsctl(&["--no-wait", "init"]);
+        self.daemon(&[
+            "ovs-vswitchd",
+            &format!("unix:{}", d("db.sock")),
+            &format!("--pidfile={}", d("vswitchd.pid")),
+            &format!("--unixctl={}", d("vswitchd.ctl")),
+            &format!("--log-file={}", d("vswitchd.log")),
+        ]);
+    }
+
+    /// Starts it all in namespace `ns`, the chassis named `chassis`.
+    pub fn start(ns: &str, chassis: &str) -> OvnStack {
+        let s = OvnStack::new(ns, chassis);
+        let dir = s.dir.clone();
         let d = |f: &str| dir.join(f).display().to_string();
         for (db, schema) in [
             ("nb", "/usr/share/ovn/ovn-nb.ovsschema"),
             ("sb", "/usr/share/ovn/ovn-sb.ovsschema"),
-            ("conf", "/usr/share/openvswitch/vswitch.ovsschema"),
         ] {
             run(Command::new("ovsdb-tool").args(["create", &d(&format!("{db}.db")), schema]));
         }
-        for (db, sock) in [("nb", "nb.sock"), ("sb", "sb.sock"), ("conf", "db.sock")] {
+        for (db, sock) in [("nb", "nb.sock"), ("sb", "sb.sock")] {
             s.daemon(&[
                 "ovsdb-server",
                 &d(&format!("{db}.db")),
@@ -94,14 +164,7 @@ impl OvnStack {
             &format!("--unixctl={}", d("northd.ctl")),
             &format!("--log-file={}", d("northd.log")),
         ]);
-        s.vsctl(&["--no-wait", "init"]);
-        s.daemon(&[
-            "ovs-vswitchd",
-            &format!("unix:{}", d("db.sock")),
-            &format!("--pidfile={}", d("vswitchd.pid")),
-            &format!("--unixctl={}", d("vswitchd.ctl")),
-            &format!("--log-file={}", d("vswitchd.log")),
-        ]);
+        s.start_ovs();
         s.vsctl(&[
             "set",
             "open_vswitch",

@@ -1,0 +1,350 @@
+//! The OVN control plane of a cluster, run by cairnd when its preseed asks for it (the
+//! appliance's `ovn:` part): the northbound and southbound databases as OVSDB clustered
+//! (Raft) databases and ovn-northd on the first three members by id (the founders, the
+//! cluster's first voters), and ovn-controller on every member with Geneve on the member's
+//! management address. Which members hold the databases is derived from the replicated
+//! member list, so every member computes the same set without asking.
+//!
+//! The daemons run detached under OVS's own `--monitor` (restarted if they crash) and
+//! outlive cairnd, like dnsmasq: a restarted cairnd finds them by their pid files and
+//! only starts what is missing, or restarts ovn-northd when the database set changed.
+//! Everything lives in `<state>/ovn` (databases, sockets, pid files, logs).
+//!
+//! The databases and their Raft links listen in plain TCP on the management addresses
+//! (ports 6641/6642, Raft 6643/6644): not yet TLS.
+
+use std::path::{Path, PathBuf};
+
+use super::{ovs, NetworkError};
+use crate::daemon::Daemon;
+use crate::runner;
+
+pub const NB_PORT: u16 = 6641;
+pub const SB_PORT: u16 = 6642;
+const NB_RAFT_PORT: u16 = 6643;
+const SB_RAFT_PORT: u16 = 6644;
+/// How many members hold the central databases (a Raft majority survives one loss).
+const CENTRAL: usize = 3;
+
+/// Who does what, from the member list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub me: String,
+    pub my_ip: String,
+    /// The members holding the databases, by id: `(name, management address)`.
+    pub central: Vec<(String, String)>,
+}
+
+impl Plan {
+    pub fn is_central(&self) -> bool {
+        self.central.iter().any(|(n, _)| *n == self.me)
+    }
+    fn list(&self, port: u16) -> String {
+        self.central
+            .iter()
+            .map(|(_, ip)| format!("tcp:{}:{port}", bracket(ip)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    pub fn nb(&self) -> String {
+        self.list(NB_PORT)
+    }
+    pub fn sb(&self) -> String {
+        self.list(SB_PORT)
+    }
+}
+
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// The host of a member's `host:port` address (`[v6]:port` too).
+fn host_of(address: &str) -> String {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_string();
+    }
+    address
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(address)
+        .to_string()
+}
+
+/// The plan for this member, when it is in a cluster.
+pub fn plan(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
+    if d.cluster().is_none() {
+        return Ok(None);
+    }
+    let me = d.server_name();
+    let mut members = d.db.members()?;
+    members.sort_by_key(|m| m.id);
+    let Some(mine) = members.iter().find(|m| m.name == me) else {
+        return Ok(None);
+    };
+    Ok(Some(Plan {
+        me: me.clone(),
+        my_ip: host_of(&mine.address),
+        central: members
+            .iter()
+            .take(CENTRAL)
+            .map(|m| (m.name.clone(), host_of(&m.address)))
+            .collect(),
+    }))
+}
+
+/// Whether this daemon runs the OVN control plane (set once from the preseed).
+pub fn enabled(d: &Daemon) -> bool {
+    d.ovn_services.get().copied().unwrap_or(false)
+}
+
+fn dir(d: &Daemon) -> PathBuf {
+    d.paths.state.join("ovn")
+}
+
+/// The live pid a daemon's pid file names (its command line checked, so a reused pid does
+/// not count).
+fn running(pidfile: &Path, program: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmd)
+        .contains(program)
+        .then_some(pid)
+}
+
+fn run(program: &str, args: &[String], dir: &Path) -> Result<(), NetworkError> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .env(
+            "OVS_RUNDIR",
+            std::env::var_os("OVS_RUNDIR").unwrap_or_else(|| "/run/openvswitch".into()),
+        )
+        .env("OVN_RUNDIR", dir)
+        .env("OVN_LOGDIR", dir)
+        .env("OVN_DBDIR", dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| NetworkError::Ovn(format!("running {program}: {e}")))?;
+    if !out.status.success() {
+        return Err(NetworkError::Ovn(
+            runner::RunError::failed(program, args, out.status, &out.stderr).to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn daemon_args(dir: &Path, name: &str) -> Vec<String> {
+    let f = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
+    vec![
+        "--detach".into(),
+        "--monitor".into(),
+        format!("--pidfile={}", f("pid")),
+        format!("--log-file={}", f("log")),
+    ]
+}
+
+struct Db {
+    name: &'static str,
+    schema: &'static str,
+    db_name: &'static str,
+    port: u16,
+    raft: u16,
+}
+
+const DBS: [Db; 2] = [
+    Db {
+        name: "nb",
+        schema: "/usr/share/ovn/ovn-nb.ovsschema",
+        db_name: "OVN_Northbound",
+        port: NB_PORT,
+        raft: NB_RAFT_PORT,
+    },
+    Db {
+        name: "sb",
+        schema: "/usr/share/ovn/ovn-sb.ovsschema",
+        db_name: "OVN_Southbound",
+        port: SB_PORT,
+        raft: SB_RAFT_PORT,
+    },
+];
+
+/// One clustered database here: made (the first central member creates the cluster, the
+/// others join the ones before them), then served.
+fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
+    let file = dir.join(format!("{}.db", db.name));
+    let me = format!("tcp:{}:{}", bracket(&p.my_ip), db.raft);
+    if !file.exists() {
+        let first = p.central.first().is_some_and(|(n, _)| *n == p.me);
+        let tmp = dir.join(format!("{}.db.new", db.name));
+        let _ = std::fs::remove_file(&tmp);
+        let args: Vec<String> = if first {
+            vec![
+                "create-cluster".into(),
+                tmp.display().to_string(),
+                db.schema.into(),
+                me.clone(),
+            ]
+        } else {
+            let mut a = vec![
+                "join-cluster".into(),
+                tmp.display().to_string(),
+                db.db_name.into(),
+                me.clone(),
+            ];
+            a.extend(
+                p.central
+                    .iter()
+                    .filter(|(n, _)| *n != p.me)
+                    .map(|(_, ip)| format!("tcp:{}:{}", bracket(ip), db.raft)),
+            );
+            a
+        };
+        run("ovsdb-tool", &args, dir)?;
+        std::fs::rename(&tmp, &file)
+            .map_err(|e| NetworkError::Io(format!("{}: {e}", file.display())))?;
+        tracing::info!(
+            "OVN {}: {} the clustered database at {me}",
+            db.db_name,
+            if first { "created" } else { "joined" }
+        );
+    }
+    let pidfile = dir.join(format!("{}.pid", db.name));
+    if running(&pidfile, "ovsdb-server").is_some() {
+        return Ok(());
+    }
+    let mut args = daemon_args(dir, db.name);
+    args.extend([
+        format!(
+            "--unixctl={}",
+            dir.join(format!("{}.ctl", db.name)).display()
+        ),
+        format!(
+            "--remote=punix:{}",
+            dir.join(format!("{}.sock", db.name)).display()
+        ),
+        format!("--remote=ptcp:{}:{}", db.port, p.my_ip),
+        file.display().to_string(),
+    ]);
+    run("ovsdb-server", &args, dir)?;
+    tracing::info!("OVN {}: ovsdb-server started", db.db_name);
+    Ok(())
+}
+
+/// ovn-northd against the current database set, restarted when that set changed.
+fn ensure_northd(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
+    let pidfile = dir.join("northd.pid");
+    let want = format!("--ovnnb-db={} --ovnsb-db={}", p.nb(), p.sb());
+    let argsfile = dir.join("northd.args");
+    let had = std::fs::read_to_string(&argsfile).unwrap_or_default();
+    if let Some(pid) = running(&pidfile, "ovn-northd") {
+        if had == want {
+            return Ok(());
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let mut args = daemon_args(dir, "northd");
+    args.extend([
+        format!("--unixctl={}", dir.join("northd.ctl").display()),
+        format!("--ovnnb-db={}", p.nb()),
+        format!("--ovnsb-db={}", p.sb()),
+    ]);
+    run("ovn-northd", &args, dir)?;
+    std::fs::write(&argsfile, want).map_err(|e| NetworkError::Io(e.to_string()))?;
+    tracing::info!("ovn-northd started against {}", p.nb());
+    Ok(())
+}
+
+/// This member as an OVN chassis: its OVS told where the southbound database is and which
+/// address its Geneve tunnels use, and ovn-controller running.
+fn ensure_controller(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
+    ovs::set_chassis(&p.me, &p.sb(), &p.my_ip)?;
+    if running(&dir.join("controller.pid"), "ovn-controller").is_some() {
+        return Ok(());
+    }
+    run("ovn-controller", &daemon_args(dir, "controller"), dir)?;
+    tracing::info!(
+        "ovn-controller started (chassis {}, Geneve on {})",
+        p.me,
+        p.my_ip
+    );
+    Ok(())
+}
+
+/// Converges this member's part of the control plane on the current plan. Blocking.
+pub fn ensure(d: &Daemon) -> Result<(), NetworkError> {
+    let Some(p) = plan(d)? else {
+        return Ok(());
+    };
+    let dir = dir(d);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| NetworkError::Io(format!("{}: {e}", dir.display())))?;
+    }
+    if p.is_central() {
+        for db in &DBS {
+            ensure_db(&dir, &p, db)?;
+        }
+        ensure_northd(&dir, &p)?;
+    }
+    if !ovs::available() {
+        return Err(NetworkError::Ovn(
+            "Open vSwitch is not running on this member: no ovn-controller".into(),
+        ));
+    }
+    ensure_controller(&dir, &p)
+}
+
+/// The background loop of a daemon with OVN services: converge now, then every 10 s (the
+/// member list changes as members join; a daemon that died is started again).
+pub async fn run_loop(d: std::sync::Arc<Daemon>) {
+    let mut last_err = String::new();
+    loop {
+        let d2 = d.clone();
+        let r = tokio::task::spawn_blocking(move || ensure(&d2)).await;
+        match r {
+            Ok(Ok(())) => last_err.clear(),
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                if e != last_err {
+                    tracing::warn!("OVN services: {e}");
+                }
+                last_err = e;
+            }
+            Err(e) => tracing::error!("OVN services: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_lists() {
+        assert_eq!(host_of("10.0.0.1:8443"), "10.0.0.1");
+        assert_eq!(host_of("[fd00::1]:8443"), "fd00::1");
+        let p = Plan {
+            me: "b".into(),
+            my_ip: "10.0.0.2".into(),
+            central: vec![
+                ("a".into(), "10.0.0.1".into()),
+                ("b".into(), "fd00::2".into()),
+            ],
+        };
+        assert!(p.is_central());
+        assert_eq!(p.nb(), "tcp:10.0.0.1:6641,tcp:[fd00::2]:6641");
+        assert_eq!(p.sb(), "tcp:10.0.0.1:6642,tcp:[fd00::2]:6642");
+    }
+}

@@ -1,0 +1,292 @@
+//! OVN across a cluster, run by cairnd itself, with the real incus CLI: three members, each
+//! in a network namespace of its own with its own Open vSwitch (userspace datapath, what
+//! cairn-init runs on the appliance), their management addresses on a hub bridge. With
+//! the preseed's `ovn:` part, cairnd runs the clustered (Raft) northbound and southbound
+//! databases and ovn-northd on the three members and ovn-controller on each, Geneve on the
+//! management addresses. Then: an OVN network made from one member serves containers on
+//! node1 and node3, which get addresses from OVN's DHCP, ping each other across the
+//! overlay by address and by name, and reach the uplink side (each member's own uplink
+//! bridge, through the gateway chassis); delete removes the rows on every member's view.
+//! Needs root and Debian's ovn-central, ovn-host and openvswitch-switch.
+
+#[path = "common/cluster.rs"]
+mod cluster_fixture;
+mod common;
+#[path = "common/netns.rs"]
+mod netns;
+#[path = "common/ovn.rs"]
+mod ovn;
+
+use std::process::Command;
+use std::time::Duration;
+
+use cluster_fixture::*;
+use netns::{in_ns, ip, tools_present, wait_for, Namespaces};
+use ovn::OvnStack;
+
+const DHCP: &str = "printf '#!/bin/sh\\n[ \"$1\" = bound ] || exit 0\\nifconfig $interface $ip netmask $subnet\\nroute add default gw $router\\nexit 0\\n' > /tmp/dhcp.sh && chmod +x /tmp/dhcp.sh && udhcpc -i eth0 -n -q -t 10 -s /tmp/dhcp.sh";
+
+/// Stops the OVN daemons a cairnd started (they outlive it by design), by their pid files.
+struct OvnReaper(std::path::PathBuf);
+impl Drop for OvnReaper {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "pid") {
+                if let Ok(pid) = std::fs::read_to_string(e.path()) {
+                    let _ = Command::new("kill").arg(pid.trim()).output();
+                }
+            }
+        }
+    }
+}
+
+/// The OVN daemons' logs of every member, for a failure's message.
+fn ovn_logs(c: &Cluster) -> String {
+    let mut out = String::new();
+    for m in &c.m {
+        let dir = m.d.state.join("ovn");
+        for f in ["nb", "sb", "northd", "controller"] {
+            let t = std::fs::read_to_string(dir.join(format!("{f}.log"))).unwrap_or_default();
+            out += &format!("--- {} {f}.log ---\n{}\n", m.name, tail(&t, 15));
+        }
+    }
+    out
+}
+
+#[test]
+fn an_ovn_overlay_across_three_members() {
+    tools_present();
+    ovn::need_tools();
+    let pid = std::process::id();
+    let hub = format!("cairnco{pid}h");
+    let mut ns = Namespaces(vec![]);
+    ns.add(&hub);
+    ip(&["-n", &hub, "link", "add", "hub0", "type", "bridge"]);
+    ip(&["-n", &hub, "link", "set", "hub0", "up"]);
+    let mut members = Vec::new();
+    let mut stacks = Vec::new();
+    for i in 1..=3 {
+        let m = format!("cairnco{pid}m{i}");
+        ns.add(&m);
+        let port = format!("h{i}");
+        ip(&[
+            "-n", &m, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &hub,
+        ]);
+        ip(&["-n", &hub, "link", "set", &port, "master", "hub0", "up"]);
+        ip(&["-n", &m, "link", "set", "eth0", "up"]);
+        ip(&["-n", &m, "link", "set", "lo", "up"]);
+        let addr = format!("192.0.2.{i}");
+        stacks.push(OvnStack::ovs_only(
+            &m,
+            &format!("m{i}"),
+            "eth0",
+            &format!("{addr}/24"),
+        ));
+        // Each member's own uplink side: a bridge holding the same gateway address, so
+        // whichever member holds the router's gateway port answers.
+        ip(&["-n", &m, "link", "add", "upbr0", "type", "bridge"]);
+        ip(&["-n", &m, "addr", "add", "198.51.100.1/24", "dev", "upbr0"]);
+        ip(&["-n", &m, "link", "set", "upbr0", "up"]);
+        members.push((m, addr));
+    }
+    let env: Vec<Vec<(String, String)>> = stacks
+        .iter()
+        .map(|s| vec![("OVS_RUNDIR".to_string(), s.dir.display().to_string())])
+        .collect();
+    let c = Cluster::start_in_netns_with(&members, Some("ovn: {}\n"), &env);
+    let _reapers: Vec<OvnReaper> =
+        c.m.iter()
+            .map(|m| OvnReaper(m.d.state.join("ovn")))
+            .collect();
+    let (n1, n3) = (&c.m[0], &c.m[2]);
+    c.form();
+    c.wait_all_online(n1, &["node1", "node2", "node3"], Duration::from_secs(60));
+
+    // The control plane: every member a chassis with its Geneve address, the databases
+    // one Raft cluster of three.
+    let sb = format!("unix:{}", c.m[1].d.state.join("ovn/sb.sock").display());
+    let mut chassis;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = Command::new("ovn-sbctl")
+            .args([
+                &format!("--db={sb}"),
+                "--no-leader-only",
+                "--timeout=5",
+                "show",
+            ])
+            .output();
+        chassis = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if (1..=3).all(|i| chassis.contains(&format!("ip: \"192.0.2.{i}\""))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no three chassis in the southbound database: {chassis}\n{}\n{}",
+            c.logs(),
+            ovn_logs(&c)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for n in ["node1", "node2", "node3"] {
+        assert!(chassis.contains(&format!("Chassis {n}")), "{chassis}");
+    }
+    let status = Command::new("ovs-appctl")
+        .args([
+            "-t",
+            &c.m[2].d.state.join("ovn/nb.ctl").display().to_string(),
+            "cluster/status",
+            "OVN_Northbound",
+        ])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        (1..=3).all(|i| status.contains(&format!("tcp:192.0.2.{i}:6643"))),
+        "{status}"
+    );
+
+    // An uplink and an OVN network, made from node3 for the whole cluster.
+    c.ok(
+        n3,
+        &[
+            "network",
+            "create",
+            "UPLINK",
+            "--type=physical",
+            "parent=upbr0",
+            "ipv4.gateway=198.51.100.1/24",
+            "ipv4.ovn.ranges=198.51.100.10-198.51.100.19",
+        ],
+    );
+    let t = std::time::Instant::now();
+    c.ok(
+        n3,
+        &["network", "create", "ovn0", "--type=ovn", "network=UPLINK"],
+    );
+    eprintln!(
+        "incus network create --type=ovn on a 3-member cluster (userspace OVS): {} ms",
+        t.elapsed().as_millis()
+    );
+    let list = c.ok(n1, &["network", "list", "--format", "csv"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("ovn0,ovn,YES")),
+        "{list}"
+    );
+    for (m, _) in &members {
+        let br = in_ns(m, &["ip", "-br", "link"]);
+        assert!(br.contains("covn"), "no uplink bridge in {m}: {br}");
+    }
+    let subnet = c.ok(n1, &["network", "get", "ovn0", "ipv4.address"]);
+    let prefix = subnet.trim().trim_end_matches("1/24").to_string();
+
+    // Containers on node1 and node3: DHCP from OVN, ping across by address and by name.
+    n1.d.import_busybox("bb");
+    c.ok(
+        n1,
+        &[
+            "launch",
+            "bb",
+            "c1",
+            "--network",
+            "ovn0",
+            "--target",
+            "node1",
+        ],
+    );
+    c.ok(
+        n1,
+        &[
+            "launch",
+            "bb",
+            "c2",
+            "--network",
+            "ovn0",
+            "--target",
+            "node3",
+        ],
+    );
+    let exec = |cn: &str, args: &[&str]| {
+        let mut a = vec!["exec", cn, "--"];
+        a.extend(args);
+        n1.run(&a)
+    };
+    for cn in ["c1", "c2"] {
+        let out = exec(cn, &["sh", "-c", DHCP]);
+        assert!(
+            out.status.success(),
+            "udhcpc in {cn}: {}{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            c.logs()
+        );
+    }
+    let addr = |cn: &str| {
+        let mut found = String::new();
+        wait_for(&format!("{cn}'s address"), 20, || {
+            let v = c.ok(n1, &["query", &format!("/1.0/instances/{cn}/state")]);
+            found = v
+                .split('"')
+                .find(|t| t.starts_with(&prefix))
+                .unwrap_or_default()
+                .to_string();
+            !found.is_empty()
+        });
+        found
+    };
+    let (a1, a2) = (addr("c1"), addr("c2"));
+    let ping = |from: &str, to: &str| exec(from, &["ping", "-c1", "-W3", to]).status.success();
+    let mut ok = false;
+    for _ in 0..10 {
+        if ping("c1", &a2) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        ok,
+        "c1 (node1) cannot ping c2 (node3) at {a2}\n{}",
+        c.logs()
+    );
+    assert!(ping("c2", &a1), "c2 cannot ping c1");
+    let gw = subnet.trim().trim_end_matches("/24").to_string();
+    let out = exec("c2", &["nslookup", "c1.incus", &gw]);
+    assert!(
+        text(&out.stdout).contains(&a1),
+        "c1.incus from c2: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        ping("c2", "198.51.100.1"),
+        "c2 cannot reach the uplink side through the gateway chassis"
+    );
+
+    // Delete: the rows go, seen from another member's database.
+    for cn in ["c1", "c2"] {
+        c.ok(n1, &["delete", "--force", cn]);
+    }
+    c.ok(n1, &["network", "delete", "ovn0"]);
+    c.ok(n1, &["network", "delete", "UPLINK"]);
+    let nb = format!("unix:{}", c.m[2].d.state.join("ovn/nb.sock").display());
+    let show = Command::new("ovn-nbctl")
+        .args([&format!("--db={nb}"), "--no-leader-only", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&show.stdout).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&show.stdout)
+    );
+    for (m, _) in &members {
+        let br = in_ns(m, &["ip", "-br", "link"]);
+        assert!(!br.contains("covn"), "uplink bridge left in {m}: {br}");
+    }
+    drop(c);
+    drop(stacks);
+}
