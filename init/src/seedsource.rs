@@ -115,7 +115,12 @@ pub fn preseed_yaml(
         /// eth0 goes on it).
         #[serde(skip_serializing_if = "Vec::is_empty")]
         networks: Vec<Net<'a>>,
+        /// In a cluster: cairnd runs this member's part of the cluster's OVN.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ovn: Option<Ovn>,
     }
+    #[derive(serde::Serialize)]
+    struct Ovn {}
     #[derive(serde::Serialize)]
     struct Net<'a> {
         name: &'a str,
@@ -179,6 +184,7 @@ pub fn preseed_yaml(
                 _ => vec![],
             }
         },
+        ovn: seed.cluster.as_ref().map(|_| Ovn {}),
     };
     serde_yaml::to_string(&p).unwrap_or_default()
 }
@@ -198,6 +204,8 @@ mod tests {
         assert_eq!(v["config"]["core.https_address"], ":8443");
         assert_eq!(v["certificates"][0]["name"], "lab");
         assert_eq!(v["certificates"][0]["type"], "client");
+        // Standalone: no OVN control plane.
+        assert!(v.get("ovn").is_none(), "{y}");
         // With nothing in the seed, the instances get a NAT bridge.
         assert_eq!(v["networks"][0]["name"], "cairnbr0");
         assert_eq!(v["networks"][0]["config"]["ipv4.address"], "auto");
@@ -218,6 +226,8 @@ mod tests {
         assert_eq!(v["server_name"], "n1");
         assert_eq!(v["cluster"]["interface"], "enp0s4");
         assert_eq!(v["cluster"]["founders"], 3);
+        // A cluster runs its OVN control plane.
+        assert!(v["ovn"].is_mapping(), "{v:?}");
         let named = Seed::parse(
             "cluster:\n  name: lab\n  secret: \"0123456789abcdef\"\n  founders: 1\n  interface: eth9\n",
         )

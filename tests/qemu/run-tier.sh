@@ -7,4 +7,4 @@ cd "$(dirname "$0")/../.."
 bash tests/qemu/install-deps.sh
 cargo build --release -p cairnd
 CAIRND="${CARGO_TARGET_DIR:-$PWD/target}/release/cairnd" bash image/build.sh
-cargo test -p cairn-lab --test appliance -- --ignored --test-threads=1
+cargo test -p cairn-lab --test appliance --test cluster -- --ignored --test-threads=1
