@@ -267,6 +267,18 @@ fn an_ovn_overlay_across_three_members() {
         "c2 cannot reach the uplink side through the gateway chassis"
     );
 
+    // Leases: the ports of the cluster-wide database, one list from any member.
+    let leases = c.ok(n3, &["network", "list-leases", "ovn0", "--format", "csv"]);
+    assert!(
+        leases.contains("c1") && leases.contains(&a1) && leases.contains(&a2),
+        "{leases}"
+    );
+    let info = c.ok(n1, &["network", "info", "ovn0"]);
+    assert!(
+        info.contains("cairn-net-ovn0-lr") && info.contains("Chassis: node1"),
+        "{info}"
+    );
+
     // Delete: the rows go, seen from another member's database.
     for cn in ["c1", "c2"] {
         c.ok(n1, &["delete", "--force", cn]);

@@ -381,15 +381,17 @@ pub async fn leases(
     Query(q): Query<NetQuery>,
 ) -> ApiResult {
     q.check_here(&d)?;
-    managed_for_info(&d, &name)?;
-    if d.cluster().is_some() && q.target().is_none() {
+    let rec = managed_for_info(&d, &name)?;
+    // An OVN network's leases are its ports in the cluster-wide database: one answer.
+    let per_member = rec.kind == "bridge" || rec.kind.is_empty();
+    if d.cluster().is_some() && q.target().is_none() && per_member {
         return sync(crate::network::cluster::leases(&d.daemon, &name).await?);
     }
     let (d2, n2) = (d.clone(), name.clone());
     let mut leases = tokio::task::spawn_blocking(move || manage::leases(&d2, &n2))
         .await
         .map_err(ApiError::internal)??;
-    if d.cluster().is_some() {
+    if d.cluster().is_some() && per_member {
         let me = d.server_name();
         for l in &mut leases {
             l.location = me.clone();

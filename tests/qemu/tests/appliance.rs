@@ -1,6 +1,6 @@
 //! The QEMU tier: boots the real appliance image. These tests are `#[ignore]`d so the fast
 //! `cargo test` tier skips them; CI runs them with
-//! `cargo test -p cairn-lab --test appliance -- --ignored --test-threads=1`
+//! `cargo test -p cairn-lab --test appliance --test cluster -- --ignored --test-threads=1`
 //! after building the image (image/build.sh). Each test boots its own node from a qcow2
 //! overlay of the image, so they never change the image itself.
 
