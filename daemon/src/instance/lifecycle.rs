@@ -321,11 +321,31 @@ pub async fn start(d: Arc<Daemon>, name: &str) -> Result<()> {
             if tail.is_empty() { "" } else { "\n" }
         )));
     }
+    // The container runs: its OVN NICs are bound now, or (Open vSwitch not up yet, as
+    // early in a boot that resumes instances) retried in the background for two minutes.
     {
-        // A NIC left unbound would give no error of its own: say it here. The container
-        // runs; its next start binds it again.
         let (d2, n, devs) = (d.clone(), name.to_string(), ed.clone());
-        blocking(move || crate::network::nics::plug(&d2, &n, &devs).map_err(nic_error)).await?;
+        let first =
+            blocking(move || crate::network::nics::plug(&d2, &n, &devs).map_err(nic_error)).await;
+        if let Err(e) = first {
+            tracing::warn!(instance = %name, "binding its OVN NICs: {e}; retrying");
+            let (d2, n, devs) = (d.clone(), name.to_string(), ed.clone());
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    let (d3, n3, v3) = (d2.clone(), n.clone(), devs.clone());
+                    let r = tokio::task::spawn_blocking(move || {
+                        crate::network::nics::plug(&d3, &n3, &v3)
+                    })
+                    .await;
+                    if matches!(r, Ok(Ok(()))) {
+                        tracing::info!(instance = %n, "OVN NICs bound");
+                        return;
+                    }
+                }
+                tracing::error!(instance = %n, "its OVN NICs are still not bound after 2 min");
+            });
+        }
     }
     d.write(vec![Command::SetInstanceVolatile {
         name: name.into(),

@@ -309,11 +309,26 @@ pub fn ensure(d: &Daemon) -> Result<(), NetworkError> {
 /// member list changes as members join; a daemon that died is started again).
 pub async fn run_loop(d: std::sync::Arc<Daemon>) {
     let mut last_err = String::new();
+    // The OVN networks' uplinks, connected again once OVS is up (a veth pair into a Linux
+    // bridge does not survive a reboot, and at cairnd's start OVS may not run yet).
+    let mut uplinks_done = false;
     loop {
         let d2 = d.clone();
-        let r = tokio::task::spawn_blocking(move || ensure(&d2)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            ensure(&d2)?;
+            if !uplinks_done {
+                for rec in d2.db.networks()?.iter().filter(|r| r.kind == "ovn") {
+                    super::ovn::restore(&d2, rec)?;
+                }
+            }
+            Ok::<(), NetworkError>(())
+        })
+        .await;
         match r {
-            Ok(Ok(())) => last_err.clear(),
+            Ok(Ok(())) => {
+                last_err.clear();
+                uplinks_done = true;
+            }
             Ok(Err(e)) => {
                 let e = e.to_string();
                 if e != last_err {

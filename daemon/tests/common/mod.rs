@@ -350,11 +350,21 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
-        // Containers outlive the daemon by design: stop them by liblxc's own tools.
+        // Containers outlive the daemon by design: stop them by liblxc's own tools, from
+        // the daemon's namespace (liblxc's command socket is an abstract socket, seen only
+        // there). A container left running past its deleted rootfs spins its init.
         let lxc = self.state.join("lxc");
         if let Ok(it) = std::fs::read_dir(&lxc) {
             for e in it.flatten() {
-                let _ = Command::new("lxc-stop")
+                let mut cmd = match &self.netns {
+                    Some(ns) => {
+                        let mut c = Command::new("ip");
+                        c.args(["netns", "exec", ns, "lxc-stop"]);
+                        c
+                    }
+                    None => Command::new("lxc-stop"),
+                };
+                let _ = cmd
                     .arg("-P")
                     .arg(&lxc)
                     .arg("-n")
