@@ -408,7 +408,7 @@ pub async fn internal_apply(
 ) -> ApiResult {
     match req.kind.as_str() {
         "" | "bridge" => manage::apply_here(&d.daemon, &req.name, req.config).await?,
-        _ => crate::network::ovn::member_request(&d.daemon, req).await?,
+        _ => crate::network::ovn::member_request(req).await?,
     }
     empty()
 }

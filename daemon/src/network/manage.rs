@@ -91,7 +91,7 @@ pub fn state(d: &Daemon, name: &str) -> Result<NetworkState, NetworkError> {
     let rec = get(d, name)?;
     match rec.kind.as_str() {
         "ovn" => super::ovn::state(&rec),
-        "physical" => super::ovn::uplink::state(&rec),
+        "physical" => super::uplink::state(&rec),
         _ => d.networks.state(name),
     }
 }
@@ -462,7 +462,7 @@ pub async fn create(
     }
     match kind {
         "ovn" => return super::ovn::create(d, name, description, config).await,
-        "physical" => return super::ovn::uplink::create(d, name, description, config).await,
+        "physical" => return super::uplink::create(d, name, description, config).await,
         _ => {}
     }
     if d.cluster().is_some() {
@@ -594,7 +594,7 @@ pub async fn update(
     let old = get(d, name)?;
     match old.kind.as_str() {
         "ovn" => return super::ovn::update(d, old, description, config).await,
-        "physical" => return super::ovn::uplink::update(d, old, description, config).await,
+        "physical" => return super::uplink::update(d, old, description, config).await,
         _ => {}
     }
     if old.status != NetworkStatus::Created {
@@ -641,7 +641,7 @@ pub async fn delete(d: &Arc<Daemon>, name: &str) -> Result<(), NetworkError> {
     }
     match rec.kind.as_str() {
         "ovn" => return super::ovn::delete(d, rec).await,
-        "physical" => return super::ovn::uplink::delete(d, rec).await,
+        "physical" => return super::uplink::delete(d, rec).await,
         _ => {}
     }
     if d.cluster().is_some() {

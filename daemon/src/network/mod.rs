@@ -19,6 +19,7 @@ pub mod ovn_config;
 pub mod ovn_services;
 pub mod ovs;
 pub mod physical;
+pub mod uplink;
 
 use serde::Serialize;
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use cairn_ovn::{layout, NetworkSpec, Northbound, OvnError, PortSpec, UplinkSpec};
 
 use super::cluster::MemberRequest;
-use super::config::Ipv4Cidr;
 use super::dnsmasq::Lease;
 use super::ovn_config::{self, OvnSpec, VOLATILE_UPLINK_IPV4};
 use super::physical::{self, PhysicalSpec};
@@ -149,12 +148,30 @@ fn disconnect_uplink(name: &str) -> Result<(), NetworkError> {
 }
 
 /// Whether another OVN network than `except` uses uplink `uplink`.
-fn uplink_shared(d: &Daemon, uplink: &str, except: &str) -> Result<bool, NetworkError> {
+pub(super) fn uplink_shared(d: &Daemon, uplink: &str, except: &str) -> Result<bool, NetworkError> {
     Ok(d.db.networks()?.iter().any(|r| {
         r.kind == "ovn"
             && r.name != except
             && r.config.get("network").map(String::as_str) == Some(uplink)
     }))
+}
+
+/// The rows' names and the internal side of network `name`: all a delete or a port needs
+/// (no uplink lookup).
+fn layout_spec_names(name: &str, spec: &OvnSpec) -> NetworkSpec {
+    NetworkSpec {
+        prefix: prefix(name),
+        gateway: spec.ipv4.addr,
+        prefix_len: spec.ipv4.prefix,
+        mac: spec
+            .hwaddr
+            .clone()
+            .unwrap_or_else(|| ovn_config::derived_mac(name, "int")),
+        mtu: spec.mtu,
+        dns_domain: spec.domain.clone(),
+        dns_servers: vec![],
+        uplink: None,
+    }
 }
 
 /// The northbound layout of network `name` as `spec` wants it.
@@ -197,17 +214,9 @@ fn layout_spec(
         None => vec![],
     };
     Ok(NetworkSpec {
-        prefix: prefix(name),
-        gateway: spec.ipv4.addr,
-        prefix_len: spec.ipv4.prefix,
-        mac: spec
-            .hwaddr
-            .clone()
-            .unwrap_or_else(|| ovn_config::derived_mac(name, "int")),
-        mtu: spec.mtu,
-        dns_domain: spec.domain.clone(),
         dns_servers,
         uplink,
+        ..layout_spec_names(name, spec)
     })
 }
 
@@ -295,15 +304,14 @@ fn teardown_nb(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
     let nb = northbound(d)?;
     let spec = ovn_config::parse(&rec.config)?;
     // The delete needs only the names: no uplink lookup (the uplink may be half-made).
-    layout::delete(&nb, &layout_spec_names(rec, &spec))?;
+    layout::delete(&nb, &layout_spec_names(&rec.name, &spec))?;
     Ok(())
 }
 
 /// What one member does for a network it does not make alone (`MemberRequest.kind`):
 /// `physical` checks and brings up an uplink's parent, `ovn-uplink` connects the uplink
 /// to this member's OVS (or with `remove` disconnects it).
-pub async fn member_request(d: &Arc<Daemon>, req: MemberRequest) -> Result<(), NetworkError> {
-    let _ = d;
+pub async fn member_request(req: MemberRequest) -> Result<(), NetworkError> {
     super::manage::blocking(move || match (req.kind.as_str(), req.remove) {
         ("physical", _) => physical::apply(&physical::parse(&req.config)?),
         ("ovn-uplink", false) => {
@@ -326,16 +334,19 @@ pub async fn member_request(d: &Arc<Daemon>, req: MemberRequest) -> Result<(), N
 }
 
 /// Runs `req` here and on every other member, in turn; the first failure names its member.
-async fn on_every_member(d: &Arc<Daemon>, req: MemberRequest) -> Result<(), NetworkError> {
+pub(super) async fn on_every_member(
+    d: &Arc<Daemon>,
+    req: MemberRequest,
+) -> Result<(), NetworkError> {
     if d.cluster().is_none() {
-        return member_request(d, req).await;
+        return member_request(req).await;
     }
     let me = d.server_name();
     let mut members = d.db.members()?;
     members.sort_by_key(|m| m.name != me);
     for m in members {
         let r = if m.name == me {
-            member_request(d, req.clone()).await
+            member_request(req.clone()).await
         } else {
             super::cluster::member_call(d, &m.address, &req).await
         };
@@ -496,7 +507,7 @@ pub fn restore(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
 /// the southbound database ovn-controller reaches, `external_ids:ovn-remote`).
 pub fn state(rec: &NetworkRecord) -> Result<NetworkState, NetworkError> {
     let spec = ovn_config::parse(&rec.config)?;
-    let net = layout_spec_names(rec, &spec);
+    let net = layout_spec_names(&rec.name, &spec);
     let chassis = match (&spec.uplink, ovs::ovn_remote()?) {
         (Some(_), Some(sb)) => cairn_ovn::southbound::active_chassis(&sb, &net.router_port("ext"))?,
         _ => None,
@@ -524,22 +535,6 @@ pub fn state(rec: &NetworkRecord) -> Result<NetworkState, NetworkError> {
     })
 }
 
-fn layout_spec_names(rec: &NetworkRecord, spec: &OvnSpec) -> NetworkSpec {
-    NetworkSpec {
-        prefix: prefix(&rec.name),
-        gateway: spec.ipv4.addr,
-        prefix_len: spec.ipv4.prefix,
-        mac: spec
-            .hwaddr
-            .clone()
-            .unwrap_or_else(|| ovn_config::derived_mac(&rec.name, "int")),
-        mtu: spec.mtu,
-        dns_domain: spec.domain.clone(),
-        dns_servers: vec![],
-        uplink: None,
-    }
-}
-
 /// The instance ports' addresses, as Incus lists an OVN network's leases (static for a
 /// NIC with `ipv4.address`, dynamic for one OVN's IPAM chose).
 pub fn leases(d: &Daemon, rec: &NetworkRecord) -> Result<Vec<Lease>, NetworkError> {
@@ -560,6 +555,22 @@ pub fn leases(d: &Daemon, rec: &NetworkRecord) -> Result<Vec<Lease>, NetworkErro
         .collect())
 }
 
+/// Instance `name`'s record and the UUID its ports are named after.
+fn instance_of(
+    d: &Daemon,
+    name: &str,
+) -> Result<(crate::db::records::InstanceRecord, String), NetworkError> {
+    let inst =
+        d.db.instance(name)?
+            .ok_or_else(|| NetworkError::NotFound(format!("Instance {name:?} not found")))?;
+    let uuid = inst
+        .config
+        .get("volatile.uuid")
+        .cloned()
+        .unwrap_or_else(|| name.to_string());
+    Ok((inst, uuid))
+}
+
 /// The instance NIC `device` of `instance` on OVN network `rec`, before the instance
 /// starts: its logical switch port (MAC, static or dynamic address, DHCP options) and its
 /// DNS name. [`plug`] binds the veth once it is up.
@@ -571,25 +582,11 @@ pub fn attach(
     hwaddr: &str,
     address: Option<Ipv4Addr>,
 ) -> Result<(), NetworkError> {
+    // `address` was checked against the subnet with the NIC (`nics::check_nic`).
     let spec = ovn_config::parse(&rec.config)?;
-    let inst =
-        d.db.instance(instance)?
-            .ok_or_else(|| NetworkError::NotFound(format!("Instance {instance:?} not found")))?;
-    let uuid = inst
-        .config
-        .get("volatile.uuid")
-        .cloned()
-        .unwrap_or_else(|| instance.to_string());
-    if let Some(ip) = address {
-        if !spec.ipv4.contains(ip) || ip == spec.ipv4.addr {
-            return Err(NetworkError::Invalid(format!(
-                "Device {device:?}: ipv4.address {ip} is not a host address of network {:?} ({}) other than its gateway",
-                rec.name, spec.ipv4
-            )));
-        }
-    }
+    let (_, uuid) = instance_of(d, instance)?;
     let nb = northbound(d)?;
-    let net = layout_spec_names(rec, &spec);
+    let net = layout_spec_names(&rec.name, &spec);
     let port = layout::add_port(
         &nb,
         &net,
@@ -630,14 +627,7 @@ pub fn plug(
     device: &str,
 ) -> Result<(), NetworkError> {
     let spec = ovn_config::parse(&rec.config)?;
-    let inst =
-        d.db.instance(instance)?
-            .ok_or_else(|| NetworkError::NotFound(format!("Instance {instance:?} not found")))?;
-    let uuid = inst
-        .config
-        .get("volatile.uuid")
-        .cloned()
-        .unwrap_or_else(|| instance.to_string());
+    let (inst, uuid) = instance_of(d, instance)?;
     let host_name = inst
         .devices
         .get(device)
@@ -647,7 +637,7 @@ pub fn plug(
         .ok_or_else(|| {
             NetworkError::Invalid(format!("Device {device:?} has no host-side name yet"))
         })?;
-    let port = layout_spec_names(rec, &spec).port_name(&PortSpec {
+    let port = layout_spec_names(&rec.name, &spec).port_name(&PortSpec {
         instance_uuid: uuid,
         device: device.to_string(),
         mac: String::new(),
@@ -675,7 +665,7 @@ pub fn forget(d: &Daemon, instance: &str, device: Option<&str>) -> Result<(), Ne
         let net = p.network.strip_prefix("cairn-net-").unwrap_or_default();
         if let Some(rec) = d.db.network(net)?.filter(|r| r.kind == "ovn") {
             let spec = ovn_config::parse(&rec.config)?;
-            layout::set_dns_record(&nb, &layout_spec_names(&rec, &spec), instance, None)?;
+            layout::set_dns_record(&nb, &layout_spec_names(&rec.name, &spec), instance, None)?;
         }
     }
     Ok(())
@@ -684,131 +674,4 @@ pub fn forget(d: &Daemon, instance: &str, device: Option<&str>) -> Result<(), Ne
 /// The MTU NICs on `rec` get when they set none (the overlay's).
 pub fn nic_mtu(rec: &NetworkRecord) -> Option<u32> {
     ovn_config::parse(&rec.config).ok().map(|s| s.mtu)
-}
-
-/// Physical networks: create and delete without an OVS side of their own.
-pub mod uplink {
-    use super::*;
-
-    pub async fn create(
-        d: &Arc<Daemon>,
-        name: String,
-        description: String,
-        config: ConfigMap,
-    ) -> Result<(), NetworkError> {
-        if d.db.network(&name)?.is_some() {
-            return Err(NetworkError::Conflict(format!(
-                "Network {name:?} already exists"
-            )));
-        }
-        let spec = physical::parse(&config)?;
-        if let Some(g) = spec.gateway {
-            // A host route to the gateway's subnet is the uplink's own: only managed
-            // networks may not overlap it.
-            overlaps_managed(d, &name, g)?;
-        }
-        // The parent must exist on every member (one name for all of them, so far).
-        on_every_member(d, physical_request(&name, &config)).await?;
-        d.write(vec![Command::CreateNetwork(NetworkRecord {
-            name: name.clone(),
-            kind: "physical".into(),
-            description,
-            config,
-            status: NetworkStatus::Created,
-            ..NetworkRecord::default()
-        })])
-        .await?;
-        tracing::info!("network {name} (physical, on {}) created", spec.parent);
-        Ok(())
-    }
-
-    fn physical_request(name: &str, config: &ConfigMap) -> MemberRequest {
-        MemberRequest {
-            name: name.to_string(),
-            config: config.clone(),
-            kind: "physical".into(),
-            remove: false,
-        }
-    }
-
-    fn overlaps_managed(d: &Daemon, name: &str, g: Ipv4Cidr) -> Result<(), NetworkError> {
-        for r in d.db.networks()? {
-            if r.name == name {
-                continue;
-            }
-            for key in ["ipv4.address", "ipv4.gateway"] {
-                if let Some(c) = r
-                    .config
-                    .get(key)
-                    .and_then(|v| super::super::config::parse_gateway(key, v).ok())
-                {
-                    if c.overlaps(g) {
-                        return Err(NetworkError::Invalid(format!(
-                            "Invalid value for network config key \"ipv4.gateway\": {g} overlaps with network {:?} ({c})",
-                            r.name
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn update(
-        d: &Arc<Daemon>,
-        old: NetworkRecord,
-        description: String,
-        config: ConfigMap,
-    ) -> Result<(), NetworkError> {
-        physical::parse(&config)?;
-        if uplink_users(d, &old.name)? && config.get("parent") != old.config.get("parent") {
-            return Err(NetworkError::InUse(format!(
-                "The parent of uplink {:?} cannot change while OVN networks use it",
-                old.name
-            )));
-        }
-        on_every_member(d, physical_request(&old.name, &config)).await?;
-        d.write(vec![Command::UpdateNetwork(NetworkRecord {
-            description,
-            config,
-            ..old
-        })])
-        .await?;
-        Ok(())
-    }
-
-    /// Whether OVN networks use uplink `name` (then it cannot be deleted).
-    pub fn uplink_users(d: &Daemon, name: &str) -> Result<bool, NetworkError> {
-        uplink_shared(d, name, "")
-    }
-
-    pub async fn delete(d: &Arc<Daemon>, rec: NetworkRecord) -> Result<(), NetworkError> {
-        let users: Vec<String> = d
-            .db
-            .networks()?
-            .into_iter()
-            .filter(|r| {
-                r.kind == "ovn" && r.config.get("network").map(String::as_str) == Some(&rec.name)
-            })
-            .map(|r| format!("/1.0/networks/{}", r.name))
-            .collect();
-        if !users.is_empty() {
-            return Err(NetworkError::InUse(format!(
-                "The network is currently in use (by {})",
-                users.join(", ")
-            )));
-        }
-        d.write(vec![Command::DeleteNetwork {
-            name: rec.name.clone(),
-        }])
-        .await?;
-        tracing::info!("network {} (physical) deleted", rec.name);
-        Ok(())
-    }
-
-    /// `GET …/state` of a physical network: its parent's, measured.
-    pub fn state(rec: &NetworkRecord) -> Result<NetworkState, NetworkError> {
-        let p = physical::parse(&rec.config)?;
-        super::super::iface::state(&p.parent)
-    }
 }

@@ -16,32 +16,28 @@ pub fn available() -> bool {
     runner::run("ovs-vsctl", ["--timeout=2", "show"]).is_ok()
 }
 
-/// The chassis name ovn-controller registers this host under (`external_ids:system-id`).
-pub fn system_id() -> Result<Option<String>, NetworkError> {
+/// One of this host's OVS `external_ids`, unquoted; `None` when unset.
+fn external_id(key: &str) -> Result<Option<String>, NetworkError> {
     let v = vsctl(&[
         "--timeout=5",
         "--if-exists",
         "get",
         "open_vswitch",
         ".",
-        "external_ids:system-id",
+        &format!("external_ids:{key}"),
     ])?;
     let v = v.trim().trim_matches('"');
     Ok((!v.is_empty()).then(|| v.to_string()))
 }
 
+/// The chassis name ovn-controller registers this host under (`external_ids:system-id`).
+pub fn system_id() -> Result<Option<String>, NetworkError> {
+    external_id("system-id")
+}
+
 /// The southbound database ovn-controller on this host reaches (`external_ids:ovn-remote`).
 pub fn ovn_remote() -> Result<Option<String>, NetworkError> {
-    let v = vsctl(&[
-        "--timeout=5",
-        "--if-exists",
-        "get",
-        "open_vswitch",
-        ".",
-        "external_ids:ovn-remote",
-    ])?;
-    let v = v.trim().trim_matches('"');
-    Ok((!v.is_empty()).then(|| v.to_string()))
+    external_id("ovn-remote")
 }
 
 /// Makes this host chassis `name` of the OVN whose southbound database is `sb`, its
@@ -158,15 +154,9 @@ pub fn disconnect_uplink(bridge: &str, physnet: &str) -> Result<(), NetworkError
 }
 
 fn mappings() -> Result<Vec<(String, String)>, NetworkError> {
-    let v = vsctl(&[
-        "--timeout=5",
-        "--if-exists",
-        "get",
-        "open_vswitch",
-        ".",
-        "external_ids:ovn-bridge-mappings",
-    ])?;
-    Ok(parse_mappings(v.trim().trim_matches('"')))
+    Ok(parse_mappings(
+        &external_id("ovn-bridge-mappings")?.unwrap_or_default(),
+    ))
 }
 
 fn parse_mappings(v: &str) -> Vec<(String, String)> {
