@@ -249,14 +249,17 @@ impl Daemon {
         }
         // One transaction for both: one commit on the first start.
         let mut first = Vec::new();
-        // The preseed's networks (the appliance's NAT bridge), made before the profile that
-        // puts eth0 on the first of them.
+        // The preseed's networks (the appliance's NAT bridge; in a cluster its uplink and
+        // OVN network), recorded in order before the profile that puts eth0 on one of
+        // them: each may need the one before (a subnet not to overlap, an uplink).
         // First start only (no default profile yet): a network the operator deleted later
         // stays deleted.
-        let mut networks = Vec::new();
+        let mut made: Vec<(String, String)> = Vec::new();
         let first_start = self.db.profile("default")?.is_none();
         let preseed = crate::preseed::load(&self.paths.state.join("preseed.yaml"));
+        let mut wanted_nic = None;
         if let (true, Ok(Some(p))) = (first_start, preseed) {
+            wanted_nic = p.default_network.clone();
             for n in p.networks {
                 if self.db.network(&n.name)?.is_some() {
                     continue;
@@ -268,26 +271,32 @@ impl Daemon {
                     &n.description,
                     n.config,
                 ) {
-                    Ok(rec) => networks.push(rec),
+                    Ok(writes) => {
+                        self.db.apply_unreplicated(&writes)?;
+                        made.push((n.name.clone(), n.kind.clone()));
+                    }
                     Err(e) => tracing::error!(network = %n.name, "the preseed's network: {e}"),
                 }
             }
         }
-        let nic: BTreeMap<String, String> = match networks.first() {
-            Some(n) => [
-                ("type", "nic"),
-                ("network", n.name.as_str()),
-                ("name", "eth0"),
-            ]
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect(),
+        // eth0 on the preseed's default_network, else on its first network that takes NICs.
+        let on = match &wanted_nic {
+            Some(w) => made.iter().find(|(n, k)| n == w && k != "physical"),
+            None => made.iter().find(|(_, k)| k != "physical"),
+        };
+        if let (Some(w), None) = (&wanted_nic, on) {
+            tracing::error!("the preseed's default_network {w:?} was not made: eth0 stays p2p");
+        }
+        let nic: BTreeMap<String, String> = match on {
+            Some((n, _)) => [("type", "nic"), ("network", n.as_str()), ("name", "eth0")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             None => [("type", "nic"), ("nictype", "p2p"), ("name", "eth0")]
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
         };
-        first.extend(networks.into_iter().map(Command::CreateNetwork));
         if self.db.profile("default")?.is_none() {
             let mut devices = BTreeMap::new();
             devices.insert(

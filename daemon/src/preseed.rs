@@ -13,10 +13,18 @@
 //!   - name: default
 //!     driver: zfs
 //!     config: {source: /dev/nvme1n1}
-//! networks:                     # made at the first start; the default profile's eth0 goes
-//!   - name: cairnbr0            # on the first one (instead of a bare p2p veth)
+//! networks:                     # made at the first start, in this order
+//!   - name: cairnbr0
 //!     type: bridge
 //!     config: {ipv4.address: auto, ipv4.nat: "true", ipv6.address: none}
+//!   - name: UPLINK              # on a bridge above, with no ipv4.gateway: gateway, DNS
+//!     type: physical            # and ipv4.ovn.ranges taken from the bridge
+//!     config: {parent: cairnbr0}
+//!   - name: ovn0
+//!     type: ovn
+//!     config: {network: UPLINK}
+//! default_network: ovn0         # the default profile's eth0 (default: the first bridge or
+//!                               # ovn network above; none: a bare p2p veth)
 //! ovn: {}                       # in a cluster: run this member's part of the OVN control
 //!                               # plane (network::ovn_services)
 //! ```
@@ -48,6 +56,10 @@ pub struct Preseed {
     /// Networks made at the first start (the appliance's `cairnbr0`).
     #[serde(default)]
     pub networks: Vec<PreseedNetwork>,
+    /// The network the default profile's eth0 goes on (default: the first of `networks`
+    /// that takes NICs).
+    #[serde(default)]
+    pub default_network: Option<String>,
     /// The appliance's OVN: present, this member runs its part of the cluster's OVN
     /// control plane (`network::ovn_services`).
     #[serde(default)]
@@ -132,6 +144,17 @@ pub fn load(path: &Path) -> Result<Option<Preseed>, PreseedError> {
     for n in &p.networks {
         crate::network::manage::check_preseed(&n.name, &n.kind, &n.config)
             .map_err(|e| PreseedError::Invalid(format!("network {}: {e}", n.name)))?;
+    }
+    if let Some(w) = &p.default_network {
+        if !p
+            .networks
+            .iter()
+            .any(|n| &n.name == w && n.kind != "physical")
+        {
+            return Err(PreseedError::Invalid(format!(
+                "default_network {w:?} is not one of the preseed's bridge or ovn networks"
+            )));
+        }
     }
     if let Some(c) = &p.cluster {
         c.validate()

@@ -1,12 +1,15 @@
 //! OVN across a cluster, run by cairnd itself, with the real incus CLI: three members, each
 //! in a network namespace of its own with its own Open vSwitch (userspace datapath, what
 //! cairn-init runs on the appliance), their management addresses on a hub bridge. With
-//! the preseed's `ovn:` part, cairnd runs the clustered (Raft) northbound and southbound
-//! databases and ovn-northd on the three members and ovn-controller on each, Geneve on the
-//! management addresses. Then: an OVN network made from one member serves containers on
-//! node1 and node3, which get addresses from OVN's DHCP, ping each other across the
-//! overlay by address and by name, and reach the uplink side (each member's own uplink
-//! bridge, through the gateway chassis); delete removes the rows on every member's view.
+//! the appliance's preseed (`ovn:`, and the networks cairn-init writes for a cluster seed)
+//! cairnd runs the clustered (Raft) northbound and southbound databases and ovn-northd on
+//! the three members and ovn-controller on each, Geneve on the management addresses, and
+//! with no API call the cluster has a NAT bridge on every member, an `UPLINK` on it and an
+//! OVN network `ovn0` the default profile's eth0 is on. Then: containers launched on node1
+//! and node3 get addresses from OVN's DHCP, ping each other across the overlay by address
+//! and by name, and reach the uplink side (the bridge of the gateway chassis, and through
+//! its NAT another member); a second OVN network is isolated from the first; delete
+//! removes the rows on every member's view.
 //! Needs root and Debian's ovn-central, ovn-host and openvswitch-switch.
 
 #[path = "common/cluster.rs"]
@@ -23,6 +26,16 @@ use std::time::Duration;
 use cluster_fixture::*;
 use netns::{in_ns, ip, tools_present, wait_for, Namespaces};
 use ovn::OvnStack;
+
+/// The appliance's networks in a cluster (what cairn-init writes for a cluster seed): the
+/// NAT bridge, an uplink on it and the OVN network the default profile's eth0 is on.
+const PRESEED: &str = "ovn: {}
+networks:
+- {name: cairnbr0, type: bridge, config: {ipv4.address: auto, ipv4.nat: \"true\", ipv6.address: none}}
+- {name: UPLINK, type: physical, config: {parent: cairnbr0}}
+- {name: ovn0, type: ovn, config: {network: UPLINK}}
+default_network: ovn0
+";
 
 const DHCP: &str = "printf '#!/bin/sh\\n[ \"$1\" = bound ] || exit 0\\nifconfig $interface $ip netmask $subnet\\nroute add default gw $router\\nexit 0\\n' > /tmp/dhcp.sh && chmod +x /tmp/dhcp.sh && udhcpc -i eth0 -n -q -t 10 -s /tmp/dhcp.sh";
 
@@ -96,7 +109,7 @@ fn an_ovn_overlay_across_three_members() {
         .iter()
         .map(|s| vec![("OVS_RUNDIR".to_string(), s.dir.display().to_string())])
         .collect();
-    let c = Cluster::start_in_netns_with(&members, Some("ovn: {}\n"), &env);
+    let c = Cluster::start_in_netns_with(&members, Some(PRESEED), &env);
     let _reapers: Vec<OvnReaper> =
         c.m.iter()
             .map(|m| OvnReaper(m.d.state.join("ovn")))
@@ -151,33 +164,64 @@ fn an_ovn_overlay_across_three_members() {
         "{status}"
     );
 
-    // An uplink and an OVN network, made from node3 for the whole cluster.
-    c.ok(
-        n3,
-        &[
-            "network",
-            "create",
-            "UPLINK",
-            "--type=physical",
-            "parent=upbr0",
-            "ipv4.gateway=198.51.100.1/24",
-            "ipv4.ovn.ranges=198.51.100.10-198.51.100.19",
-        ],
+    // With no API call: the bridge, the uplink on it (gateway and routers' range taken
+    // from the bridge) and the OVN network the default profile's eth0 is on, its rows in
+    // the northbound database (made by the leader once the databases ran).
+    let list = c.ok(n1, &["network", "list", "--format", "csv"]);
+    for want in ["cairnbr0,bridge,YES", "UPLINK,physical,YES", "ovn0,ovn,YES"] {
+        assert!(list.lines().any(|l| l.starts_with(want)), "{want}: {list}");
+    }
+    assert_eq!(
+        c.ok(
+            n1,
+            &["profile", "device", "get", "default", "eth0", "network"]
+        )
+        .trim(),
+        "ovn0"
     );
+    let bridge_gw = c.ok(n1, &["network", "get", "cairnbr0", "ipv4.address"]);
+    let bridge_gw = bridge_gw.trim().to_string();
+    assert_eq!(
+        c.ok(n3, &["network", "get", "UPLINK", "ipv4.gateway"])
+            .trim(),
+        bridge_gw
+    );
+    let ranges = c.ok(n3, &["network", "get", "UPLINK", "ipv4.ovn.ranges"]);
+    let dhcp = c.ok(n3, &["network", "get", "cairnbr0", "ipv4.dhcp.ranges"]);
+    assert!(
+        ranges.contains(".192-")
+            && ranges.trim().ends_with(".254")
+            && dhcp.trim().ends_with(".191"),
+        "UPLINK ipv4.ovn.ranges={ranges} cairnbr0 ipv4.dhcp.ranges={dhcp}"
+    );
+    let nb = format!("unix:{}", c.m[2].d.state.join("ovn/nb.sock").display());
+    let nbctl = |args: &[&str]| {
+        let mut a = vec![
+            format!("--db={nb}"),
+            "--no-leader-only".into(),
+            "--timeout=5".into(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let out = Command::new("ovn-nbctl").args(&a).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let t = std::time::Instant::now();
-    c.ok(
-        n3,
-        &["network", "create", "ovn0", "--type=ovn", "network=UPLINK"],
-    );
+    wait_for("ovn0's router in the northbound database", 60, || {
+        nbctl(&["lr-list"]).contains("cairn-net-ovn0-lr")
+    });
     eprintln!(
-        "incus network create --type=ovn on a 3-member cluster (userspace OVS): {} ms",
+        "ovn0's northbound rows {} ms after the three chassis were up",
         t.elapsed().as_millis()
     );
-    let list = c.ok(n1, &["network", "list", "--format", "csv"]);
+    // Every member a gateway chassis, the first by id preferred.
+    let gwc = nbctl(&["lrp-get-gateway-chassis", "cairn-net-ovn0-lr-lrp-ext"]);
     assert!(
-        list.lines().any(|l| l.starts_with("ovn0,ovn,YES")),
-        "{list}"
+        ["node1", "node2", "node3"].iter().all(|n| gwc.contains(n)),
+        "{gwc}"
     );
+    // The bridge is the uplink's parent: not deleted under it.
+    let e = c.err(n1, &["network", "delete", "cairnbr0"]);
+    assert!(e.contains("in use") && e.contains("UPLINK"), "{e}");
     for (m, _) in &members {
         let br = in_ns(m, &["ip", "-br", "link"]);
         assert!(br.contains("covn"), "no uplink bridge in {m}: {br}");
@@ -187,30 +231,8 @@ fn an_ovn_overlay_across_three_members() {
 
     // Containers on node1 and node3: DHCP from OVN, ping across by address and by name.
     n1.d.import_busybox("bb");
-    c.ok(
-        n1,
-        &[
-            "launch",
-            "bb",
-            "c1",
-            "--network",
-            "ovn0",
-            "--target",
-            "node1",
-        ],
-    );
-    c.ok(
-        n1,
-        &[
-            "launch",
-            "bb",
-            "c2",
-            "--network",
-            "ovn0",
-            "--target",
-            "node3",
-        ],
-    );
+    c.ok(n1, &["launch", "bb", "c1", "--target", "node1"]);
+    c.ok(n1, &["launch", "bb", "c2", "--target", "node3"]);
     let exec = |cn: &str, args: &[&str]| {
         let mut a = vec!["exec", cn, "--"];
         a.extend(args);
@@ -262,10 +284,60 @@ fn an_ovn_overlay_across_three_members() {
         "c1.incus from c2: {}",
         text(&out.stdout)
     );
+    // The uplink side: the bridge's gateway on the member holding the router's gateway
+    // port, and beyond it (NAT out of that member) another member's management address.
+    let bridge_ip = bridge_gw.trim_end_matches("/24");
     assert!(
-        ping("c2", "198.51.100.1"),
-        "c2 cannot reach the uplink side through the gateway chassis"
+        ping("c2", bridge_ip),
+        "c2 cannot reach the uplink bridge {bridge_ip} through the gateway chassis\n{}",
+        c.logs()
     );
+    assert!(
+        ping("c2", "192.0.2.2"),
+        "c2 cannot reach node2's management address through the uplink's NAT"
+    );
+
+    // A second OVN network, made through the API: isolated from the first (no route to
+    // ovn0's subnet), still out through the uplink.
+    let t = std::time::Instant::now();
+    c.ok(
+        n3,
+        &[
+            "network",
+            "create",
+            "tenant2",
+            "--type=ovn",
+            "network=UPLINK",
+        ],
+    );
+    eprintln!(
+        "incus network create --type=ovn on a 3-member cluster (userspace OVS): {} ms",
+        t.elapsed().as_millis()
+    );
+    c.ok(
+        n1,
+        &[
+            "launch",
+            "bb",
+            "t1",
+            "--network",
+            "tenant2",
+            "--target",
+            "node2",
+        ],
+    );
+    let out = exec("t1", &["sh", "-c", DHCP]);
+    assert!(out.status.success(), "udhcpc in t1: {}", text(&out.stderr));
+    let mut up = false;
+    for _ in 0..10 {
+        if ping("t1", bridge_ip) {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(up, "t1 (tenant2) cannot reach the uplink\n{}", c.logs());
+    assert!(!ping("t1", &a1), "tenant2 reaches ovn0's c1 at {a1}");
 
     // Leases: the ports of the cluster-wide database, one list from any member.
     let leases = c.ok(n3, &["network", "list-leases", "ovn0", "--format", "csv"]);
@@ -280,21 +352,17 @@ fn an_ovn_overlay_across_three_members() {
     );
 
     // Delete: the rows go, seen from another member's database.
-    for cn in ["c1", "c2"] {
+    for cn in ["c1", "c2", "t1"] {
         c.ok(n1, &["delete", "--force", cn]);
     }
+    let e = c.err(n1, &["network", "delete", "ovn0"]);
+    assert!(e.contains("/1.0/profiles/default"), "{e}");
+    c.ok(n1, &["profile", "device", "remove", "default", "eth0"]);
     c.ok(n1, &["network", "delete", "ovn0"]);
+    c.ok(n1, &["network", "delete", "tenant2"]);
     c.ok(n1, &["network", "delete", "UPLINK"]);
-    let nb = format!("unix:{}", c.m[2].d.state.join("ovn/nb.sock").display());
-    let show = Command::new("ovn-nbctl")
-        .args([&format!("--db={nb}"), "--no-leader-only", "show"])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&show.stdout).trim().is_empty(),
-        "{}",
-        String::from_utf8_lossy(&show.stdout)
-    );
+    let show = nbctl(&["show"]);
+    assert!(show.trim().is_empty(), "{show}");
     for (m, _) in &members {
         let br = in_ns(m, &["ip", "-br", "link"]);
         assert!(!br.contains("covn"), "uplink bridge left in {m}: {br}");

@@ -200,7 +200,7 @@ fn bring_up(sup: &mut Supervisor) -> BringUp {
         .any(|w| w == "cairn.debug=1");
     // A supervised job (PID 1's reaping would race a thread's own wait), at normal
     // priority, next to cairnd: its first bridge needs them within seconds.
-    if seed.network.instances.kind == "bridge" {
+    if seed.network.instances.resolved_kind(seed.cluster.is_some()) != "none" {
         let mut argv = vec!["/usr/sbin/modprobe", "-a", "-b", "-q"];
         argv.extend_from_slice(kmod::BRIDGE_MODULES);
         sup.add(ServiceSpec::job("bridge-modules", &argv));

@@ -114,20 +114,16 @@ pub fn preseed_yaml(
         /// The instances' network cairnd makes at its first start (the default profile's
         /// eth0 goes on it).
         #[serde(skip_serializing_if = "Vec::is_empty")]
-        networks: Vec<Net<'a>>,
+        networks: Vec<Net>,
+        /// The network the default profile's eth0 goes on (the OVN one in a cluster).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        default_network: Option<&'a str>,
         /// In a cluster: cairnd runs this member's part of the cluster's OVN.
         #[serde(skip_serializing_if = "Option::is_none")]
         ovn: Option<Ovn>,
     }
     #[derive(serde::Serialize)]
     struct Ovn {}
-    #[derive(serde::Serialize)]
-    struct Net<'a> {
-        name: &'a str,
-        #[serde(rename = "type")]
-        kind: &'a str,
-        config: std::collections::BTreeMap<&'a str, &'a str>,
-    }
     #[derive(serde::Serialize)]
     struct Pool<'a> {
         name: &'a str,
@@ -167,26 +163,77 @@ pub fn preseed_yaml(
             })
             .into_iter()
             .collect(),
-        networks: {
-            let n = &seed.network.instances;
-            match n.kind.as_str() {
-                "bridge" => vec![Net {
-                    name: &n.name,
-                    kind: "bridge",
-                    config: [
-                        ("ipv4.address", n.ipv4_address.as_str()),
-                        ("ipv4.nat", "true"),
-                        ("ipv6.address", "none"),
-                    ]
-                    .into_iter()
-                    .collect(),
-                }],
-                _ => vec![],
-            }
+        networks: instance_networks(seed),
+        default_network: match seed.network.instances.resolved_kind(seed.cluster.is_some()) {
+            "ovn" => Some(seed.network.instances.ovn.name.as_str()),
+            _ => None,
         },
         ovn: seed.cluster.as_ref().map(|_| Ovn {}),
     };
     serde_yaml::to_string(&p).unwrap_or_default()
+}
+
+/// A network of the preseed (cairnd's `PreseedNetwork`).
+#[derive(serde::Serialize, Debug)]
+struct Net {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    config: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// The seed's instance networks as cairnd makes them at its first start: the NAT bridge;
+/// for OVN also an `UPLINK` (on that bridge, or the seed's physical uplink) and the OVN
+/// network on it.
+fn instance_networks(seed: &Seed) -> Vec<Net> {
+    let n = &seed.network.instances;
+    let kind = n.resolved_kind(seed.cluster.is_some());
+    if kind == "none" {
+        return vec![];
+    }
+    let mut out = vec![Net {
+        name: n.name.clone(),
+        kind: "bridge",
+        config: [
+            ("ipv4.address", n.ipv4_address.clone()),
+            ("ipv4.nat", "true".into()),
+            ("ipv6.address", "none".into()),
+        ]
+        .into_iter()
+        .collect(),
+    }];
+    if kind != "ovn" {
+        return out;
+    }
+    let uplink = match &n.ovn.uplink {
+        // Gateway, DNS and the routers' range come from the bridge at the first start.
+        None => [("parent", n.name.clone())].into_iter().collect(),
+        Some(u) => {
+            let mut c: std::collections::BTreeMap<&'static str, String> = [
+                ("parent", u.parent.clone()),
+                ("ipv4.gateway", u.gateway.clone()),
+                ("ipv4.ovn.ranges", u.ranges.clone()),
+            ]
+            .into_iter()
+            .collect();
+            if !u.nameservers.is_empty() {
+                let list: Vec<String> = u.nameservers.iter().map(|a| a.to_string()).collect();
+                c.insert("dns.nameservers", list.join(","));
+            }
+            c
+        }
+    };
+    out.push(Net {
+        name: "UPLINK".into(),
+        kind: "physical",
+        config: uplink,
+    });
+    out.push(Net {
+        name: n.ovn.name.clone(),
+        kind: "ovn",
+        config: [("network", "UPLINK".to_string())].into_iter().collect(),
+    });
+    out
 }
 
 #[cfg(test)]
@@ -226,8 +273,24 @@ mod tests {
         assert_eq!(v["server_name"], "n1");
         assert_eq!(v["cluster"]["interface"], "enp0s4");
         assert_eq!(v["cluster"]["founders"], 3);
-        // A cluster runs its OVN control plane.
+        // A cluster runs its OVN control plane, and its instances are on an OVN network
+        // over an uplink on the NAT bridge.
         assert!(v["ovn"].is_mapping(), "{v:?}");
+        assert_eq!(v["networks"][0]["name"], "cairnbr0");
+        assert_eq!(v["networks"][1]["name"], "UPLINK");
+        assert_eq!(v["networks"][1]["type"], "physical");
+        assert_eq!(v["networks"][1]["config"]["parent"], "cairnbr0");
+        assert_eq!(v["networks"][2]["type"], "ovn");
+        assert_eq!(v["networks"][2]["config"]["network"], "UPLINK");
+        assert_eq!(v["default_network"], "ovn0");
+        let bridge = Seed::parse(
+            "cluster:\n  name: lab\n  secret: \"0123456789abcdef\"\n  founders: 3\nnetwork:\n  instances:\n    type: bridge\n",
+        )
+        .unwrap();
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&preseed_yaml(&bridge, None, None)).unwrap();
+        assert_eq!(v["networks"].as_sequence().map(Vec::len), Some(1), "{v:?}");
+        assert!(v.get("default_network").is_none());
         let named = Seed::parse(
             "cluster:\n  name: lab\n  secret: \"0123456789abcdef\"\n  founders: 1\n  interface: eth9\n",
         )

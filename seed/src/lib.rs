@@ -11,10 +11,20 @@
 //!     - mac: "52:54:00:00:01:01"
 //!       addresses: ["10.77.0.1/24"]
 //!       gateway: "10.77.0.254"     # optional
-//!   instances:                     # optional: the network the default profile's eth0 is on
-//!     type: bridge                 # bridge (the default: a NAT bridge on every member) or none
+//!   instances:                     # optional: the networks made on first boot for instances
+//!     type: auto                   # auto (the default): bridge standalone, ovn in a cluster;
+//!                                  # bridge (a NAT bridge on every member), ovn (the bridge
+//!                                  # too, as the uplink; needs cluster:) or none
 //!     name: cairnbr0               # optional; the bridge's name
-//!     ipv4_address: auto           # optional; auto (a free 10.x.y.1/24) or a gateway CIDR
+//!     ipv4_address: auto           # optional; the bridge's: auto (a free 10.x.y.1/24) or a
+//!                                  # gateway CIDR
+//!     ovn:                         # optional; the OVN network the default profile's eth0 is on
+//!       name: ovn0                 # optional
+//!       uplink:                    # optional; default: the bridge above (each member's has
+//!         parent: enp0s4           # the same subnet; routers NAT through whichever member
+//!         gateway: 192.0.2.1/24    # holds them). Else a physical NIC with this name on
+//!         ranges: 192.0.2.100-192.0.2.150   # every member: its gateway, the routers'
+//!         nameservers: [192.0.2.1]          # addresses, DNS servers
 //! trust:
 //!   https_address: ":8443"         # default
 //!   client_certificates:
@@ -140,42 +150,94 @@ impl Default for Network {
     }
 }
 
-/// The network made on first boot for the instances (the default profile's eth0).
+/// The networks made on first boot for the instances (the default profile's eth0).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstanceNetwork {
-    /// `bridge` (a NAT bridge with DHCP and DNS, on every member) or `none`.
+    /// `auto` (bridge standalone, ovn in a cluster), `bridge` (a NAT bridge with DHCP and
+    /// DNS, on every member), `ovn` (an OVN network over an uplink) or `none`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The bridge's name.
     pub name: String,
     /// `auto` or the bridge's gateway address in CIDR form (`10.10.0.1/24`).
     pub ipv4_address: String,
+    pub ovn: OvnNetwork,
 }
 
 impl Default for InstanceNetwork {
     fn default() -> Self {
         InstanceNetwork {
-            kind: "bridge".into(),
+            kind: "auto".into(),
             name: "cairnbr0".into(),
             ipv4_address: "auto".into(),
+            ovn: OvnNetwork::default(),
         }
     }
 }
 
+/// The OVN network of a cluster's instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OvnNetwork {
+    pub name: String,
+    /// A physical uplink; `None`: the instance bridge is the uplink.
+    pub uplink: Option<Uplink>,
+}
+
+impl Default for OvnNetwork {
+    fn default() -> Self {
+        OvnNetwork {
+            name: "ovn0".into(),
+            uplink: None,
+        }
+    }
+}
+
+/// A physical uplink for the OVN routers: Incus's `physical` network keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    /// The interface, by the same name on every member.
+    pub parent: String,
+    /// The uplink's gateway in CIDR form (`192.0.2.1/24`).
+    pub gateway: String,
+    /// The routers' addresses, `FIRST-LAST[,FIRST-LAST]`.
+    pub ranges: String,
+    #[serde(default)]
+    pub nameservers: Vec<Ipv4Addr>,
+}
+
+fn interface_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
 impl InstanceNetwork {
-    pub fn validate(&self) -> Result<(), SeedError> {
+    /// What `type` means for this node: `auto` settled by whether it is clustered.
+    pub fn resolved_kind(&self, clustered: bool) -> &str {
+        match (self.kind.as_str(), clustered) {
+            ("auto", true) => "ovn",
+            ("auto", false) => "bridge",
+            (k, _) => k,
+        }
+    }
+
+    pub fn validate(&self, clustered: bool) -> Result<(), SeedError> {
         let bad = |m: String| Err(SeedError::Invalid(format!("network.instances.{m}")));
         match self.kind.as_str() {
-            "bridge" | "none" => {}
-            "ovn" => return bad("type ovn is not supported yet (bridge or none)".into()),
-            k => return bad(format!("type {k:?} is not bridge or none")),
+            "auto" | "bridge" | "none" => {}
+            "ovn" if clustered => {}
+            "ovn" => {
+                return bad(
+                    "type ovn needs a cluster: section (a standalone node gets a bridge)".into(),
+                )
+            }
+            k => return bad(format!("type {k:?} is not auto, bridge, ovn or none")),
         }
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 15
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let name_ok = interface_name_ok(&self.name) && !self.name.contains('.');
         if !name_ok {
             return bad(format!(
                 "name {:?} is not an interface name (at most 15 letters, digits, - or _)",
@@ -187,6 +249,44 @@ impl InstanceNetwork {
                 "ipv4_address {:?} is not auto or an IPv4 CIDR",
                 self.ipv4_address
             ));
+        }
+        let o = &self.ovn;
+        let label_ok = !o.name.is_empty()
+            && o.name.len() <= 63
+            && o.name != self.name
+            && o.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !label_ok {
+            return bad(format!(
+                "ovn.name {:?} is not a network name (letters, digits, - or _; not the bridge's)",
+                o.name
+            ));
+        }
+        if let Some(u) = &o.uplink {
+            if !interface_name_ok(&u.parent) {
+                return bad(format!(
+                    "ovn.uplink.parent {:?} is not an interface name",
+                    u.parent
+                ));
+            }
+            Cidr::parse(&u.gateway).map_err(|_| {
+                SeedError::Invalid(format!(
+                    "network.instances.ovn.uplink.gateway {:?} is not an IPv4 CIDR",
+                    u.gateway
+                ))
+            })?;
+            for r in u.ranges.split(',') {
+                let ok = r.split_once('-').is_some_and(|(a, b)| {
+                    a.trim().parse::<Ipv4Addr>().is_ok() && b.trim().parse::<Ipv4Addr>().is_ok()
+                });
+                if !ok {
+                    return bad(format!(
+                        "ovn.uplink.ranges {:?} is not FIRST-LAST[,FIRST-LAST]",
+                        u.ranges
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -385,7 +485,7 @@ impl Seed {
     /// Checks what the types cannot: hostname syntax, CIDR syntax, PEM framing.
     pub fn validate(&self) -> Result<(), SeedError> {
         self.storage.validate()?;
-        self.network.instances.validate()?;
+        self.network.instances.validate(self.cluster.is_some())?;
         if let Some(h) = &self.hostname {
             if !valid_hostname(h) {
                 return Err(SeedError::Invalid(format!(
@@ -597,8 +697,25 @@ mod tests {
     #[test]
     fn instance_network_section() {
         let s = Seed::parse("").unwrap();
-        assert_eq!(s.network.instances.kind, "bridge");
+        assert_eq!(s.network.instances.resolved_kind(false), "bridge");
+        assert_eq!(s.network.instances.resolved_kind(true), "ovn");
         assert_eq!(s.network.instances.name, "cairnbr0");
+        assert_eq!(s.network.instances.ovn.name, "ovn0");
+        let cluster = "cluster:\n  name: lab\n  secret: \"0123456789abcdef\"\n  founders: 3\n";
+        let s = Seed::parse(&format!(
+            "{cluster}network:\n  instances:\n    type: ovn\n    ovn:\n      name: tenants\n      uplink: {{parent: enp0s4, gateway: 192.0.2.1/24, ranges: 192.0.2.100-192.0.2.150, nameservers: [192.0.2.1]}}\n"
+        ))
+        .unwrap();
+        let u = s.network.instances.ovn.uplink.as_ref().unwrap();
+        assert_eq!((u.parent.as_str(), u.nameservers.len()), ("enp0s4", 1));
+        for bad in [
+            "network:\n  instances:\n    ovn: {name: cairnbr0}\n",
+            "network:\n  instances:\n    ovn: {uplink: {parent: enp0s4, gateway: x, ranges: 192.0.2.100-192.0.2.150}}\n",
+            "network:\n  instances:\n    ovn: {uplink: {parent: enp0s4, gateway: 192.0.2.1/24, ranges: lots}}\n",
+            "network:\n  instances:\n    ovn: {uplink: {gateway: 192.0.2.1/24, ranges: 192.0.2.100-192.0.2.150}}\n",
+        ] {
+            assert!(Seed::parse(&format!("{cluster}{bad}")).is_err(), "{bad}");
+        }
         let s = Seed::parse("network:\n  instances:\n    type: none\n").unwrap();
         assert_eq!(s.network.instances.kind, "none");
         // The management interfaces keep their default when only instances is given.

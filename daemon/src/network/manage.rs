@@ -23,7 +23,7 @@ pub struct Networks {
     running: Mutex<BTreeMap<String, Arc<Bridge>>>,
     /// One change at a time: a subnet check and the write it guards must not interleave
     /// with another create choosing the same subnet.
-    changes: tokio::sync::Mutex<()>,
+    pub(super) changes: tokio::sync::Mutex<()>,
     /// One change of this host's bridges at a time, whoever asked (this member's API or
     /// another member making a cluster network here).
     host: Mutex<()>,
@@ -131,9 +131,21 @@ fn devices_use(devices: &DeviceMap, network: &str) -> bool {
     devices.values().any(|d| nic_uses(d, network))
 }
 
-/// The profiles and instances with a NIC on `network` (`network=` or `parent=`), as URLs.
+/// What uses `network`, as URLs: profiles and instances with a NIC on it (`network=` or
+/// `parent=`), OVN networks it is the uplink of, physical networks on it as their parent
+/// (the appliance's `UPLINK` on `cairnbr0`).
 pub fn used_by(d: &Daemon, network: &str) -> Result<Vec<String>, NetworkError> {
     let mut out = Vec::new();
+    for n in d.db.networks()? {
+        let on = match n.kind.as_str() {
+            "ovn" => n.config.get("network"),
+            "physical" => n.config.get("parent"),
+            _ => None,
+        };
+        if on.is_some_and(|v| v == network) && n.name != network {
+            out.push(format!("/1.0/networks/{}", n.name));
+        }
+    }
     for p in d.db.profiles()? {
         if devices_use(&p.devices, network) {
             out.push(format!("/1.0/profiles/{}", p.name));
@@ -159,17 +171,7 @@ pub fn view(d: &Daemon, r: &NetworkRecord) -> Result<NetworkView, NetworkError> 
         managed: true,
         status: r.status.as_str().into(),
         config: r.config.clone(),
-        used_by: {
-            let mut u = used_by(d, &r.name)?;
-            if r.kind == "physical" {
-                for n in d.db.networks()? {
-                    if n.kind == "ovn" && n.config.get("network") == Some(&r.name) {
-                        u.push(format!("/1.0/networks/{}", n.name));
-                    }
-                }
-            }
-            u
-        },
+        used_by: used_by(d, &r.name)?,
         locations: locations(d, r)?,
         project: "default".into(),
     })
@@ -366,51 +368,80 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| NetworkError::Io(format!("network task: {e}")))?
 }
 
-/// A preseed's network, checked without the host: name, type and keys.
+/// A preseed's network, checked without the host: name, type and keys. A physical one
+/// whose parent is a bridge of the same preseed may leave its gateway out: it is taken from
+/// that bridge at the first start ([`super::uplink::on_bridge`]).
 pub fn check_preseed(name: &str, kind: &str, config: &ConfigMap) -> Result<(), NetworkError> {
     config::valid_name(name)?;
-    if check_kind(kind)? != "bridge" {
-        return Err(NetworkError::Invalid(format!(
-            "Network {name:?}: a preseed may make bridge networks only, for now"
-        )));
+    match check_kind(kind)? {
+        "physical" => super::physical::parse(config).map(drop),
+        "ovn" => {
+            let mut probe = config.clone();
+            if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
+                probe.insert("ipv4.address".into(), "10.0.0.1/24".into());
+            }
+            super::ovn_config::parse(&probe).map(drop)
+        }
+        _ => {
+            let mut probe = config.clone();
+            if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
+                probe.insert("ipv4.address".into(), "none".into());
+            }
+            if probe.get("ipv6.address").is_some_and(|v| v == "auto") {
+                probe.insert("ipv6.address".into(), "fd00::1/64".into());
+            }
+            config::parse(name, &probe).map(drop)
+        }
     }
-    let mut probe = config.clone();
-    if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
-        probe.insert("ipv4.address".into(), "none".into());
-    }
-    if probe.get("ipv6.address").is_some_and(|v| v == "auto") {
-        probe.insert("ipv6.address".into(), "fd00::1/64".into());
-    }
-    config::parse(name, &probe).map(drop)
 }
 
-/// The record of a network made at the first start (from the preseed), `auto` settled on
-/// a subnet from this host's routes; [`restore`] then makes it on the host.
+/// The writes that record a network made at the first start (from the preseed), `auto`
+/// settled on a subnet from this host's routes; [`restore`] then makes it on the host (an
+/// OVN network's northbound rows come from `ovn_services` once the databases run). The
+/// networks before it in the preseed must already be recorded: an uplink's bridge, an OVN
+/// network's uplink.
 pub fn first_start_record(
     d: &Daemon,
     name: &str,
     kind: &str,
     description: &str,
     mut config: ConfigMap,
-) -> Result<NetworkRecord, NetworkError> {
+) -> Result<Vec<Command>, NetworkError> {
     check_preseed(name, kind, &config)?;
-    if netlink::exists(name) {
+    let kind = check_kind(kind)?;
+    if kind != "ovn" && netlink::exists(name) {
         return Err(NetworkError::Conflict(format!(
             "Network {name:?} clashes with an existing interface of the host"
         )));
     }
-    config
-        .entry("ipv4.address".into())
-        .or_insert_with(|| "auto".into());
-    settle_subnet(d, name, &mut config)?;
-    config::parse(name, &config)?;
-    Ok(NetworkRecord {
+    let mut writes = Vec::new();
+    match kind {
+        "ovn" => {
+            config = super::ovn::settle(d, name, config)?;
+        }
+        "physical" => {
+            if let Some(bridge) = super::uplink::on_bridge(d, &mut config)? {
+                writes.push(Command::UpdateNetwork(bridge));
+            }
+            super::physical::parse(&config)?;
+        }
+        _ => {
+            config
+                .entry("ipv4.address".into())
+                .or_insert_with(|| "auto".into());
+            settle_subnet(d, name, &mut config)?;
+            config::parse(name, &config)?;
+        }
+    }
+    writes.push(Command::CreateNetwork(NetworkRecord {
         name: name.to_string(),
-        kind: check_kind(kind)?.into(),
+        kind: kind.into(),
         description: description.to_string(),
         config,
+        status: NetworkStatus::Created,
         ..NetworkRecord::default()
-    })
+    }));
+    Ok(writes)
 }
 
 /// After joining a cluster (its database replaced this member's): the cluster's networks
@@ -669,6 +700,14 @@ pub fn restore(d: &Daemon) {
         }
     };
     let me = d.server_name();
+    // Bridges first: a physical network's parent may be one (the appliance's UPLINK on
+    // cairnbr0), and OVN networks connect to their physical uplink.
+    let mut recs = recs;
+    recs.sort_by_key(|r| match r.kind.as_str() {
+        "physical" => 1,
+        "ovn" => 2,
+        _ => 0,
+    });
     for r in recs {
         // A pending network is made by the create that finishes it, not at a restart.
         if r.status != NetworkStatus::Created && r.members.get(&me) != Some(&true) {

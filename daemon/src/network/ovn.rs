@@ -245,7 +245,11 @@ fn allocate_uplink_ip(d: &Daemon, name: &str, uplink: &str) -> Result<Ipv4Addr, 
 
 /// Settles `auto`, allocates the router's uplink address and checks the result: the config
 /// to record.
-fn settle(d: &Daemon, name: &str, mut config: ConfigMap) -> Result<ConfigMap, NetworkError> {
+pub(super) fn settle(
+    d: &Daemon,
+    name: &str,
+    mut config: ConfigMap,
+) -> Result<ConfigMap, NetworkError> {
     // Keys first, so a bad key is named before any subnet is chosen.
     let mut probe = config.clone();
     if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
@@ -277,7 +281,7 @@ fn settle(d: &Daemon, name: &str, mut config: ConfigMap) -> Result<ConfigMap, Ne
 
 /// The chassis that may hold the routers' gateway ports, with priorities: every member
 /// (its chassis is named after it), the first by id preferred; standalone, this host's.
-fn gateway_chassis(d: &Daemon) -> Result<Vec<(String, u16)>, NetworkError> {
+pub(super) fn gateway_chassis(d: &Daemon) -> Result<Vec<(String, u16)>, NetworkError> {
     if d.cluster().is_none() {
         return Ok(ovs::system_id()?.into_iter().map(|c| (c, 1)).collect());
     }
@@ -291,7 +295,7 @@ fn gateway_chassis(d: &Daemon) -> Result<Vec<(String, u16)>, NetworkError> {
 }
 
 /// The northbound rows, made (or converged) to `rec`'s config. Blocking.
-fn apply_nb(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
+pub(super) fn apply_nb(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
     let spec = ovn_config::parse(&rec.config)?;
     let chassis = gateway_chassis(d)?;
     let nb = northbound(d)?;

@@ -13,6 +13,7 @@
 //! The databases and their Raft links listen in plain TCP on the management addresses
 //! (ports 6641/6642, Raft 6643/6644): not yet TLS.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::{ovs, NetworkError};
@@ -305,30 +306,78 @@ pub fn ensure(d: &Daemon) -> Result<(), NetworkError> {
     ensure_controller(&dir, &p)
 }
 
+/// What the loop last converged, so that a quiet cluster costs no `ovs-vsctl` or
+/// `ovn-nbctl` call per round.
+#[derive(Default)]
+struct Converged {
+    /// The uplinks connected to this member's OVS since cairnd started.
+    uplinks: BTreeSet<String>,
+    /// Per OVN network, the record and gateway chassis its northbound rows were last made
+    /// from (by this member, while it led the cluster).
+    rows: BTreeMap<String, String>,
+}
+
+/// The OVN networks' uplinks connected here (a veth pair into a Linux bridge does not
+/// survive a reboot, and at cairnd's start OVS may not run yet); on the Raft leader, their
+/// northbound rows made from the records and the current members: the appliance's first
+/// start records its OVN network before any database runs, a member that joined later
+/// becomes a gateway chassis, and rows lost with the databases come back. Blocking.
+fn converge_networks(d: &Daemon, done: &mut Converged) -> Result<(), NetworkError> {
+    let recs: Vec<_> =
+        d.db.networks()?
+            .into_iter()
+            .filter(|r| r.kind == "ovn")
+            .collect();
+    for rec in &recs {
+        let Some(u) = rec.config.get("network").filter(|u| u.as_str() != "none") else {
+            continue;
+        };
+        if !done.uplinks.contains(u) {
+            super::ovn::restore(d, rec)?;
+            done.uplinks.insert(u.clone());
+        }
+    }
+    if !d.cluster().is_some_and(|c| c.is_leader()) {
+        done.rows.clear();
+        return Ok(());
+    }
+    done.rows.retain(|n, _| recs.iter().any(|r| &r.name == n));
+    let chassis = super::ovn::gateway_chassis(d)?;
+    for rec in &recs {
+        let fingerprint = format!("{:?} {chassis:?}", rec.config);
+        if done.rows.get(&rec.name) == Some(&fingerprint) {
+            continue;
+        }
+        super::ovn::apply_nb(d, rec)
+            .map_err(|e| NetworkError::Ovn(format!("network {}: {e}", rec.name)))?;
+        tracing::info!("network {}: northbound rows converged", rec.name);
+        done.rows.insert(rec.name.clone(), fingerprint);
+    }
+    Ok(())
+}
+
 /// The background loop of a daemon with OVN services: converge now, then every 10 s (the
 /// member list changes as members join; a daemon that died is started again).
 pub async fn run_loop(d: std::sync::Arc<Daemon>) {
     let mut last_err = String::new();
-    // The OVN networks' uplinks, connected again once OVS is up (a veth pair into a Linux
-    // bridge does not survive a reboot, and at cairnd's start OVS may not run yet).
-    let mut uplinks_done = false;
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Converged::default()));
     loop {
-        let d2 = d.clone();
+        let (d2, done2) = (d.clone(), done.clone());
+        // No API change of a network in between: a create that fails and undoes its rows
+        // must not have them made again from its record meanwhile.
+        let changes = d.networks.changes.lock().await;
         let r = tokio::task::spawn_blocking(move || {
             ensure(&d2)?;
-            if !uplinks_done {
-                for rec in d2.db.networks()?.iter().filter(|r| r.kind == "ovn") {
-                    super::ovn::restore(&d2, rec)?;
-                }
+            if plan(&d2)?.is_none() {
+                return Ok(());
             }
-            Ok::<(), NetworkError>(())
+            let mut done = done2.lock().unwrap_or_else(|e| e.into_inner());
+            converge_networks(&d2, &mut done)
         })
         .await;
+        drop(changes);
         match r {
-            Ok(Ok(())) => {
-                last_err.clear();
-                uplinks_done = true;
-            }
+            Ok(Ok(())) => last_err.clear(),
             Ok(Err(e)) => {
                 let e = e.to_string();
                 if e != last_err {
