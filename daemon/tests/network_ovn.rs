@@ -100,6 +100,10 @@ fn ovn_networks_on_a_physical_uplink() {
     let d = TestDaemon::start_in_netns(&ns_name);
     let nb = stack.nb_socket();
 
+    // No uplink yet: network= unset has nothing to default to.
+    let e = d.incus_err(&["network", "create", "ovn0", "--type=ovn"]);
+    assert!(e.contains("no uplink network exists"), "{e}");
+
     // An unreachable northbound database: a clear error and nothing left behind.
     d.incus_ok(&[
         "network",
@@ -151,8 +155,13 @@ fn ovn_networks_on_a_physical_uplink() {
         "ipv6.address=auto",
     ]);
     assert!(e.contains("IPv6"), "{e}");
-    let e = d.incus_err(&["network", "create", "bad0", "--type=ovn"]);
-    assert!(e.contains("uplink"), "{e}");
+    // network= unset: the only uplink, as Incus does.
+    d.incus_ok(&["network", "create", "dflt0", "--type=ovn"]);
+    assert_eq!(
+        d.incus_ok(&["network", "get", "dflt0", "network"]).trim(),
+        "UPLINK"
+    );
+    d.incus_ok(&["network", "delete", "dflt0"]);
     let e = d.incus_err(&[
         "network",
         "create",

@@ -250,6 +250,31 @@ pub(super) fn settle(
     name: &str,
     mut config: ConfigMap,
 ) -> Result<ConfigMap, NetworkError> {
+    // Incus's default uplink: with `network` unset, the only one there is.
+    if config.get("network").is_none_or(|v| v.is_empty()) {
+        let uplinks: Vec<String> =
+            d.db.networks()?
+                .into_iter()
+                .filter(|r| r.kind == "physical")
+                .map(|r| r.name)
+                .collect();
+        match uplinks.as_slice() {
+            [one] => {
+                config.insert("network".into(), one.clone());
+            }
+            [] => {
+                return Err(NetworkError::Invalid(
+                    "Invalid value for network config key \"network\": no uplink network exists (make a physical one, or give network=none)".into(),
+                ))
+            }
+            _ => {
+                return Err(NetworkError::Invalid(format!(
+                    "Invalid value for network config key \"network\": required, there are several uplinks ({})",
+                    uplinks.join(", ")
+                )))
+            }
+        }
+    }
     // Keys first, so a bad key is named before any subnet is chosen.
     let mut probe = config.clone();
     if probe.get("ipv4.address").is_none_or(|v| v == "auto") {
