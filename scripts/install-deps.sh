@@ -3,7 +3,8 @@
 # (bindgen reads them), libclang, busybox-static (test images), lxcfs, uidmap, dnsmasq-base
 # (the DHCP server of the DHCP client test and of managed bridge networks), nftables (their
 # NAT), btrfs-progs (the btrfs storage driver), fdisk (sfdisk: a zfs pool's disk is
-# partitioned by cairnd), a root subordinate id range, the real incus
+# partitioned by cairnd), ethtool (the OVN cluster test turns a container's checksum offload
+# off for TCP over OVS's userspace datapath), a root subordinate id range, the real incus
 # CLI (Debian trixie's incus-client), pylxd in a venv, and OVN with Open vSwitch
 # (ovn-central, ovn-host, openvswitch-switch: the OVN tests run their own daemons; the
 # packages' services are not started).
@@ -15,7 +16,7 @@ mkdir -p "$cache"
 
 pkgs=(lxc lxc-dev liblxc1 libclang-dev clang busybox-static lxcfs uidmap iproute2 pkg-config
       ca-certificates curl python3 openssh-client dnsmasq-base nftables btrfs-progs
-      fdisk)
+      fdisk ethtool)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
