@@ -277,7 +277,6 @@ fn an_ovn_overlay_across_three_members() {
         c.logs()
     );
     assert!(ping("c2", &a1), "c2 cannot ping c1");
-    print_throughput(&c, &members, &a2);
     let gw = subnet.trim().trim_end_matches("/24").to_string();
     let out = exec("c2", &["nslookup", "c1.incus", &gw]);
     assert!(
@@ -289,9 +288,23 @@ fn an_ovn_overlay_across_three_members() {
     // port, and beyond it (NAT out of that member) another member's management address.
     let bridge_ip = bridge_gw.trim_end_matches("/24");
     assert!(
-        (0..10).any(|_| ping("c2", bridge_ip)),
-        "c2 cannot reach the uplink bridge {bridge_ip} through the gateway chassis\n{}",
-        c.logs()
+        (0..30).any(|_| ping("c2", bridge_ip) || {
+            std::thread::sleep(Duration::from_secs(1));
+            false
+        }),
+        "c2 cannot reach the uplink bridge {bridge_ip} through the gateway chassis\n{}\n{}\n{}",
+        Command::new("ovn-sbctl")
+            .args([
+                &format!("--db={sb}"),
+                "--no-leader-only",
+                "--timeout=5",
+                "show"
+            ])
+            .output()
+            .map(|o| text(&o.stdout))
+            .unwrap_or_default(),
+        c.logs(),
+        ovn_logs(&c)
     );
     assert!(
         (0..5).any(|_| ping("c2", "192.0.2.2")),
@@ -336,6 +349,8 @@ fn an_ovn_overlay_across_three_members() {
     assert!(up, "t1 (tenant2) cannot reach the uplink\n{}", c.logs());
     assert!(!ping("t1", &a1), "tenant2 reaches ovn0's c1 at {a1}");
 
+    print_throughput(&c, &members, &a2);
+
     // Leases: the ports of the cluster-wide database, one list from any member.
     let leases = c.ok(n3, &["network", "list-leases", "ovn0", "--format", "csv"]);
     assert!(
@@ -377,30 +392,29 @@ fn print_throughput(c: &Cluster, members: &[(String, String)], c2: &str) {
     let mb = 128u64;
     let dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", mb * 16);
     // Timed once the listener listens (port 5001 in LISTEN state in its /proc/net/tcp or tcp6).
-    let timed = |listener: &mut Command,
-                 listening: &mut dyn FnMut() -> bool,
-                 sender: &mut Command| {
-        let mut l = listener
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for("the benchmark's listener", 20, &mut *listening);
-        let t = std::time::Instant::now();
-        let out = sender.output().unwrap();
-        let secs = t.elapsed().as_secs_f64();
-        let _ = l.kill();
-        let _ = l.wait();
-        if !out.status.success() {
-            return format!("failed: {}", text(&out.stderr));
-        }
-        let bytes = (mb << 20) as f64 / 1e6;
-        format!(
+    let timed =
+        |listener: &mut Command, listening: &mut dyn FnMut() -> bool, sender: &mut Command| {
+            let mut l = listener
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_for("the benchmark's listener", 20, &mut *listening);
+            let t = std::time::Instant::now();
+            let out = sender.output().unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let _ = l.kill();
+            let _ = l.wait();
+            if !out.status.success() {
+                return format!("failed: {}", text(&out.stderr));
+            }
+            let bytes = (mb << 20) as f64 / 1e6;
+            format!(
             "{:.0} MB/s ({secs:.2} s for {mb} MiB; {:.0} MB/s without the sender's last 1 s wait)",
             bytes / secs,
             bytes / (secs - 1.0).max(0.01)
         )
-    };
+        };
     let ns = |m: &str, script: &str| {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", m, "sh", "-c", script]);
