@@ -109,7 +109,7 @@ fn an_ovn_overlay_across_three_members() {
         .iter()
         .map(|s| vec![("OVS_RUNDIR".to_string(), s.dir.display().to_string())])
         .collect();
-    let c = Cluster::start_in_netns_with(&members, Some(PRESEED), &env);
+    let mut c = Cluster::start_in_netns_with(&members, Some(PRESEED), &env);
     let _reapers: Vec<OvnReaper> =
         c.m.iter()
             .map(|m| OvnReaper(m.d.state.join("ovn")))
@@ -288,7 +288,7 @@ fn an_ovn_overlay_across_three_members() {
     // port, and beyond it (NAT out of that member) another member's management address.
     let bridge_ip = bridge_gw.trim_end_matches("/24");
     assert!(
-        (0..30).any(|_| ping("c2", bridge_ip) || {
+        (0..60).any(|_| ping("c2", bridge_ip) || {
             std::thread::sleep(Duration::from_secs(1));
             false
         }),
@@ -379,6 +379,31 @@ fn an_ovn_overlay_across_three_members() {
         let br = in_ns(m, &["ip", "-br", "link"]);
         assert!(!br.contains("covn"), "uplink bridge left in {m}: {br}");
     }
+
+    // node3's machine dies for good and is removed: its database servers leave the OVN
+    // databases' Raft (kicked by the first member), so majorities count the members left.
+    c.m[2].d.kill9();
+    let out = c.m[0].run_with_input(&["cluster", "remove", "node3", "--force"], "yes\n");
+    assert!(
+        out.status.success(),
+        "cluster remove node3 --force: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ctl = c.m[0].d.state.join("ovn/nb.ctl").display().to_string();
+    let mut status = String::new();
+    wait_for("node3's northbound server kicked", 60, || {
+        let out = Command::new("ovs-appctl")
+            .args(["-t", &ctl, "cluster/status", "OVN_Northbound"])
+            .output()
+            .unwrap();
+        status = String::from_utf8_lossy(&out.stdout).into_owned();
+        !status.contains("tcp:192.0.2.3:6643")
+    });
+    assert!(
+        status.contains("tcp:192.0.2.1:6643") && status.contains("tcp:192.0.2.2:6643"),
+        "{status}"
+    );
     drop(c);
     drop(stacks);
 }

@@ -117,6 +117,11 @@ fn running(pidfile: &Path, program: &str) -> Option<i32> {
 }
 
 fn run(program: &str, args: &[String], dir: &Path) -> Result<(), NetworkError> {
+    run_out(program, args, dir).map(drop)
+}
+
+/// [`run`], returning the program's standard output.
+fn run_out(program: &str, args: &[String], dir: &Path) -> Result<String, NetworkError> {
     let out = std::process::Command::new(program)
         .args(args)
         .env(
@@ -134,7 +139,7 @@ fn run(program: &str, args: &[String], dir: &Path) -> Result<(), NetworkError> {
             runner::RunError::failed(program, args, out.status, &out.stderr).to_string(),
         ));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn daemon_args(dir: &Path, name: &str) -> Vec<String> {
@@ -234,6 +239,64 @@ fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// The Raft addresses of the servers in `cluster/status`'s "Servers:" part.
+fn server_addresses(status: &str) -> Vec<String> {
+    status
+        .lines()
+        .skip_while(|l| !l.starts_with("Servers:"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.split(" at ").nth(1)?.split(')').next())
+        .map(String::from)
+        .collect()
+}
+
+/// A removed member's database servers taken out of the databases' Raft (ovsdb's
+/// `cluster/kick`, by address), by the first central member: they would otherwise count
+/// towards every majority from then on.
+fn kick_departed(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
+    if p.central.first().is_none_or(|(n, _)| *n != p.me) {
+        return Ok(());
+    }
+    let ctl = dir.join(format!("{}.ctl", db.name)).display().to_string();
+    let status = run_out(
+        "ovs-appctl",
+        &[
+            "-t".into(),
+            ctl.clone(),
+            "cluster/status".into(),
+            db.db_name.into(),
+        ],
+        dir,
+    )?;
+    let wanted: Vec<String> = p
+        .central
+        .iter()
+        .map(|(_, ip)| format!("tcp:{}:{}", bracket(ip), db.raft))
+        .collect();
+    for addr in server_addresses(&status) {
+        if wanted.contains(&addr) {
+            continue;
+        }
+        run(
+            "ovs-appctl",
+            &[
+                "-t".into(),
+                ctl.clone(),
+                "cluster/kick".into(),
+                db.db_name.into(),
+                addr.clone(),
+            ],
+            dir,
+        )?;
+        tracing::info!(
+            "OVN {}: server {addr} of a departed member kicked",
+            db.db_name
+        );
+    }
+    Ok(())
+}
+
 /// ovn-northd against the current database set, restarted when that set changed.
 fn ensure_northd(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
     let pidfile = dir.join("northd.pid");
@@ -295,6 +358,7 @@ pub fn ensure(d: &Daemon) -> Result<(), NetworkError> {
     if p.is_central() {
         for db in &DBS {
             ensure_db(&dir, &p, db)?;
+            kick_departed(&dir, &p, db)?;
         }
         ensure_northd(&dir, &p)?;
     }
@@ -394,6 +458,16 @@ pub async fn run_loop(d: std::sync::Arc<Daemon>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_from_cluster_status() {
+        let status = "Name: OVN_Northbound\nAddress: tcp:10.0.0.1:6643\nServers:\n    4972 (4972 at tcp:10.0.0.1:6643) (self) next_index=2 match_index=2\n    a1b2 (a1b2 at tcp:[fd00::2]:6643) next_index=3\nElection timer: 1000\n";
+        assert_eq!(
+            server_addresses(status),
+            ["tcp:10.0.0.1:6643", "tcp:[fd00::2]:6643"]
+        );
+        assert!(server_addresses("Name: x\n").is_empty());
+    }
 
     #[test]
     fn hosts_and_lists() {
