@@ -341,10 +341,11 @@ fn ensure_controller(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Converges this member's part of the control plane on the current plan. Blocking.
-pub fn ensure(d: &Daemon) -> Result<(), NetworkError> {
+/// Converges this member's part of the control plane on the current plan, and returns
+/// that plan (`None`: not a cluster member yet, nothing to run). Blocking.
+pub fn ensure(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
     let Some(p) = plan(d)? else {
-        return Ok(());
+        return Ok(None);
     };
     let dir = dir(d);
     {
@@ -367,7 +368,8 @@ pub fn ensure(d: &Daemon) -> Result<(), NetworkError> {
             "Open vSwitch is not running on this member: no ovn-controller".into(),
         ));
     }
-    ensure_controller(&dir, &p)
+    ensure_controller(&dir, &p)?;
+    Ok(Some(p))
 }
 
 /// What the loop last converged, so that a quiet cluster costs no `ovs-vsctl` or
@@ -431,8 +433,7 @@ pub async fn run_loop(d: std::sync::Arc<Daemon>) {
         // must not have them made again from its record meanwhile.
         let changes = d.networks.changes.lock().await;
         let r = tokio::task::spawn_blocking(move || {
-            ensure(&d2)?;
-            if plan(&d2)?.is_none() {
+            if ensure(&d2)?.is_none() {
                 return Ok(());
             }
             let mut done = done2.lock().unwrap_or_else(|e| e.into_inner());
