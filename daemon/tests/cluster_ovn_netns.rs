@@ -19,13 +19,15 @@ mod common;
 mod netns;
 #[path = "common/ovn.rs"]
 mod ovn;
+#[path = "common/ovn_cluster.rs"]
+mod ovn_cluster;
 
 use std::process::Command;
 use std::time::Duration;
 
 use cluster_fixture::*;
 use netns::{in_ns, ip, tools_present, wait_for, Namespaces};
-use ovn::OvnStack;
+use ovn_cluster::{cluster_status, hub_members, ovn_logs, ovs_env, OvnReaper};
 
 /// The appliance's networks in a cluster (what cairn-init writes for a cluster seed): the
 /// NAT bridge, an uplink on it and the OVN network the default profile's eth0 is on.
@@ -39,81 +41,21 @@ default_network: ovn0
 
 const DHCP: &str = "printf '#!/bin/sh\\n[ \"$1\" = bound ] || exit 0\\nifconfig $interface $ip netmask $subnet\\nroute add default gw $router\\nexit 0\\n' > /tmp/dhcp.sh && chmod +x /tmp/dhcp.sh && udhcpc -i eth0 -n -q -t 10 -s /tmp/dhcp.sh";
 
-/// Stops the OVN daemons a cairnd started (they outlive it by design), by their pid files.
-struct OvnReaper(std::path::PathBuf);
-impl Drop for OvnReaper {
-    fn drop(&mut self) {
-        let Ok(rd) = std::fs::read_dir(&self.0) else {
-            return;
-        };
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "pid") {
-                if let Ok(pid) = std::fs::read_to_string(e.path()) {
-                    let _ = Command::new("kill").arg(pid.trim()).output();
-                }
-            }
-        }
-    }
-}
-
-/// The OVN daemons' logs of every member, for a failure's message.
-fn ovn_logs(c: &Cluster) -> String {
-    let mut out = String::new();
-    for m in &c.m {
-        let dir = m.d.state.join("ovn");
-        for f in ["nb", "sb", "northd", "controller"] {
-            let t = std::fs::read_to_string(dir.join(format!("{f}.log"))).unwrap_or_default();
-            out += &format!("--- {} {f}.log ---\n{}\n", m.name, tail(&t, 15));
-        }
-    }
-    out
-}
-
 #[test]
 fn an_ovn_overlay_across_three_members() {
     tools_present();
     ovn::need_tools();
-    let pid = std::process::id();
-    let hub = format!("cairnco{pid}h");
     let mut ns = Namespaces(vec![]);
-    ns.add(&hub);
-    ip(&["-n", &hub, "link", "add", "hub0", "type", "bridge"]);
-    ip(&["-n", &hub, "link", "set", "hub0", "up"]);
-    let mut members = Vec::new();
-    let mut stacks = Vec::new();
-    for i in 1..=3 {
-        let m = format!("cairnco{pid}m{i}");
-        ns.add(&m);
-        let port = format!("h{i}");
-        ip(&[
-            "-n", &m, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &hub,
-        ]);
-        ip(&["-n", &hub, "link", "set", &port, "master", "hub0", "up"]);
-        ip(&["-n", &m, "link", "set", "eth0", "up"]);
-        ip(&["-n", &m, "link", "set", "lo", "up"]);
-        let addr = format!("192.0.2.{i}");
-        stacks.push(OvnStack::ovs_only(
-            &m,
-            &format!("m{i}"),
-            "eth0",
-            &format!("{addr}/24"),
-        ));
+    let (members, stacks) = hub_members(&mut ns, "cairnco", 3);
+    for (m, _) in &members {
         // Each member's own uplink side: a bridge holding the same gateway address, so
         // whichever member holds the router's gateway port answers.
-        ip(&["-n", &m, "link", "add", "upbr0", "type", "bridge"]);
-        ip(&["-n", &m, "addr", "add", "198.51.100.1/24", "dev", "upbr0"]);
-        ip(&["-n", &m, "link", "set", "upbr0", "up"]);
-        members.push((m, addr));
+        ip(&["-n", m, "link", "add", "upbr0", "type", "bridge"]);
+        ip(&["-n", m, "addr", "add", "198.51.100.1/24", "dev", "upbr0"]);
+        ip(&["-n", m, "link", "set", "upbr0", "up"]);
     }
-    let env: Vec<Vec<(String, String)>> = stacks
-        .iter()
-        .map(|s| vec![("OVS_RUNDIR".to_string(), s.dir.display().to_string())])
-        .collect();
-    let mut c = Cluster::start_in_netns_with(&members, Some(PRESEED), &env);
-    let _reapers: Vec<OvnReaper> =
-        c.m.iter()
-            .map(|m| OvnReaper(m.d.state.join("ovn")))
-            .collect();
+    let mut c = Cluster::start_in_netns_with(&members, Some(PRESEED), &ovs_env(&stacks));
+    let reapers = OvnReaper::of(&c);
     let (n1, n3) = (&c.m[0], &c.m[2]);
     c.form();
     c.wait_all_online(n1, &["node1", "node2", "node3"], Duration::from_secs(60));
@@ -149,16 +91,7 @@ fn an_ovn_overlay_across_three_members() {
     for n in ["node1", "node2", "node3"] {
         assert!(chassis.contains(&format!("Chassis {n}")), "{chassis}");
     }
-    let status = Command::new("ovs-appctl")
-        .args([
-            "-t",
-            &c.m[2].d.state.join("ovn/nb.ctl").display().to_string(),
-            "cluster/status",
-            "OVN_Northbound",
-        ])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let status = cluster_status(&c, 2, "nb");
     assert!(
         (1..=3).all(|i| status.contains(&format!("tcp:192.0.2.{i}:6643"))),
         "{status}"
@@ -383,6 +316,7 @@ fn an_ovn_overlay_across_three_members() {
     // node3's machine dies for good and is removed: its database servers leave the OVN
     // databases' Raft (kicked by the first member), so majorities count the members left.
     c.m[2].d.kill9();
+    reapers[2].kill();
     let out = c.m[0].run_with_input(&["cluster", "remove", "node3", "--force"], "yes\n");
     assert!(
         out.status.success(),
@@ -390,20 +324,47 @@ fn an_ovn_overlay_across_three_members() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let ctl = c.m[0].d.state.join("ovn/nb.ctl").display().to_string();
     let mut status = String::new();
     wait_for("node3's northbound server kicked", 60, || {
-        let out = Command::new("ovs-appctl")
-            .args(["-t", &ctl, "cluster/status", "OVN_Northbound"])
-            .output()
-            .unwrap();
-        status = String::from_utf8_lossy(&out.stdout).into_owned();
+        status = cluster_status(&c, 0, "nb");
         !status.contains("tcp:192.0.2.3:6643")
     });
     assert!(
         status.contains("tcp:192.0.2.1:6643") && status.contains("tcp:192.0.2.2:6643"),
         "{status}"
     );
+    // Its chassis goes too (the leader prunes chassis of members no longer listed).
+    let sb1 = format!("unix:{}", c.m[0].d.state.join("ovn/sb.sock").display());
+    let mut chassis = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !{
+        let out = Command::new("ovn-sbctl")
+            .args([
+                &format!("--db={sb1}"),
+                "--no-leader-only",
+                "--timeout=5",
+                "--bare",
+                "--columns=name",
+                "list",
+                "chassis",
+            ])
+            .output()
+            .unwrap();
+        chassis = text(&out.stdout);
+        out.status.success() && !chassis.contains("node3")
+    } {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node3's chassis not deleted: {chassis}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        chassis.contains("node1") && chassis.contains("node2"),
+        "{chassis}"
+    );
+    drop(reapers);
     drop(c);
     drop(stacks);
 }

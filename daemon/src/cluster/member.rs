@@ -306,6 +306,17 @@ impl Member {
         self.leader() == Some(self.id())
     }
 
+    /// The voting members as the replicated membership has them (during a change, the
+    /// voters of both configurations).
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.node
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// The address of member `id` as Raft knows it.
     pub fn address_of(&self, id: NodeId) -> Option<String> {
         self.node

@@ -36,7 +36,6 @@ impl From<OvnError> for NetworkError {
     }
 }
 
-/// The northbound database this daemon talks to.
 /// The northbound database this daemon talks to: `network.ovn.northbound_connection`;
 /// unset, the cluster's own when cairnd runs the OVN services (the appliance), else
 /// Incus's default on this host.

@@ -1,9 +1,12 @@
 //! The OVN control plane of a cluster, run by cairnd when its preseed asks for it (the
 //! appliance's `ovn:` part): the northbound and southbound databases as OVSDB clustered
-//! (Raft) databases and ovn-northd on the first three members by id (the founders, the
-//! cluster's first voters), and ovn-controller on every member with Geneve on the member's
-//! management address. Which members hold the databases is derived from the replicated
-//! member list, so every member computes the same set without asking.
+//! (Raft) databases and ovn-northd on the cluster's Raft voters (Incus's `database` role),
+//! and ovn-controller on every member with Geneve on the member's management address.
+//! Which members hold the databases is derived from the replicated membership, so every
+//! member computes the same set without asking, and the set follows the voters: a member
+//! promoted joins the clustered databases, one no longer a voter leaves them
+//! (`cluster/leave`) and drops its files, a voter lost without leaving is kicked by the
+//! first voter, and a member removed from the cluster stops all its OVN daemons.
 //!
 //! The daemons run detached under OVS's own `--monitor` (restarted if they crash) and
 //! outlive cairnd, like dnsmasq: a restarted cairnd finds them by their pid files and
@@ -24,15 +27,17 @@ pub const NB_PORT: u16 = 6641;
 pub const SB_PORT: u16 = 6642;
 const NB_RAFT_PORT: u16 = 6643;
 const SB_RAFT_PORT: u16 = 6644;
-/// How many members hold the central databases (a Raft majority survives one loss).
-const CENTRAL: usize = 3;
+/// Rounds in a row a member must find itself no longer a voter before it leaves the
+/// databases (leaving cannot be undone: a membership seen for a moment must not do it).
+const RETIRE_AFTER: u32 = 2;
 
 /// Who does what, from the member list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub me: String,
     pub my_ip: String,
-    /// The members holding the databases, by id: `(name, management address)`.
+    /// The members holding the databases (the Raft voters), by id: `(name, management
+    /// address)`.
     pub central: Vec<(String, String)>,
 }
 
@@ -77,9 +82,10 @@ fn host_of(address: &str) -> String {
 
 /// The plan for this member, when it is in a cluster.
 pub fn plan(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
-    if d.cluster().is_none() {
+    let Some(rt) = d.cluster() else {
         return Ok(None);
-    }
+    };
+    let voters = rt.voters();
     let me = d.server_name();
     let mut members = d.db.members()?;
     members.sort_by_key(|m| m.id);
@@ -91,7 +97,7 @@ pub fn plan(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
         my_ip: host_of(&mine.address),
         central: members
             .iter()
-            .take(CENTRAL)
+            .filter(|m| voters.contains(&m.id))
             .map(|m| (m.name.clone(), host_of(&m.address)))
             .collect(),
     }))
@@ -177,13 +183,20 @@ const DBS: [Db; 2] = [
     },
 ];
 
-/// One clustered database here: made (the first central member creates the cluster, the
-/// others join the ones before them), then served.
+/// One clustered database here: made, then served. The first voter creates the cluster
+/// unless this member ever held the database before (then the cluster exists, and a
+/// member back in the voters after it left must join it again: `<db>.joined` outlives
+/// the files it drops); everyone else joins the other voters.
 fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
     let file = dir.join(format!("{}.db", db.name));
+    let joined = dir.join(format!("{}.joined", db.name));
     let me = format!("tcp:{}:{}", bracket(&p.my_ip), db.raft);
+    if file.exists() && !joined.exists() {
+        // A database made before the marker existed.
+        write_marker(&joined)?;
+    }
     if !file.exists() {
-        let first = p.central.first().is_some_and(|(n, _)| *n == p.me);
+        let first = p.central.first().is_some_and(|(n, _)| *n == p.me) && !joined.exists();
         let tmp = dir.join(format!("{}.db.new", db.name));
         let _ = std::fs::remove_file(&tmp);
         let args: Vec<String> = if first {
@@ -211,6 +224,7 @@ fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
         run("ovsdb-tool", &args, dir)?;
         std::fs::rename(&tmp, &file)
             .map_err(|e| NetworkError::Io(format!("{}: {e}", file.display())))?;
+        write_marker(&joined)?;
         tracing::info!(
             "OVN {}: {} the clustered database at {me}",
             db.db_name,
@@ -236,6 +250,110 @@ fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
     ]);
     run("ovsdb-server", &args, dir)?;
     tracing::info!("OVN {}: ovsdb-server started", db.db_name);
+    Ok(())
+}
+
+fn write_marker(path: &Path) -> Result<(), NetworkError> {
+    std::fs::write(path, b"").map_err(|e| NetworkError::Io(format!("{}: {e}", path.display())))
+}
+
+/// Stops the daemon `pid` (SIGTERM, which its `--monitor` does not restart) and waits up
+/// to 5 s for it to be gone.
+fn stop(pid: i32, what: &str) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    for _ in 0..50 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    tracing::warn!("{what} (pid {pid}) still running 5 s after SIGTERM");
+}
+
+/// This member's server of `db` leaves the cluster (so the others' majority shrinks at
+/// once rather than waiting for a kick), stops, and its file goes. Whether there was one.
+fn retire_db(dir: &Path, db: &Db) -> Result<bool, NetworkError> {
+    let file = dir.join(format!("{}.db", db.name));
+    let pid = running(&dir.join(format!("{}.pid", db.name)), "ovsdb-server");
+    if pid.is_none() && !file.exists() {
+        return Ok(false);
+    }
+    if let Some(pid) = pid {
+        let ctl = dir.join(format!("{}.ctl", db.name)).display().to_string();
+        let appctl = |cmd: &str| {
+            run_out(
+                "ovs-appctl",
+                &["-t".into(), ctl.clone(), cmd.into(), db.db_name.into()],
+                dir,
+            )
+        };
+        match appctl("cluster/leave") {
+            Ok(_) => {
+                // Left once the server no longer serves the database (or says so).
+                for _ in 0..50 {
+                    match appctl("cluster/status") {
+                        Ok(s) if !s.contains("left") => {}
+                        _ => break,
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+            // Kicked already, or no majority to leave through: the first voter kicks it.
+            Err(e) => tracing::warn!("OVN {}: leaving the cluster: {e}", db.db_name),
+        }
+        stop(pid, "ovsdb-server");
+    }
+    for f in [file, dir.join(format!("{}.sock", db.name))] {
+        let _ = std::fs::remove_file(f);
+    }
+    tracing::info!(
+        "OVN {}: this member no longer holds the database; its server left",
+        db.db_name
+    );
+    Ok(true)
+}
+
+/// This member's part of the control plane that its role no longer has: the databases and
+/// ovn-northd of a member that is not a voter, and also ovn-controller of one that is
+/// not in the cluster any more. ovn-controller exits through its own `exit` command, which
+/// takes its chassis out of the southbound database.
+fn retire(dir: &Path, member: bool) -> Result<(), NetworkError> {
+    let mut any = false;
+    for db in &DBS {
+        any |= retire_db(dir, db)?;
+    }
+    if let Some(pid) = running(&dir.join("northd.pid"), "ovn-northd") {
+        stop(pid, "ovn-northd");
+        let _ = std::fs::remove_file(dir.join("northd.args"));
+        any = true;
+    }
+    if !member {
+        if let Some(pid) = running(&dir.join("controller.pid"), "ovn-controller") {
+            let ctl = dir.join(format!("ovn-controller.{pid}.ctl"));
+            if let Err(e) = run(
+                "ovn-appctl",
+                &["-t".into(), ctl.display().to_string(), "exit".into()],
+                dir,
+            ) {
+                tracing::warn!("ovn-controller exit: {e}");
+            }
+            stop(pid, "ovn-controller");
+            any = true;
+        }
+    }
+    if any {
+        tracing::info!(
+            "OVN services: stopped what this member no longer runs ({})",
+            if member {
+                "not a database voter"
+            } else {
+                "not a cluster member"
+            }
+        );
+    }
     Ok(())
 }
 
@@ -342,12 +460,16 @@ fn ensure_controller(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
 }
 
 /// Converges this member's part of the control plane on the current plan, and returns
-/// that plan (`None`: not a cluster member yet, nothing to run). Blocking.
-pub fn ensure(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
+/// that plan (`None`: not a cluster member, nothing to run). Blocking.
+fn ensure(d: &Daemon, done: &mut Converged) -> Result<Option<Plan>, NetworkError> {
+    let dir = dir(d);
     let Some(p) = plan(d)? else {
+        // In a cluster that no longer lists this member: it was removed.
+        if d.cluster().is_some() && dir.exists() {
+            retire(&dir, false)?;
+        }
         return Ok(None);
     };
-    let dir = dir(d);
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -357,11 +479,17 @@ pub fn ensure(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
             .map_err(|e| NetworkError::Io(format!("{}: {e}", dir.display())))?;
     }
     if p.is_central() {
+        done.not_voter = 0;
         for db in &DBS {
             ensure_db(&dir, &p, db)?;
             kick_departed(&dir, &p, db)?;
         }
         ensure_northd(&dir, &p)?;
+    } else {
+        done.not_voter = done.not_voter.saturating_add(1);
+        if done.not_voter >= RETIRE_AFTER {
+            retire(&dir, true)?;
+        }
     }
     if !ovs::available() {
         return Err(NetworkError::Ovn(
@@ -381,6 +509,29 @@ struct Converged {
     /// Per OVN network, the record and gateway chassis its northbound rows were last made
     /// from (by this member, while it led the cluster).
     rows: BTreeMap<String, String>,
+    /// Rounds in a row this member found itself not a voter.
+    not_voter: u32,
+    /// The member names the southbound chassis were last pruned for (on the leader).
+    chassis_for: Option<Vec<String>>,
+}
+
+/// On the Raft leader, once per change of the member list: the chassis of members no
+/// longer in the cluster deleted from the southbound database (a member removed while
+/// running takes its own out; one that died cannot), so no chassis keeps tunnels to it.
+fn prune_chassis(d: &Daemon, p: &Plan, done: &mut Converged) -> Result<(), NetworkError> {
+    let members: Vec<String> = d.db.members()?.into_iter().map(|m| m.name).collect();
+    if done.chassis_for.as_ref() == Some(&members) {
+        return Ok(());
+    }
+    let sb = p.sb();
+    for name in cairn_ovn::southbound::chassis_names(&sb)? {
+        if !members.contains(&name) {
+            cairn_ovn::southbound::delete_chassis(&sb, &name)?;
+            tracing::info!("OVN: chassis {name} of a departed member deleted");
+        }
+    }
+    done.chassis_for = Some(members);
+    Ok(())
 }
 
 /// The OVN networks' uplinks connected here (a veth pair into a Linux bridge does not
@@ -388,7 +539,7 @@ struct Converged {
 /// northbound rows made from the records and the current members: the appliance's first
 /// start records its OVN network before any database runs, a member that joined later
 /// becomes a gateway chassis, and rows lost with the databases come back. Blocking.
-fn converge_networks(d: &Daemon, done: &mut Converged) -> Result<(), NetworkError> {
+fn converge_networks(d: &Daemon, p: &Plan, done: &mut Converged) -> Result<(), NetworkError> {
     let recs: Vec<_> =
         d.db.networks()?
             .into_iter()
@@ -405,8 +556,10 @@ fn converge_networks(d: &Daemon, done: &mut Converged) -> Result<(), NetworkErro
     }
     if !d.cluster().is_some_and(|c| c.is_leader()) {
         done.rows.clear();
+        done.chassis_for = None;
         return Ok(());
     }
+    prune_chassis(d, p, done)?;
     done.rows.retain(|n, _| recs.iter().any(|r| &r.name == n));
     let chassis = super::ovn::gateway_chassis(d)?;
     for rec in &recs {
@@ -433,11 +586,11 @@ pub async fn run_loop(d: std::sync::Arc<Daemon>) {
         // must not have them made again from its record meanwhile.
         let changes = d.networks.changes.lock().await;
         let r = tokio::task::spawn_blocking(move || {
-            if ensure(&d2)?.is_none() {
-                return Ok(());
-            }
             let mut done = done2.lock().unwrap_or_else(|e| e.into_inner());
-            converge_networks(&d2, &mut done)
+            let Some(p) = ensure(&d2, &mut done)? else {
+                return Ok(());
+            };
+            converge_networks(&d2, &p, &mut done)
         })
         .await;
         drop(changes);
