@@ -335,9 +335,8 @@ fn an_ovn_overlay_across_three_members() {
     );
     // Its chassis goes too (the leader prunes chassis of members no longer listed).
     let sb1 = format!("unix:{}", c.m[0].d.state.join("ovn/sb.sock").display());
-    let mut chassis = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !{
+    let chassis = loop {
         let out = Command::new("ovn-sbctl")
             .args([
                 &format!("--db={sb1}"),
@@ -350,16 +349,17 @@ fn an_ovn_overlay_across_three_members() {
             ])
             .output()
             .unwrap();
-        chassis = text(&out.stdout);
-        out.status.success() && !chassis.contains("node3")
-    } {
+        let chassis = text(&out.stdout);
+        if out.status.success() && !chassis.contains("node3") {
+            break chassis;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "node3's chassis not deleted: {chassis}\n{}",
             c.logs()
         );
         std::thread::sleep(Duration::from_millis(500));
-    }
+    };
     assert!(
         chassis.contains("node1") && chassis.contains("node2"),
         "{chassis}"
