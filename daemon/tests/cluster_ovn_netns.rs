@@ -243,6 +243,17 @@ fn an_ovn_overlay_across_three_members() {
         (0..5).any(|_| ping("c2", "192.0.2.2")),
         "c2 cannot reach node2's management address through the uplink's NAT"
     );
+    // Every member's uplink bridge is on the integration bridge's (userspace) datapath,
+    // though it was connected at the first start, before ovn-controller made br-int: a
+    // localnet patch port between datapaths of two types carries nothing.
+    for (i, st) in stacks.iter().enumerate() {
+        let types = st.vsctl(&["--bare", "--columns=datapath_type", "list", "bridge"]);
+        assert!(
+            types.split_whitespace().all(|t| t == "netdev"),
+            "node{}'s bridges: {types}",
+            i + 1
+        );
+    }
 
     // A second OVN network, made through the API on the only uplink (Incus's default
     // for network=): isolated from the first (no route to ovn0's subnet), still out
@@ -281,6 +292,29 @@ fn an_ovn_overlay_across_three_members() {
     }
     assert!(up, "t1 (tenant2) cannot reach the uplink\n{}", c.logs());
     assert!(!ping("t1", &a1), "tenant2 reaches ovn0's c1 at {a1}");
+
+    // Stopped, t1's port leaves node2's integration bridge (its logical port stays for
+    // the next start); started again, it is bound anew and t1 is back on tenant2.
+    let bound = |s: &ovn::OvnStack| {
+        s.vsctl(&["--bare", "--columns=external_ids", "list", "interface"])
+            .matches("-instance-")
+            .count()
+    };
+    assert_eq!(bound(&stacks[1]), 1, "t1's port on node2");
+    c.ok(n1, &["stop", "t1", "--force"]);
+    assert_eq!(bound(&stacks[1]), 0, "t1 stopped, its port still bound");
+    c.ok(n1, &["start", "t1"]);
+    assert_eq!(bound(&stacks[1]), 1, "t1 started, its port not bound");
+    let out = exec("t1", &["sh", "-c", DHCP]);
+    assert!(
+        out.status.success(),
+        "udhcpc in t1 again: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        (0..10).any(|_| ping("t1", bridge_ip)),
+        "t1 restarted cannot reach the uplink"
+    );
 
     print_throughput(&c, &members, &a2);
 

@@ -395,6 +395,18 @@ pub async fn stop(d: Arc<Daemon>, name: &str, force: bool, timeout: i64) -> Resu
         Ok(())
     })
     .await?;
+    // Not fatal: the next start replaces a port left bound.
+    let unplugged = {
+        let (d2, n) = (d.clone(), name.to_string());
+        blocking(move || {
+            let (_, ed) = expand(&d2, &get(&d2, &n)?)?;
+            crate::network::nics::unplug(&d2, &n, &ed).map_err(nic_error)
+        })
+        .await
+    };
+    if let Err(e) = unplugged {
+        tracing::warn!(instance = %name, "unbinding its OVN NICs: {e}");
+    }
     d.write(vec![Command::SetInstanceVolatile {
         name: name.into(),
         key: "volatile.last_state.power".into(),

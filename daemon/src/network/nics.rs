@@ -131,6 +131,19 @@ pub fn plug(d: &Daemon, instance: &str, devices: &DeviceMap) -> Result<(), Netwo
     Ok(())
 }
 
+/// After the instance stopped: every NIC of `devices` on an OVN network unbound from the
+/// integration bridge. Blocking.
+pub fn unplug(d: &Daemon, instance: &str, devices: &DeviceMap) -> Result<(), NetworkError> {
+    for (dev, nic) in devices {
+        if let Some((rec, _)) = check_nic(d, dev, nic)? {
+            if rec.kind == "ovn" {
+                super::ovn::unplug(d, &rec, instance, dev)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The host side of a NIC on an OVN network is a port of the integration bridge, bound by
 /// [`attach_nic`], not a bridge of the network's name: such NICs lose `network=` for
 /// liblxc (no link) and get the overlay's MTU when they set none.

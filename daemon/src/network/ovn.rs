@@ -665,14 +665,42 @@ pub fn plug(
         .ok_or_else(|| {
             NetworkError::Invalid(format!("Device {device:?} has no host-side name yet"))
         })?;
-    let port = layout_spec_names(&rec.name, &spec).port_name(&PortSpec {
-        instance_uuid: uuid,
+    let port = port_name(&rec.name, &spec, uuid, instance, device);
+    ovs::bind_port(INTEGRATION_BRIDGE, &host_name, &port)
+}
+
+fn port_name(
+    network: &str,
+    spec: &ovn_config::OvnSpec,
+    instance_uuid: String,
+    instance: &str,
+    device: &str,
+) -> String {
+    layout_spec_names(network, spec).port_name(&PortSpec {
+        instance_uuid,
         device: device.to_string(),
         mac: String::new(),
         address: None,
         hostname: instance.to_string(),
-    });
-    ovs::bind_port(INTEGRATION_BRIDGE, &host_name, &port)
+    })
+}
+
+/// Unbinds NIC `device` of `instance`, which stopped, from the integration bridge: its
+/// veth went with the container, and a port left on it keeps the logical port claimed by
+/// this chassis (and OVS retrying a device that is gone). Its logical switch port stays
+/// for the next start. Blocking.
+pub fn unplug(
+    d: &Daemon,
+    rec: &NetworkRecord,
+    instance: &str,
+    device: &str,
+) -> Result<(), NetworkError> {
+    if !ovs::available() {
+        return Ok(());
+    }
+    let spec = ovn_config::parse(&rec.config)?;
+    let (_, uuid) = instance_of(d, instance)?;
+    ovs::unbind(&port_name(&rec.name, &spec, uuid, instance, device))
 }
 
 /// Forgets the ports of `instance` (every NIC of it with `device: None`) on every OVN

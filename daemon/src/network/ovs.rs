@@ -113,16 +113,7 @@ pub fn unbind(iface_id: &str) -> Result<(), NetworkError> {
 /// datapath, as the host tests run it; the kernel's otherwise): patch ports join only
 /// bridges of one datapath.
 pub fn connect_uplink(bridge: &str, port: &str, physnet: &str) -> Result<(), NetworkError> {
-    let dp = vsctl(&[
-        "--timeout=5",
-        "--if-exists",
-        "get",
-        "bridge",
-        super::ovn::INTEGRATION_BRIDGE,
-        "datapath_type",
-    ])?;
-    let dp = dp.trim().trim_matches('"');
-    let dp = if dp.is_empty() { "system" } else { dp };
+    let dp = integration_datapath()?;
     vsctl(&[
         "--timeout=5",
         "--may-exist",
@@ -143,6 +134,27 @@ pub fn connect_uplink(bridge: &str, port: &str, physnet: &str) -> Result<(), Net
     maps.retain(|(p, _)| p != physnet);
     maps.push((physnet.to_string(), bridge.to_string()));
     set_mappings(&maps)
+}
+
+/// The integration bridge's datapath type: what ovn-controller makes it with
+/// (`external_ids:ovn-bridge-datapath-type`), since at a first boot the uplink is
+/// connected before ovn-controller made the bridge (reading the bridge alone gave the
+/// kernel's type then, and a localnet patch port that never carried a packet); else the
+/// bridge's own; else the kernel's.
+fn integration_datapath() -> Result<String, NetworkError> {
+    if let Some(dp) = external_id("ovn-bridge-datapath-type")? {
+        return Ok(dp);
+    }
+    let dp = vsctl(&[
+        "--timeout=5",
+        "--if-exists",
+        "get",
+        "bridge",
+        super::ovn::INTEGRATION_BRIDGE,
+        "datapath_type",
+    ])?;
+    let dp = dp.trim().trim_matches('"');
+    Ok(if dp.is_empty() { "system" } else { dp }.to_string())
 }
 
 /// Undoes [`connect_uplink`]: the mapping and the bridge (with its ports) go.
