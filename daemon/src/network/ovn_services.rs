@@ -154,14 +154,16 @@ fn dir(d: &Daemon) -> PathBuf {
     d.paths.state.join("ovn")
 }
 
-/// The live pid a daemon's pid file names (its command line checked, so a reused pid does
-/// not count).
+/// The live pid a daemon's pid file names. Its command line must name both the program and
+/// that pid file: after a reboot the pid of a daemon of the last boot is often reused by
+/// another of the same program (the host's own ovsdb-server starts early), which must not
+/// count as ours.
 fn running(pidfile: &Path, program: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmd)
-        .contains(program)
-        .then_some(pid)
+    let cmd = String::from_utf8_lossy(&cmd);
+    let ours = format!("--pidfile={}", pidfile.display());
+    (cmd.contains(program) && cmd.contains(&ours)).then_some(pid)
 }
 
 fn run(program: &str, args: &[String], dir: &Path) -> Result<(), NetworkError> {

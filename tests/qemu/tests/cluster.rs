@@ -102,7 +102,7 @@ fn three_nodes_with_one_seed_form_a_cluster() {
     let tails = |nodes: &[Node]| {
         nodes
             .iter()
-            .map(|n| format!("--- {}\n{}", n.name(), n.tail(30)))
+            .map(|n| format!("--- {}\n{}\n", n.name(), n.tail(60)))
             .collect::<String>()
     };
     // The first launch waits for the OVN control plane (databases, the leader's rows for
@@ -245,7 +245,9 @@ fn three_nodes_with_one_seed_form_a_cluster() {
     n3.wait_for_from(second, "cairn: API ready", BOOT)
         .expect("cnode3's second boot");
     let mut back = false;
-    while rebooted.elapsed() < Duration::from_secs(300) {
+    // Under TCG a reboot alone takes 2 to 4 minutes; the instance's resume and its OVN
+    // port after it have run to 250 s.
+    while rebooted.elapsed() < Duration::from_secs(360) {
         // Its address read again: the port keeps it, but that is what is being checked.
         let (_, state) = lab.incus_status(&["list", "rack:o3", "-c", "s4", "--format", "csv"]);
         let now3 = state.split(',').nth(1).map(first_ip).unwrap_or_default();
@@ -256,10 +258,37 @@ fn three_nodes_with_one_seed_form_a_cluster() {
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+    let why = if back {
+        String::new()
+    } else {
+        // The consoles stop echoing cairnd once the API answers: its log comes from the
+        // OS API, and what the cluster says of o3.
+        let log = api::get_text(
+            &lab.cert,
+            &nodes[2].api_url(),
+            "/os/1.0/services/cairnd/log",
+        )
+        .unwrap_or_else(|e| format!("cnode3's cairnd log: {e}"));
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                ["WARN", "ERROR", "ovn", "OVN", "o3", "ready", "resum"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect();
+        let from = lines.len().saturating_sub(80);
+        format!(
+            "{}\n--- incus list\n{}\n--- cnode3's cairnd log (filtered)\n{}",
+            tails(&nodes),
+            lab.incus_status(&["list", "rack:", "-c", "nsL4", "--format", "csv"])
+                .1,
+            lines[from..].join("\n")
+        )
+    };
     assert!(
         back,
-        "o1 does not reach o3 at {ip3} after cnode3's reboot\n{}",
-        tails(&nodes)
+        "o1 does not reach o3 at {ip3} after cnode3's reboot\n{why}"
     );
     println!(
         "cnode3 rebooted: o1 -> o3 ({ip3}) again {:.1} s after its reboot began",
