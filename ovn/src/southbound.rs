@@ -10,7 +10,8 @@ use crate::{OvnError, Tls};
 fn sbctl(sb_db: &str, tls: Option<&Tls>, args: &[&str]) -> Result<String, OvnError> {
     let out = Command::new("ovn-sbctl")
         .arg(format!("--db={sb_db}"))
-        .arg("--timeout=5")
+        // As the northbound runner's: TLS and the leader search are slow under TCG.
+        .arg("--timeout=20")
         .args(tls.iter().flat_map(|t| t.args()))
         .args(args)
         .output()?;

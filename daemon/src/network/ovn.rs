@@ -52,8 +52,11 @@ pub fn northbound(d: &Daemon) -> Result<Northbound, NetworkError> {
             None => (DEFAULT_NB.to_string(), None),
         },
     };
+    // 20 s: under QEMU's TCG a TLS handshake with each server and the search for the Raft
+    // leader took over 5 s (SIGALRM) on a busy member; an unreachable database is still
+    // told apart, only later.
     Ok(Northbound::new(&db)
-        .with_timeout(std::time::Duration::from_secs(5))
+        .with_timeout(std::time::Duration::from_secs(20))
         .with_tls(tls))
 }
 
