@@ -93,7 +93,7 @@ fn an_ovn_overlay_across_three_members() {
     }
     let status = cluster_status(&c, 2, "nb");
     assert!(
-        (1..=3).all(|i| status.contains(&format!("ssl:192.0.2.{i}:6643"))),
+        (1..=3).all(|i| status.contains(&format!("tcp:192.0.2.{i}:6643"))),
         "{status}"
     );
 
@@ -361,10 +361,10 @@ fn an_ovn_overlay_across_three_members() {
     let mut status = String::new();
     wait_for("node3's northbound server kicked", 60, || {
         status = cluster_status(&c, 0, "nb");
-        !status.contains("ssl:192.0.2.3:6643")
+        !status.contains("tcp:192.0.2.3:6643")
     });
     assert!(
-        status.contains("ssl:192.0.2.1:6643") && status.contains("ssl:192.0.2.2:6643"),
+        status.contains("tcp:192.0.2.1:6643") && status.contains("tcp:192.0.2.2:6643"),
         "{status}"
     );
     // Its chassis goes too (the leader prunes chassis of members no longer listed).

@@ -16,26 +16,6 @@ pub use layout::{NetworkSpec, PortInfo, PortSpec, UplinkSpec};
 pub mod southbound;
 pub use nbctl::Northbound;
 
-/// The TLS files an OVSDB client or server of the cluster's OVN presents and trusts (OVS's
-/// `--private-key`, `--certificate`, `--ca-cert`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tls {
-    pub key: std::path::PathBuf,
-    pub cert: std::path::PathBuf,
-    pub ca: std::path::PathBuf,
-}
-
-impl Tls {
-    /// The three options, as every OVS and OVN program takes them.
-    pub fn args(&self) -> [String; 3] {
-        [
-            format!("--private-key={}", self.key.display()),
-            format!("--certificate={}", self.cert.display()),
-            format!("--ca-cert={}", self.ca.display()),
-        ]
-    }
-}
-
 /// Why a northbound operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OvnError {

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{OvnError, Tls};
+use crate::OvnError;
 
 /// A northbound database, by its OVSDB connection string (`unix:/run/ovn/ovnnb_db.sock`,
 /// `tcp:10.0.0.1:6641,tcp:10.0.0.2:6641`, …).
@@ -13,7 +13,6 @@ use crate::{OvnError, Tls};
 pub struct Northbound {
     db: String,
     timeout: Duration,
-    tls: Option<Tls>,
 }
 
 impl Northbound {
@@ -21,14 +20,7 @@ impl Northbound {
         Northbound {
             db: db.to_string(),
             timeout: Duration::from_secs(10),
-            tls: None,
         }
-    }
-
-    /// Connects with these TLS files (an `ssl:` database).
-    pub fn with_tls(mut self, tls: Option<Tls>) -> Northbound {
-        self.tls = tls;
-        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Northbound {
@@ -46,7 +38,6 @@ impl Northbound {
             format!("--db={}", self.db),
             format!("--timeout={}", self.timeout.as_secs().max(1)),
         ];
-        args.extend(self.tls.iter().flat_map(Tls::args));
         for (i, c) in commands.iter().enumerate() {
             if i > 0 {
                 args.push("--".into());

@@ -5,14 +5,13 @@
 
 use std::process::Command;
 
-use crate::{OvnError, Tls};
+use crate::OvnError;
 
-fn sbctl(sb_db: &str, tls: Option<&Tls>, args: &[&str]) -> Result<String, OvnError> {
+fn sbctl(sb_db: &str, args: &[&str]) -> Result<String, OvnError> {
     let out = Command::new("ovn-sbctl")
         .arg(format!("--db={sb_db}"))
-        // As the northbound runner's: TLS and the leader search are slow under TCG.
+        // As the northbound runner's: the leader search is slow under TCG.
         .arg("--timeout=20")
-        .args(tls.iter().flat_map(|t| t.args()))
         .args(args)
         .output()?;
     if !out.status.success() {
@@ -27,14 +26,9 @@ fn sbctl(sb_db: &str, tls: Option<&Tls>, args: &[&str]) -> Result<String, OvnErr
 
 /// The hostname of the chassis the gateway port `lrp` (a router port with gateway
 /// chassis) is bound to now; `None` while no chassis has claimed it.
-pub fn active_chassis(
-    sb_db: &str,
-    tls: Option<&Tls>,
-    lrp: &str,
-) -> Result<Option<String>, OvnError> {
+pub fn active_chassis(sb_db: &str, lrp: &str) -> Result<Option<String>, OvnError> {
     let chassis = sbctl(
         sb_db,
-        tls,
         &[
             "--bare",
             "--columns=chassis",
@@ -46,18 +40,18 @@ pub fn active_chassis(
     let Some(uuid) = chassis.split_whitespace().next() else {
         return Ok(None);
     };
-    let host = sbctl(sb_db, tls, &["--bare", "get", "chassis", uuid, "hostname"])?;
+    let host = sbctl(sb_db, &["--bare", "get", "chassis", uuid, "hostname"])?;
     Ok(Some(host.trim_matches('"').to_string()).filter(|h| !h.is_empty()))
 }
 
 /// The names of the chassis registered in the southbound database.
-pub fn chassis_names(sb_db: &str, tls: Option<&Tls>) -> Result<Vec<String>, OvnError> {
-    let out = sbctl(sb_db, tls, &["--bare", "--columns=name", "list", "chassis"])?;
+pub fn chassis_names(sb_db: &str) -> Result<Vec<String>, OvnError> {
+    let out = sbctl(sb_db, &["--bare", "--columns=name", "list", "chassis"])?;
     Ok(out.split_whitespace().map(String::from).collect())
 }
 
 /// Deletes chassis `name` (and its encapsulations): the other chassis drop their tunnels
 /// to it. A chassis already gone is not an error.
-pub fn delete_chassis(sb_db: &str, tls: Option<&Tls>, name: &str) -> Result<(), OvnError> {
-    sbctl(sb_db, tls, &["--if-exists", "chassis-del", name]).map(drop)
+pub fn delete_chassis(sb_db: &str, name: &str) -> Result<(), OvnError> {
+    sbctl(sb_db, &["--if-exists", "chassis-del", name]).map(drop)
 }

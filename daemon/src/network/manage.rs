@@ -90,7 +90,7 @@ impl Networks {
 pub fn state(d: &Daemon, name: &str) -> Result<NetworkState, NetworkError> {
     let rec = get(d, name)?;
     match rec.kind.as_str() {
-        "ovn" => super::ovn::state(d, &rec),
+        "ovn" => super::ovn::state(&rec),
         "physical" => super::uplink::state(&rec),
         _ => d.networks.state(name),
     }

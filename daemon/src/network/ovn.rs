@@ -41,23 +41,20 @@ impl From<OvnError> for NetworkError {
 /// Incus's default on this host.
 pub fn northbound(d: &Daemon) -> Result<Northbound, NetworkError> {
     let conf = d.db.server_config()?;
-    let (db, tls) = match conf.get(NB_KEY).filter(|v| !v.is_empty()) {
-        Some(v) => (v.clone(), None),
+    let db = match conf.get(NB_KEY).filter(|v| !v.is_empty()) {
+        Some(v) => v.clone(),
         None => match super::ovn_services::enabled(d)
             .then(|| super::ovn_services::plan(d))
             .transpose()?
             .flatten()
         {
-            Some(p) => (p.nb(), p.tls),
-            None => (DEFAULT_NB.to_string(), None),
+            Some(p) => p.nb(),
+            None => DEFAULT_NB.to_string(),
         },
     };
-    // 20 s: under QEMU's TCG a TLS handshake with each server and the search for the Raft
-    // leader took over 5 s (SIGALRM) on a busy member; an unreachable database is still
-    // told apart, only later.
-    Ok(Northbound::new(&db)
-        .with_timeout(std::time::Duration::from_secs(20))
-        .with_tls(tls))
+    // 20 s: under QEMU's TCG a busy member's ovn-nbctl took over 5 s (SIGALRM) to reach
+    // the Raft leader; an unreachable database is still told apart, only later.
+    Ok(Northbound::new(&db).with_timeout(std::time::Duration::from_secs(20)))
 }
 
 /// Checks a `network.ovn.northbound_connection` value: OVSDB connection strings, comma
@@ -538,18 +535,11 @@ pub fn restore(d: &Daemon, rec: &NetworkRecord) -> Result<(), NetworkError> {
 /// `GET /1.0/networks/{name}/state` of an OVN network, as Incus shows it: the router's
 /// gateway address, its MAC and MTU, and the `ovn` part with the active chassis (read from
 /// the southbound database ovn-controller reaches, `external_ids:ovn-remote`).
-pub fn state(d: &Daemon, rec: &NetworkRecord) -> Result<NetworkState, NetworkError> {
+pub fn state(rec: &NetworkRecord) -> Result<NetworkState, NetworkError> {
     let spec = ovn_config::parse(&rec.config)?;
     let net = layout_spec_names(&rec.name, &spec);
     let chassis = match (&spec.uplink, ovs::ovn_remote()?) {
-        (Some(_), Some(sb)) => {
-            // The cluster's own southbound database speaks TLS (see ovn_services.rs).
-            let tls = sb
-                .starts_with("ssl:")
-                .then(|| super::ovn_services::cluster_tls(d))
-                .flatten();
-            cairn_ovn::southbound::active_chassis(&sb, tls.as_ref(), &net.router_port("ext"))?
-        }
+        (Some(_), Some(sb)) => cairn_ovn::southbound::active_chassis(&sb, &net.router_port("ext"))?,
         _ => None,
     };
     Ok(NetworkState {

@@ -13,12 +13,8 @@
 //! only starts what is missing, or restarts ovn-northd when the database set changed.
 //! Everything lives in `<state>/ovn` (databases, sockets, pid files, logs).
 //!
-//! The databases and their Raft links listen on the management addresses (ports
-//! 6641/6642, Raft 6643/6644) in TLS with the cluster certificate, which every member
-//! holds (as Incus's members share theirs): each side presents it and trusts nothing else,
-//! so only members reach the OVN databases. A cluster whose certificate predates cairnd's
-//! giving server certificates clientAuth cannot (OpenSSL refuses such a client) and keeps
-//! plain TCP, with a warning. A database made over TCP keeps its Raft links on TCP.
+//! The databases and their Raft links listen in plain TCP on the management addresses
+//! (ports 6641/6642, Raft 6643/6644): not yet TLS.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -43,35 +39,18 @@ pub struct Plan {
     /// The members holding the databases (the Raft voters), by id: `(name, management
     /// address)`.
     pub central: Vec<(String, String)>,
-    /// The cluster certificate's files, when the databases speak TLS.
-    pub tls: Option<cairn_ovn::Tls>,
 }
 
 impl Plan {
     pub fn is_central(&self) -> bool {
         self.central.iter().any(|(n, _)| *n == self.me)
     }
-    fn scheme(&self) -> &'static str {
-        if self.tls.is_some() {
-            "ssl"
-        } else {
-            "tcp"
-        }
-    }
-    /// The OVSDB connection string of `ip`'s `port`.
-    fn at(&self, ip: &str, port: u16) -> String {
-        format!("{}:{}:{port}", self.scheme(), bracket(ip))
-    }
     fn list(&self, port: u16) -> String {
         self.central
             .iter()
-            .map(|(_, ip)| self.at(ip, port))
+            .map(|(_, ip)| format!("tcp:{}:{port}", bracket(ip)))
             .collect::<Vec<_>>()
             .join(",")
-    }
-    /// The TLS options of every OVS and OVN program.
-    fn tls_args(&self) -> Vec<String> {
-        self.tls.iter().flat_map(cairn_ovn::Tls::args).collect()
     }
     pub fn nb(&self) -> String {
         self.list(NB_PORT)
@@ -101,26 +80,6 @@ fn host_of(address: &str) -> String {
         .to_string()
 }
 
-/// The cluster certificate's files, when it can authenticate members to each other.
-pub(super) fn cluster_tls(d: &Daemon) -> Option<cairn_ovn::Tls> {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    if !crate::tls::cert::allows_client_auth(d.cert().der()) {
-        WARNED.call_once(|| {
-            tracing::warn!(
-                "OVN services: the cluster certificate has no clientAuth usage (made by an \
-                 older cairnd): the OVN databases speak plain TCP"
-            )
-        });
-        return None;
-    }
-    let cert = d.paths.state.join(crate::tls::cert::CERT_FILE);
-    Some(cairn_ovn::Tls {
-        key: d.paths.state.join(crate::tls::cert::KEY_FILE),
-        cert: cert.clone(),
-        ca: cert,
-    })
-}
-
 /// The plan for this member, when it is in a cluster.
 pub fn plan(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
     let Some(rt) = d.cluster() else {
@@ -141,7 +100,6 @@ pub fn plan(d: &Daemon) -> Result<Option<Plan>, NetworkError> {
             .filter(|m| voters.contains(&m.id))
             .map(|m| (m.name.clone(), host_of(&m.address)))
             .collect(),
-        tls: cluster_tls(d),
     }))
 }
 
@@ -234,7 +192,7 @@ const DBS: [Db; 2] = [
 fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
     let file = dir.join(format!("{}.db", db.name));
     let joined = dir.join(format!("{}.joined", db.name));
-    let me = p.at(&p.my_ip, db.raft);
+    let me = format!("tcp:{}:{}", bracket(&p.my_ip), db.raft);
     if file.exists() && !joined.exists() {
         // A database made before the marker existed.
         write_marker(&joined)?;
@@ -261,7 +219,7 @@ fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
                 p.central
                     .iter()
                     .filter(|(n, _)| *n != p.me)
-                    .map(|(_, ip)| p.at(ip, db.raft)),
+                    .map(|(_, ip)| format!("tcp:{}:{}", bracket(ip), db.raft)),
             );
             a
         };
@@ -289,10 +247,9 @@ fn ensure_db(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
             "--remote=punix:{}",
             dir.join(format!("{}.sock", db.name)).display()
         ),
-        format!("--remote=p{}:{}:{}", p.scheme(), db.port, bracket(&p.my_ip)),
+        format!("--remote=ptcp:{}:{}", db.port, p.my_ip),
         file.display().to_string(),
     ]);
-    args.extend(p.tls_args());
     run("ovsdb-server", &args, dir)?;
     tracing::info!("OVN {}: ovsdb-server started", db.db_name);
     Ok(())
@@ -432,15 +389,13 @@ fn kick_departed(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
         ],
         dir,
     )?;
-    // By address and port only: a database made over TCP keeps TCP Raft links.
-    let endpoint = |a: &str| a.split_once(':').map(|(_, r)| r.to_string());
-    let wanted: Vec<Option<String>> = p
+    let wanted: Vec<String> = p
         .central
         .iter()
-        .map(|(_, ip)| endpoint(&p.at(ip, db.raft)))
+        .map(|(_, ip)| format!("tcp:{}:{}", bracket(ip), db.raft))
         .collect();
     for addr in server_addresses(&status) {
-        if wanted.contains(&endpoint(&addr)) {
+        if wanted.contains(&addr) {
             continue;
         }
         run(
@@ -462,40 +417,31 @@ fn kick_departed(dir: &Path, p: &Plan, db: &Db) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Daemon `name` (`program`) running with `args`: started, or restarted when it runs with
-/// others (`<name>.args` keeps what it was started with). Whether it was (re)started.
-fn ensure_daemon(
-    dir: &Path,
-    name: &str,
-    program: &str,
-    args: Vec<String>,
-) -> Result<bool, NetworkError> {
-    let want = args.join(" ");
-    let argsfile = dir.join(format!("{name}.args"));
-    if let Some(pid) = running(&dir.join(format!("{name}.pid")), program) {
-        if std::fs::read_to_string(&argsfile).is_ok_and(|had| had == want) {
-            return Ok(false);
-        }
-        stop(pid, program);
-    }
-    let mut all = daemon_args(dir, name);
-    all.extend(args);
-    run(program, &all, dir)?;
-    std::fs::write(&argsfile, want).map_err(|e| NetworkError::Io(e.to_string()))?;
-    Ok(true)
-}
-
 /// ovn-northd against the current database set, restarted when that set changed.
 fn ensure_northd(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
-    let mut args = vec![
+    let pidfile = dir.join("northd.pid");
+    let want = format!("--ovnnb-db={} --ovnsb-db={}", p.nb(), p.sb());
+    let argsfile = dir.join("northd.args");
+    let had = std::fs::read_to_string(&argsfile).unwrap_or_default();
+    if let Some(pid) = running(&pidfile, "ovn-northd") {
+        if had == want {
+            return Ok(());
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let mut args = daemon_args(dir, "northd");
+    args.extend([
         format!("--unixctl={}", dir.join("northd.ctl").display()),
         format!("--ovnnb-db={}", p.nb()),
         format!("--ovnsb-db={}", p.sb()),
-    ];
-    args.extend(p.tls_args());
-    if ensure_daemon(dir, "northd", "ovn-northd", args)? {
-        tracing::info!("ovn-northd started against {}", p.nb());
-    }
+    ]);
+    run("ovn-northd", &args, dir)?;
+    std::fs::write(&argsfile, want).map_err(|e| NetworkError::Io(e.to_string()))?;
+    tracing::info!("ovn-northd started against {}", p.nb());
     Ok(())
 }
 
@@ -503,13 +449,15 @@ fn ensure_northd(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
 /// address its Geneve tunnels use, and ovn-controller running.
 fn ensure_controller(dir: &Path, p: &Plan) -> Result<(), NetworkError> {
     ovs::set_chassis(&p.me, &p.sb(), &p.my_ip)?;
-    if ensure_daemon(dir, "controller", "ovn-controller", p.tls_args())? {
-        tracing::info!(
-            "ovn-controller started (chassis {}, Geneve on {})",
-            p.me,
-            p.my_ip
-        );
+    if running(&dir.join("controller.pid"), "ovn-controller").is_some() {
+        return Ok(());
     }
+    run("ovn-controller", &daemon_args(dir, "controller"), dir)?;
+    tracing::info!(
+        "ovn-controller started (chassis {}, Geneve on {})",
+        p.me,
+        p.my_ip
+    );
     Ok(())
 }
 
@@ -577,10 +525,10 @@ fn prune_chassis(d: &Daemon, p: &Plan, done: &mut Converged) -> Result<(), Netwo
     if done.chassis_for.as_ref() == Some(&members) {
         return Ok(());
     }
-    let (sb, tls) = (p.sb(), p.tls.as_ref());
-    for name in cairn_ovn::southbound::chassis_names(&sb, tls)? {
+    let sb = p.sb();
+    for name in cairn_ovn::southbound::chassis_names(&sb)? {
         if !members.contains(&name) {
-            cairn_ovn::southbound::delete_chassis(&sb, tls, &name)?;
+            cairn_ovn::southbound::delete_chassis(&sb, &name)?;
             tracing::info!("OVN: chassis {name} of a departed member deleted");
         }
     }
@@ -688,29 +636,9 @@ mod tests {
                 ("a".into(), "10.0.0.1".into()),
                 ("b".into(), "fd00::2".into()),
             ],
-            tls: None,
         };
         assert!(p.is_central());
         assert_eq!(p.nb(), "tcp:10.0.0.1:6641,tcp:[fd00::2]:6641");
         assert_eq!(p.sb(), "tcp:10.0.0.1:6642,tcp:[fd00::2]:6642");
-        assert!(p.tls_args().is_empty());
-        let tls = cairn_ovn::Tls {
-            key: "/s/server.key".into(),
-            cert: "/s/server.crt".into(),
-            ca: "/s/server.crt".into(),
-        };
-        let p = Plan {
-            tls: Some(tls),
-            ..p
-        };
-        assert_eq!(p.nb(), "ssl:10.0.0.1:6641,ssl:[fd00::2]:6641");
-        assert_eq!(
-            p.tls_args(),
-            [
-                "--private-key=/s/server.key",
-                "--certificate=/s/server.crt",
-                "--ca-cert=/s/server.crt"
-            ]
-        );
     }
 }

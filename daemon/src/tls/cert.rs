@@ -92,13 +92,7 @@ impl ServerCert {
         let (pem, key_pem) = generate_cert(
             &format!("root@{hostname}"),
             &server_dns_names(hostname),
-            // clientAuth too: a cluster's members present this certificate to each other
-            // as clients, and OpenSSL (the OVN databases' TLS) refuses a client
-            // certificate without it.
-            &[
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
+            ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         Self::from_pem(&pem, &key_pem, "generated server certificate")
     }
@@ -189,13 +183,6 @@ impl ServerCert {
 
 /// Lowercase hex SHA-256 of a DER certificate: the identity of a client in the
 /// trust store and of the server in a trust token.
-/// Whether a certificate's extended key usage allows TLS client authentication (the
-/// clientAuth OID's DER encoding in it: it appears nowhere else in a certificate).
-pub fn allows_client_auth(der: &[u8]) -> bool {
-    const CLIENT_AUTH: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-    der.windows(CLIENT_AUTH.len()).any(|w| w == CLIENT_AUTH)
-}
-
 pub fn cert_fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
@@ -224,7 +211,7 @@ pub fn parse_cert_pem(pem: &str, what: &str) -> Result<CertificateDer<'static>, 
 /// Generates a self-signed client certificate for `common_name`, like the one
 /// `incus remote add` creates: returns (certificate PEM, key PEM).
 pub fn generate_client_cert(common_name: &str) -> Result<(String, String), TlsError> {
-    generate_cert(common_name, &[], &[ExtendedKeyUsagePurpose::ClientAuth])
+    generate_cert(common_name, &[], ExtendedKeyUsagePurpose::ClientAuth)
 }
 
 /// DNS names for the server certificate: the host name when it is a valid DNS
@@ -251,7 +238,7 @@ fn server_dns_names(hostname: &str) -> Vec<String> {
 fn generate_cert(
     common_name: &str,
     dns_names: &[String],
-    usages: &[ExtendedKeyUsagePurpose],
+    usage: ExtendedKeyUsagePurpose,
 ) -> Result<(String, String), TlsError> {
     let gen_err = |source| TlsError::Generate {
         what: format!("certificate for {common_name}"),
@@ -278,7 +265,7 @@ fn generate_cert(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = usages.to_vec();
+    params.extended_key_usages = vec![usage];
     // 128 random bits, top bit clear so the DER integer stays positive.
     let mut serial = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut serial);
@@ -356,17 +343,6 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError>
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn server_certificates_authenticate_clients_too() {
-        let server = ServerCert::generate("node1").unwrap();
-        assert!(allows_client_auth(server.der()));
-        let (client, _) = generate_client_cert("me").unwrap();
-        assert!(allows_client_auth(&parse_cert_pem(&client, "c").unwrap()));
-        // A server-only certificate (what cairnd made before) does not.
-        let (pem, _) = generate_cert("x", &[], &[ExtendedKeyUsagePurpose::ServerAuth]).unwrap();
-        assert!(!allows_client_auth(&parse_cert_pem(&pem, "s").unwrap()));
-    }
 
     #[test]
     fn generated_certificate_is_kept_and_reloaded() {
