@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use cluster_fixture::*;
 use netns::{in_ns, tools_present, Namespaces};
-use ovn_cluster::{cluster_status, hub_members, ovn_logs, ovs_env, OvnReaper};
+use ovn_cluster::{chassis_names, cluster_status, hub_members, ovn_logs, ovs_env, OvnReaper};
 
 /// The member names with the `database` (voter) role, once all listed members are online.
 fn voters(c: &Cluster, via: usize) -> Result<BTreeSet<String>, String> {
@@ -199,23 +199,10 @@ fn the_ovn_databases_follow_the_raft_voters() {
             .collect();
         expect(left, &vec![])
     });
-    let sb = format!("unix:{}", c.m[0].d.state.join("ovn/sb.sock").display());
     wait(&c, "node4's chassis gone", 60, || {
-        let out = std::process::Command::new("ovn-sbctl")
-            .args([
-                &format!("--db={sb}"),
-                "--no-leader-only",
-                "--timeout=5",
-                "--bare",
-                "--columns=name",
-                "list",
-                "chassis",
-            ])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let chassis: BTreeSet<String> = text(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
+        let chassis: BTreeSet<String> = chassis_names(&c, 0)
+            .ok_or("the southbound database did not answer")?
+            .into_iter()
             .collect();
         expect(chassis, &names(&["node1", "node2", "node3"]))
     });

@@ -114,3 +114,27 @@ pub fn cluster_status(c: &Cluster, m: usize, db: &str) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// The chassis names in member `m`'s view of the southbound database (`None`: it did not
+/// answer).
+pub fn chassis_names(c: &Cluster, m: usize) -> Option<Vec<String>> {
+    let sb = format!("unix:{}", c.m[m].d.state.join("ovn/sb.sock").display());
+    let out = Command::new("ovn-sbctl")
+        .args([
+            &format!("--db={sb}"),
+            "--no-leader-only",
+            "--timeout=5",
+            "--bare",
+            "--columns=name",
+            "list",
+            "chassis",
+        ])
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    })
+}
